@@ -1,0 +1,63 @@
+"""Language-aware text statistics shared by curation (quality gates) and PPO (reward terms, monitors).
+
+Pure Python. "Tokens" here are words for space-separated scripts and single characters for CJK, so a
+Chinese sentence is measured as fairly as an English one (no model tokenizer involved).
+"""
+
+from __future__ import annotations
+
+import re
+
+_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]|[^\W_]+(?:'[^\W_]+)*", re.UNICODE)
+
+
+def text_tokens(text: str) -> list[str]:
+    """Lower-cased words, with every CJK character its own token; punctuation dropped."""
+    return [t.lower() for t in _TOKEN.findall(text)]
+
+
+def unique_token_ratio(text: str) -> float:
+    """Distinct tokens / tokens (1.0 for empty text: nothing repeats)."""
+    tokens = text_tokens(text)
+    return len(set(tokens)) / len(tokens) if tokens else 1.0
+
+
+def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:
+    return [tuple(tokens[i:i + n]) for i in range(len(tokens) - n + 1)]
+
+
+def distinct_n(texts: list[str], n: int) -> float:
+    """Distinct n-grams / n-grams over a set of texts (Li et al. 2016); 0.0 when there are no n-grams."""
+    grams = [g for text in texts for g in ngrams(text_tokens(text), n)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def longest_repeated_span(text: str) -> int:
+    """Length in tokens of the longest token span that occurs at least twice (non-overlapping)."""
+    tokens = text_tokens(text)
+    best = 0
+    # Binary search on the span length: if a span of length k repeats, so does one of length k-1.
+    lo, hi = 1, len(tokens) // 2
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        if _has_repeat(tokens, mid):
+            best, lo = mid, mid + 1
+        else:
+            hi = mid - 1
+    return best
+
+
+def _has_repeat(tokens: list[str], k: int) -> bool:
+    first_seen: dict[tuple[str, ...], int] = {}
+    for i in range(len(tokens) - k + 1):
+        gram = tuple(tokens[i:i + k])
+        start = first_seen.setdefault(gram, i)
+        if i - start >= k:
+            return True
+    return False
+
+
+def repeated_ngram_fraction(text: str, n: int = 3) -> float:
+    """Share of n-gram occurrences that repeat an earlier n-gram of the same text."""
+    grams = ngrams(text_tokens(text), n)
+    return 1.0 - len(set(grams)) / len(grams) if grams else 0.0

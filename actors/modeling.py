@@ -1,0 +1,169 @@
+"""Loading models and tokenizers from local Hugging Face folders, and wrapping them for training.
+
+Everything loads from a path on disk (no hub access at run time). A missing or malformed folder gets one
+clear error that names the folder and what is missing; QLoRA / int8 on a machine without CUDA is refused
+with the reason instead of failing deep inside bitsandbytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from pathlib import Path
+
+import torch
+
+from jobs.config import LoraConfig, ModelConfig, resolve_path
+
+log = logging.getLogger("rayalign.modeling")
+
+# Used when a tokenizer ships no chat template (e.g. base models such as stories260K). Plain role
+# prefixes, EOS after every assistant reply so generation learns to stop.
+DEFAULT_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for m in messages %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}\n\n"
+    "{% elif m['role'] == 'user' %}User: {{ m['content'] }}\n"
+    "{% else %}Assistant: {{ m['content'] }}{{ eos_token }}\n{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class ModelDirError(ValueError):
+    """A model folder is missing or incomplete."""
+
+
+class QuantizationUnavailable(RuntimeError):
+    """int8 / 4-bit loading was requested where bitsandbytes + CUDA cannot run."""
+
+
+def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
+    folder = resolve_path(path)
+    if not folder.is_dir():
+        raise ModelDirError(f"model folder {folder} does not exist (set model.path to a local Hugging Face folder)")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelDirError(f"model folder {folder} has no config.json; is it a Hugging Face model folder?")
+    try:
+        json.loads(config.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelDirError(f"{config} is not valid JSON: {exc}") from None
+    if not any(folder.glob(pattern) for pattern in WEIGHT_PATTERNS):
+        raise ModelDirError(f"model folder {folder} has no weights (*.safetensors or pytorch_model*.bin)")
+    if need_tokenizer and not any((folder / name).is_file() for name in
+                                  ("tokenizer.json", "tokenizer.model", "vocab.txt", "tokenizer_config.json")):
+        raise ModelDirError(f"model folder {folder} has no tokenizer files (tokenizer.json / tokenizer.model)")
+    return folder
+
+
+def load_tokenizer(path: str | Path, chat_template: str | None = None):
+    """Tokenizer with a pad token and a chat template guaranteed.
+
+    A tokenizer without a pad token gets its EOS (padding positions are masked out of every loss, so the
+    choice only has to be a valid id); one without a chat template gets `chat_template` or the default.
+    """
+    from transformers import AutoTokenizer
+
+    folder = check_model_dir(path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    except Exception as exc:  # transformers raises OSError/ValueError/KeyError for broken tokenizer files
+        raise ModelDirError(f"cannot load the tokenizer in {folder}: {exc}") from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    if chat_template is not None or not tokenizer.chat_template:
+        tokenizer.chat_template = chat_template or DEFAULT_CHAT_TEMPLATE
+    return tokenizer
+
+
+def quantization_config(cfg: ModelConfig):
+    """bitsandbytes config for int8 / 4-bit NF4 (QLoRA) loading, or None; refuses without CUDA."""
+    if cfg.quantization == "none":
+        return None
+    if not torch.cuda.is_available():
+        raise QuantizationUnavailable(
+            f"model.quantization={cfg.quantization} needs a CUDA GPU (bitsandbytes); this machine has none. "
+            f"Use model.quantization=none (optionally with lora.enabled=true) on CPU.")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError as exc:
+        raise QuantizationUnavailable(
+            f"model.quantization={cfg.quantization} needs bitsandbytes: pip install 'rayalign[gpu]'") from exc
+    from transformers import BitsAndBytesConfig
+
+    if cfg.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=torch.bfloat16)
+
+
+def load_causal_lm(cfg: ModelConfig, path: str | Path | None = None):
+    """A causal LM from a local folder in the configured dtype / quantisation."""
+    from transformers import AutoModelForCausalLM
+
+    folder = check_model_dir(path or cfg.path, need_tokenizer=False)
+    quant = quantization_config(cfg)
+    kwargs = {"dtype": DTYPES[cfg.dtype]}
+    if quant is not None:
+        kwargs.update(quantization_config=quant, device_map={"": torch.cuda.current_device()})
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelDirError(f"cannot load a causal LM from {folder}: {exc}") from exc
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    return model
+
+
+def apply_lora(model, cfg: LoraConfig, quantized: bool = False, task_type: str = "CAUSAL_LM"):
+    """Wrap `model` with LoRA adapters on cfg.target_modules (attention projections by default)."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model, prepare_model_for_kbit_training
+
+    if quantized:
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in cfg.target_modules if m not in present]
+    if missing:
+        raise ValueError(f"lora.target_modules {missing} are not modules of this model "
+                         f"(it has e.g. {sorted(present - {''})[:12]})")
+    peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                              target_modules=list(cfg.target_modules), task_type=task_type, bias="none")
+    return get_peft_model(model, peft_cfg)
+
+
+def count_parameters(model) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total
+
+
+def parameter_count_on_disk(path: str | Path) -> int:
+    """Parameters of a checkpoint from safetensors headers alone (no weights loaded): for the LR-by-size rule
+    and reward/policy size matching."""
+    folder = check_model_dir(path, need_tokenizer=False)
+    files = sorted(folder.glob("*.safetensors"))
+    if not files:
+        raise ModelDirError(f"{folder}: parameter counting needs .safetensors weights")
+    total = 0
+    for file in files:
+        with file.open("rb") as handle:
+            header_len = struct.unpack("<Q", handle.read(8))[0]
+            header = json.loads(handle.read(header_len))
+        for name, meta in header.items():
+            if name != "__metadata__":
+                numel = 1
+                for dim in meta["shape"]:
+                    numel *= dim
+                total += numel
+    return total
+
+
+def merged_state_dict(model) -> dict[str, torch.Tensor]:
+    """Full weights of a (possibly LoRA-wrapped) model with adapters merged in, keyed as the base model."""
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    return {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}

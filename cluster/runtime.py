@@ -1,0 +1,127 @@
+"""Where a job runs: an embedded local Ray cluster on loopback, or an existing cluster by address.
+
+Resolution order: `ray.address` in the config, else RAY_ADDRESS (set by `ray job submit` for the
+entrypoint), else a fresh embedded cluster bound to 127.0.0.1. Joining fails within
+`ray.connect_timeout_s` with a message that names the address instead of hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+from jobs.config import RayConfig
+
+log = logging.getLogger("rayalign.runtime")
+
+# Environment every Ray worker of ours needs: vLLM's CPU build refuses to start without a KV-cache size,
+# and the in-process engine starts in ~2 s instead of ~40 s for the multiprocess one (STACK.md).
+WORKER_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+}
+
+
+class ClusterUnreachable(ConnectionError):
+    """The configured Ray cluster address could not be reached in time."""
+
+
+@dataclass(frozen=True)
+class RuntimeInfo:
+    mode: str  # "embedded" or "cluster"
+    address: str
+    num_cpus: float
+    num_gpus: float
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    """host:port of a GCS or Ray Client address; None for 'auto' / 'local' which Ray resolves itself."""
+    if address in ("auto", "local"):
+        return None
+    parsed = urlparse(address if "://" in address else f"ray://{address}")
+    if parsed.hostname is None:
+        return None
+    return parsed.hostname, parsed.port or (10001 if address.startswith("ray://") else 6379)
+
+
+def wait_reachable(address: str, timeout_s: float) -> None:
+    """Probe the address with TCP connects until it answers or `timeout_s` passes."""
+    target = _host_port(address)
+    if target is None:
+        return
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(target, timeout=min(2.0, timeout_s)):
+                return
+        except OSError as exc:
+            last_error = exc
+            time.sleep(0.5)
+    raise ClusterUnreachable(
+        f"Ray cluster at {address!r} is unreachable after {timeout_s:.0f} s ({last_error}); "
+        f"check ray.address / RAY_ADDRESS, that `ray start --head` is running there, and the firewall")
+
+
+def _auth_env() -> None:
+    """A client joining a token-auth cluster needs RAY_AUTH_MODE=token; Ray only infers it from an existing
+    token file. Respect an explicit choice; otherwise turn it on when a token is available."""
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    token_file = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
+    if os.environ.get("RAY_AUTH_TOKEN") or os.path.isfile(token_file):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
+def start(cfg: RayConfig) -> RuntimeInfo:
+    """Join the configured cluster or start an embedded one; idempotent within a process."""
+    import ray
+
+    os.environ.update({k: v for k, v in WORKER_ENV.items() if k not in os.environ})
+    if ray.is_initialized():
+        return _info("cluster" if _resolved_address(cfg) else "embedded", _resolved_address(cfg) or "local")
+    address = _resolved_address(cfg)
+    runtime_env = {"env_vars": {k: os.environ[k] for k in WORKER_ENV}}
+    if address:
+        wait_reachable(address, cfg.connect_timeout_s)
+        _auth_env()
+        try:
+            ray.init(address=address, namespace=cfg.namespace, runtime_env=runtime_env,
+                     log_to_driver=True, logging_level=logging.WARNING)
+        except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own errors here
+            raise ClusterUnreachable(f"could not join the Ray cluster at {address!r}: {exc}") from exc
+        info = _info("cluster", address)
+    else:
+        ray.init(num_cpus=cfg.num_cpus, namespace=cfg.namespace, runtime_env=runtime_env,
+                 include_dashboard=cfg.include_dashboard, _node_ip_address="127.0.0.1",
+                 logging_level=logging.WARNING, configure_logging=True)
+        info = _info("embedded", "local")
+    log.info("Ray %s at %s: %.0f CPUs, %.0f GPUs", info.mode, info.address, info.num_cpus, info.num_gpus)
+    return info
+
+
+def _resolved_address(cfg: RayConfig) -> str | None:
+    return cfg.address or os.environ.get("RAY_ADDRESS") or None
+
+
+def _info(mode: str, address: str) -> RuntimeInfo:
+    import ray
+
+    resources = ray.cluster_resources()
+    return RuntimeInfo(mode, address, resources.get("CPU", 0.0), resources.get("GPU", 0.0))
+
+
+def stop() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

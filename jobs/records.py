@@ -1,0 +1,238 @@
+"""Read chat and preference data in the formats people actually have, normalised to one record schema.
+
+A record is a plain dict:
+    messages : [{"role": "system"|"user"|"assistant", "content": str}, ...]   the conversation (SFT) or,
+               for preference data, the prompt turns that precede the compared reply
+    chosen, rejected : str            preference data only: the better / worse assistant reply
+    ratings  : [float]                optional human ratings (annotator gate)
+    category : str                    optional mixing category (set by curation sources)
+    source   : "file:line"            where the record came from, for error messages and review queues
+
+Formats recognised per row: instruction/input/output (Alpaca, with optional chosen/rejected), self-instruct
+(instruction + instances), `messages` (OpenAI), `conversations` (ShareGPT from/value, with optional
+chosen/rejected turns), KdConv (`messages` of {"message": ...}, alternating user/assistant),
+HH-RLHF transcripts ("\n\nHuman: ... \n\nAssistant: ..."), and prompt/response or prompt/chosen/rejected.
+Files: .jsonl, .json (a list, or a mapping holding one), .parquet, or a `datasets.save_to_disk` folder.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, Iterator
+
+ROLE_ALIASES = {
+    "user": "user", "human": "user", "prompter": "user",
+    "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
+    "system": "system",
+}
+HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+
+
+class RecordError(ValueError):
+    """A data row or file cannot be read; the message names the file and line."""
+
+
+def read_records(path: str | Path, limit: int | None = None) -> Iterator[dict]:
+    """Yield normalised records from one file or dataset folder; raise RecordError naming file:line."""
+    path = Path(path)
+    if not path.exists():
+        raise RecordError(f"{path}: no such data file or folder")
+    count = 0
+    for where, row in _raw_rows(path):
+        for record in normalise(row, where):
+            yield record
+            count += 1
+            if limit is not None and count >= limit:
+                return
+
+
+def read_many(paths: list[str | Path], limit: int | None = None) -> list[dict]:
+    from jobs.config import resolve_path
+
+    records: list[dict] = []
+    for path in paths:
+        remaining = None if limit is None else limit - len(records)
+        if remaining is not None and remaining <= 0:
+            break
+        records.extend(read_records(resolve_path(path), remaining))
+    return records
+
+
+def _raw_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    if path.is_dir():
+        yield from _dataset_rows(path)
+    elif path.suffix == ".jsonl":
+        yield from _jsonl_rows(path)
+    elif path.suffix == ".json":
+        yield from _json_rows(path)
+    elif path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield f"{path}:row {i}", row
+    else:
+        raise RecordError(f"{path}: unsupported data file type {path.suffix!r} (use .jsonl, .json, .parquet "
+                          f"or a datasets folder)")
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    with path.open(encoding="utf-8") as handle:
+        for lineno, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise RecordError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(row, dict):
+                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield f"{path}:{lineno}", row
+
+
+def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise RecordError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+    if isinstance(data, dict):
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise RecordError(f"{path}: expected a list of records (or a mapping holding exactly one list)")
+        data = lists[0]
+    if not isinstance(data, list):
+        raise RecordError(f"{path}: expected a list of records, got {type(data).__name__}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise RecordError(f"{path}:item {i}: expected a JSON object, got {type(row).__name__}")
+        yield f"{path}:item {i}", row
+
+
+def _dataset_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except FileNotFoundError:
+        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
+        if not files:
+            raise RecordError(f"{path}: folder holds neither a saved dataset nor .jsonl/.json/.parquet files")
+        for file in files:
+            yield from _raw_rows(file)
+        return
+    if isinstance(ds, datasets.DatasetDict):
+        ds = ds["train"] if "train" in ds else next(iter(ds.values()))
+    for i, row in enumerate(ds):
+        yield f"{path}:row {i}", row
+
+
+def _text(value: Any, where: str, field: str) -> str:
+    if isinstance(value, dict):  # ShareGPT-style turn {"from": ..., "value": ...}
+        value = value.get("value", value.get("content"))
+    if not isinstance(value, str):
+        raise RecordError(f"{where}: field {field!r} must be text, got {type(value).__name__}")
+    return value
+
+
+def _turn(turn: Any, where: str) -> dict:
+    if not isinstance(turn, dict):
+        raise RecordError(f"{where}: a turn must be an object, got {type(turn).__name__}")
+    role = turn.get("role", turn.get("from"))
+    content = turn.get("content", turn.get("value"))
+    if role is None or content is None:
+        raise RecordError(f"{where}: a turn needs role/content (or from/value), got keys {sorted(turn)}")
+    if str(role).lower() not in ROLE_ALIASES:
+        raise RecordError(f"{where}: unknown role {role!r} (known: {', '.join(sorted(ROLE_ALIASES))})")
+    return {"role": ROLE_ALIASES[str(role).lower()], "content": _text(content, where, "content")}
+
+
+def _user_text(instruction: str, extra: str) -> str:
+    return f"{instruction}\n\n{extra}" if extra.strip() else instruction
+
+
+def _hh_turns(transcript: str, where: str) -> list[dict]:
+    parts = HH_TURN.split(transcript)
+    if len(parts) < 3:
+        raise RecordError(f"{where}: transcript has no 'Human:/Assistant:' turns")
+    return [{"role": "user" if speaker == "Human" else "assistant", "content": text.strip()}
+            for speaker, text in zip(parts[1::2], parts[2::2])]
+
+
+def _extras(row: dict, record: dict) -> dict:
+    ratings = row.get("ratings", row.get("annotator_ratings"))
+    if ratings is not None:
+        record["ratings"] = [float(r) for r in ratings]
+    if row.get("category") is not None:
+        record["category"] = str(row["category"])
+    return record
+
+
+def normalise(row: dict, where: str) -> list[dict]:
+    """One raw row → one or more normalised records (self-instruct rows hold several instances)."""
+    records = [_extras(row, dict(r, source=where)) for r in _normalise(row, where)]
+    for record in records:
+        if not record["messages"] and "chosen" not in record:
+            raise RecordError(f"{where}: record has no turns")
+    return records
+
+
+def _normalise(row: dict, where: str) -> list[dict]:
+    if "instruction" in row and "instances" in row:
+        return [{"messages": [{"role": "user", "content": _user_text(row["instruction"], inst.get("input", ""))},
+                              {"role": "assistant", "content": _text(inst.get("output"), where, "output")}]}
+                for inst in row["instances"]]
+    if "instruction" in row:
+        user = {"role": "user", "content": _user_text(_text(row["instruction"], where, "instruction"),
+                                                      str(row.get("input") or ""))}
+        if "chosen" in row and "rejected" in row:
+            return [{"messages": [user], "chosen": _text(row["chosen"], where, "chosen"),
+                     "rejected": _text(row["rejected"], where, "rejected")}]
+        return [{"messages": [user, {"role": "assistant", "content": _text(row.get("output"), where, "output")}]}]
+    turns_key = "messages" if "messages" in row else "conversations" if "conversations" in row else None
+    if turns_key is not None:
+        turns = row[turns_key]
+        if not isinstance(turns, list):
+            raise RecordError(f"{where}: {turns_key!r} must be a list of turns")
+        if turns and isinstance(turns[0], dict) and set(turns[0]) >= {"message"} and "role" not in turns[0]:
+            messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": _text(t.get("message"), where,
+                                                                                       "message")}
+                        for i, t in enumerate(turns)]
+        else:
+            messages = [_turn(t, where) for t in turns]
+        if "chosen" in row and "rejected" in row:
+            return [{"messages": messages, "chosen": _text(row["chosen"], where, "chosen"),
+                     "rejected": _text(row["rejected"], where, "rejected")}]
+        return [{"messages": messages}]
+    if "prompt" in row:
+        prompt = row["prompt"]
+        messages = [_turn(t, where) for t in prompt] if isinstance(prompt, list) else \
+            [{"role": "user", "content": _text(prompt, where, "prompt")}]
+        if "chosen" in row and "rejected" in row:
+            return [{"messages": messages, "chosen": _text(row["chosen"], where, "chosen"),
+                     "rejected": _text(row["rejected"], where, "rejected")}]
+        response = row.get("response", row.get("completion"))
+        return [{"messages": messages + [{"role": "assistant", "content": _text(response, where, "response")}]}]
+    if "chosen" in row and "rejected" in row:
+        chosen = _hh_turns(_text(row["chosen"], where, "chosen"), where)
+        rejected = _hh_turns(_text(row["rejected"], where, "rejected"), where)
+        if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+            raise RecordError(f"{where}: chosen/rejected transcripts must end with an Assistant turn")
+        return [{"messages": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}]
+    raise RecordError(f"{where}: unrecognised record format with keys {sorted(row)}; expected instruction/output, "
+                      f"messages, conversations, prompt/response or chosen/rejected")
+
+
+def prompt_of(record: dict) -> list[dict]:
+    """The turns a policy should answer: everything up to (not including) the last assistant reply."""
+    messages = record["messages"]
+    if "chosen" in record:
+        return messages
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
+    return messages[:last]
+
+
+def last_response(record: dict) -> str:
+    """The final assistant reply of a chat record ('' when there is none)."""
+    replies = [m["content"] for m in record["messages"] if m["role"] == "assistant"]
+    return replies[-1] if replies else ""
