@@ -1,0 +1,63 @@
+"""The algorithm core: pure functions on torch tensors, no Ray / vLLM / DeepSpeed / transformers.
+
+House rule 1: this package imports only torch and the standard library, so it can be tested and
+reused without a cluster (tests/unit/test_algo_imports.py enforces it).
+"""
+
+from actors.algo.advantages import ADVANTAGE_ESTIMATORS, gae, reinforce
+from actors.algo.kl import (
+    KL_CONTROLLERS,
+    KL_ESTIMATORS,
+    AdaptiveKL,
+    FixedKL,
+    KLController,
+    ScheduledKL,
+    kl_loss_term,
+    kl_penalized_rewards,
+    kl_per_token,
+    make_kl_controller,
+)
+from actors.algo.logprobs import entropy_from_logits, shift_for_causal_lm, token_logprobs
+from actors.algo.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from actors.algo.policy_loss import POLICY_LOSSES, clipped_policy_loss
+from actors.algo.preference import (
+    DPO_LOSSES,
+    bradley_terry_loss,
+    dpo_loss,
+    pairwise_accuracy,
+    sequence_logprob,
+)
+from actors.algo.registry import Registry
+from actors.algo.value_loss import clipped_value_loss
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "DPO_LOSSES",
+    "KL_CONTROLLERS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "AdaptiveKL",
+    "FixedKL",
+    "KLController",
+    "Registry",
+    "ScheduledKL",
+    "bradley_terry_loss",
+    "clipped_policy_loss",
+    "clipped_value_loss",
+    "dpo_loss",
+    "entropy_from_logits",
+    "gae",
+    "kl_loss_term",
+    "kl_penalized_rewards",
+    "kl_per_token",
+    "make_kl_controller",
+    "masked_mean",
+    "masked_sum",
+    "masked_var",
+    "masked_whiten",
+    "pairwise_accuracy",
+    "reinforce",
+    "sequence_logprob",
+    "shift_for_causal_lm",
+    "token_logprobs",
+]

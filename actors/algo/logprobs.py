@@ -1,0 +1,57 @@
+"""Per-token log-probabilities and entropies from language-model logits.
+
+Shapes: B = batch rows, T = positions, V = vocabulary. Low-precision logits (bf16/fp16) are upcast to
+float32 one batch row at a time, so the extra memory is one row's [T, V] copy rather than the whole
+batch's; float64 logits stay float64 (tests need exact numbers).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
+def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[b, t, labels[b, t]] → [B, T].
+
+    logits [B, T, V] must already be aligned so that logits[:, t] predicts labels[:, t]
+    (see shift_for_causal_lm). Computed as gathered logit − logsumexp, which never materialises the
+    full [B, T, V] log-softmax.
+    """
+    dtype = _compute_dtype(logits)
+    rows = []
+    for row_logits, row_labels in zip(logits, labels):
+        row_logits = row_logits.to(dtype)
+        picked = row_logits.gather(-1, row_labels.long().unsqueeze(-1)).squeeze(-1)
+        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
+    return torch.stack(rows)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    """Entropy of softmax(logits) at every position → [B, T] (nats).
+
+    Uses H = logsumexp(l) − Σ softmax(l)·l. Logits of −inf (vocabulary masked out by a sampler) have
+    probability 0 and are zeroed before the product, since 0·(−inf) would be NaN.
+    """
+    dtype = _compute_dtype(logits)
+    rows = []
+    for row_logits in logits:
+        row_logits = row_logits.to(dtype)
+        probs = torch.softmax(row_logits, dim=-1)
+        finite_logits = row_logits.masked_fill(torch.isneginf(row_logits), 0.0)
+        rows.append(torch.logsumexp(row_logits, dim=-1) - (probs * finite_logits).sum(dim=-1))
+    return torch.stack(rows)
+
+
+def shift_for_causal_lm(
+    logits: torch.Tensor, input_ids: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Align a causal LM's outputs with its targets: (logits[:, :-1] [B, T-1, V], input_ids[:, 1:] [B, T-1]).
+
+    Position t of a causal LM predicts token t+1, so the last logit has no target and the first token
+    has no prediction.
+    """
+    return logits[:, :-1], input_ids[:, 1:]

@@ -1,0 +1,58 @@
+"""PPO's clipped surrogate policy loss (Schulman et al. 2017), with optional dual clip (Ye et al. 2020).
+
+Inputs are per-token [B, T]: logp (current policy, carries the gradient), old_logp (the policy that
+sampled, no gradient), advantages, and mask (response tokens).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from actors.algo.masked import masked_mean
+from actors.algo.registry import Registry
+
+POLICY_LOSSES: Registry[Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]] = Registry("policy loss")
+
+
+@POLICY_LOSSES.register("ppo_clip")
+def clipped_policy_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    advantages: torch.Tensor,
+    mask: torch.Tensor,
+    clip_range: float = 0.2,
+    dual_clip: float | None = None,
+    normalizer: float | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Masked mean of max(−A·r, −A·clip(r, 1−ε, 1+ε)) with r = exp(logp − old_logp) → (loss, stats).
+
+    dual_clip (c > 1): for A < 0 the per-token loss is further capped at −c·A, so a token whose ratio
+    has exploded cannot produce an unbounded loss. normalizer: see masked_mean (pass the whole batch's
+    token count when computing on a shard).
+
+    stats (detached 0-dim tensors, local to this call's tokens):
+      clip_frac  share of response tokens where the clipped term was the one used (zero gradient)
+      approx_kl  masked mean of ½(logp − old_logp)², the k2 estimate of KL(old ‖ new)
+      ratio_mean masked mean of r
+    """
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1, got {dual_clip}")
+    log_ratio = logp - old_logp
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_range, 1.0 + clip_range)
+    per_token = torch.maximum(unclipped, clipped)
+    if dual_clip is not None:
+        capped = torch.minimum(per_token, -dual_clip * advantages)
+        per_token = torch.where(advantages < 0, capped, per_token)
+
+    loss = masked_mean(per_token, mask, normalizer=normalizer)
+    with torch.no_grad():
+        stats = {
+            "clip_frac": masked_mean((clipped > unclipped).to(logp.dtype), mask),
+            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "ratio_mean": masked_mean(ratio, mask),
+        }
+    return loss, stats
