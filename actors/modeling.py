@@ -50,7 +50,7 @@ def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
         json.loads(config.read_text())
     except json.JSONDecodeError as exc:
         raise ModelDirError(f"{config} is not valid JSON: {exc}") from None
-    if not any(folder.glob(pattern) for pattern in WEIGHT_PATTERNS):
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
         raise ModelDirError(f"model folder {folder} has no weights (*.safetensors or pytorch_model*.bin)")
     if need_tokenizer and not any((folder / name).is_file() for name in
                                   ("tokenizer.json", "tokenizer.model", "vocab.txt", "tokenizer_config.json")):

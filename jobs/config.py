@@ -153,22 +153,99 @@ class KLConfig:
             raise ConfigError(f"schedule progress ends must increase and end at 1.0, got {ends}")
 
 
+RewardTermName = Literal["rm", "kl", "length", "repetition", "safety"]
+
+
 @dataclass(frozen=True)
 class RewardMixConfig:
+    """Mixed PPO reward (actors/algo/rewards.py): total = sum over enabled terms of <term>_weight x term."""
     rm_weight: float = param(0.6, "weight of the preference reward model score", ge=0.0)
-    kl_weight: float = param(0.2, "weight of the KL penalty term", ge=0.0)
+    kl_weight: float = param(0.2, "weight of the KL penalty term: the per-token KL penalty uses "
+                                  "kl_weight x the KL controller's coefficient (see actors/algo/rewards.py)", ge=0.0)
     length_weight: float = param(0.05, "weight of the length penalty", ge=0.0)
     repetition_weight: float = param(0.05, "weight of the repetition penalty", ge=0.0)
     safety_weight: float = param(0.1, "weight of the safety term", ge=0.0)
-    length_threshold_chars: int = param(500, "responses longer than this many characters are penalised", gt=0)
+    rm_normalize: bool = param(False, "whiten reward-model scores across the batch (zero mean, unit std) "
+                                      "before weighting; off: the raw score")
+    length_threshold_chars: int = param(500, "responses longer than this many characters are penalised "
+                                             "(characters, so Chinese and English count alike)", gt=0)
     length_penalty: float = param(0.1, "penalty per 100 characters beyond the threshold", ge=0.0)
-    safe_bonus: float = param(0.1, "safety term when no lexicon hit", ge=0.0)
-    unsafe_penalty: float = param(1.0, "safety term magnitude (negative) on a lexicon hit", ge=0.0)
-    enabled_terms: list[str] = param(["rm", "kl", "length", "repetition", "safety"],
-                                     "reward terms switched on (add them one at a time)")
+    repetition_ngram: int = param(3, "n of the repeated-n-gram fraction in the repetition penalty", gt=0)
+    repetition_unique_share: float = param(0.5, "share of the repetition penalty taken from 1 - unique-token "
+                                                "ratio; the rest is the repeated-n-gram fraction", ge=0.0, le=1.0)
+    safe_bonus: float = param(0.1, "safety term when the lexicon verdict is clean (small bonus)", ge=0.0)
+    unsafe_penalty: float = param(1.0, "safety term magnitude (negative) when the verdict is harmful; "
+                                       "an ambiguous verdict scores 0", ge=0.0)
+    safety_lexicon_dir: str = param("../shared/data/lexicons", "folder of harmful-word lists for the safety term")
+    enabled_terms: list[RewardTermName] = param(["rm", "kl", "length", "repetition", "safety"],
+                                                "reward terms switched on (add them one at a time)")
     reward_url: Optional[str] = param(None, "score with the HTTP reward service at this URL instead of an actor")
     reward_timeout_s: float = param(30.0, "HTTP reward request timeout", gt=0)
     reward_retries: int = param(3, "HTTP reward retries with exponential backoff", ge=0)
+
+    def check(self) -> None:
+        if not self.enabled_terms:
+            raise ConfigError("enabled_terms must name at least one reward term")
+        repeated = sorted({name for name in self.enabled_terms if self.enabled_terms.count(name) > 1})
+        if repeated:
+            raise ConfigError(f"enabled_terms lists {', '.join(repeated)} more than once")
+
+
+MonitorAction = Literal["warn", "raise_kl", "rollback", "stop"]
+DEFAULT_FILLER_PHRASES = [
+    "in conclusion", "it is important to note", "it is worth noting", "as an ai", "delve", "leverage",
+    "synergy", "paradigm shift", "holistic", "cutting-edge", "at the end of the day",
+    "总而言之", "综上所述", "值得注意的是", "赋能", "抓手", "闭环", "底层逻辑",
+]
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Training-health monitors (actors/algo/monitors.py): each failure mode has a metric, a threshold and an action."""
+    enabled: bool = param(True, "run the monitors every PPO step")
+    window: int = param(20, "steps of history behind the robust z-score (median/MAD) of loss and grad norm", gt=2)
+    min_history: int = param(5, "steps observed before spike detection starts (a median of fewer points is noise)",
+                             ge=3)
+    spike_z: float = param(6.0, "robust z-score above which loss / grad norm count as a spike (Gaussian noise "
+                                "passes 6 about once in 10^8 steps; the margin absorbs RL's heavy tails)", gt=0)
+    max_kl: float = param(30.0, "mean per-sequence KL (nats) above which the KL has exploded (5x the adaptive "
+                                "controller's default target of 6)", gt=0)
+    min_distinct_1: float = param(0.1, "distinct-1 of a batch below this is mode collapse (identical responses "
+                                       "score at most 1/batch; natural batches 0.3-0.5)", ge=0.0, le=1.0)
+    min_distinct_2: float = param(0.2, "distinct-2 of a batch below this is mode collapse (natural batches "
+                                       "score 0.6-0.9)", ge=0.0, le=1.0)
+    max_pairwise_similarity: float = param(0.9, "mean Jaccard similarity of the 1-2-gram sets of responses to "
+                                                "the same prompt above this is mode collapse (identical = 1; "
+                                                "sampled at temperature 0.7, well under 0.5)", gt=0.0, le=1.0)
+    min_entropy: float = param(0.3, "mean per-token policy entropy (nats) below this is mode collapse (a sampling "
+                                    "LM sits at 1-3 nats)", ge=0.0)
+    hacking_window: int = param(10, "steps over which reward-model and independent-signal trends are compared",
+                                gt=2)
+    hacking_min_trend: float = param(0.6, "|correlation with step| that counts as a trend (r=0.6 over 10 steps: "
+                                          "one-sided p~0.03 for noise, so both at once is ~0.001)", gt=0.0, le=1.0)
+    hacking_min_filler_rise: float = param(0.02, "filler/jargon density must also rise by at least this much "
+                                                 "over the window (2 more filler tokens per 100)", ge=0.0)
+    hacking_min_length_growth: float = param(0.2, "mean response length must also grow by at least this share "
+                                                  "over the window to count as length hacking", ge=0.0)
+    filler_phrases: list[str] = param(DEFAULT_FILLER_PHRASES, "filler / jargon phrases whose density is the "
+                                                              "reward-model-independent quality signal "
+                                                              "(English and Chinese)")
+    collapse_action: MonitorAction = param("raise_kl", "action on mode collapse (a higher KL pulls the policy "
+                                                       "back towards the diverse reference)")
+    spike_action: MonitorAction = param("rollback", "action on a loss or grad-norm spike")
+    nonfinite_action: MonitorAction = param("rollback", "action on a NaN/Inf metric")
+    kl_explosion_action: MonitorAction = param("raise_kl", "action when the KL exceeds max_kl")
+    hacking_action: MonitorAction = param("raise_kl", "action on reward hacking (a higher KL limits how far "
+                                                      "the policy can exploit the reward model)")
+    kl_raise_factor: float = param(1.5, "raise_kl multiplies the KL coefficient by this", gt=1.0)
+    raise_kl_cooldown: int = param(5, "observations after a raise_kl during which the same monitor only warns, "
+                                      "so the higher coefficient has time to act", ge=0)
+    rollback_lr_factor: float = param(0.5, "rollback multiplies the policy learning rate by this", gt=0.0, lt=1.0)
+    max_rollbacks: int = param(3, "rollbacks allowed in a run; the next rollback alarm becomes stop", ge=0)
+
+    def check(self) -> None:
+        if self.min_history > self.window:
+            raise ConfigError(f"min_history ({self.min_history}) must be <= window ({self.window})")
 
 
 @dataclass(frozen=True)
@@ -195,6 +272,7 @@ class PPOConfig:
     kl: KLConfig = section(KLConfig, "KL control")
     rollout: RolloutConfig = section(RolloutConfig, "vLLM sampling")
     reward: RewardMixConfig = section(RewardMixConfig, "mixed reward")
+    monitor: MonitorConfig = section(MonitorConfig, "training-health monitors")
 
     def check(self) -> None:
         if self.rollout_batch_size % self.mini_batch_size:
@@ -231,12 +309,60 @@ class CurateConfig:
                                   gt=0.0, le=1.0)
     spot_check_fraction: float = param(0.30, "share of kept records sent to human spot-check", ge=0.0, le=1.0)
     lexicon_dir: str = param("../shared/data/lexicons", "folder of harmful-word lists")
+    rules: list[str] = param(["reviewer", "annotator", "length", "unique_tokens", "repeated_span", "lexicon",
+                              "fact_check"],
+                             "quality gates in the order they run; a record is counted under the first rule "
+                             "that drops it")
+    max_repeated_span: int = param(20, "drop a response in which a span of this many tokens occurs twice "
+                                       "(a copied sentence or a generation loop)", ge=1)
+    lexicon_high_severity: Optional[list[str]] = param(
+        None, "word lists whose hits alone make a text harmful (unset: "
+              "actors.algo.lexicon.DEFAULT_HIGH_SEVERITY, the violence and tagged lists)")
+    lexicon_allow: Optional[list[str]] = param(
+        None, "everyday words never flagged although a list carries them (unset: actors.algo.lexicon.DEFAULT_ALLOW)")
+    lexicon_harmful_min_terms: int = param(2, "this many distinct low-severity terms make a text harmful (drop); "
+                                              "fewer go to the review queue", ge=1)
+    fact_verifier: Optional[str] = param(None, "'kb' (the facts_file knowledge base) or 'package.module:Class' "
+                                               "(a FactVerifier plug-in); unset: no fact check")
+    facts_file: Optional[str] = param(None, "JSONL knowledge base of {subject, attribute, value} facts for "
+                                            "fact_verifier=kb")
+    fact_rel_tol: float = param(0.02, "numbers within this relative difference agree with the knowledge base",
+                                ge=0.0, lt=1.0)
+    review_verdicts: Optional[str] = param(None, "JSONL of reviewer verdicts {id or source, verdict: accept|reject} "
+                                                 "(e.g. an edited spot_check.jsonl): rejected records are dropped, "
+                                                 "accepted ones skip the review queue")
+    gate_workers: int = param(1, "Ray actors running the quality gates", gt=0)
+    embed_workers: int = param(1, "Ray actors computing sentence embeddings", gt=0)
+    embed_batch_size: int = param(64, "records per embedding batch", gt=0)
+    dedup_block_size: int = param(1024, "candidates compared per matrix product in the diversity filter", gt=0)
+    report_pairs: int = param(5, "closest (and borderline) dropped pairs listed in the report", ge=0)
 
     def check(self) -> None:
         if abs(sum(self.mix.values()) - 1.0) > 1e-6:
             raise ConfigError(f"mix shares must sum to 1, got {sum(self.mix.values()):.4f}")
         if self.min_chars >= self.max_chars:
             raise ConfigError(f"min_chars ({self.min_chars}) must be < max_chars ({self.max_chars})")
+        for i, source in enumerate(self.sources):
+            _check_source(source, f"sources[{i}]", self.mix)
+        if self.fact_verifier == "kb" and not self.facts_file:
+            raise ConfigError("facts_file must be set when fact_verifier is 'kb'")
+
+
+CURATE_SOURCE_KEYS = {"path": "data file or folder", "category": "mixing category (a key of mix)",
+                      "limit": "read at most this many records (optional)"}
+
+
+def _check_source(source: dict, where: str, mix: dict[str, float]) -> None:
+    unknown = set(source) - set(CURATE_SOURCE_KEYS)
+    if unknown:
+        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(CURATE_SOURCE_KEYS)}")
+    if not isinstance(source.get("path"), str):
+        raise ConfigError(f"{where}.path must be a file or folder path, got {source.get('path')!r}")
+    if source.get("category") not in mix:
+        raise ConfigError(f"{where}.category must be one of {sorted(mix)}, got {source.get('category')!r}")
+    limit = source.get("limit")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0):
+        raise ConfigError(f"{where}.limit must be a positive integer, got {limit!r}")
 
 
 @dataclass(frozen=True)

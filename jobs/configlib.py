@@ -83,6 +83,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         key_tp, val_tp = get_args(tp) or (Any, Any)
         return {_coerce(k, key_tp, f"{where} key"): _coerce(v, val_tp, f"{where}.{k}") for k, v in value.items()}
     if tp is float:
+        if isinstance(value, str):
+            value = _float_or_text(value)  # YAML 1.1 reads '3e-4' (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return float(value)
@@ -99,6 +101,13 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where} must be a string, got {value!r}")
         return value
     return value
+
+
+def _float_or_text(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def _check_bounds(value: Any, meta: dict, where: str) -> None:

@@ -1,0 +1,92 @@
+"""SFT examples: records → masked token sequences → deterministic per-rank, length-bucketed batches.
+
+Tokenisation happens once on the driver, so a bad row fails there with its file and line instead of deep
+inside a Ray Train worker; workers receive plain id lists and take their own shard by rank.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+import torch
+
+from actors.chat import IGNORE_INDEX, EncodedChat, encode_chat
+
+
+class EmptyDatasetError(ValueError):
+    """Nothing is left to train on after reading and filtering."""
+
+
+@dataclass(frozen=True)
+class SFTSplit:
+    train: list[EncodedChat]
+    eval: list[EncodedChat]
+    dropped_no_assistant: int  # chats whose assistant tokens were all truncated away
+
+
+def build_split(records: list[dict], tokenizer, max_length: int, eval_fraction: float, seed: int) -> SFTSplit:
+    """Encode chats, drop those with no trainable token left, and hold out a seeded eval share."""
+    encoded, dropped = [], 0
+    for record in records:
+        if "chosen" in record:  # a preference pair trains SFT on its chosen reply
+            messages = record["messages"] + [{"role": "assistant", "content": record["chosen"]}]
+        else:
+            messages = record["messages"]
+        chat = encode_chat(tokenizer, messages, max_length)
+        if chat.num_trained == 0:
+            dropped += 1
+            continue
+        encoded.append(chat)
+    if not encoded:
+        raise EmptyDatasetError(f"no trainable SFT examples: {len(records)} records read, {dropped} had no "
+                                f"assistant tokens within data.max_length={max_length}")
+    order = list(range(len(encoded)))
+    random.Random(seed).shuffle(order)
+    n_eval = int(round(len(encoded) * eval_fraction)) if eval_fraction > 0 else 0
+    n_eval = min(max(n_eval, 1 if eval_fraction > 0 else 0), len(encoded) - 1)
+    eval_idx, train_idx = order[:n_eval], order[n_eval:]
+    return SFTSplit([encoded[i] for i in train_idx], [encoded[i] for i in eval_idx], dropped)
+
+
+def bucketed_batches(examples: list[EncodedChat], batch_size: int, seed: int, epoch: int,
+                     bucket_factor: int = 16) -> list[list[EncodedChat]]:
+    """Shuffle, then sort within windows of batch_size × bucket_factor by length, so each batch holds
+    similar lengths (little padding) while batch order stays random."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    pool = list(examples)
+    rng.shuffle(pool)
+    window = batch_size * bucket_factor
+    batches = []
+    for start in range(0, len(pool), window):
+        chunk = sorted(pool[start:start + window], key=lambda ex: len(ex.input_ids))
+        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return [b for b in batches if len(b) == batch_size]
+
+
+def shard_batches(batches: list, rank: int, world_size: int, grad_accum: int) -> list:
+    """Rank's share of the batches, trimmed so every rank runs the same number of full optimizer steps
+    (an uneven count would leave one rank waiting forever in a collective)."""
+    per_rank = len(batches) // world_size
+    per_rank -= per_rank % grad_accum
+    return batches[rank * per_rank:(rank + 1) * per_rank]
+
+
+def collate(batch: list[EncodedChat], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded input_ids / attention_mask / labels (labels IGNORE_INDEX on padding)."""
+    width = max(len(ex.input_ids) for ex in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ex in enumerate(batch):
+        n = len(ex.input_ids)
+        ids[row, :n] = torch.tensor(ex.input_ids)
+        labels[row, :n] = torch.tensor(ex.labels)
+        attention[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+def steps_per_epoch(n_train: int, micro_batch: int, world_size: int, grad_accum: int) -> int:
+    per_rank = (n_train // micro_batch) // world_size
+    return per_rank // grad_accum

@@ -1,0 +1,86 @@
+"""Shared command line for every job: `python -m jobs.<name> --config X.yaml [section.key=value ...]`.
+
+`--help` lists every config key with its default and meaning, so the flags and the YAML are one vocabulary.
+Errors people can fix (bad config, bad data row, missing model, unreachable cluster) print one line naming
+what and where, and exit with status 2; nothing half-written is left behind by the jobs themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import textwrap
+from typing import Callable
+
+from jobs.config import Config, load_config
+from jobs.configlib import ConfigError, describe, to_dict
+
+USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Exception types whose message is the whole story for the user (no traceback)."""
+    from actors.modeling import ModelDirError, QuantizationUnavailable
+    from actors.sft_data import EmptyDatasetError
+    from cluster.runtime import ClusterUnreachable
+    from jobs.records import RecordError
+
+    return USER_ERRORS + (RecordError, ModelDirError, QuantizationUnavailable, EmptyDatasetError,
+                          ClusterUnreachable)
+
+
+def config_help(sections: tuple[str, ...]) -> str:
+    rows = [r for r in describe(Config) if r[0].split(".")[0] in sections]
+    width = max(len(key) for key, _, _ in rows)
+    lines = ["config keys (set in the YAML file or as key=value overrides; defaults in brackets):"]
+    for key, default, help_text in rows:
+        wrapped = textwrap.wrap(f"{help_text} [{default}]", width=100 - width)
+        lines.append(f"  {key.ljust(width)}  {wrapped[0] if wrapped else ''}")
+        lines.extend(f"  {'':{width}}  {more}" for more in wrapped[1:])
+    return "\n".join(lines)
+
+
+def parser(prog: str, description: str, sections: tuple[str, ...]) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description=description, epilog=config_help(sections),
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", "-c", metavar="YAML", help="recipe file under configs/ (default: built-in defaults "
+                                                          "= the tiny CPU recipe's base)")
+    p.add_argument("--address", metavar="ADDR", help="join this Ray cluster (same as ray.address=ADDR; "
+                                                     "RAY_ADDRESS is used when neither is given)")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as YAML and exit")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value", help="config overrides, e.g. lora.rank=8")
+    return p
+
+
+def parse(prog: str, description: str, sections: tuple[str, ...], argv: list[str] | None = None):
+    args = parser(prog, description, sections).parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    overrides = list(args.overrides)
+    if args.address:
+        overrides.append(f"ray.address={args.address}")
+    cfg = load_config(args.config, overrides)
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        sys.exit(0)
+    return cfg, args
+
+
+def run_main(prog: str, main: Callable[[list[str] | None], object], argv: list[str] | None = None) -> int:
+    """Run a job's main, turning user errors into one clear line and exit status 2."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        main(argv)
+    except user_errors() as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
+        return 130
+    return 0

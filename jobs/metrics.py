@@ -1,0 +1,100 @@
+"""Metrics a person can plot: TensorBoard event files, metrics.jsonl and metrics.csv side by side, and PNG
+curves at the end of a run. Appends across resumes (a resumed run continues the same files)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable
+
+
+class MetricsLogger:
+    def __init__(self, folder: str | Path, tensorboard: bool = True):
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.jsonl_path = self.folder / "metrics.jsonl"
+        self.csv_path = self.folder / "metrics.csv"
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.folder / "tensorboard"))
+
+    def log(self, step: int, metrics: dict) -> None:
+        row = {"step": int(step), **{k: _plain(v) for k, v in metrics.items()}}
+        with self.jsonl_path.open("a") as handle:
+            handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        if self._writer is not None:
+            for key, value in row.items():
+                if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
+                    self._writer.add_scalar(key, value, step)
+            self._writer.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop rows logged after `step`: a run resumed from that checkpoint logs those steps again."""
+        rows = [row for row in read_jsonl(self.jsonl_path) if row["step"] <= step]
+        tmp = Path(f"{self.jsonl_path}.tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+        tmp.replace(self.jsonl_path)
+
+    def close(self) -> None:
+        """Flush TensorBoard and rewrite metrics.csv from the JSONL (columns = union of keys)."""
+        if self._writer is not None:
+            self._writer.close()
+        write_csv(read_jsonl(self.jsonl_path), self.csv_path)
+
+
+def _plain(value):
+    if hasattr(value, "item"):
+        value = value.item()
+    return value
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_csv(rows: list[dict], path: str | Path) -> None:
+    columns: list[str] = []
+    for row in rows:
+        columns.extend(k for k in row if k not in columns)
+    tmp = Path(f"{path}.tmp")
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def plot_curves(rows: list[dict], keys: Iterable[str], path: str | Path, title: str) -> Path | None:
+    """One panel per metric key against step; keys absent from the log are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in keys if any(k in row for row in rows)]
+    if not keys:
+        return None
+    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.6 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
+        points = [(row["step"], row[key]) for row in rows if isinstance(row.get(key), (int, float))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="." if len(points) < 50 else None)
+        ax.set_ylabel(key)
+        ax.grid(alpha=0.3)
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    tmp = Path(f"{path}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return Path(path)

@@ -1,0 +1,96 @@
+"""Supervised fine-tuning on Ray Train + DeepSpeed ZeRO (full, LoRA or QLoRA).
+
+    python -m jobs.sft --config configs/tiny-cpu.yaml [section.key=value ...]
+    ray job submit --working-dir . -- python -m jobs.sft --config configs/tiny-cpu.yaml
+
+Outputs in <run.output_root>/<run.name>/sft/: metrics.jsonl/.csv, tensorboard/, loss.png, the merged
+Hugging Face model in model/, and Ray Train checkpoints under ray_train/ (re-running resumes from them).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs import cli
+from jobs.config import Config, resolve_path, sft_learning_rate
+from jobs.configlib import to_dict
+
+log = logging.getLogger("rayalign.sft")
+SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "data", "sft")
+
+
+@dataclass(frozen=True)
+class SFTResult:
+    output_dir: Path
+    model_dir: Path | None
+    steps: int
+    final_metrics: dict
+
+
+def prepare(cfg: Config):
+    """Driver-side work that should fail fast: model folder, tokenizer, data rows, learning rate."""
+    from actors import modeling
+    from actors.sft_data import build_split
+    from jobs.records import read_many
+
+    tokenizer = modeling.load_tokenizer(cfg.model.path, cfg.model.chat_template)
+    records = read_many(cfg.data.train_files, cfg.data.max_records)
+    split = build_split(records, tokenizer, cfg.data.max_length, cfg.data.eval_fraction, cfg.run.seed)
+    size_b = cfg.model.size_b or modeling.parameter_count_on_disk(cfg.model.path) / 1e9
+    global_batch = cfg.sft.micro_batch_size * cfg.sft.grad_accum * cfg.sft.num_workers
+    lr = sft_learning_rate(size_b, cfg.sft.lr, global_batch)
+    log.info("SFT data: %d train / %d eval chats (%d without assistant tokens dropped); model %.2e B params; "
+             "lr %.3g%s", len(split.train), len(split.eval), split.dropped_no_assistant, size_b, lr,
+             "" if cfg.sft.lr is None else " (explicit)")
+    return tokenizer, split, lr
+
+
+def run(cfg: Config) -> SFTResult:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from actors.sft_worker import train_loop
+    from cluster import runtime
+    from jobs.metrics import plot_curves, read_jsonl
+
+    tokenizer, split, lr = prepare(cfg)
+    output_dir = cfg.run.output_dir("sft")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    runtime.start(cfg.ray)
+    payload = {"config": to_dict(cfg), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id, "lr": lr,
+               "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=cfg.sft.num_workers, use_gpu=cfg.sft.use_gpu,
+                                     resources_per_worker={"CPU": cfg.sft.cpus_per_worker}),
+        torch_config=TorchConfig(backend="nccl" if cfg.sft.use_gpu else "gloo"),
+        run_config=RunConfig(name="ray_train", storage_path=str(output_dir),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2),
+                             failure_config=FailureConfig(max_failures=0)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    final = json.loads((output_dir / "final_metrics.json").read_text())
+    rows = read_jsonl(output_dir / "metrics.jsonl")
+    plot_curves(rows, ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"], output_dir / "loss.png",
+                f"SFT {cfg.run.name}")
+    model_dir = Path(final["exported"]) if final.get("exported") else None
+    log.info("SFT done: %d steps, final loss %.4f, eval loss %s; model: %s", final["step"], final.get("loss", 0.0),
+             final.get("eval_loss"), model_dir)
+    return SFTResult(output_dir, model_dir, final["step"], final)
+
+
+def main(argv: list[str] | None = None) -> SFTResult:
+    cfg, _ = cli.parse("python -m jobs.sft", __doc__.split("\n\n")[0], SECTIONS, argv)
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main("jobs.sft", main))

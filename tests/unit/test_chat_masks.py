@@ -1,0 +1,64 @@
+"""Loss only on assistant tokens: the mask of a hand-built multi-turn chat, checked token by token."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from actors.chat import IGNORE_INDEX, encode_chat, encode_prompt
+from actors.modeling import DEFAULT_CHAT_TEMPLATE, ModelDirError, check_model_dir, load_tokenizer
+
+POLICY = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "stories260K-hd32"
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"}, {"role": "user", "content": "bye"},
+        {"role": "assistant", "content": "ok"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(POLICY)
+
+
+def test_tokenizer_without_pad_or_template_gets_both(tokenizer):
+    assert tokenizer.pad_token == tokenizer.eos_token == "</s>"
+    assert tokenizer.chat_template == DEFAULT_CHAT_TEMPLATE
+
+
+def test_only_assistant_replies_and_their_eos_are_trained(tokenizer):
+    enc = encode_chat(tokenizer, CHAT)
+    trained = "".join(tokenizer.decode([i]) if lab != IGNORE_INDEX else "|" for i, lab in zip(enc.input_ids,
+                                                                                             enc.labels))
+    # Everything outside the two replies is masked ('|'); each reply keeps its EOS and the line break.
+    assert tokenizer.decode(enc.input_ids) == ("<s>Be brief.\n\nUser: hi\nAssistant: hello</s>\n"
+                                               "User: bye\nAssistant: ok</s>\n")
+    spans = [s for s in trained.split("|") if s]
+    assert spans == ["hello</s>\n", "ok</s>\n"]
+    assert all(lab in (IGNORE_INDEX, i) for i, lab in zip(enc.input_ids, enc.labels))
+
+
+def test_truncation_keeps_mask_aligned(tokenizer):
+    full = encode_chat(tokenizer, CHAT)
+    short = encode_chat(tokenizer, CHAT, max_length=10)
+    assert short.input_ids == full.input_ids[:10] and short.labels == full.labels[:10]
+    assert short.num_trained == 0
+
+
+def test_prompt_ends_with_assistant_header_and_truncates_left(tokenizer):
+    ids = encode_prompt(tokenizer, CHAT[:2])
+    assert tokenizer.decode(ids).endswith("User: hi\nAssistant:")
+    assert encode_prompt(tokenizer, CHAT[:2], max_tokens=5) == ids[-5:]
+
+
+def test_missing_or_malformed_model_dir(tmp_path):
+    with pytest.raises(ModelDirError, match="does not exist"):
+        check_model_dir(tmp_path / "nope")
+    (tmp_path / "m").mkdir()
+    with pytest.raises(ModelDirError, match="has no config.json"):
+        check_model_dir(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{broken")
+    with pytest.raises(ModelDirError, match="is not valid JSON"):
+        check_model_dir(tmp_path / "m")
+    (tmp_path / "m" / "config.json").write_text("{}")
+    with pytest.raises(ModelDirError, match="has no weights"):
+        check_model_dir(tmp_path / "m")
