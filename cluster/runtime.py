@@ -72,9 +72,11 @@ def wait_reachable(address: str, timeout_s: float) -> None:
         f"check ray.address / RAY_ADDRESS, that `ray start --head` is running there, and the firewall")
 
 
-def _auth_env() -> None:
+def enable_client_auth() -> None:
     """A client joining a token-auth cluster needs RAY_AUTH_MODE=token; Ray only infers it from an existing
-    token file. Respect an explicit choice; otherwise turn it on when a token is available."""
+    token file. Respect an explicit choice; otherwise turn it on when a token is available.
+
+    Ray reads the mode when it is imported, so this must run before the first `import ray`."""
     if "RAY_AUTH_MODE" in os.environ:
         return
     token_file = os.path.expanduser(os.environ.get("RAY_AUTH_TOKEN_PATH", "~/.ray/auth_token"))
@@ -82,23 +84,33 @@ def _auth_env() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def prepare_process(cfg: RayConfig) -> None:
+    """Environment for this driver, set before Ray is imported: worker defaults, and client-side token
+    authentication when the job will join an existing cluster."""
+    os.environ.update({k: v for k, v in WORKER_ENV.items() if k not in os.environ})
+    if _resolved_address(cfg):
+        enable_client_auth()
+
+
 def start(cfg: RayConfig) -> RuntimeInfo:
     """Join the configured cluster or start an embedded one; idempotent within a process."""
+    prepare_process(cfg)
     import ray
 
-    os.environ.update({k: v for k, v in WORKER_ENV.items() if k not in os.environ})
     if ray.is_initialized():
         return _info("cluster" if _resolved_address(cfg) else "embedded", _resolved_address(cfg) or "local")
     address = _resolved_address(cfg)
     runtime_env = {"env_vars": {k: os.environ[k] for k in WORKER_ENV}}
     if address:
         wait_reachable(address, cfg.connect_timeout_s)
-        _auth_env()
         try:
             ray.init(address=address, namespace=cfg.namespace, runtime_env=runtime_env,
                      log_to_driver=True, logging_level=logging.WARNING)
         except Exception as exc:  # Ray raises ConnectionError, RuntimeError or its own errors here
-            raise ClusterUnreachable(f"could not join the Ray cluster at {address!r}: {exc}") from exc
+            hint = "" if os.environ.get("RAY_AUTH_MODE") == "token" else \
+                "; if the cluster uses token authentication, run with RAY_AUTH_MODE=token and its token in " \
+                "~/.ray/auth_token or RAY_AUTH_TOKEN"
+            raise ClusterUnreachable(f"could not join the Ray cluster at {address!r}: {exc}{hint}") from exc
         info = _info("cluster", address)
     else:
         ray.init(num_cpus=cfg.num_cpus, namespace=cfg.namespace, runtime_env=runtime_env,

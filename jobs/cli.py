@@ -23,12 +23,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is the whole story for the user (no traceback)."""
     from actors.modeling import ModelDirError, QuantizationUnavailable
+    from actors.reward import RewardModelTooLarge
     from actors.sft_data import EmptyDatasetError
     from cluster.runtime import ClusterUnreachable
     from jobs.records import RecordError
 
     return USER_ERRORS + (RecordError, ModelDirError, QuantizationUnavailable, EmptyDatasetError,
-                          ClusterUnreachable)
+                          ClusterUnreachable, RewardModelTooLarge)
 
 
 def config_help(sections: tuple[str, ...]) -> str:
@@ -63,6 +64,9 @@ def parse(prog: str, description: str, sections: tuple[str, ...], argv: list[str
     if args.address:
         overrides.append(f"ray.address={args.address}")
     cfg = load_config(args.config, overrides)
+    from cluster.runtime import prepare_process
+
+    prepare_process(cfg.ray)  # before anything imports Ray: it reads its auth mode at import time
     if args.print_config:
         import yaml
 
