@@ -16,23 +16,29 @@ repetition 0.05, safety 0.1).
 
 How the KL weight and coefficient combine, and what the PPO engine must do
 --------------------------------------------------------------------------
+The SPEC gives the KL term two numbers: a 20% share of the mix and a coefficient of −0.05, and warns that
+a per-token coefficient of 0.01 drifts into gibberish while 0.2 learns nothing. Those warnings are about the
+coefficient PPO actually applies per token, so at the SPEC defaults that coefficient must be 0.05, not
+0.2 × 0.05. The KL term's weight is therefore read relative to its SPEC share:
+
+  β = (kl_weight / SPEC_KL_WEIGHT) × kl_coef       SPEC_KL_WEIGHT = 0.2, kl_coef = the controller's value
+
+so kl_weight 0.2 applies the controller's coefficient unchanged (0.08 → 0.05 → 0.06 over the SPEC
+schedule), 0.4 doubles the KL pull and 0 switches it off, while the other weights act as plain multipliers.
+
 KL is the one term PPO does not pay at the end of the sequence: it is charged token by token,
-r_t = −β·kl_t, so the blame for drifting lands on the token that drifted. A per-token penalty with
-coefficient β = kl_weight × kl_coef sums over the response to kl_weight × (−kl_coef × seq_kl), which is
-exactly the weighted "kl" term. So mix_rewards returns a MixedReward whose
+r_t = −β·kl_t, so the blame for drifting lands on the token that drifted. Summed over the response that is
+exactly the weighted "kl" term (−β × seq_kl). So mix_rewards returns a MixedReward whose
 
   terminal_reward [B]   is the weighted sum of every enabled term EXCEPT kl: the engine puts it on the last
                         response token only;
-  kl_coef_per_token     is kl_weight × kl_coef (0.0 when "kl" is not enabled): the engine's per-token
-                        penalty (actors.algo.kl.kl_penalized_rewards, or kl_loss_term in KL-as-loss mode)
-                        uses THIS coefficient, never the controller's raw one;
+  kl_coef_per_token     is β (0.0 when "kl" is not enabled): the engine's per-token penalty
+                        (actors.algo.kl.kl_penalized_rewards, or kl_loss_term in KL-as-loss mode) uses THIS
+                        coefficient;
   total [B]             is terminal_reward + the weighted kl term: what each sequence earns in all, for
                         logging and reports only; adding it to the token rewards would charge KL twice.
 
-kl_coef is the KL controller's current value (fixed, adaptive or the SPEC's 0.08/0.05/0.06 schedule), and
-the monitors' "raise_kl" action multiplies that controller value, so it scales the per-token penalty too.
-At the SPEC defaults the per-token coefficient is 0.2 × 0.05 = 0.01 against an RM weighted 0.6, i.e.
-0.0167 per unit of raw RM score; raise kl.coef (or kl_weight) if the policy drifts.
+The monitors' "raise_kl" action multiplies the controller value, so it scales β too.
 
 Per step the engine calls, once the reference log-probs (phase 3) have given seq_kl:
     mixed = mix_rewards(RewardBatch(responses, rm_scores, seq_kl, kl_coef=controller.value(progress),
@@ -190,9 +196,15 @@ def kl_term(batch: RewardBatch, cfg: RewardSettings) -> torch.Tensor:
     return -coef * _as_float32(batch.required("seq_kl", KL_TERM))
 
 
+# The KL term's share in the SPEC mix; at this weight the per-token coefficient is the controller's own.
+SPEC_KL_WEIGHT = 0.2
+
+
 def term_weight(cfg: RewardSettings, name: str) -> float:
-    """The weight of term `name`: the config field <name>_weight."""
-    return float(getattr(cfg, f"{name}_weight"))
+    """The multiplier of term `name`: the config field <name>_weight, except KL's, read relative to its SPEC
+    share (see the module docstring)."""
+    weight = float(getattr(cfg, f"{name}_weight"))
+    return weight / SPEC_KL_WEIGHT if name == KL_TERM else weight
 
 
 def check_term_names(names: Sequence[str]) -> None:

@@ -17,6 +17,7 @@ from actors.algo.rewards import (
     repetition_score,
     reward_log,
     safety_value,
+    term_weight,
 )
 from jobs.config import RewardMixConfig, RewardTermName
 
@@ -153,10 +154,11 @@ def test_mix_with_spec_defaults_by_hand():
     # terminal = 0.6·rm + 0.05·length + 0.05·repetition + 0.1·safety
     #          = [0.6 + 0 + 0 + 0.01, 1.2 + 0 − 0.03125 + 0.01]
     torch.testing.assert_close(mixed.terminal_reward, torch.tensor([0.61, 1.17875]))
-    # weighted kl = 0.2 · (−0.05 · [2, 4]) = [−0.02, −0.04]
-    torch.testing.assert_close(mixed.weighted_terms["kl"], torch.tensor([-0.02, -0.04]))
-    torch.testing.assert_close(mixed.total, torch.tensor([0.59, 1.13875]))
-    assert mixed.kl_coef_per_token == pytest.approx(0.2 * 0.05, rel=1e-12)
+    # weighted kl = (0.2 / 0.2) · (−0.05 · [2, 4]) = [−0.1, −0.2]: at the SPEC share the controller's
+    # coefficient applies unchanged
+    torch.testing.assert_close(mixed.weighted_terms["kl"], torch.tensor([-0.1, -0.2]))
+    torch.testing.assert_close(mixed.total, torch.tensor([0.51, 0.97875]))
+    assert mixed.kl_coef_per_token == pytest.approx(0.05, rel=1e-12)
     assert set(mixed.terms) == {"rm", "kl", "length", "repetition", "safety"}
 
 
@@ -171,7 +173,7 @@ def long_batch() -> RewardBatch:
 def test_each_term_alone_totals_its_weighted_value(name):
     batch = long_batch()
     mixed = mix_rewards(batch, only(name))
-    expected = getattr(CFG, f"{name}_weight") * term(name, batch)
+    expected = term_weight(CFG, name) * term(name, batch)
     torch.testing.assert_close(mixed.total, expected)
     assert list(mixed.terms) == [name]
 
@@ -191,7 +193,9 @@ def test_kl_stays_out_of_the_terminal_reward_and_sets_the_per_token_coefficient(
     with_kl = mix_rewards(batch, CFG)
     torch.testing.assert_close(with_kl.terminal_reward, without_kl.terminal_reward)
     assert without_kl.kl_coef_per_token == 0.0
-    assert with_kl.kl_coef_per_token == pytest.approx(0.01, rel=1e-12)
+    assert with_kl.kl_coef_per_token == pytest.approx(0.05, rel=1e-12)
+    doubled = mix_rewards(batch, replace(CFG, kl_weight=0.4))
+    assert doubled.kl_coef_per_token == pytest.approx(0.1, rel=1e-12)
 
 
 def test_per_token_kl_with_the_returned_coefficient_sums_to_the_mixed_total():
@@ -228,6 +232,6 @@ def test_reward_log_has_every_term_raw_and_weighted():
     row = reward_log(mix_rewards(mixed_batch(), CFG))
     assert row["reward/rm"] == pytest.approx(1.5)
     assert row["reward/rm_weighted"] == pytest.approx(0.9)
-    assert row["reward/total"] == pytest.approx((0.59 + 1.13875) / 2)
-    assert row["reward/kl_coef_per_token"] == pytest.approx(0.01)
+    assert row["reward/total"] == pytest.approx((0.51 + 0.97875) / 2)
+    assert row["reward/kl_coef_per_token"] == pytest.approx(0.05)
     assert {"reward/kl", "reward/length", "reward/repetition", "reward/safety", "reward/terminal"} <= set(row)
