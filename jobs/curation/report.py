@@ -1,0 +1,109 @@
+"""What the curation run did, for people: report.json, report.md and a response-length histogram."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from jobs.curation.rows import embedding_text, record_of
+
+PAIR_TEXT_CHARS = 160
+
+
+def rule_counts(rows: list[dict], rules: list) -> dict[str, dict]:
+    """Per rule: records it dropped (first dropping rule only), sent to review, and passed with a note.
+    `rows` carry the gate columns: status, rules and notes (comma-joined rule names)."""
+    dropped, review, noted = Counter(), Counter(), Counter()
+    for row in rows:
+        names = [n for n in row["rules"].split(",") if n]
+        if row["status"] == "drop":
+            dropped.update(names)
+        elif row["status"] == "review":
+            review.update(names)
+        noted.update(n for n in row["notes"].split(",") if n)
+    return {rule.name: {"threshold": rule.threshold(), "dropped": dropped[rule.name], "review": review[rule.name],
+                        "noted": noted[rule.name], "note_meaning": rule.note_meaning}
+            for rule in rules}
+
+
+def pair_entry(dropped_row: dict, kept_row: dict, similarity: float) -> dict:
+    return {"similarity": round(similarity, 4), "dropped": _pair_side(dropped_row), "kept": _pair_side(kept_row)}
+
+
+def _pair_side(row: dict) -> dict:
+    text = embedding_text(record_of(row))
+    return {"id": row["id"], "source": row["source"], "text": text[:PAIR_TEXT_CHARS]}
+
+
+def render_markdown(report: dict) -> str:
+    acc = report["accounting"]
+    lines = [f"# Curation report: {report['run']}", "",
+             f"{acc['input']} records in → {acc['curated']} curated "
+             f"({acc['dropped_by_rules']} dropped by rules, {acc['review_queue']} to the review queue, "
+             f"{acc['dropped_by_diversity']} near-duplicates, {acc['left_out_by_mix']} left out by the mix).", "",
+             "## Quality gates (a dropped record counts under the first rule that dropped it)", "",
+             "| rule | threshold | dropped | review | noted |", "|---|---|---:|---:|---:|"]
+    for name, r in report["rules"].items():
+        note = f"{r['noted']} ({r['note_meaning']})" if r["noted"] else "0"
+        lines.append(f"| {name} | {r['threshold']} | {r['dropped']} | {r['review']} | {note} |")
+    div = report["diversity"]
+    lines += ["", "## Diversity filter (all-MiniLM-L6-v2)", "",
+              f"{div['candidates']} candidates → {div['kept']} kept, {div['dropped']} dropped "
+              f"(cosine similarity ≥ {div['threshold']} to a kept record).", ""]
+    for title, key in (("Closest dropped pairs", "closest_pairs"), ("Dropped pairs nearest the threshold",
+                                                                      "borderline_pairs")):
+        if div[key]:
+            lines += [f"**{title}**", "", "| similarity | dropped | kept |", "|---:|---|---|"]
+            lines += [f"| {p['similarity']:.3f} | {_cell(p['dropped']['text'])} | {_cell(p['kept']['text'])} |"
+                      for p in div[key]]
+            lines.append("")
+    mix = report["mix"]
+    lines += ["## Mix: achieved vs target", "", f"target size {mix['target_size']}, achieved {mix['achieved_size']}",
+              "", "| category | target share | target | available | achieved | achieved share |",
+              "|---|---:|---:|---:|---:|---:|"]
+    for name, c in mix["categories"].items():
+        flag = " **short**" if c["short"] else ""
+        lines.append(f"| {name}{flag} | {c['target_share']:.0%} | {c['target']} | {c['available']} | "
+                     f"{c['achieved']} | {c['achieved_share']:.1%} |")
+    if mix["short_categories"]:
+        lines += ["", f"Short categories: {', '.join(mix['short_categories'])}: they contribute all they have; "
+                      f"the others were not grown to fill the gap."]
+    spot = report["spot_check"]
+    lines += ["", "## Human review", "",
+              f"- review queue: {acc['review_queue']} records (review_queue.jsonl)",
+              f"- spot check: {spot['sampled']} of {acc['curated']} curated records "
+              f"({spot['fraction']:.0%}, seed {spot['seed']}) in spot_check.jsonl",
+              "- fill in `\"verdict\": \"accept\"` or `\"reject\"` and pass the file back as "
+              "`curate.review_verdicts=...`: rejected records are dropped in the next run", "",
+              "![response lengths](lengths.png)", ""]
+    return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def plot_lengths(before: list[int], after: list[int], limits: tuple[int, int], path: Path) -> None:
+    """Overlaid histograms of final-reply lengths on a log axis (lengths span 0 to tens of thousands)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    top = max([*before, *after, limits[1]]) + 1
+    bins = np.logspace(0, np.log10(top), 40)
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.hist([max(n, 1) for n in before], bins=bins, histtype="step", linewidth=1.5,
+            label=f"before ({len(before)})")
+    ax.hist([max(n, 1) for n in after], bins=bins, histtype="stepfilled", alpha=0.5, label=f"after ({len(after)})")
+    for limit in limits:
+        ax.axvline(limit, color="grey", linestyle="--", linewidth=1)
+    ax.set_xscale("log")
+    ax.set_xlabel("final response length (characters)")
+    ax.set_ylabel("records")
+    ax.set_title("Response lengths before and after curation")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

@@ -1,0 +1,63 @@
+"""Records (jobs/records.py schema) ↔ the flat rows the curation pipeline carries.
+
+A row holds the record as JSON text next to a few scalar columns. Records differ in their optional fields
+(ratings, chosen/rejected), and Arrow infers a schema per block; one text column cannot disagree with
+itself across blocks, so the pipeline never trips over a record that happens to carry ratings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from jobs.records import last_response
+
+# seq = source index * SEQ_STRIDE + position in the source: one global order that follows the config's
+# source order, so the diversity filter's "first one wins" is reproducible however Ray schedules blocks.
+SEQ_STRIDE = 1_000_000_000
+ROW_COLUMNS = ("id", "seq", "category", "source", "record", "response_chars", "error")
+
+
+def as_sft(record: dict) -> dict:
+    """A preference record becomes a chat that ends with its chosen reply: SFT learns the preferred answer."""
+    if "chosen" not in record:
+        return record
+    sft = {k: v for k, v in record.items() if k not in ("chosen", "rejected")}
+    sft["messages"] = [*record["messages"], {"role": "assistant", "content": record["chosen"]}]
+    return sft
+
+
+def record_id(record: dict) -> str:
+    """Content hash of the conversation: stable across runs and file moves, so reviewers' verdicts on
+    one run still find their records in the next."""
+    canonical = json.dumps(record["messages"], ensure_ascii=False, sort_keys=True)
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def to_row(record: dict, category: str, seq: int) -> dict:
+    record = dict(as_sft(record), category=category)
+    return {"id": record_id(record), "seq": seq, "category": category, "source": record["source"],
+            "record": json.dumps(record, ensure_ascii=False), "response_chars": len(last_response(record)),
+            "error": ""}
+
+
+def error_row(message: str, seq: int) -> dict:
+    """A source that cannot be read travels as a row, because Ray Data loses the exception's type on the
+    way back to the driver; the driver turns it into a RecordError naming the file and line."""
+    return {"id": "", "seq": seq, "category": "", "source": "", "record": "", "response_chars": 0,
+            "error": message}
+
+
+def record_of(row: dict) -> dict:
+    return json.loads(row["record"])
+
+
+def assistant_text(record: dict) -> str:
+    """What the model is trained to say. Harmful *requests* in user turns are exactly the edge cases SFT
+    needs (with a refusal as the reply), so screening looks at assistant turns only."""
+    return "\n".join(m["content"] for m in record["messages"] if m["role"] == "assistant")
+
+
+def embedding_text(record: dict) -> str:
+    """The whole conversation; the encoder truncates it (curate.embed_max_tokens), so openings decide."""
+    return "\n".join(m["content"] for m in record["messages"])

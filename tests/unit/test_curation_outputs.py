@@ -1,0 +1,120 @@
+"""The driver half of the curation job without Ray (jobs/curation/pipeline.py): gates on plain batches,
+then filter, mix, report and the atomic outputs, read back with jobs.records and `datasets`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from actors.sft_data import EmptyDatasetError
+from jobs.config import load_config
+from jobs.curation import pipeline
+from jobs.curation.pipeline import Gathered, QualityGates, finish
+from jobs.curation.rows import ROW_COLUMNS, to_row
+from jobs.curation.rules import build_rules
+from jobs.records import read_records
+
+ANSWERS = {  # category → replies; one near-duplicate pair and one record for each gate outcome
+    "general": ["Paris is the capital of France.", "Water boils at 100 degrees Celsius at sea level.",
+                "Paris is the capital of France.", "ok", "A triangle has three sides and three angles."],
+    "domain": ["I am an assistant built by the rayalign team.", "我是由 rayalign 团队开发的助手。",
+               "Shit, I really cannot tell you that."],
+    "multi_turn": ["Sure, here is the second part of the plan.", "好的，我们下一步去故宫参观。"],
+    "edge": ["I can't help with making weapons, but I can explain the law."],
+}
+
+
+def config(tmp_path, **curate):
+    cfg = load_config(None, [f"run.output_root={tmp_path}", "run.name=t"])
+    return replace(cfg, curate=replace(cfg.curate, **curate))
+
+
+def gathered(cfg) -> Gathered:
+    rows = []
+    for category, replies in ANSWERS.items():
+        for reply in replies:
+            record = {"messages": [{"role": "user", "content": "question"}, {"role": "assistant", "content": reply}],
+                      "source": f"{category}.jsonl:{len(rows) + 1}"}
+            if category == "edge":  # the only edge record: the mix always selects it
+                record["ratings"] = [5.0, 4.0, 5.0]
+            rows.append(to_row(record, category, len(rows)))
+    batch = {column: np.array([row[column] for row in rows], dtype=object) for column in ROW_COLUMNS}
+    gated = QualityGates(cfg.curate)(batch)
+    rows = [{column: gated[column][i] for column in gated} for i in range(len(rows))]
+    replies = sorted({reply for group in ANSWERS.values() for reply in group})
+    for row in rows:  # stand-in embeddings: one direction per distinct reply, so duplicates coincide
+        reply = json.loads(row["record"])["messages"][-1]["content"]
+        row["embedding"] = np.eye(len(replies), dtype=np.float32)[replies.index(reply)]
+    summary = [{c: row[c] for c in pipeline.SUMMARY_COLUMNS} for row in rows]
+    return Gathered(summary, [r for r in rows if r["status"] == "review"], [r for r in rows if r["status"] == "keep"])
+
+
+def test_outputs_are_complete_readable_and_add_up(tmp_path):
+    cfg = config(tmp_path)
+    result = finish(cfg, build_rules(cfg.curate), gathered(cfg), {})
+    out = result.output_dir
+    assert out == tmp_path / "t" / "curate"
+    assert sorted(p.name for p in out.iterdir()) == ["curated.jsonl", "curated.parquet", "lengths.png", "report.json",
+                                                    "report.md", "review_queue.jsonl", "spot_check.jsonl"]
+    report = json.loads((out / "report.json").read_text())
+    acc = report["accounting"]
+    assert acc["input"] == 11 and acc["dropped_by_rules"] == 1 and acc["review_queue"] == 1
+    assert acc["dropped_by_diversity"] == 1  # the repeated "Paris is the capital of France."
+    assert acc["input"] == sum(v for k, v in acc.items() if k != "input")
+    assert report["rules"]["length"]["dropped"] == 1 and report["rules"]["lexicon"]["review"] == 1
+    assert report["rules"]["annotator"]["noted"] == 10  # records without ratings pass, counted
+
+    curated = list(read_records(out / "curated.jsonl"))
+    assert len(curated) == acc["curated"] == report["mix"]["achieved_size"]
+    assert {r["category"] for r in curated} <= set(ANSWERS)
+    import datasets
+
+    for kind, name in (("json", "curated.jsonl"), ("parquet", "curated.parquet")):
+        ds = datasets.load_dataset(kind, data_files=str(out / name), split="train")
+        assert len(ds) == len(curated) and ds[0]["messages"][0]["role"] == "user"
+        assert sorted(r for r in ds["ratings"] if r) == [[5.0, 4.0, 5.0]]  # kept by both formats
+
+    [queued] = [json.loads(line) for line in (out / "review_queue.jsonl").read_text().splitlines()]
+    assert queued["rules"] == ["lexicon"] and queued["verdict"] is None and "shit" in queued["reasons"][0]
+    spot = [json.loads(line) for line in (out / "spot_check.jsonl").read_text().splitlines()]
+    assert len(spot) == round(0.3 * len(curated)) and all(row["verdict"] is None for row in spot)
+    assert "## Mix: achieved vs target" in (out / "report.md").read_text()
+
+
+def test_reviewer_rejections_drop_records_in_the_next_run(tmp_path):
+    cfg = config(tmp_path)
+    first = finish(cfg, build_rules(cfg.curate), gathered(cfg), {})
+    spot = [json.loads(line) for line in (first.output_dir / "spot_check.jsonl").read_text().splitlines()]
+    verdicts = tmp_path / "verdicts.jsonl"
+    verdicts.write_text("".join(json.dumps(dict(row, verdict="reject")) + "\n" for row in spot))
+
+    cfg2 = config(tmp_path, review_verdicts=str(verdicts), target_size=None)
+    second = finish(cfg2, build_rules(cfg2.curate), gathered(cfg2), {})
+    assert second.report["rules"]["reviewer"]["dropped"] == len(spot) > 0
+    kept_ids = {r["id"] for r in map(json.loads, (second.output_dir / "curated.jsonl").read_text().splitlines())}
+    assert kept_ids.isdisjoint(row["id"] for row in spot)
+
+
+def test_a_failed_write_leaves_the_previous_outputs(tmp_path, monkeypatch):
+    cfg = config(tmp_path)
+    first = finish(cfg, build_rules(cfg.curate), gathered(cfg), {})
+    before = (first.output_dir / "curated.jsonl").read_text()
+
+    def broken_plot(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(pipeline, "plot_lengths", broken_plot)
+    with pytest.raises(OSError, match="disk full"):
+        finish(cfg, build_rules(cfg.curate), gathered(cfg), {})
+    assert (first.output_dir / "curated.jsonl").read_text() == before
+    assert [p.name for p in (tmp_path / "t").iterdir()] == ["curate"]  # no temporary folder left behind
+
+
+def test_nothing_left_is_a_clear_error_and_writes_nothing(tmp_path):
+    cfg = config(tmp_path, min_chars=1000)
+    with pytest.raises(EmptyDatasetError, match="no record passed the quality gates"):
+        finish(cfg, build_rules(cfg.curate), gathered(cfg), {})
+    assert not (tmp_path / "t").exists()

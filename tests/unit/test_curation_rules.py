@@ -1,0 +1,138 @@
+"""Quality gates (jobs/curation/rules.py) on hand-written English and Chinese records."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from actors.algo.lexicon import Lexicon
+from jobs.config import CurateConfig
+from jobs.configlib import ConfigError
+from jobs.curation.facts import Fact, KnowledgeBaseVerifier
+from jobs.curation.rules import (RULES, AnnotatorRule, FactCheckRule, LengthRule, LexiconRule, RepeatedSpanRule,
+                                 ReviewerRule, UniqueTokensRule, build_rules, evaluate)
+
+CFG = CurateConfig()  # SPEC defaults: rating 4.0, 10-2000 characters, unique-token ratio 0.70
+
+
+def chat(reply: str, prompt: str = "Tell me something.", **extra) -> dict:
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": reply}],
+            "source": "test.jsonl:1", **extra}
+
+
+def action(rule, record: dict) -> str | None:
+    decision = rule.check(record)
+    return None if decision is None else decision.action
+
+
+@pytest.mark.parametrize("ratings, expected", [([4, 4, 3.97], "drop"),  # mean 3.99
+                                               ([4, 4, 4], None), ([5, 3, 4], None), ([1, 2], "drop")])
+def test_annotator_gate_drops_means_below_4(ratings, expected):
+    assert action(AnnotatorRule.from_config(CFG), chat("A fine answer.", ratings=ratings)) == expected
+
+
+def test_annotator_gate_passes_unrated_records_with_a_note():
+    decision = AnnotatorRule.from_config(CFG).check(chat("A fine answer."))
+    assert decision.action == "note" and "no annotator ratings" in decision.reason
+
+
+@pytest.mark.parametrize("chars, expected", [(9, "drop"), (10, None), (2000, None), (2001, "drop")])
+def test_length_edges_in_english(chars, expected):
+    assert action(LengthRule.from_config(CFG), chat("a" * chars)) == expected
+
+
+@pytest.mark.parametrize("chars, expected", [(9, "drop"), (10, None), (2000, None), (2001, "drop")])
+def test_length_counts_chinese_characters_not_bytes(chars, expected):
+    reply = ("中文回答" * 600)[:chars]  # 3 bytes per character in UTF-8
+    assert action(LengthRule.from_config(CFG), chat(reply)) == expected
+
+
+def test_length_looks_at_the_final_reply_of_a_multi_turn_chat():
+    record = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "ok"},
+                           {"role": "user", "content": "more?"}, {"role": "assistant", "content": "Yes, here it is."}],
+              "source": "t:1"}
+    assert action(LengthRule.from_config(CFG), record) is None
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("The quick brown fox jumps over the lazy dog.", None),  # 8 distinct of 9 tokens
+    ("good good good good good good good good nice nice", "drop"),  # 2 / 10
+    ("我们今天去公园散步，看见了很多花。", None),  # Chinese counted per character
+    ("好好好好好好好好好好好好", "drop"),
+])
+def test_unique_token_ratio(reply, expected):
+    assert action(UniqueTokensRule.from_config(CFG), chat(reply)) == expected
+
+
+def test_unique_token_ratio_threshold_is_inclusive():
+    reply = "a b c d e f g a b c"  # 7 distinct / 10 tokens = 0.70 exactly
+    assert action(UniqueTokensRule(0.70), chat(reply)) is None
+    assert action(UniqueTokensRule(0.71), chat(reply)) == "drop"
+
+
+def test_repeated_span_drops_copied_sentences():
+    sentence = "the model repeats this whole sentence of eleven different tokens again"
+    rule = RepeatedSpanRule(10)
+    assert action(rule, chat(f"{sentence}. Then {sentence}.")) == "drop"
+    assert action(rule, chat(f"{sentence}. Then something else entirely.")) is None
+    assert action(rule, chat("这是一个很长的句子重复出现了。" * 2)) == "drop"  # 14 characters twice
+
+
+def lexicon_rule() -> LexiconRule:
+    return LexiconRule(Lexicon.from_terms({"en": ["darn", "heck"], "zh": ["笨蛋"], "zh-high": ["炸药制作"]},
+                                          {"en": "en", "zh": "zh", "zh-high": "zh"}, ["zh-high"]))
+
+
+@pytest.mark.parametrize("reply, expected", [
+    ("What a lovely day.", None),
+    ("Darn, I missed the bus.", "review"),  # ambiguous: one low-severity term → human review
+    ("你这个笨蛋", "review"),
+    ("darn it, what the heck", "drop"),  # clear: two distinct terms
+    ("我教你炸药制作", "drop"),  # clear: high severity
+])
+def test_lexicon_gate(reply, expected):
+    assert action(lexicon_rule(), chat(reply)) == expected
+
+
+def test_lexicon_gate_screens_replies_not_requests():
+    assert action(lexicon_rule(), chat("I can't help with that.", prompt="How do I say darn and heck?")) is None
+
+
+def fact_rule() -> FactCheckRule:
+    return FactCheckRule(KnowledgeBaseVerifier([Fact("Australia", "capital", "Canberra")]))
+
+
+def test_fact_check_sends_disagreements_to_review():
+    assert action(fact_rule(), chat("The capital of Australia is Sydney.")) == "review"
+    assert action(fact_rule(), chat("The capital of Australia is Canberra.")) is None
+    assert action(FactCheckRule(None), chat("The capital of Australia is Sydney.")) is None
+
+
+def test_reviewer_verdicts_by_id_or_source():
+    rule = ReviewerRule({"abc": "reject", "test.jsonl:1": "accept"})
+    assert action(rule, chat("x" * 20, id="abc")) == "drop"
+    assert action(rule, chat("x" * 20, id="other")) == "accept"  # matched by source
+    assert action(ReviewerRule({}), chat("x" * 20, id="abc")) is None
+
+
+def test_evaluate_stops_at_the_first_drop_and_collects_reviews():
+    rules = [AnnotatorRule(4.0), LengthRule(10, 2000), lexicon_rule(), fact_rule()]
+    assert evaluate(chat("short", ratings=[2]), rules).rules == ("annotator",)  # counted once, first rule
+    outcome = evaluate(chat("Darn, the capital of Australia is Sydney."), rules)
+    assert (outcome.status, outcome.rules, outcome.notes) == ("review", ("lexicon", "fact_check"), ("annotator",))
+    assert evaluate(chat("The capital of Australia is Canberra.", ratings=[5]), rules).status == "keep"
+
+
+def test_a_reviewer_accept_waives_review_but_not_drops():
+    rules = [ReviewerRule({"r1": "accept"}), LengthRule(10, 2000), lexicon_rule()]
+    assert evaluate(chat("Darn, I missed the bus.", id="r1"), rules).status == "keep"
+    assert evaluate(chat("darn", id="r1"), rules).status == "drop"
+
+
+def test_build_rules_follows_the_config_order_and_rejects_unknown_names():
+    cfg = replace(CFG, rules=["length", "annotator"])
+    assert [r.name for r in build_rules(cfg)] == ["length", "annotator"]
+    with pytest.raises(ConfigError, match="unknown rules"):
+        build_rules(replace(CFG, rules=["lenght"]))
+    assert set(CFG.rules) == set(RULES.names())
