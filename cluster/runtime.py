@@ -113,7 +113,8 @@ def start(cfg: RayConfig) -> RuntimeInfo:
             raise ClusterUnreachable(f"could not join the Ray cluster at {address!r}: {exc}{hint}") from exc
         info = _info("cluster", address)
     else:
-        ray.init(num_cpus=cfg.num_cpus, namespace=cfg.namespace, runtime_env=runtime_env,
+        # address="local": always a fresh cluster, never one a `ray start` left running on this machine.
+        ray.init(address="local", num_cpus=cfg.num_cpus, namespace=cfg.namespace, runtime_env=runtime_env,
                  include_dashboard=cfg.include_dashboard, _node_ip_address="127.0.0.1",
                  logging_level=logging.WARNING, configure_logging=True)
         info = _info("embedded", "local")

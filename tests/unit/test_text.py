@@ -1,0 +1,27 @@
+"""Language-aware token statistics (English words, one token per CJK character) on hand-counted text."""
+
+from __future__ import annotations
+
+import pytest
+
+from actors.algo.text import distinct_n, longest_repeated_span, repeated_ngram_fraction, text_tokens, unique_token_ratio
+
+
+def test_tokens_split_cjk_per_character_and_latin_per_word():
+    assert text_tokens("Don't stop 看过《我是山姆》吗") == ["don't", "stop", "看", "过", "我", "是", "山", "姆", "吗"]
+    assert text_tokens("你是sb吗 abc123") == ["你", "是", "sb", "吗", "abc123"]
+
+
+def test_ratios_by_hand():
+    assert unique_token_ratio("a a b") == pytest.approx(2 / 3)
+    assert unique_token_ratio("好好好好") == pytest.approx(1 / 4)
+    assert unique_token_ratio("") == 1.0
+    assert distinct_n(["a b", "a b"], 1) == pytest.approx(2 / 4)
+    assert distinct_n(["a b c"], 2) == pytest.approx(1.0)
+    assert repeated_ngram_fraction("a b c a b c", 3) == pytest.approx(1 - 3 / 4)
+
+
+def test_longest_repeated_span_is_non_overlapping():
+    assert longest_repeated_span("a b c d a b c e") == 3
+    assert longest_repeated_span("a a a") == 1
+    assert longest_repeated_span("a b c") == 0
