@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import Any, Callable
 
 import torch
 
@@ -49,9 +50,9 @@ def build_split(records: list[dict], tokenizer, max_length: int, eval_fraction: 
     return SFTSplit([encoded[i] for i in train_idx], [encoded[i] for i in eval_idx], dropped)
 
 
-def bucketed_batches(examples: list[EncodedChat], batch_size: int, seed: int, epoch: int,
-                     bucket_factor: int = 16) -> list[list[EncodedChat]]:
-    """Shuffle, then sort within windows of batch_size × bucket_factor by length, so each batch holds
+def bucketed_batches(examples: list, batch_size: int, seed: int, epoch: int, bucket_factor: int = 16,
+                     length: Callable[[Any], int] = lambda ex: len(ex.input_ids)) -> list[list]:
+    """Shuffle, then sort within windows of batch_size × bucket_factor by `length`, so each batch holds
     similar lengths (little padding) while batch order stays random."""
     rng = random.Random(seed * 1_000_003 + epoch)
     pool = list(examples)
@@ -59,7 +60,7 @@ def bucketed_batches(examples: list[EncodedChat], batch_size: int, seed: int, ep
     window = batch_size * bucket_factor
     batches = []
     for start in range(0, len(pool), window):
-        chunk = sorted(pool[start:start + window], key=lambda ex: len(ex.input_ids))
+        chunk = sorted(pool[start:start + window], key=length)
         batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
     rng.shuffle(batches)
     return [b for b in batches if len(b) == batch_size]

@@ -25,11 +25,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     from actors.modeling import ModelDirError, QuantizationUnavailable
     from actors.reward import RewardModelTooLarge
     from actors.sft_data import EmptyDatasetError
+    from cluster.placement import PlacementError
     from cluster.runtime import ClusterUnreachable
     from jobs.records import RecordError
 
     return USER_ERRORS + (RecordError, ModelDirError, QuantizationUnavailable, EmptyDatasetError,
-                          ClusterUnreachable, RewardModelTooLarge)
+                          ClusterUnreachable, RewardModelTooLarge, PlacementError)
 
 
 def config_help(sections: tuple[str, ...]) -> str:

@@ -9,7 +9,6 @@ Hugging Face model in model/, and Ray Train checkpoints under ray_train/ (re-run
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from dataclasses import dataclass
@@ -51,10 +50,9 @@ def prepare(cfg: Config):
 
 def run(cfg: Config) -> SFTResult:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     from actors.sft_worker import train_loop
+    from actors.zero_trainer import fit
     from cluster import runtime
     from jobs.metrics import plot_curves, read_jsonl
 
@@ -64,20 +62,7 @@ def run(cfg: Config) -> SFTResult:
     runtime.start(cfg.ray)
     payload = {"config": to_dict(cfg), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id, "lr": lr,
                "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=payload,
-        scaling_config=ScalingConfig(num_workers=cfg.sft.num_workers, use_gpu=cfg.sft.use_gpu,
-                                     resources_per_worker={"CPU": cfg.sft.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if cfg.sft.use_gpu else "gloo"),
-        run_config=RunConfig(name="ray_train", storage_path=str(output_dir),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=0)),
-    )
-    result = trainer.fit()
-    if result.error is not None:
-        raise result.error
-    final = json.loads((output_dir / "final_metrics.json").read_text())
+    final = fit(train_loop, payload, cfg.sft, output_dir)
     rows = read_jsonl(output_dir / "metrics.jsonl")
     plot_curves(rows, ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"], output_dir / "loss.png",
                 f"SFT {cfg.run.name}")

@@ -1,0 +1,85 @@
+"""HTTP client of the reward service, for the PPO engine when `ppo.reward.reward_url` is set.
+
+Connection failures, timeouts and overload answers (408/429/5xx) are retried with exponential backoff;
+a request the service rejects as invalid (other 4xx) fails at once with the service's message. After the
+last attempt the error names the URL, so a run that cannot score says where it tried.
+"""
+
+from __future__ import annotations
+
+import time
+
+import requests
+
+RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+
+
+class RewardServiceError(RuntimeError):
+    """The reward service could not be reached or rejected the request."""
+
+
+class RewardClient:
+    def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 3, token: str | None = None,
+                 backoff_s: float = 0.5, max_backoff_s: float = 8.0):
+        self.url = url.rstrip("/")
+        self.timeout_s, self.retries = timeout_s, retries
+        self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
+        self._session = requests.Session()
+        if token:
+            self._session.headers["Authorization"] = f"Bearer {token}"
+
+    def score(self, prompts: list, responses: list[str]) -> list[float]:
+        """Rewards of `responses`; each prompt is a user message string or a list of chat turns."""
+        body = self._post("/score", {"prompts": prompts, "responses": responses})
+        return self._floats(body, "scores", len(responses))
+
+    def get_reward(self, queries: list[str], prompts: list[str] | None = None) -> list[float]:
+        """Rewards through the OpenRLHF-style endpoint (queries = rendered prompt + response)."""
+        payload = {"query": queries} if prompts is None else {"query": queries, "prompts": prompts}
+        return self._floats(self._post("/get_reward", payload), "rewards", len(queries))
+
+    def close(self) -> None:
+        self._session.close()
+
+    def __enter__(self) -> "RewardClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _post(self, path: str, payload: dict) -> dict:
+        url = f"{self.url}{path}"
+        failure = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff(attempt))
+            try:
+                response = self._session.post(url, json=payload, timeout=self.timeout_s)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                failure = f"{type(exc).__name__}: {exc}"
+                continue
+            if response.status_code < 400:
+                return response.json()
+            failure = f"HTTP {response.status_code}: {_error_text(response)}"
+            if response.status_code not in RETRYABLE_STATUS:
+                raise RewardServiceError(f"reward service at {url} rejected the request ({failure})")
+        raise RewardServiceError(f"reward service at {url} failed after {self.retries + 1} attempts "
+                                 f"({self.retries} retries with backoff): {failure}")
+
+    def backoff(self, attempt: int) -> float:
+        """Seconds to wait before retry number `attempt` (1-based): doubling, capped."""
+        return min(self.backoff_s * 2 ** (attempt - 1), self.max_backoff_s)
+
+    def _floats(self, body: dict, key: str, expected: int) -> list[float]:
+        values = body.get(key) if isinstance(body, dict) else None
+        if not isinstance(values, list) or len(values) != expected:
+            raise RewardServiceError(f"reward service at {self.url} answered without {expected} {key!r}: {body!r:.200}")
+        return [float(v) for v in values]
+
+
+def _error_text(response: requests.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    return str(body.get("error", body)) if isinstance(body, dict) else str(body)[:200]

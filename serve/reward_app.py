@@ -1,0 +1,269 @@
+"""Ray Serve deployment of a trained reward model behind FastAPI.
+
+    POST /score       {"prompts": [str | chat turns], "responses": [str]}  → {"scores": [float]}
+    POST /get_reward  {"query": [str], "prompts": [str]?, "labels": [...]?} → {"rewards": [float], "scores": [float]}
+                      (the remote reward-model format of OpenRLHF-style trainers, so they can point here unchanged)
+    GET  /healthz     liveness + which model is loaded
+    GET  /stats       this replica's request and batch-size counts
+    GET  /openapi.json, /docs
+
+Concurrent requests are merged by @serve.batch into one model pass (max_batch_size / batch_wait_timeout_s
+from ServeConfig); tokenisation happens per request, before batching, so a bad request fails alone.
+Scoring routes need `Authorization: Bearer <token>` when a token is configured (ServeConfig.auth_token_file
+or the env var named by auth_token_env, read on the replica). Bodies over max_request_bytes get 413, invalid
+requests 400/422 with a readable "error"; nothing a client sends produces a bare 500.
+
+Started by `python -m jobs.serve_rm --config ...`, or `serve run serve/serve_config.yaml` / `serve deploy`,
+whose `import_path: serve.reward_app:build_app` takes `config` (a rayalign YAML) and dotted overrides as args.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import os
+from collections import Counter
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, HTTPException, Request, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from actors.reward import Encoded, RewardModel
+from jobs.config import Config, resolve_path
+from jobs.configlib import ConfigError, build, parse_override, read_yaml
+from serve.schemas import (ErrorResponse, GetRewardRequest, GetRewardResponse, Health, ScoreRequest, ScoreResponse,
+                           Stats)
+
+log = logging.getLogger("rayalign.serve")
+ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422)}
+
+
+@dataclass(frozen=True)
+class ReplicaSettings:
+    """What one replica needs, as plain values (deployment arguments travel through the Serve controller)."""
+    model_path: str
+    max_length: int
+    score_batch_size: int
+    max_batch_size: int
+    batch_wait_timeout_s: float
+    max_request_bytes: int
+    auth_token_env: str
+    auth_token_file: str | None
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> "ReplicaSettings":
+        token_file = cfg.serve.auth_token_file
+        return cls(model_path=str(served_model_path(cfg)), max_length=cfg.reward_model.max_length,
+                   score_batch_size=cfg.reward_model.score_batch_size, max_batch_size=cfg.serve.max_batch_size,
+                   batch_wait_timeout_s=cfg.serve.batch_wait_timeout_s,
+                   max_request_bytes=cfg.serve.max_request_bytes, auth_token_env=cfg.serve.auth_token_env,
+                   auth_token_file=str(resolve_path(token_file)) if token_file else None)
+
+
+def served_model_path(cfg: Config) -> Path:
+    """serve.model_path, else the reward model this config trains (<output_root>/<name>/reward_model/model)."""
+    return resolve_path(cfg.serve.model_path) if cfg.serve.model_path else cfg.run.output_dir("reward_model") / "model"
+
+
+def resolve_token(env_name: str, token_file: str | None) -> str | None:
+    """The bearer token: the file's contents when a file is configured, else the env var; None means no auth."""
+    if token_file:
+        token = Path(token_file).read_text().strip()
+        if not token:
+            raise ValueError(f"auth token file {token_file} is empty")
+        return token
+    return os.environ.get(env_name) or None
+
+
+class BodySizeLimit:
+    """ASGI middleware: 413 before the body is read when Content-Length is too large, and while streaming
+    when a body without a length grows past the limit."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = JSONResponse({"error": self._message()}, status_code=413)
+            return await response(scope, receive, send)
+        received = 0
+
+        async def counting_receive():
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_bytes:
+                # Raised inside the route's body read, so FastAPI's HTTP exception handling answers it.
+                raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _message(self) -> str:
+        return f"request body exceeds the {self.max_bytes}-byte limit"
+
+
+def _field(location: tuple) -> str:
+    parts = [str(part) for part in location if part != "body"]
+    return ".".join(parts) or "body"
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    errors = exc.errors()
+    if any(error.get("type") == "json_invalid" for error in errors):
+        return JSONResponse({"error": f"request body is not valid JSON: {errors[0].get('msg')}"}, status_code=400)
+    message = "; ".join(f"{_field(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors)
+    return JSONResponse({"error": f"invalid request: {message}"}, status_code=422)
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("reward service failed on %s", request.url.path)
+    return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+
+def _bearer_guard(token: str | None):
+    """A dependency that enforces the token (constant-time compare) and documents the scheme in OpenAPI."""
+    scheme = HTTPBearer(auto_error=False, description="needed when the service is started with a token")
+
+    async def check(credentials: HTTPAuthorizationCredentials | None = Security(scheme)) -> None:
+        if token is None:
+            return
+        if credentials is None:
+            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'",
+                                headers={"WWW-Authenticate": "Bearer"})
+        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
+            raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    return check
+
+
+def build_http_app(service: "RewardService") -> FastAPI:
+    """The FastAPI app of one replica (built on the replica, so limits and token come from its settings)."""
+    app = FastAPI(title="rayalign reward model", version="1", description=__doc__.split("\n\n")[0])
+    app.add_middleware(BodySizeLimit, max_bytes=service.settings.max_request_bytes)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+    authorized = [Depends(_bearer_guard(service.token))]
+
+    @app.get("/healthz", response_model=Health)
+    async def healthz() -> Health:
+        return Health(status="ok", model=service.settings.model_path, input_format=service.model.input_format)
+
+    @app.get("/stats", response_model=Stats)
+    async def stats() -> Stats:
+        return Stats(requests=service.requests, batches=sum(service.batch_sizes.values()),
+                     batch_sizes=dict(service.batch_sizes))
+
+    @app.post("/score", response_model=ScoreResponse, dependencies=authorized, responses=ERROR_RESPONSES)
+    async def score(body: ScoreRequest) -> ScoreResponse:
+        items = service.model.encode_chats(body.chats(), body.responses)
+        return ScoreResponse(scores=await service.score_batched(items))
+
+    @app.post("/get_reward", response_model=GetRewardResponse, dependencies=authorized, responses=ERROR_RESPONSES)
+    async def get_reward(body: GetRewardRequest) -> GetRewardResponse:
+        scores = await service.score_batched(service.model.encode_queries(body.query, body.prompts))
+        return GetRewardResponse(rewards=scores, scores=scores)
+
+    return app
+
+
+@serve.deployment
+@serve.ingress()
+class RewardService:
+    def __init__(self, settings: dict):
+        self.settings = ReplicaSettings(**settings)
+        self.model = RewardModel(self.settings.model_path, self.settings.max_length, self.settings.score_batch_size)
+        self.token = resolve_token(self.settings.auth_token_env, self.settings.auth_token_file)
+        if self.token is None:
+            log.warning("reward service runs without authentication (no token in %s or a token file)",
+                        self.settings.auth_token_env)
+        self.score_batched.set_max_batch_size(self.settings.max_batch_size)
+        self.score_batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
+        self.requests = 0
+        self.batch_sizes: Counter[int] = Counter()
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return build_http_app(self)
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.01)
+    async def score_batched(self, requests: list[list[Encoded]]) -> list[list[float]]:
+        """Concurrent requests' inputs in one model pass; each request gets its own slice back."""
+        self.requests += len(requests)
+        self.batch_sizes[len(requests)] += 1
+        flat = [item for items in requests for item in items]
+        # In a worker thread, so /healthz and new requests are served while the model runs.
+        scores = await asyncio.to_thread(self.model.score_encoded, flat)
+        sliced, start = [], 0
+        for items in requests:
+            sliced.append(scores[start:start + len(items)])
+            start += len(items)
+        return sliced
+
+
+def deployment_options(cfg: Config) -> dict:
+    """Replicas (fixed or autoscaled), CPUs and admission limit from ServeConfig."""
+    options = {"ray_actor_options": {"num_cpus": cfg.serve.cpus_per_replica},
+               "max_ongoing_requests": cfg.serve.max_ongoing_requests}
+    if cfg.serve.autoscaling:
+        options["autoscaling_config"] = {"min_replicas": cfg.serve.min_replicas,
+                                         "max_replicas": cfg.serve.max_replicas,
+                                         "target_ongoing_requests": cfg.serve.target_ongoing_requests}
+    else:
+        options["num_replicas"] = cfg.serve.num_replicas
+    return options
+
+
+def reward_application(cfg: Config):
+    """The bound Serve application for `cfg` (fails here, on the caller's side, if the model folder or the
+    token file is missing)."""
+    from actors.modeling import check_model_dir
+
+    check_model_dir(served_model_path(cfg))
+    settings = ReplicaSettings.from_config(cfg)
+    if settings.auth_token_file and not Path(settings.auth_token_file).is_file():
+        raise ConfigError(f"serve.auth_token_file {settings.auth_token_file} does not exist")
+    return RewardService.options(**deployment_options(cfg)).bind(asdict(settings))
+
+
+def config_from_args(args: dict) -> Config:
+    """`config` (a rayalign YAML) plus dotted keys as overrides; string values (from `serve run` key=value
+    arguments) are parsed as YAML like command-line overrides, typed values (from a Serve config file) are
+    taken as they are."""
+    args = dict(args)
+    config_path = args.pop("config", None)
+    data = read_yaml(resolve_path(config_path)) if config_path else {}
+    for key, value in args.items():
+        parts, parsed = parse_override(f"{key}={value}") if isinstance(value, str) else (key.split("."), value)
+        node = data
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"argument {key!r}: {part!r} is a value, not a section")
+        node[parts[-1]] = parsed
+    return build(Config, data)
+
+
+def build_app(args: dict):
+    """Application builder for `serve run` / `serve deploy` (import_path: serve.reward_app:build_app)."""
+    return reward_application(config_from_args(args))
+
+
+def deploy(cfg: Config) -> str:
+    """Start Serve's HTTP proxy on serve.host:serve.port, deploy the app, return its base URL."""
+    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    serve.run(reward_application(cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
+    return f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"
