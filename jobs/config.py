@@ -25,8 +25,11 @@ class RunConfig:
     output_root: str = param("outputs", "folder that holds every run's outputs")
     seed: int = param(42, "seed for data order, sampling and initialisation", ge=0)
 
+    def run_dir(self) -> Path:
+        return resolve_path(self.output_root) / self.name
+
     def output_dir(self, stage: str) -> Path:
-        return resolve_path(self.output_root) / self.name / stage
+        return self.run_dir() / stage
 
 
 @dataclass(frozen=True)
@@ -335,15 +338,40 @@ class PPOConfig:
 @dataclass(frozen=True)
 class DPOConfig:
     train_files: list[str] = param(["../shared/data/preference/llms-from-scratch/instruction-data-with-preference.json"],
-                                   "preference files with chosen/rejected pairs")
-    loss: Literal["sigmoid", "ipo", "cdpo"] = param("sigmoid", "DPO loss variant")
-    beta: float = param(0.1, "inverse temperature of the implicit reward", gt=0)
-    label_smoothing: float = param(0.0, "cDPO label smoothing", ge=0.0, lt=0.5)
+                                   "preference files with chosen/rejected pairs (the start model is model.path; the "
+                                   "pipeline passes the SFT model)")
+    max_records: Optional[int] = param(None, "use at most this many pairs (unset: all)", gt=0)
+    eval_fraction: float = param(0.1, "share of pairs held out for the implicit-reward accuracy", gt=0.0, lt=1.0)
+    max_length: int = param(256, "tokens per prompt + reply; longer ones are cut at the end (a pair whose reply is "
+                                 "cut away entirely is dropped)", gt=8)
+    loss: Literal["sigmoid", "ipo", "cdpo"] = param("sigmoid", "DPO loss variant: sigmoid (standard DPO), cdpo "
+                                                               "(conservative, label_smoothing) or ipo (squared)")
+    beta: float = param(0.1, "inverse temperature of the implicit reward beta x (policy - reference) log-prob", gt=0)
+    label_smoothing: float = param(0.0, "cDPO: assumed probability that a pair's label is flipped (loss=cdpo only)",
+                                   ge=0.0, lt=0.5)
     lr: float = param(5e-7, "learning rate", gt=0)
     epochs: int = param(1, "passes over the pairs", gt=0)
-    micro_batch_size: int = param(4, "pairs per worker per step", gt=0)
+    max_steps: Optional[int] = param(None, "stop after this many optimizer steps (unset: epochs decide)", gt=0)
+    micro_batch_size: int = param(4, "pairs per worker per forward pass (chosen and rejected go through together)",
+                                  gt=0)
+    grad_accum: int = param(1, "micro-batches per optimizer step", gt=0)
+    warmup_ratio: float = param(0.1, "share of steps with linear learning-rate warm-up", ge=0.0, le=1.0)
+    weight_decay: float = param(0.0, "AdamW weight decay", ge=0.0)
+    max_grad_norm: float = param(1.0, "gradient clipping max norm", gt=0)
+    eval_every: int = param(25, "measure held-out implicit-reward accuracy every N optimizer steps", gt=0)
+    save_every: int = param(50, "checkpoint every N optimizer steps", gt=0)
+    log_every: int = param(1, "write metrics every N optimizer steps", gt=0)
+    num_workers: int = param(2, "Ray Train workers (data-parallel ranks)", gt=0)
+    use_gpu: bool = param(False, "one GPU per worker")
+    cpus_per_worker: int = param(1, "CPUs reserved per worker", gt=0)
     reference: Literal["copy", "adapter_disabled"] = param(
-        "copy", "frozen copy of the start model, or the base with LoRA adapters disabled")
+        "copy", "reference model: the start model as a frozen copy, or (lora.enabled) the policy with its LoRA "
+                "adapters disabled; either way its log-probs are computed once, before the first update")
+    export: bool = param(True, "write the merged policy as a Hugging Face model at the end")
+
+    def check(self) -> None:
+        if self.label_smoothing > 0 and self.loss != "cdpo":
+            raise ConfigError(f"label_smoothing={self.label_smoothing} only applies to loss=cdpo, got loss={self.loss}")
 
 
 @dataclass(frozen=True)
@@ -449,6 +477,58 @@ class ServeConfig:
             raise ConfigError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")
 
 
+TaskType = Literal["assistant", "code", "extraction", "creative", "safety"]
+
+
+@dataclass(frozen=True)
+class ProfileConfig:
+    """The hardware a recipe is written for (SPEC §6) and the task it serves (SPEC §4); `python -m jobs.plan`
+    checks the recipe's memory against it. The defaults describe the embedded CPU profile (configs/tiny-cpu.yaml)."""
+    name: str = param("cpu", "hardware profile name (cpu, 1x4090, 2xa100, 4xa100, multi-node)")
+    gpu: Optional[str] = param(None, "GPU model, e.g. A100-80GB (unset: CPU only)")
+    gpu_memory_gib: float = param(0.0, "memory of one GPU in GiB", ge=0.0)
+    gpus_per_node: int = param(0, "GPUs per node (0: CPU only)", ge=0)
+    nodes: int = param(1, "nodes in the Ray cluster", gt=0)
+    host_memory_gib: float = param(24.0, "CPU memory per node in GiB: CPU-only training and ZeRO offload live here",
+                                   gt=0.0)
+    usable_memory_share: float = param(0.9, "share of each GPU's (and the host's) memory a plan may fill; the rest "
+                                            "is CUDA context, allocator fragmentation and communication buffers",
+                                       gt=0.0, le=1.0)
+    task_type: TaskType = param("assistant", "what the model is for: formatted-output tasks (code, extraction) get "
+                                             "SFT only; open-ended ones (assistant, creative, safety) get RLHF "
+                                             "where the profile affords it (SPEC §4)")
+    expected_quality: str = param("", "what this recipe is reported to reach (SPEC §6), shown in the plan")
+
+    def check(self) -> None:
+        if (self.gpu is None) != (self.gpus_per_node == 0):
+            raise ConfigError(f"gpu ({self.gpu}) and gpus_per_node ({self.gpus_per_node}) must be set together "
+                              f"(both unset: a CPU-only profile)")
+        if self.gpu is not None and self.gpu_memory_gib <= 0:
+            raise ConfigError(f"gpu_memory_gib must be > 0 for gpu {self.gpu}")
+
+
+StageName = Literal["curate", "sft", "reward_model", "ppo", "dpo"]
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    stages: list[StageName] = param(["curate", "sft", "reward_model", "ppo"],
+                                    "stages jobs.pipeline runs in order; each feeds the next (curated data → SFT "
+                                    "→ reward model → PPO, or dpo instead of reward_model + ppo)")
+    sample_prompts: list[str] = param(["Tell me a story about a dog.", "What is the capital of France?",
+                                       "Give three tips for staying healthy."],
+                                      "fixed prompts answered by the base and the final model in the report")
+    sample_max_new_tokens: int = param(48, "length of the report's sample answers (greedy)", gt=0)
+
+    def check(self) -> None:
+        if not self.stages:
+            raise ConfigError("stages must list at least one stage")
+        if len(set(self.stages)) != len(self.stages):
+            raise ConfigError(f"stages lists a stage twice: {self.stages}")
+        if "dpo" in self.stages and "ppo" in self.stages:
+            raise ConfigError("stages holds both ppo and dpo; pick one alignment algorithm")
+
+
 @dataclass(frozen=True)
 class Config:
     run: RunConfig = section(RunConfig, "run identity and outputs")
@@ -463,6 +543,8 @@ class Config:
     dpo: DPOConfig = section(DPOConfig, "DPO")
     curate: CurateConfig = section(CurateConfig, "SFT data curation")
     serve: ServeConfig = section(ServeConfig, "reward model serving")
+    pipeline: PipelineConfig = section(PipelineConfig, "the end-to-end pipeline")
+    profile: ProfileConfig = section(ProfileConfig, "hardware profile and task type (jobs.plan)")
 
     def check(self) -> None:
         if self.model.quantization == "4bit" and not self.lora.enabled:

@@ -1,0 +1,262 @@
+"""Offline DPO: preference pairs → (prompt + chosen, prompt + rejected) token sequences on the driver, with only
+the compared reply in the loss mask; then a ZeroTrainer rank whose loss is a DPO-family loss
+(actors/algo/preference.py, by registry name) against reference log-probs computed once (`train_loop` is the
+Ray Train shell). The loop, checkpoints, resume and export live in actors/zero_trainer.py.
+
+Reference cache: at setup, before the first update, every rank scores its strided share of the train and
+held-out pairs with its own engine, which at that moment still holds the start weights; for
+dpo.reference=adapter_disabled the LoRA adapters are switched off while it does. The per-pair sums are
+all-reduced so every rank holds all of them (two floats per pair), and are attached to the pairs themselves,
+so a pair never meets another pair's reference however later epochs shuffle and shard them. Why this way
+rather than a separate Ray task: it needs no second copy of the model anywhere (a ZeRO-3-sharded model that
+fits no single device still works), it runs data-parallel on the ranks that train, and a resumed run scores
+again before its checkpoint is loaded, so the cache is always the start model's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+from dataclasses import dataclass, replace
+
+import torch
+
+from actors import modeling, zero
+from actors.algo.logprobs import shift_for_causal_lm, token_logprobs
+from actors.algo.preference import dpo_loss, sequence_logprob
+from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
+from actors.reward_trainer import wilson_interval
+from actors.sft_data import EmptyDatasetError, bucketed_batches, collate, shard_batches
+from actors.zero_trainer import ZeroTrainer, run_rank, save_hf_model
+from jobs.config import Config
+from jobs.configlib import build
+from jobs.records import RecordError
+
+
+@dataclass(frozen=True)
+class PreferencePair:
+    chosen: EncodedChat  # prompt + chosen reply; labels on the reply's tokens only
+    rejected: EncodedChat  # prompt + rejected reply, likewise
+    ref_chosen: float | None = None  # reference log-prob of the chosen reply (summed over its tokens), set at setup
+    ref_rejected: float | None = None
+
+    @property
+    def length(self) -> int:
+        return max(len(self.chosen.input_ids), len(self.rejected.input_ids))
+
+
+@dataclass(frozen=True)
+class DPOSplit:
+    train: list[PreferencePair]
+    eval: list[PreferencePair]
+    dropped_truncated: int  # a reply lost all its tokens to max_length
+    dropped_identical: int  # chosen and rejected encode to the same tokens: no preference to learn
+
+
+def encode_reply(tokenizer, prompt: list[dict], reply: str, max_length: int) -> EncodedChat:
+    """The chat `prompt` + one assistant `reply`, labelled on the reply alone (earlier assistant turns of a
+    multi-turn prompt are context, not compared); cut to `max_length` tokens."""
+    text, spans = assistant_spans(tokenizer, prompt + [{"role": "assistant", "content": reply}])
+    start, end = spans[-1]
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(enc["input_ids"])[:max_length]
+    labels = [token if start <= first < end and last > first else IGNORE_INDEX
+              for token, (first, last) in zip(ids, enc["offset_mapping"])]
+    return EncodedChat(ids, labels)
+
+
+def encode_pairs(records: list[dict], tokenizer, max_length: int) -> tuple[list[PreferencePair], int, int]:
+    """(pairs, dropped because a reply was truncated away, dropped because both sides encode identically)."""
+    pairs, truncated, identical = [], 0, 0
+    for record in records:
+        if "chosen" not in record:
+            raise RecordError(f"{record['source']}: not a preference pair (no chosen/rejected replies); "
+                              f"dpo.train_files must hold preference data")
+        chosen = encode_reply(tokenizer, record["messages"], record["chosen"], max_length)
+        rejected = encode_reply(tokenizer, record["messages"], record["rejected"], max_length)
+        if chosen.num_trained == 0 or rejected.num_trained == 0:
+            truncated += 1
+        elif chosen == rejected:
+            identical += 1
+        else:
+            pairs.append(PreferencePair(chosen, rejected))
+    return pairs, truncated, identical
+
+
+def build_dpo_split(records: list[dict], tokenizer, max_length: int, eval_fraction: float, seed: int) -> DPOSplit:
+    """Encoded pairs with a seeded held-out share (at least one pair on each side)."""
+    pairs, truncated, identical = encode_pairs(records, tokenizer, max_length)
+    if len(pairs) < 2:
+        raise EmptyDatasetError(f"DPO needs at least 2 usable preference pairs; {len(records)} records read, "
+                                f"{truncated} lost a reply to dpo.max_length={max_length}, {identical} identical")
+    order = list(range(len(pairs)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(max(int(round(len(pairs) * eval_fraction)), 1), len(pairs) - 1)
+    return DPOSplit([pairs[i] for i in order[n_eval:]], [pairs[i] for i in order[:n_eval]], truncated, identical)
+
+
+def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the chosen and of the rejected replies [B] each, from one forward pass over both."""
+    inputs = collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id)
+    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    logits, labels = shift_for_causal_lm(logits, inputs["labels"])
+    logp = sequence_logprob(token_logprobs(logits, labels.clamp(min=0)), labels != IGNORE_INDEX)
+    return logp[:len(pairs)], logp[len(pairs):]
+
+
+def reference_of(pairs: list[PreferencePair], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    chosen = torch.tensor([pair.ref_chosen for pair in pairs], dtype=like.dtype)
+    rejected = torch.tensor([pair.ref_rejected for pair in pairs], dtype=like.dtype)
+    return chosen, rejected
+
+
+def with_reference(pairs: list[PreferencePair], table: torch.Tensor) -> list[PreferencePair]:
+    """Pairs carrying their row of the [N, 2] (chosen, rejected) reference table."""
+    return [replace(pair, ref_chosen=chosen, ref_rejected=rejected) for pair, (chosen, rejected) in
+            zip(pairs, table.tolist())]
+
+
+def balanced_share(items: list, rank: int, world: int) -> tuple[list, int]:
+    """This rank's strided share, padded by repeating an item up to ceil(n / world), so every rank runs the
+    same number of forward passes (under ZeRO-3 each one gathers parameters collectively); returns the share
+    and how many of its items are real."""
+    share = items[rank::world]
+    size = -(-len(items) // world)
+    filler = share[-1:] or items[:1]
+    return share + filler * (size - len(share)), len(share)
+
+
+@dataclass
+class RewardTally:
+    """Running sums behind the implicit-reward metrics of one optimizer step or one evaluation."""
+    pairs: float = 0.0
+    loss: float = 0.0
+    chosen: float = 0.0
+    rejected: float = 0.0
+    correct: float = 0.0
+    ties: float = 0.0
+
+    def add(self, loss_sum: float, chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -> None:
+        self.pairs += len(chosen_rewards)
+        self.loss += loss_sum
+        self.chosen += float(chosen_rewards.sum())
+        self.rejected += float(rejected_rewards.sum())
+        self.correct += float((chosen_rewards > rejected_rewards).sum())
+        self.ties += float((chosen_rewards == rejected_rewards).sum())
+
+    def reduced(self) -> RewardTally:
+        return RewardTally(*zero.all_reduce_sum([self.pairs, self.loss, self.chosen, self.rejected, self.correct,
+                                                 self.ties]))
+
+    def reward_metrics(self, prefix: str) -> dict[str, float]:
+        """Mean implicit rewards, their margin, and accuracy = share of pairs with chosen strictly above
+        rejected (ties, e.g. every pair while policy = reference, count as wrong)."""
+        n = max(self.pairs, 1.0)
+        return {f"{prefix}chosen_reward": self.chosen / n, f"{prefix}rejected_reward": self.rejected / n,
+                f"{prefix}reward_margin": (self.chosen - self.rejected) / n,
+                f"{prefix}reward_accuracy": self.correct / n}
+
+
+class DPOTrainer(ZeroTrainer):
+    section = "dpo"
+    unit = "pairs"
+
+    def __init__(self, cfg: Config, split: DPOSplit, pad_id: int, output_dir: str, tokenizer_path: str):
+        super().__init__(cfg, cfg.dpo.lr, output_dir)
+        self.split, self.pad_id, self.tokenizer_path = split, pad_id, tokenizer_path
+        self.step_tally = RewardTally()
+
+    def build_model(self) -> torch.nn.Module:
+        model = modeling.load_causal_lm(self.cfg.model)
+        if self.cfg.lora.enabled:
+            model = modeling.apply_lora(model, self.cfg.lora, quantized=self.cfg.model.quantization != "none")
+        return model
+
+    def export_skeleton(self) -> torch.nn.Module:
+        # No k-bit training preparation: the skeleton only receives weights and is merged.
+        model = modeling.load_causal_lm(self.cfg.model)
+        return modeling.apply_lora(model, self.cfg.lora) if self.cfg.lora.enabled else model
+
+    def setup(self) -> None:
+        super().setup()
+        # Here, not in run(): a resumed run must score with the start weights, before its checkpoint loads.
+        self.split = replace(self.split, train=with_reference(self.split.train, self.reference_table(self.split.train)),
+                             eval=with_reference(self.split.eval, self.reference_table(self.split.eval)))
+
+    def reference_table(self, pairs: list[PreferencePair]) -> torch.Tensor:
+        """[N, 2] reference log-probs (chosen, rejected) of every pair, each rank scoring its strided share."""
+        share, real = balanced_share(pairs, self.rank, self.world)
+        adapters_off = self.settings.reference == "adapter_disabled"
+        with self.engine.module.disable_adapter() if adapters_off else contextlib.nullcontext():
+            chosen, rejected = self.score(share)
+        table = torch.zeros(len(pairs), 2, dtype=torch.float64)
+        table[self.rank::self.world] = torch.stack([chosen[:real], rejected[:real]], dim=1).double()
+        return torch.tensor(zero.all_reduce_sum(table.flatten().tolist()), dtype=torch.float64).view(-1, 2)
+
+    @torch.no_grad()
+    def score(self, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Policy log-probs of chosen and rejected replies, micro-batch by micro-batch, in eval mode. Evaluation
+        and the reference cache both come through here with the same batches, so at step 0 they agree bit for
+        bit (reward margins exactly 0, loss exactly ln 2)."""
+        self.engine.eval()
+        parts = [pair_logprobs(self.engine, pairs[start:start + self.settings.micro_batch_size], self.pad_id)
+                 for start in range(0, len(pairs), self.settings.micro_batch_size)]
+        self.engine.train()
+        return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
+
+    def dpo_terms(self, policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, pairs: list[PreferencePair]):
+        ref_chosen, ref_rejected = reference_of(pairs, policy_chosen)
+        return dpo_loss(policy_chosen, policy_rejected, ref_chosen, ref_rejected, self.settings.beta,
+                        self.settings.loss, self.settings.label_smoothing)
+
+    def train_size(self) -> int:
+        return len(self.split.train)
+
+    def epoch_batches(self, epoch: int) -> list:
+        batches = bucketed_batches(self.split.train, self.settings.micro_batch_size, self.cfg.run.seed, epoch,
+                                   length=lambda pair: pair.length)
+        return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
+
+    def count_units(self, batch) -> int:
+        return len(batch)
+
+    def loss_sum(self, batch) -> torch.Tensor:
+        loss, chosen_rewards, rejected_rewards = self.dpo_terms(*pair_logprobs(self.engine, batch, self.pad_id), batch)
+        self.step_tally.add(float(loss.detach()) * len(batch), chosen_rewards, rejected_rewards)
+        return loss * len(batch)
+
+    def train_step(self, micro_batches: list) -> dict:
+        """The shared optimizer step plus this step's implicit rewards, margin and accuracy over all ranks."""
+        metrics = super().train_step(micro_batches)
+        tally, self.step_tally = self.step_tally.reduced(), RewardTally()
+        return {**metrics, **tally.reward_metrics("")}
+
+    def evaluate(self) -> dict[str, float]:
+        """Held-out DPO loss and implicit-reward metrics over every rank's share of the held-out pairs, with a
+        95% Wilson interval on the accuracy and the share of exact ties."""
+        share, real = balanced_share(self.split.eval, self.rank, self.world)
+        chosen, rejected = self.score(share)
+        loss, chosen_rewards, rejected_rewards = self.dpo_terms(chosen[:real], rejected[:real], share[:real])
+        local = RewardTally()
+        local.add(float(loss) * real, chosen_rewards, rejected_rewards)
+        tally = local.reduced()
+        low, high = wilson_interval(tally.correct, tally.pairs)
+        return {"eval_loss": tally.loss / max(tally.pairs, 1.0), **tally.reward_metrics("eval_"),
+                "eval_reward_accuracy_ci_low": low, "eval_reward_accuracy_ci_high": high,
+                "eval_reward_ties": tally.ties / max(tally.pairs, 1.0), "eval_pairs": tally.pairs}
+
+    def save_export(self, model: torch.nn.Module, target) -> str:
+        tokenizer = modeling.load_tokenizer(self.tokenizer_path, self.cfg.model.chat_template)
+        return save_hf_model(model, tokenizer, target)
+
+
+def train_loop(payload: dict) -> None:
+    """Ray Train worker entry (thin shell): rebuild the config, train, checkpoint, export."""
+    import ray
+
+    from jobs.config import Config as ConfigClass
+
+    cfg = build(ConfigClass, payload["config"])
+    trainer = DPOTrainer(cfg, ray.get(payload["split_ref"]), payload["pad_id"], payload["output_dir"],
+                         payload["tokenizer_path"])
+    run_rank(trainer, export=cfg.dpo.export)

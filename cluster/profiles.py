@@ -1,0 +1,458 @@
+"""Hardware profiles (SPEC §6) → a resource plan: which stages run (SPEC §4: SFT only, or RLHF by PPO or DPO),
+where each role sits, and an estimated memory per GPU that refuses a recipe which cannot fit.
+
+A profile is a recipe under configs/ (PROFILE_RECIPES): its `profile` section names the hardware and the task,
+the usual sections set precision, quantisation, LoRA or full, ZeRO stage and offload, batch sizes, worker
+counts and role placement. The estimate, per rank of each role, in bytes (N = model parameters, T = trained
+parameters, D = ranks of the role, b = sequences per forward pass, s = tokens per sequence, h = hidden size,
+L = layers, V = vocabulary):
+
+  parameters   frozen weights N·w (w = 4 fp32, 2 bf16/fp16, 1 int8, 0.5 4-bit NF4; NF4's block constants, about
+               0.016 B/param with double quantisation, are ignored) + trained weights T·p (p = 2 in bf16/fp16
+               training, 4 in fp32). Full fine-tuning: all N are trained, N·p. ZeRO-3 divides by D; offload_param
+               moves them to host memory.
+  gradients    T·p; ZeRO-2 and -3 divide by D.
+  optimizer    AdamW: T·12 in mixed precision (fp32 master copy + two fp32 moments), T·8 in fp32 (the weights are
+               the master copy); ZeRO-1/2/3 divide by D; offload_optimizer moves them to host memory.
+  activations  training: b·s·h·L·34 bytes in 16-bit (Korthikanti et al. 2022, eq. 2, without the 5·a·s/h
+               attention-score term that fused attention never stores), doubled in fp32; with gradient
+               checkpointing b·s·h·(2·L + 34): each layer's input plus one layer recomputed. Plus b·s·V·4 for the
+               fp32 logits a language-model loss reads (not for reward models' scalar head). Inference roles
+               hold one layer at a time: b·s·h·34 (+ logits).
+  KV cache     rollout engines: b·s·2·L·kv_heads·head_dim·w_kv (w_kv = 2 in 16-bit, 4 in fp32).
+
+LoRA's trained share T comes from the shapes of the targeted projections: r·(in + out) per module per layer.
+A role on GPUs must fit gpus_per_rank × gpu_memory × usable_memory_share per rank; roles on the CPU, and what
+is offloaded, share the host memory of all nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from jobs.config import Config, load_config
+from jobs.configlib import ConfigError
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+PROFILE_RECIPES = {"cpu": "configs/tiny-cpu.yaml", "1x4090": "configs/1x4090.yaml", "2xa100": "configs/2xa100.yaml",
+                   "4xa100": "configs/4xa100.yaml", "multi-node": "configs/multi-node.yaml"}
+
+GIB = 2 ** 30
+WEIGHT_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "4bit": 0.5}
+TRAIN_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0}
+ADAM_BYTES = {"fp32": 8.0, "bf16": 12.0, "fp16": 12.0}
+ACTIVATION_BYTES_16BIT = 34  # per token, per hidden unit, per layer
+CHECKPOINTED_BYTES_16BIT = 2  # the layer input kept per layer under gradient checkpointing
+LOGIT_BYTES = 4
+INFERENCE_CHUNK = 16  # rows per forward pass of the reference actor (actors/policy.sequence_logprobs)
+
+FORMATTED_OUTPUT_TASKS = ("code", "extraction")
+OPEN_ENDED_TASKS = ("assistant", "creative", "safety")
+RLHF_STAGES = ("reward_model", "ppo", "dpo")
+
+
+class PlanRefused(ConfigError):
+    """The recipe cannot fit the profile's hardware; the message says which stage, role and memory term."""
+
+
+# ---- model shapes ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ModelShape:
+    params: float
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    intermediate: int
+
+    def projection_dims(self) -> dict[str, tuple[int, int]]:
+        """(in, out) of each linear layer LoRA can target, Llama naming."""
+        q, kv, h, m = self.heads * self.head_dim, self.kv_heads * self.head_dim, self.hidden, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, m), "up_proj": (h, m), "down_proj": (m, h)}
+
+    def describe(self) -> str:
+        return (f"{self.params / 1e9:.3g}B params, {self.layers} layers, hidden {self.hidden}, {self.heads} heads "
+                f"({self.kv_heads} KV), vocab {self.vocab}")
+
+
+# Llama-2 shapes, with the nominal size as the parameter count so the plan's arithmetic can be checked by hand.
+KNOWN_SHAPES = {
+    7.0: ModelShape(7e9, 32, 4096, 32, 32, 128, 32000, 11008),
+    13.0: ModelShape(13e9, 40, 5120, 40, 40, 128, 32000, 13824),
+    70.0: ModelShape(70e9, 80, 8192, 64, 8, 128, 32000, 28672),
+}
+
+
+def parse_size(text: str) -> float:
+    """'7B' → 7.0, '350M' → 0.35 (billions of parameters)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([bBmM])\s*", text)
+    if not match:
+        raise ConfigError(f"model size {text!r} must look like 7B, 13B, 70B or 350M")
+    value = float(match.group(1)) / (1 if match.group(2) in "bB" else 1000)
+    if value <= 0:
+        raise ConfigError(f"model size {text!r} must be more than zero parameters")
+    return value
+
+
+def shape_for_size(size_b: float) -> ModelShape:
+    """A known Llama-2 shape, else a Llama-like one from N ≈ 12·L·h² with L = h/128 (head dim 128), MLP 8h/3."""
+    if size_b in KNOWN_SHAPES:
+        return KNOWN_SHAPES[size_b]
+    hidden = max(128, round((128 * size_b * 1e9 / 12) ** (1 / 3) / 128) * 128)
+    intermediate = math.ceil(8 * hidden / 3 / 256) * 256
+    return ModelShape(size_b * 1e9, hidden // 128, hidden, hidden // 128, hidden // 128, 128, 32000, intermediate)
+
+
+def shape_from_checkpoint(path: str) -> ModelShape:
+    """The shape of a local Hugging Face causal LM, parameters counted from its safetensors headers."""
+    from actors.modeling import check_model_dir, parameter_count_on_disk
+
+    folder = check_model_dir(path, need_tokenizer=False)
+    config = json.loads((folder / "config.json").read_text())
+    heads = config["num_attention_heads"]
+    return ModelShape(float(parameter_count_on_disk(folder)), config["num_hidden_layers"], config["hidden_size"], heads,
+                      config.get("num_key_value_heads") or heads,
+                      config.get("head_dim") or config["hidden_size"] // heads, config["vocab_size"],
+                      config["intermediate_size"])
+
+
+def model_shape(cfg: Config, size: str | None) -> ModelShape:
+    """--model-size wins, then model.size_b, then the checkpoint at model.path."""
+    if size is not None:
+        return shape_for_size(parse_size(size))
+    if cfg.model.size_b is not None:
+        return shape_for_size(cfg.model.size_b)
+    return shape_from_checkpoint(cfg.model.path)
+
+
+def lora_trainable(shape: ModelShape, rank: int, targets: list[str]) -> int:
+    """r·(in + out) per targeted projection per layer."""
+    dims = shape.projection_dims()
+    unknown = [t for t in targets if t not in dims]
+    if unknown:
+        raise ConfigError(f"lora.target_modules {unknown} have no known shape; the planner knows {sorted(dims)}")
+    return shape.layers * sum(rank * sum(dims[t]) for t in targets)
+
+
+# ---- memory per rank -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Memory:
+    """Bytes per rank on its device, by term, plus what ZeRO offload keeps in host memory instead."""
+    parameters: float = 0.0
+    gradients: float = 0.0
+    optimizer: float = 0.0
+    activations: float = 0.0
+    kv_cache: float = 0.0
+    offloaded: float = 0.0
+
+    TERMS = ("parameters", "gradients", "optimizer", "activations", "kv_cache")
+
+    @property
+    def on_device(self) -> float:
+        return sum(getattr(self, term) for term in self.TERMS)
+
+    def largest_term(self) -> str:
+        return max(self.TERMS, key=lambda term: getattr(self, term))
+
+
+def trained_parameters(cfg: Config, shape: ModelShape, lora: bool) -> float:
+    return float(lora_trainable(shape, cfg.lora.rank, cfg.lora.target_modules)) if lora else shape.params
+
+
+def training_memory(cfg: Config, shape: ModelShape, lora: bool, ranks: int, sequences: int, tokens: int,
+                    logits: bool = True, quantized: bool = True) -> Memory:
+    """One DeepSpeed rank of a trained role (formulas in the module docstring)."""
+    ds = cfg.deepspeed
+    trained = trained_parameters(cfg, shape, lora)
+    p = TRAIN_BYTES[ds.precision]
+    frozen_bytes = WEIGHT_BYTES[cfg.model.quantization if quantized and cfg.model.quantization != "none"
+                                else cfg.model.dtype]
+    parameters = shape.params * frozen_bytes + trained * p if lora else shape.params * p
+    parameters /= ranks if ds.stage == 3 else 1
+    gradients = trained * p / (ranks if ds.stage >= 2 else 1)
+    optimizer = trained * ADAM_BYTES[ds.precision] / (ranks if ds.stage >= 1 else 1)
+    scale = p / 2
+    per_token = (shape.hidden * (CHECKPOINTED_BYTES_16BIT * shape.layers + ACTIVATION_BYTES_16BIT) * scale
+                 if cfg.model.gradient_checkpointing else shape.hidden * shape.layers * ACTIVATION_BYTES_16BIT * scale)
+    activations = sequences * tokens * (per_token + (shape.vocab * LOGIT_BYTES if logits else 0))
+    offloaded = (parameters if ds.offload_param else 0.0) + (optimizer if ds.offload_optimizer else 0.0)
+    return Memory(0.0 if ds.offload_param else parameters, gradients, 0.0 if ds.offload_optimizer else optimizer,
+                  activations, 0.0, offloaded)
+
+
+def inference_memory(cfg: Config, shape: ModelShape, sequences: int, tokens: int, logits: bool = True,
+                     quantized: bool = True) -> Memory:
+    """A frozen model that only scores: its weights plus one layer's activations (+ logits)."""
+    dtype = cfg.model.quantization if quantized and cfg.model.quantization != "none" else cfg.model.dtype
+    scale = WEIGHT_BYTES[cfg.model.dtype] / 2
+    per_token = shape.hidden * ACTIVATION_BYTES_16BIT * scale + (shape.vocab * LOGIT_BYTES if logits else 0)
+    return Memory(parameters=shape.params * WEIGHT_BYTES[dtype], activations=sequences * tokens * per_token)
+
+
+def rollout_memory(cfg: Config, shape: ModelShape, sequences: int, tokens: int) -> Memory:
+    """A vLLM engine: weights in the model dtype (it does not load bitsandbytes) plus the KV cache."""
+    w = WEIGHT_BYTES[cfg.model.dtype]
+    kv = sequences * tokens * 2 * shape.layers * shape.kv_heads * shape.head_dim * w
+    return Memory(parameters=shape.params * w, kv_cache=kv)
+
+
+# ---- roles of each stage ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RolePlan:
+    stage: str
+    role: str
+    ranks: int
+    gpus_per_rank: float
+    memory: Memory | None  # per rank; None: the role holds no memory of its own (see note)
+    note: str = ""
+
+
+def _sft_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
+    sft = cfg.sft
+    memory = training_memory(cfg, shape, cfg.lora.enabled, sft.num_workers, sft.micro_batch_size, cfg.data.max_length)
+    return [RolePlan("sft", "policy", sft.num_workers, float(sft.use_gpu), memory,
+                     f"micro-batch {sft.micro_batch_size} × accum {sft.grad_accum} × {sft.num_workers} ranks")]
+
+
+def _reward_model_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
+    rm = cfg.reward_model
+    # Size matching (SPEC §3) makes the policy's shape the reward model's; both replies of a pair go through. The
+    # reward backbone loads unquantised (actors/reward.py) and has a scalar head, no vocabulary logits.
+    memory = training_memory(cfg, shape, rm.lora, rm.num_workers, 2 * rm.micro_batch_size, rm.max_length,
+                             logits=False, quantized=False)
+    return [RolePlan("reward_model", "reward", rm.num_workers, float(rm.use_gpu), memory,
+                     f"{rm.micro_batch_size} pairs × accum {rm.grad_accum} × {rm.num_workers} ranks")]
+
+
+def _dpo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
+    dpo = cfg.dpo
+    memory = training_memory(cfg, shape, cfg.lora.enabled, dpo.num_workers, 2 * dpo.micro_batch_size, dpo.max_length)
+    source = "the policy with adapters disabled" if dpo.reference == "adapter_disabled" else "the start weights"
+    return [RolePlan("dpo", "policy", dpo.num_workers, float(dpo.use_gpu), memory,
+                     f"{dpo.micro_batch_size} pairs × accum {dpo.grad_accum} × {dpo.num_workers} ranks"),
+            RolePlan("dpo", "reference", 0, 0.0, None,
+                     f"log-probs precomputed on the policy ranks from {source} before the first update")]
+
+
+def _ppo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
+    ppo, gpus = cfg.ppo, cfg.ppo.gpus_per_actor
+    tokens = ppo.rollout.max_prompt_tokens + ppo.rollout.max_new_tokens
+    where = "colocated in one placement group" if ppo.colocate else f"own placement group ({ppo.placement_strategy})"
+    per_engine = math.ceil(ppo.rollout_batch_size / ppo.rollout.num_engines)
+    roles = [RolePlan("ppo", "rollout", ppo.rollout.num_engines, gpus,
+                      rollout_memory(cfg, shape, per_engine, tokens), f"vLLM, {per_engine} sequences each; {where}"),
+             RolePlan("ppo", "policy", ppo.policy_workers, gpus,
+                      training_memory(cfg, shape, cfg.lora.enabled, ppo.policy_workers,
+                                      max(ppo.mini_batch_size // ppo.policy_workers, 1), tokens), where),
+             RolePlan("ppo", "value", ppo.value_workers, gpus,
+                      training_memory(cfg, shape, cfg.lora.enabled, ppo.value_workers,
+                                      max(ppo.mini_batch_size // ppo.value_workers, 1), tokens, logits=False), where)]
+    if ppo.reference == "copy" or not cfg.lora.enabled:
+        chunk = min(INFERENCE_CHUNK, ppo.rollout_batch_size)
+        roles.append(RolePlan("ppo", "reference", 1, gpus, inference_memory(cfg, shape, chunk, tokens), where))
+    else:
+        roles.append(RolePlan("ppo", "reference", 0, 0.0, None, "the policy ranks with adapters disabled"))
+    if ppo.reward.rm_source == "model":
+        roles.append(RolePlan("ppo", "reward", 1, gpus,
+                              inference_memory(cfg, shape, cfg.reward_model.score_batch_size, tokens, logits=False,
+                                               quantized=False), where))
+    return roles
+
+
+STAGE_ROLES: dict[str, Callable[[Config, ModelShape], list[RolePlan]]] = {
+    "sft": _sft_roles, "reward_model": _reward_model_roles, "dpo": _dpo_roles, "ppo": _ppo_roles}
+
+
+# ---- when to skip RLHF (SPEC §4) -------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Recommendation:
+    method: str  # "sft_only", "ppo" or "dpo"
+    reason: str
+
+
+def recipe_alignment(stages: list[str]) -> str | None:
+    return next((stage for stage in ("ppo", "dpo") if stage in stages), None)
+
+
+def recommend_alignment(task_type: str, stages: list[str]) -> Recommendation:
+    """SFT only for formatted-output tasks; for open-ended ones the RLHF method the recipe affords, if any."""
+    affordable = recipe_alignment(stages)
+    if task_type in FORMATTED_OUTPUT_TASKS:
+        return Recommendation("sft_only", f"{task_type} is a formatted-output task: a right answer has a fixed form "
+                                          f"that SFT on curated examples teaches directly, so RLHF adds cost and "
+                                          f"reward-hacking risk for little gain (SPEC §4)")
+    if affordable is None:
+        return Recommendation("sft_only", f"{task_type} would benefit from RLHF, but this profile has no room for "
+                                          f"it (SPEC §6: validation runs only); a 2xa100 or larger profile adds DPO")
+    how = ("DPO: offline on preference pairs, no reward, value or rollout models to host" if affordable == "dpo"
+           else "PPO: online, with the reward model, value model, reference and vLLM rollouts")
+    return Recommendation(affordable, f"{task_type} is open-ended: there is no single right answer, so learning "
+                                      f"what people prefer pays off (SPEC §4); this profile runs {how}")
+
+
+def planned_stages(stages: list[str], recommendation: Recommendation) -> list[str]:
+    if recommendation.method == "sft_only":
+        return [stage for stage in stages if stage not in RLHF_STAGES]
+    return list(stages)
+
+
+# ---- the plan --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    cfg: Config
+    shape: ModelShape
+    task_type: str
+    recommendation: Recommendation
+    stages: list[str]
+    roles: list[RolePlan]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+
+REMEDIES = {
+    "parameters": "quantise the base (model.quantization=int8/4bit with lora.enabled=true) or use deepspeed.stage=3",
+    "parameters_4bit": "the 4-bit base alone is too large: split it with deepspeed.stage=3 over more GPUs, or take a "
+                       "smaller model",
+    "gradients": "train LoRA adapters (lora.enabled=true) or use deepspeed.stage>=2",
+    "optimizer": "train LoRA adapters (lora.enabled=true), raise deepspeed.stage or set deepspeed.offload_optimizer",
+    "activations": "set model.gradient_checkpointing=true or lower the micro-batch size or max length",
+    "kv_cache": "add rollout engines or lower ppo.rollout_batch_size",
+}
+
+
+def device_budget(cfg: Config, gpus_per_rank: float) -> float:
+    return gpus_per_rank * cfg.profile.gpu_memory_gib * GIB * cfg.profile.usable_memory_share
+
+
+def host_budget(cfg: Config) -> float:
+    return cfg.profile.host_memory_gib * cfg.profile.nodes * GIB * cfg.profile.usable_memory_share
+
+
+def remedy(cfg: Config, term: str) -> str:
+    if term == "parameters" and cfg.model.quantization == "4bit" and cfg.deepspeed.stage < 3:
+        return REMEDIES["parameters_4bit"]
+    return REMEDIES[term]
+
+
+def gib(value: float) -> str:
+    return f"{value / GIB:.1f} GiB"
+
+
+def gpu_problems(cfg: Config, stage: str, roles: list[RolePlan]) -> list[str]:
+    prof, problems = cfg.profile, []
+    total_gpus = prof.gpus_per_node * prof.nodes
+    wanted = sum(r.ranks * r.gpus_per_rank for r in roles)
+    if wanted > total_gpus:
+        problems.append(f"stage {stage} asks for {wanted:g} GPUs but profile {prof.name} has {total_gpus}")
+    for r in (r for r in roles if r.memory is not None and r.gpus_per_rank > 0):
+        budget = device_budget(cfg, r.gpus_per_rank)
+        if r.memory.on_device > budget:
+            term = r.memory.largest_term()
+            problems.append(f"stage {stage}, role {r.role}: needs {gib(r.memory.on_device)} per rank "
+                            f"({term} {gib(getattr(r.memory, term))}) but {r.gpus_per_rank:g} × {prof.gpu} offers "
+                            f"{gib(budget)} ({prof.usable_memory_share:.0%} usable); {remedy(cfg, term)}")
+    return problems
+
+
+def host_problems(cfg: Config, stage: str, roles: list[RolePlan]) -> list[str]:
+    """Every CPU-resident rank and everything offloaded share the hosts' memory."""
+    on_host = [r for r in roles if r.memory is not None and r.gpus_per_rank == 0]
+    need = sum(r.ranks * r.memory.on_device for r in on_host)
+    need += sum(r.ranks * r.memory.offloaded for r in roles if r.memory is not None)
+    if need <= host_budget(cfg):
+        return []
+    terms = {term: sum(r.ranks * getattr(r.memory, term) for r in on_host) for term in Memory.TERMS}
+    term = max(terms, key=terms.get)
+    return [f"stage {stage}: needs {gib(need)} of host memory over all ranks ({term} {gib(terms[term])}) but "
+            f"{cfg.profile.nodes} × {cfg.profile.host_memory_gib:g} GiB offers {gib(host_budget(cfg))}; "
+            f"{remedy(cfg, term)}"]
+
+
+def quantization_problems(cfg: Config) -> list[str]:
+    if cfg.model.quantization != "none" and not cfg.lora.enabled:
+        return [f"model.quantization={cfg.model.quantization} weights cannot be trained directly; "
+                f"set lora.enabled=true"]
+    if cfg.model.quantization != "none" and cfg.profile.gpu is None:
+        return [f"model.quantization={cfg.model.quantization} needs CUDA GPUs; profile {cfg.profile.name} has none"]
+    return []
+
+
+def make_plan(cfg: Config, size: str | None = None, task_type: str | None = None) -> Plan:
+    """The stages to run for the task, each role's placement and memory, and every reason it cannot fit."""
+    shape = model_shape(cfg, size)
+    task = task_type or cfg.profile.task_type
+    recommendation = recommend_alignment(task, cfg.pipeline.stages)
+    stages = planned_stages(cfg.pipeline.stages, recommendation)
+    roles, problems = [], quantization_problems(cfg)
+    for stage in (s for s in stages if s in STAGE_ROLES):
+        stage_roles = STAGE_ROLES[stage](cfg, shape)
+        roles.extend(stage_roles)
+        problems += gpu_problems(cfg, stage, stage_roles) + host_problems(cfg, stage, stage_roles)
+    return Plan(cfg, shape, task, recommendation, stages, roles, problems)
+
+
+def load_profile(name: str, overrides: list[str] | None = None) -> Config:
+    if name not in PROFILE_RECIPES:
+        raise ConfigError(f"unknown profile {name!r}; known: {', '.join(PROFILE_RECIPES)}")
+    return load_config(REPO_ROOT / PROFILE_RECIPES[name], overrides)
+
+
+# ---- printing --------------------------------------------------------------------------------------------
+def settings_line(cfg: Config, shape: ModelShape) -> str:
+    weights = cfg.model.quantization if cfg.model.quantization != "none" else cfg.model.dtype
+    if cfg.lora.enabled:
+        trained = lora_trainable(shape, cfg.lora.rank, cfg.lora.target_modules)
+        method = (f"{'QLoRA' if cfg.model.quantization == '4bit' else 'LoRA'} r={cfg.lora.rank} on "
+                  f"{','.join(cfg.lora.target_modules)} ({trained / 1e6:.1f}M trained, {trained / shape.params:.2%})")
+    else:
+        method = "full fine-tuning"
+    ds = cfg.deepspeed
+    offload = [name for name, on in (("optimizer", ds.offload_optimizer), ("parameters", ds.offload_param)) if on]
+    checkpointing = "on" if cfg.model.gradient_checkpointing else "off"
+    return (f"weights {weights}, training {ds.precision}, {method}, ZeRO-{ds.stage}, offload "
+            f"{' + '.join(offload) or 'none'}, gradient checkpointing {checkpointing}")
+
+
+def role_row(r: RolePlan, cfg: Config) -> str:
+    head = f"{r.stage:<13}{r.role:<10}"
+    if r.memory is None:
+        return f"{head}{'-':>5}  {r.note}"
+    m = r.memory
+    where = f"{r.gpus_per_rank:g} GPU" if r.gpus_per_rank else "CPU"
+    budget = gib(device_budget(cfg, r.gpus_per_rank)) if r.gpus_per_rank else "host"
+    cells = "".join(f"{getattr(m, term) / GIB:>9.2f}" for term in Memory.TERMS)
+    offloaded = f"; {gib(m.offloaded)} offloaded to host" if m.offloaded else ""
+    return f"{head}{r.ranks:>5}  {where:<7}{cells}{m.on_device / GIB:>9.2f}{budget:>11}  {r.note}{offloaded}"
+
+
+def format_plan(plan: Plan) -> str:
+    cfg, prof = plan.cfg, plan.cfg.profile
+    nodes = f"{prof.nodes} node{'s' if prof.nodes > 1 else ''}"
+    hardware = f"{nodes} × {prof.gpus_per_node} {prof.gpu}" if prof.gpu else f"{nodes}, CPU only"
+    lines = [f"profile   {prof.name}: {hardware}, host {prof.host_memory_gib:g} GiB per node"
+             + (f"; {prof.expected_quality}" if prof.expected_quality else ""),
+             f"model     {plan.shape.describe()}",
+             f"task      {plan.task_type} → {plan.recommendation.method}: {plan.recommendation.reason}",
+             f"stages    {' → '.join(plan.stages)}",
+             f"settings  {settings_line(cfg, plan.shape)}",
+             "",
+             f"{'stage':<13}{'role':<10}{'ranks':>5}  {'device':<7}" + "".join(f"{t:>9}" for t in
+                                                                          ("params", "grads", "optim", "activ", "KV"))
+             + f"{'total':>9}{'budget':>11}  (GiB per rank)"]
+    lines += [role_row(r, cfg) for r in plan.roles]
+    lines += ["", "formulas: params N·w (+T·p trained), ZeRO-3 /D; grads T·p, ZeRO-2+ /D; AdamW T·12 (fp32: 8), "
+                  "ZeRO-1+ /D; activations b·s·h·L·34 (checkpointing b·s·h·(2L+34)) + b·s·V·4 logits; "
+                  "KV b·s·2·L·kv·hd·w (python -m jobs.plan --help)"]
+    lines.append("verdict   " + ("fits" if plan.fits else "does not fit: " + plan.problems[0]))
+    return "\n".join(lines)

@@ -1,0 +1,163 @@
+"""DPO on the driver and on one rank, without Ray: how a preference record becomes two masked sequences, the
+held-out split, rank shares, the reference cache lining up with its pairs, and the direction of the gradient
+on the real tiny model."""
+
+from __future__ import annotations
+
+import math
+from typing import get_args, get_type_hints
+
+import pytest
+import torch
+
+from actors.algo.preference import DPO_LOSSES, dpo_loss
+from actors.chat import IGNORE_INDEX
+from actors.dpo_trainer import (DPOSplit, DPOTrainer, balanced_share, build_dpo_split, encode_pairs, encode_reply,
+                                pair_logprobs)
+from actors.modeling import load_tokenizer
+from jobs import cli
+from jobs.config import Config, DPOConfig, load_config
+from jobs.configlib import ConfigError, describe
+from jobs.dpo import SECTIONS
+from jobs.records import RecordError, read_many
+from tests.conftest import POLICY_PATH, TINY_CPU
+
+PROMPT = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."},
+          {"role": "user", "content": "Another one?"}]
+RECORD = {"messages": PROMPT, "chosen": "Blue is a nice one.", "rejected": "Ugh, blue, obviously.", "source": "t:1"}
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return load_tokenizer(POLICY_PATH)
+
+
+@pytest.fixture(scope="module")
+def real_pairs(tokenizer):
+    records = read_many(load_config(TINY_CPU).dpo.train_files, limit=8)
+    return encode_pairs(records, tokenizer, 192)[0]
+
+
+def trained_text(tokenizer, encoded) -> str:
+    return tokenizer.decode([label for label in encoded.labels if label != IGNORE_INDEX])
+
+
+# ---- encoding -------------------------------------------------------------------------------------------
+def test_only_the_compared_reply_is_in_the_mask(tokenizer):
+    pair = encode_pairs([RECORD], tokenizer, 192)[0][0]
+    # The earlier assistant turn ("Red.") is context: masked, unlike in SFT where every reply is trained.
+    assert trained_text(tokenizer, pair.chosen) == "Blue is a nice one.</s>\n"
+    assert trained_text(tokenizer, pair.rejected) == "Ugh, blue, obviously.</s>\n"
+    assert tokenizer.decode(pair.chosen.input_ids) == ("<s>User: Name a colour.\nAssistant: Red.</s>\n"
+                                                       "User: Another one?\nAssistant: Blue is a nice one.</s>\n")
+    masked = [i for i, label in enumerate(pair.chosen.labels) if label == IGNORE_INDEX]
+    assert masked == list(range(masked[-1] + 1))  # the mask is one contiguous tail: the reply
+    assert all(label in (IGNORE_INDEX, token) for token, label in zip(pair.chosen.input_ids, pair.chosen.labels))
+
+
+def test_chosen_and_rejected_share_the_prompt_tokens(tokenizer):
+    pair = encode_pairs([RECORD], tokenizer, 192)[0][0]
+    prompt_len = pair.chosen.labels.index(next(label for label in pair.chosen.labels if label != IGNORE_INDEX))
+    assert pair.chosen.input_ids[:prompt_len] == pair.rejected.input_ids[:prompt_len]
+
+
+def test_truncation_cuts_the_end_and_keeps_mask_aligned(tokenizer):
+    full = encode_reply(tokenizer, PROMPT, RECORD["chosen"], 192)
+    short = encode_reply(tokenizer, PROMPT, RECORD["chosen"], len(full.input_ids) - 3)
+    assert short.input_ids == full.input_ids[:-3] and short.labels == full.labels[:-3]
+
+
+def test_unusable_pairs_are_dropped_and_counted(tokenizer):
+    same = dict(RECORD, rejected=RECORD["chosen"])
+    long_prompt = dict(RECORD, messages=[{"role": "user", "content": "word " * 300}])
+    pairs, truncated, identical = encode_pairs([RECORD, same, long_prompt], tokenizer, 64)
+    assert (len(pairs), truncated, identical) == (1, 1, 1)
+
+
+def test_a_record_without_a_preference_names_its_source(tokenizer):
+    with pytest.raises(RecordError, match="data.json:item 3: not a preference pair"):
+        encode_pairs([{"messages": PROMPT, "source": "data.json:item 3"}], tokenizer, 64)
+
+
+def test_heldout_split_is_seeded_and_disjoint(tokenizer):
+    records = [dict(RECORD, chosen=f"Colour number {i}.") for i in range(20)]
+    split = build_dpo_split(records, tokenizer, 192, 0.25, seed=3)
+    assert (len(split.train), len(split.eval)) == (15, 5)
+    assert split == build_dpo_split(records, tokenizer, 192, 0.25, seed=3)
+    held_out = {tuple(p.chosen.input_ids) for p in split.eval}
+    assert len(held_out) == 5 and not held_out & {tuple(p.chosen.input_ids) for p in split.train}
+
+
+def test_balanced_shares_have_equal_length_and_cover_every_item():
+    items = list(range(7))
+    shares = [balanced_share(items, rank, 3) for rank in range(3)]
+    assert [len(share) for share, _ in shares] == [3, 3, 3]  # same forward count on every rank (ZeRO-3)
+    assert sorted(x for share, real in shares for x in share[:real]) == items
+    assert balanced_share([5], 1, 2) == ([5], 0)  # more ranks than items: a rank pads and reports nothing
+
+
+# ---- config and command line ----------------------------------------------------------------------------
+def test_every_config_loss_name_is_a_registered_loss():
+    assert set(get_args(get_type_hints(DPOConfig)["loss"])) == set(DPO_LOSSES.names())
+
+
+def test_label_smoothing_outside_cdpo_is_refused():
+    with pytest.raises(ConfigError, match="dpo.label_smoothing=0.1 only applies to loss=cdpo, got loss=sigmoid"):
+        load_config(None, ["dpo.label_smoothing=0.1"])
+    assert load_config(None, ["dpo.loss=cdpo", "dpo.label_smoothing=0.1"]).dpo.label_smoothing == 0.1
+
+
+def test_help_explains_every_dpo_option():
+    text = cli.parser("python -m jobs.dpo", "DPO", SECTIONS).format_help()
+    keys = [key for key, _, _ in describe(Config) if key.startswith("dpo.")]
+    assert len(keys) >= 20 and all(key in text for key in keys)
+
+
+# ---- reference cache and gradient on the real tiny model (one rank, no Ray) -----------------------------
+@pytest.fixture(scope="module")
+def start_model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(POLICY_PATH, dtype=torch.float64).eval()
+
+
+def test_reference_cache_lines_up_with_its_pairs(start_model, real_pairs, tokenizer, tmp_path):
+    cfg = load_config(TINY_CPU, ["dpo.micro_batch_size=4"])
+    trainer = DPOTrainer(cfg, DPOSplit(real_pairs, real_pairs[:1], 0, 0), tokenizer.pad_token_id, str(tmp_path),
+                         str(POLICY_PATH))
+    trainer.engine = start_model  # rank 0 of 1: the plain model is what the engine wraps before its first step
+    table = trainer.reference_table(real_pairs)
+    assert table.shape == (len(real_pairs), 2)
+    # Each pair scored alone (no padding, no batch neighbours) must match its row of the batched table.
+    for pair, (chosen, rejected) in zip(real_pairs, table.tolist()):
+        with torch.no_grad():
+            alone_chosen, alone_rejected = pair_logprobs(start_model, [pair], tokenizer.pad_token_id)
+        assert chosen == pytest.approx(float(alone_chosen), abs=1e-9)
+        assert rejected == pytest.approx(float(alone_rejected), abs=1e-9)
+    assert len({round(c, 6) for c, _ in table.tolist()}) == len(real_pairs)  # distinct pairs, distinct values
+
+
+@pytest.mark.parametrize("variant", ["sigmoid", "cdpo", "ipo"])
+def test_a_step_on_the_loss_raises_chosen_and_lowers_rejected(variant, real_pairs, tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(POLICY_PATH)
+    pad = tokenizer.pad_token_id
+    with torch.no_grad():
+        ref_chosen, ref_rejected = pair_logprobs(model, real_pairs, pad)
+    chosen, rejected = pair_logprobs(model, real_pairs, pad)
+    loss, _, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.1, variant=variant, label_smoothing=0.1)
+    if variant == "sigmoid":
+        assert float(loss.detach()) == pytest.approx(math.log(2), abs=1e-6)  # policy = reference
+    loss.backward()
+    grad_norm = torch.sqrt(sum((param.grad ** 2).sum() for param in model.parameters()))
+    with torch.no_grad():
+        for param in model.parameters():
+            # A short step along the gradient direction: the variants' gradients differ 200-fold in size (IPO's
+            # is 1/beta per pair, sigmoid's beta/2), and only the direction is under test.
+            param -= 1e-3 * param.grad / grad_norm
+        new_chosen, new_rejected = pair_logprobs(model, real_pairs, pad)
+    # One descent step from policy = reference: on average over the pairs, the chosen replies become more
+    # likely and the rejected ones less likely.
+    assert float((new_chosen - chosen.detach()).mean()) > 0
+    assert float((new_rejected - rejected.detach()).mean()) < 0

@@ -1,0 +1,186 @@
+"""Hardware profiles (SPEC §6) and the planner: the memory model against numbers worked out by hand for 7B, 13B and
+70B Llama-2 shapes, refusals with their reason, role placement, and when to skip RLHF (SPEC §4)."""
+
+from __future__ import annotations
+
+from typing import get_args
+
+import pytest
+
+from cluster import profiles
+from cluster.profiles import GIB, Memory, lora_trainable, load_profile, make_plan, shape_from_checkpoint
+from jobs import cli, plan
+from jobs.config import TaskType
+from jobs.configlib import ConfigError
+from tests.conftest import POLICY_PATH
+
+# LoRA r=64 on q, k, v, o: r·(in + out) per projection per layer.
+LORA_7B = 32 * 64 * (4 * (4096 + 4096))  # 67,108,864
+LORA_70B = 80 * 64 * ((8192 + 8192) + 2 * (8192 + 8 * 128) + (8192 + 8192))  # GQA: k, v project to 8 heads of 128
+
+
+def role(plan_, stage: str, name: str):
+    return next(r for r in plan_.roles if r.stage == stage and r.role == name)
+
+
+def terms(memory: Memory) -> tuple[float, ...]:
+    return tuple(getattr(memory, term) for term in Memory.TERMS)
+
+
+def test_lora_counts_match_the_shapes():
+    assert lora_trainable(profiles.KNOWN_SHAPES[7.0], 64, ["q_proj", "k_proj", "v_proj", "o_proj"]) == LORA_7B
+    assert lora_trainable(profiles.KNOWN_SHAPES[70.0], 64, ["q_proj", "k_proj", "v_proj", "o_proj"]) == LORA_70B
+    assert LORA_70B == 262_144_000
+    # The tiny checkpoint's own shape: tests/integration/test_sft_job.py counts 40,960 LoRA r=8 parameters in the
+    # real model, and 444,352 in total.
+    tiny = shape_from_checkpoint(str(POLICY_PATH))
+    assert tiny.params == 444_352 and lora_trainable(tiny, 8, ["q_proj", "k_proj", "v_proj", "o_proj"]) == 40_960
+    with pytest.raises(ConfigError, match=r"lora.target_modules \['query'\] have no known shape"):
+        lora_trainable(tiny, 8, ["query"])
+
+
+def test_7b_int8_lora_dpo_on_4xa100_by_hand():
+    result = make_plan(load_profile("4xa100"), "7B")
+    policy = role(result, "dpo", "policy")
+    assert (policy.ranks, policy.gpus_per_rank) == (4, 1.0)
+    assert terms(policy.memory) == (
+        7e9 * 1 + LORA_7B * 2,  # int8 base + bf16 adapters; ZeRO-2 does not split parameters
+        LORA_7B * 2 / 4,  # bf16 gradients of the adapters, split over 4 ranks
+        LORA_7B * 12 / 4,  # fp32 master + 2 moments, split over 4 ranks
+        (2 * 2) * 2048 * (4096 * 32 * 34 + 32000 * 4),  # 2 pairs = 4 sequences of 2048 tokens, + fp32 logits
+        0.0)
+    assert policy.memory.on_device == 44_924_896_768  # 41.8 GiB of the 72 GiB usable on an A100-80GB
+    assert result.fits and result.stages == ["curate", "sft", "dpo"] and role(result, "dpo", "reference").memory is None
+
+
+def test_13b_full_zero3_sft_on_multi_node_by_hand():
+    result = make_plan(load_profile("multi-node"), "13B")
+    sft = role(result, "sft", "policy")
+    assert terms(sft.memory) == (13e9 * 2 / 16, 13e9 * 2 / 16, 13e9 * 12 / 16,
+                                 4 * 2048 * (5120 * (2 * 40 + 34) + 32000 * 4),  # gradient checkpointing
+                                 0.0)
+    # The 13B rollout engine: bf16 weights + KV for 64 sequences × 1024 tokens × 2 (K, V) × 40 layers × 40 heads
+    # × head dim 128 × 2 bytes.
+    rollout = role(result, "ppo", "rollout")
+    assert rollout.memory.kv_cache == 64 * 1024 * 2 * 40 * 40 * 128 * 2 == 50 * GIB
+    assert rollout.memory.on_device == 26e9 + 50 * GIB
+    assert not result.fits
+    assert result.problems == ["stage ppo, role rollout: needs 74.2 GiB per rank (kv_cache 50.0 GiB) but 1 × "
+                               "A100-80GB offers 72.0 GiB (90% usable); add rollout engines or lower "
+                               "ppo.rollout_batch_size"]
+    assert make_plan(load_profile("multi-node", ["ppo.rollout.num_engines=4", "ppo.policy_workers=4"]), "13B").fits
+
+
+def test_70b_by_hand_across_profiles():
+    on_4090 = make_plan(load_profile("1x4090"), "70B")
+    assert terms(role(on_4090, "sft", "policy").memory) == (
+        70e9 * 0.5 + LORA_70B * 2,  # NF4 base + bf16 adapters: 33.1 GiB
+        LORA_70B * 2, LORA_70B * 12,  # ZeRO-0 on one GPU splits nothing
+        1 * 1024 * (8192 * (2 * 80 + 34) + 32000 * 4),  # batch 1, checkpointed
+        0.0)
+    assert on_4090.problems == ["stage sft, role policy: needs 38.1 GiB per rank (parameters 33.1 GiB) but 1 × "
+                                "RTX4090-24GB offers 21.6 GiB (90% usable); the 4-bit base alone is too large: split "
+                                "it with deepspeed.stage=3 over more GPUs, or take a smaller model"]
+
+    on_2xa100 = make_plan(load_profile("2xa100"), "70B")
+    assert role(on_2xa100, "sft", "policy").memory.activations == 4 * 2048 * (8192 * 80 * 34 + 32000 * 4)
+    assert "(activations 171.0 GiB)" in on_2xa100.problems[0] and "gradient_checkpointing" in on_2xa100.problems[0]
+    checkpointed = make_plan(load_profile("2xa100", ["model.gradient_checkpointing=true"]), "70B")
+    assert checkpointed.fits
+    assert role(checkpointed, "dpo", "policy").memory.on_device == (
+        70e9 * 0.5 + LORA_70B * 2 + LORA_70B * 2 / 2 + LORA_70B * 12 / 2
+        + 4 * 2048 * (8192 * (2 * 80 + 34) + 32000 * 4))
+
+    # int8 on 4 × A100: even checkpointed, 65.7 GiB of weights per rank leave no room; ZeRO-3 splits them.
+    int8 = make_plan(load_profile("4xa100", ["model.gradient_checkpointing=true"]), "70B")
+    assert "role policy: needs 79.6 GiB per rank (parameters 65.7 GiB)" in int8.problems[0]
+    zero3 = make_plan(load_profile("4xa100", ["model.gradient_checkpointing=true", "deepspeed.stage=3"]), "70B")
+    assert zero3.fits and role(zero3, "sft", "policy").memory.parameters == (70e9 + LORA_70B * 2) / 4
+
+
+def test_offload_moves_optimizer_states_to_host_memory():
+    result = make_plan(load_profile("multi-node", ["deepspeed.offload_optimizer=true"]), "7B")
+    sft = role(result, "sft", "policy")
+    assert sft.memory.optimizer == 0.0 and sft.memory.offloaded == 7e9 * 12 / 16
+    assert result.fits  # 84 GB over both hosts' 2 × 1024 GiB
+    tight = make_plan(load_profile("multi-node", ["deepspeed.offload_optimizer=true", "profile.host_memory_gib=32"]),
+                      "7B")
+    assert tight.problems[0].startswith("stage sft: needs 78.2 GiB of host memory over all ranks")
+
+
+def test_a_role_layout_larger_than_the_cluster_is_refused():
+    result = make_plan(load_profile("multi-node", ["ppo.policy_workers=16"]), "7B")
+    assert "stage ppo asks for 24 GPUs but profile multi-node has 16" in result.problems
+
+
+def test_quantised_weights_need_adapters_and_a_gpu():
+    assert make_plan(load_profile("4xa100", ["lora.enabled=false"]), "7B").problems[0] == (
+        "model.quantization=int8 weights cannot be trained directly; set lora.enabled=true")
+    assert "needs CUDA GPUs; profile cpu has none" in make_plan(
+        load_profile("cpu", ["model.quantization=int8", "lora.enabled=true"])).problems[0]
+
+
+def test_the_cpu_profile_plans_the_tiny_checkpoint_and_fits():
+    result = make_plan(load_profile("cpu"))
+    assert result.shape.params == 444_352 and result.fits
+    assert [r.role for r in result.roles if r.stage == "ppo"] == ["rollout", "policy", "value", "reference", "reward"]
+    assert not make_plan(load_profile("cpu"), "7B").fits  # 7B full fp32 training on a 24 GiB host
+
+
+# ---- when to skip RLHF (SPEC §4) -------------------------------------------------------------------------
+def test_every_task_type_is_either_formatted_output_or_open_ended():
+    assert sorted(profiles.FORMATTED_OUTPUT_TASKS + profiles.OPEN_ENDED_TASKS) == sorted(get_args(TaskType))
+    assert profiles.FORMATTED_OUTPUT_TASKS == ("code", "extraction")
+
+
+@pytest.mark.parametrize("task", profiles.FORMATTED_OUTPUT_TASKS)
+@pytest.mark.parametrize("profile", ["cpu", "2xa100", "4xa100", "multi-node"])
+def test_formatted_output_tasks_get_sft_only(task, profile):
+    result = make_plan(load_profile(profile), "7B" if profile != "cpu" else None, task)
+    assert result.recommendation.method == "sft_only"
+    assert "formatted-output task" in result.recommendation.reason
+    assert not set(result.stages) & {"reward_model", "ppo", "dpo"} and "sft" in result.stages
+
+
+@pytest.mark.parametrize("task", profiles.OPEN_ENDED_TASKS)
+@pytest.mark.parametrize("profile, method", [("cpu", "ppo"), ("2xa100", "dpo"), ("4xa100", "dpo"),
+                                             ("multi-node", "ppo")])
+def test_open_ended_tasks_get_the_rlhf_the_profile_affords(task, profile, method):
+    result = make_plan(load_profile(profile), "7B" if profile != "cpu" else None, task)
+    assert result.recommendation.method == method and method in result.stages
+    assert f"{task} is open-ended" in result.recommendation.reason
+
+
+def test_a_profile_without_room_for_rlhf_says_so():
+    rec = make_plan(load_profile("1x4090"), "7B", "creative").recommendation
+    assert rec.method == "sft_only" and "has no room for it" in rec.reason
+
+
+def test_task_type_comes_from_the_config_unless_given():
+    assert make_plan(load_profile("4xa100", ["profile.task_type=extraction"]), "7B").recommendation.method == "sft_only"
+    assert make_plan(load_profile("4xa100", ["profile.task_type=extraction"]), "7B", "safety").recommendation.method \
+        == "dpo"
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+def test_plan_prints_the_breakdown(capsys):
+    assert cli.run_main("jobs.plan", plan.main, ["--profile", "4xa100", "--model-size", "7B"]) == 0
+    out = capsys.readouterr().out
+    assert "task      assistant → dpo" in out and "verdict   fits" in out
+    assert "params    grads    optim    activ       KV" in out
+    row = "dpo          policy        4  1 GPU       6.64     0.03     0.19    34.98     0.00    41.84   72.0 GiB"
+    assert row in out
+
+
+def test_a_plan_that_cannot_fit_exits_2_with_one_line(capsys):
+    assert cli.run_main("jobs.plan", plan.main, ["--profile", "1x4090", "--model-size", "70B"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("jobs.plan: error: stage sft, role policy: needs 38.1 GiB per rank")
+    assert len(captured.err.strip().splitlines()) == 1 and "sft          policy" in captured.out
+
+
+def test_bad_sizes_and_profiles_are_user_errors(capsys):
+    assert cli.run_main("jobs.plan", plan.main, ["--profile", "4xa100", "--model-size", "seven"]) == 2
+    assert "model size 'seven' must look like 7B" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="unknown profile '8xh100'"):
+        load_profile("8xh100")
