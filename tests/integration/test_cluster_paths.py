@@ -100,3 +100,19 @@ def test_unreachable_address_fails_fast_and_names_it(tmp_path):
     assert result.returncode == 2
     assert time.monotonic() - started < 30
     assert f"Ray cluster at '127.0.0.1:{port}' is unreachable" in result.stderr
+
+
+def test_ppo_under_ray_job_submit(head, tmp_path):
+    env = job_env()
+    env.pop("RAY_AUTH_MODE", None)
+    args = ["--config", "configs/tiny-cpu.yaml", f"model.path={POLICY_PATH}", f"ppo.prompt_files=[{SFT_DATA}]",
+            f"run.output_root={tmp_path}", "ppo.steps=2", "ppo.rollout_batch_size=8", "ppo.mini_batch_size=8",
+            "ppo.ppo_epochs=1", "ppo.max_prompts=32", "ppo.rollout.max_new_tokens=16", "ppo.export=false",
+            "ppo.reward.rm_source=keyword", f"ppo.reward.safety_lexicon_dir={SHARED / 'data' / 'lexicons'}",
+            "ppo.cpus_per_actor=0.5"]
+    result = subprocess.run([sys.executable, "-m", "jobs.submit", "--address", head["api"], "--",
+                             "python", "-m", "jobs.ppo", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    rows = [line for line in (tmp_path / "tiny-cpu" / "ppo" / "metrics.jsonl").read_text().splitlines() if line]
+    assert len(rows) == 2

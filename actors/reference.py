@@ -1,0 +1,25 @@
+"""The reference role: a frozen copy of the starting policy that only computes log-probs (for the KL)."""
+
+from __future__ import annotations
+
+import torch
+
+from actors import modeling
+from actors.policy import sequence_logprobs
+from actors.protocol import TokenBatch
+from jobs.config import Config
+from jobs.configlib import build
+
+
+class ReferenceModel:
+    def __init__(self, config: dict):
+        self.cfg = build(Config, config)
+        self.model = modeling.load_causal_lm(self.cfg.model, self.cfg.ppo.init_model or self.cfg.model.path)
+        self.model.eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        return sequence_logprobs(self.model, batch, self.cfg.ppo.rollout.temperature)
+
+    def ping(self) -> bool:
+        return True

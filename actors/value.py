@@ -1,0 +1,77 @@
+"""The value role: a causal-LM backbone with a scalar head, trained with the clipped value loss on its own
+DeepSpeed ZeRO ranks (a separate process group from the policy's)."""
+
+from __future__ import annotations
+
+import torch
+
+from actors import modeling
+from actors.algo import clipped_value_loss
+from actors.protocol import TokenBatch, ValueBatch
+from actors.trained_role import TrainedRole, reduce_stats
+
+
+class ValueModel(torch.nn.Module):
+    """Backbone hidden states → one value per position. The head starts at zero so the first advantages are
+    plain returns instead of noise from a random head."""
+
+    def __init__(self, backbone: torch.nn.Module, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.value_head = torch.nn.Linear(hidden_size, 1)
+        torch.nn.init.zeros_(self.value_head.weight)
+        torch.nn.init.zeros_(self.value_head.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.value_head(hidden.float()).squeeze(-1)
+
+
+def action_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, L-1]: the value of the state before each next token (aligned with the action space)."""
+    return model(input_ids, attention_mask)[:, :-1]
+
+
+def load_value_model(cfg, path: str) -> ValueModel:
+    from transformers import AutoModel
+
+    folder = modeling.check_model_dir(path, need_tokenizer=False)
+    backbone = AutoModel.from_pretrained(str(folder), dtype=modeling.DTYPES[cfg.model.dtype])
+    return ValueModel(backbone, backbone.config.hidden_size)
+
+
+class ValueRole(TrainedRole):
+    role = "value"
+
+    def setup(self) -> dict:
+        ppo = self.cfg.ppo
+        model = load_value_model(self.cfg, ppo.value_init or ppo.init_model or self.cfg.model.path)
+        self._make_engine(model, ppo.value_lr)
+        return {"value_params": sum(p.numel() for p in model.parameters())}
+
+    @torch.no_grad()
+    def values(self, batch: TokenBatch, chunk: int = 16) -> torch.Tensor:
+        self.engine.eval()
+        parts = [action_values(self.engine, batch.input_ids[s:s + chunk], batch.attention_mask[s:s + chunk])
+                 for s in range(0, batch.input_ids.shape[0], chunk)]
+        self.engine.train()
+        return torch.cat(parts)
+
+    def train(self, batch: ValueBatch, seed: int) -> dict:
+        ppo = self.cfg.ppo
+        sums = {"loss": 0.0, "clip_frac": 0.0, "tokens": 0.0}
+        skipped = 0
+        for mini in self.minibatches(batch, seed + 7):
+            normalizer = self.global_tokens(mini.action_mask)
+            values = action_values(self.engine, mini.input_ids, mini.attention_mask)
+            loss, stats = clipped_value_loss(values, mini.old_values, mini.returns, mini.action_mask,
+                                             ppo.value_clip_range, normalizer=normalizer)
+            local = float(mini.action_mask.sum())
+            sums["loss"] += float(loss.detach()) * normalizer
+            sums["clip_frac"] += float(stats["clip_frac"]) * local
+            sums["tokens"] += local
+            if not self.backward_step(loss):
+                skipped += 1
+        out = reduce_stats(sums)
+        out["nan_skipped"] = skipped
+        return {f"value/{k}": v for k, v in out.items()}

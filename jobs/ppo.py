@@ -1,0 +1,61 @@
+"""PPO with every model in its own Ray actors: vLLM rollouts, DeepSpeed ZeRO policy and value, a frozen
+reference, and a reward model (actor, HTTP service or programmatic score).
+
+    python -m jobs.ppo --config configs/tiny-cpu.yaml [section.key=value ...]
+
+Outputs in <run.output_root>/<run.name>/ppo/: metrics.jsonl/.csv, tensorboard/, ppo.png, alarms.jsonl,
+checkpoints/ (re-running the same command resumes from the latest) and the final policy in model/.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from jobs import cli
+from jobs.config import Config
+
+log = logging.getLogger("rayalign.ppo")
+SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "ppo")
+PLOTTED = ["reward/rm_mean", "reward/total", "kl", "kl_coef", "policy/loss", "value/loss", "policy/entropy",
+           "response_tokens_mean"]
+
+
+@dataclass(frozen=True)
+class PPOResult:
+    output_dir: Path
+    model_dir: Path | None
+    steps: int
+    final_metrics: dict
+
+
+def run(cfg: Config) -> PPOResult:
+    from actors.ppo_loop import PPOLoop
+    from cluster import runtime
+    from jobs.metrics import plot_curves, read_jsonl
+
+    output_dir = cfg.run.output_dir("ppo")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    runtime.start(cfg.ray)
+    loop = PPOLoop(cfg, output_dir)
+    try:
+        loop.start()
+        final = loop.run()
+        model_dir = loop.export() if cfg.ppo.export else None
+    finally:
+        loop.shutdown()
+    plot_curves(read_jsonl(output_dir / "metrics.jsonl"), PLOTTED, output_dir / "ppo.png", f"PPO {cfg.run.name}")
+    log.info("PPO done at step %d: rm %.3f, kl %.3f; model: %s", loop.step_index,
+             final.get("reward/rm_mean", float("nan")), final.get("kl", float("nan")), model_dir)
+    return PPOResult(output_dir, Path(model_dir) if model_dir else None, loop.step_index, final)
+
+
+def main(argv: list[str] | None = None) -> PPOResult:
+    cfg, _ = cli.parse("python -m jobs.ppo", __doc__.split("\n\n")[0], SECTIONS, argv)
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main("jobs.ppo", main))
