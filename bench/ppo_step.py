@@ -1,0 +1,179 @@
+"""PPO speed on this machine, each figure next to a baseline measured in the same run. Not a test.
+
+    .venv/bin/python bench/ppo_step.py [--steps 6] [--batch 64] [--new-tokens 64] [--sync-sizes 0.4,8,32]
+
+1. rollout: tokens/s of the vLLM engine actor vs Hugging Face `generate` (same model, batch, sampling
+   settings, max new tokens; both in a Ray actor with one CPU) → ratio.
+2. step: per-phase seconds of a short PPO run on the tiny CPU config (keyword reward), steps after the
+   first averaged (the first includes engine warm-up).
+3. sync: weight gather + push into a running vLLM engine vs parameter count (random Llama models built in
+   code, no download), as seconds and as effective GB/s.
+Writes bench/results/ppo_step.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+
+def hf_generate(model_path: str, prompts: list[list[int]], new_tokens: int, temperature: float, top_p: float,
+                repetition_penalty: float, pad_id: int) -> tuple[int, float]:
+    """(generated tokens, seconds) for Hugging Face generate on the same left-padded batch."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_id)
+    mask = torch.zeros_like(ids)
+    for row, prompt in enumerate(prompts):
+        ids[row, width - len(prompt):] = torch.tensor(prompt)
+        mask[row, width - len(prompt):] = 1
+    kwargs = dict(attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True,
+                  temperature=temperature, top_p=top_p, repetition_penalty=repetition_penalty, pad_token_id=pad_id)
+    with torch.no_grad():
+        model.generate(ids[:2], **{**kwargs, "attention_mask": mask[:2], "max_new_tokens": 4, "min_new_tokens": 4})
+        started = time.perf_counter()
+        out = model.generate(ids, **kwargs)
+    return int((out.shape[1] - width) * len(prompts)), time.perf_counter() - started
+
+
+def bench_rollout(cfg, batch: int, new_tokens: int) -> dict:
+    import ray
+
+    from actors.chat import encode_prompt
+    from actors.modeling import load_tokenizer
+    from actors.rollout import RolloutEngine
+    from actors.ppo_loop import load_prompts
+    from jobs.config import resolve_path
+
+    path = str(resolve_path(cfg.model.path))
+    tokenizer = load_tokenizer(path)
+    prompts = [encode_prompt(tokenizer, p, 96) for p in load_prompts(cfg)[:batch]]
+    rollout = cfg.ppo.rollout
+    engine = ray.remote(num_cpus=1)(RolloutEngine).remote(path, rollout, 0, 256)
+    ray.get(engine.generate.remote(prompts[:2], None, 4))  # warm-up
+    # Sampling stops at EOS in vLLM; count the tokens it really produced.
+    started = time.perf_counter()
+    samples = ray.get(engine.generate.remote(prompts, None, new_tokens))
+    vllm_s = time.perf_counter() - started
+    vllm_tokens = sum(len(s.response_ids) for s in samples)
+    ray.kill(engine)
+    hf_tokens, hf_s = ray.get(ray.remote(num_cpus=1)(hf_generate).remote(
+        path, prompts, new_tokens, rollout.temperature, rollout.top_p, rollout.repetition_penalty,
+        tokenizer.pad_token_id))
+    out = {"batch": batch, "new_tokens": new_tokens, "vllm_tokens_per_s": vllm_tokens / vllm_s,
+           "hf_tokens_per_s": hf_tokens / hf_s}
+    out["ratio"] = out["vllm_tokens_per_s"] / out["hf_tokens_per_s"]
+    return out
+
+
+def bench_step(cfg, steps: int, output_root: str) -> dict:
+    from dataclasses import replace
+
+    from jobs.metrics import read_jsonl
+    from jobs.ppo import run
+
+    ppo = replace(cfg.ppo, steps=steps, save_every=10_000, export=False,
+                  reward=replace(cfg.ppo.reward, rm_source="keyword"))
+    result = run(replace(cfg, ppo=ppo, run=replace(cfg.run, output_root=output_root, name="bench")))
+    rows = read_jsonl(result.output_dir / "metrics.jsonl")[1:]
+    phases = [k for k in rows[0] if k.startswith("time/")]
+    return {"steps_averaged": len(rows), **{k: statistics.fmean(r[k] for r in rows) for k in phases},
+            "rollout_tokens_per_s": statistics.fmean(r["rollout_tokens_per_s"] for r in rows)}
+
+
+def random_llama(folder: Path, hidden: int, layers: int, tokenizer_from: str) -> int:
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=512, hidden_size=hidden, intermediate_size=hidden * 3, num_hidden_layers=layers,
+                         num_attention_heads=hidden // 32, num_key_value_heads=hidden // 32, head_dim=32,
+                         max_position_embeddings=512, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(folder)
+    return sum(p.numel() for p in model.parameters())
+
+
+def bench_sync(cfg, sizes_m: list[float]) -> list[dict]:
+    """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one vLLM engine."""
+    from dataclasses import replace
+
+    from actors.group import RoleGroup
+    from actors.policy import PolicyRole
+    from actors.rollout import RolloutEngine
+    from cluster.placement import RoleResources, release, reserve
+    from jobs.config import resolve_path
+    from jobs.configlib import to_dict
+
+    rows = []
+    shapes = {0.4: None, 8: (256, 8), 32: (512, 8), 100: (768, 14)}
+    for size in sizes_m:
+        with tempfile.TemporaryDirectory() as tmp:
+            if shapes.get(size) is None:
+                path, params = str(resolve_path(cfg.model.path)), 444_352
+            else:
+                hidden, layers = shapes[size]
+                path = tmp
+                params = random_llama(Path(tmp), hidden, layers, str(resolve_path(cfg.model.path)))
+            run_cfg = replace(cfg, model=replace(cfg.model, path=path))
+            group, index = reserve([RoleResources("policy", 1, 1.0), RoleResources("rollout", 1, 1.0)])
+            policy = RoleGroup("policy", PolicyRole, 1, group, index["policy"], 1.0, 0, (to_dict(run_cfg),), True)
+            policy.call("setup")
+            engine = RoleGroup("rollout", RolloutEngine, 1, group, index["rollout"], 1.0, 0,
+                               (path, cfg.ppo.rollout, 0, 256))
+            times = []
+            for _ in range(3):
+                started = time.perf_counter()
+                refs = policy.call_rank0("weight_buckets", cfg.ppo.sync_bucket_mb)
+                engine.call_rank0("load_weights", *refs)
+                times.append(time.perf_counter() - started)
+            policy.kill()
+            engine.kill()
+            release(group)
+            seconds = statistics.median(times)
+            rows.append({"params": params, "seconds": seconds, "gb_per_s": params * 4 / seconds / 1e9})
+    return rows
+
+
+def main() -> None:
+    from cluster import runtime
+    from jobs.config import load_config
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--sync-sizes", default="0.4,8,32", help="parameter counts in millions")
+    args = parser.parse_args()
+    cfg = load_config(REPO / "configs" / "tiny-cpu.yaml")
+    runtime.start(cfg.ray)
+    results = {"machine": f"{torch.get_num_threads()} torch threads, CPU"}
+    results["rollout"] = bench_rollout(cfg, args.batch, args.new_tokens)
+    print(f"rollout  vLLM {results['rollout']['vllm_tokens_per_s']:,.0f} tok/s  vs  HF generate "
+          f"{results['rollout']['hf_tokens_per_s']:,.0f} tok/s  → ×{results['rollout']['ratio']:.1f}")
+    with tempfile.TemporaryDirectory() as tmp:
+        results["step"] = bench_step(cfg, args.steps, tmp)
+    print("PPO step phases (s, mean of steps 2..n):")
+    for key, value in results["step"].items():
+        if key.startswith("time/"):
+            print(f"  {key[5:]:<11} {value:7.3f}")
+    results["sync"] = bench_sync(cfg, [float(s) for s in args.sync_sizes.split(",")])
+    print("weight sync (gather + push into vLLM):")
+    for row in results["sync"]:
+        print(f"  {row['params'] / 1e6:7.2f} M params  {row['seconds']:7.3f} s  {row['gb_per_s']:6.2f} GB/s")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ppo_step.json").write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

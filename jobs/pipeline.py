@@ -1,0 +1,152 @@
+"""The whole flow on one config: curate → SFT → reward model → PPO (or DPO), each stage feeding the next.
+
+    python -m jobs.pipeline --config configs/tiny-cpu.yaml [section.key=value ...]
+
+A finished stage leaves <run>/<stage>/stage.json (its outputs and a fingerprint of the config it ran with);
+re-running skips every stage whose fingerprint still matches and resumes an unfinished one from its own
+checkpoints. The end of the run writes <run>/report.md + report.json: every stage's figures and plots, and
+answers to fixed prompts from the base model and the final one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+from jobs import cli
+from jobs.config import Config
+from jobs.configlib import to_dict
+
+log = logging.getLogger("rayalign.pipeline")
+SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "data", "sft", "reward_model", "ppo", "dpo", "curate",
+            "pipeline")
+# Which config sections each stage's result depends on (its fingerprint), besides what earlier stages fed it.
+STAGE_SECTIONS = {"curate": ("curate",), "sft": ("model", "lora", "deepspeed", "data", "sft"),
+                  "reward_model": ("model", "lora", "deepspeed", "reward_model"),
+                  "ppo": ("model", "lora", "deepspeed", "ppo"), "dpo": ("model", "lora", "deepspeed", "dpo")}
+
+
+def wire(cfg: Config, stage: str, outputs: dict) -> Config:
+    """The config a stage runs with: earlier stages' outputs replace the inputs they produce."""
+    if stage == "sft" and "curated" in outputs:
+        cfg = replace(cfg, data=replace(cfg.data, train_files=[outputs["curated"]]))
+    if stage == "reward_model" and "sft_model" in outputs and cfg.reward_model.backbone is None:
+        cfg = replace(cfg, reward_model=replace(cfg.reward_model, backbone=outputs["sft_model"]))
+    if stage == "ppo":
+        ppo = cfg.ppo
+        if "sft_model" in outputs:
+            ppo = replace(ppo, init_model=outputs["sft_model"])
+        if "reward_model" in outputs and ppo.reward.rm_source == "model":
+            ppo = replace(ppo, reward=replace(ppo.reward, rm_path=outputs["reward_model"]))
+        cfg = replace(cfg, ppo=ppo)
+    if stage == "dpo" and "sft_model" in outputs:
+        cfg = replace(cfg, model=replace(cfg.model, path=outputs["sft_model"]))
+    return cfg
+
+
+def fingerprint(cfg: Config, stage: str, outputs: dict) -> str:
+    data = {name: to_dict(getattr(cfg, name)) for name in STAGE_SECTIONS[stage]}
+    data["inputs"] = outputs
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---- stages: each runs its job and returns the outputs it adds ------------------------------------------
+def _curate(cfg: Config) -> dict:
+    from jobs.curation.pipeline import run
+
+    result = run(cfg)
+    return {"curated": str(result.output_dir / "curated.jsonl"), "curate_report": result.report["accounting"]}
+
+
+def _sft(cfg: Config) -> dict:
+    from jobs.sft import run
+
+    result = run(cfg)
+    return {"sft_model": str(result.model_dir), "sft_metrics": _numbers(result.final_metrics)}
+
+
+def _reward_model(cfg: Config) -> dict:
+    from jobs.train_rm import run
+
+    result = run(cfg)
+    return {"reward_model": str(result.model_dir), "reward_model_report": result.report}
+
+
+def _ppo(cfg: Config) -> dict:
+    from jobs.ppo import run
+
+    result = run(cfg)
+    return {"policy": str(result.model_dir), "ppo_metrics": _numbers(result.final_metrics)}
+
+
+def _dpo(cfg: Config) -> dict:
+    from jobs.dpo import run
+
+    result = run(cfg)
+    return {"policy": str(result.model_dir), "dpo_metrics": _numbers(result.final_metrics)}
+
+
+STAGES: dict[str, Callable[[Config], dict]] = {"curate": _curate, "sft": _sft, "reward_model": _reward_model,
+                                              "ppo": _ppo, "dpo": _dpo}
+
+
+def _numbers(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float))}
+
+
+def stage_record(run_dir: Path, stage: str) -> Path:
+    return run_dir / stage / "stage.json"
+
+
+def run_stage(cfg: Config, run_dir: Path, stage: str, outputs: dict) -> dict:
+    """Run one stage unless an identical run of it already finished; returns its outputs."""
+    stage_cfg = wire(cfg, stage, outputs)
+    key = fingerprint(stage_cfg, stage, {k: v for k, v in outputs.items() if isinstance(v, str)})
+    record = stage_record(run_dir, stage)
+    if record.exists():
+        done = json.loads(record.read_text())
+        if done.get("fingerprint") == key:
+            log.info("stage %s already done (%s); skipping", stage, record)
+            return done["outputs"]
+    log.info("stage %s: starting", stage)
+    started = time.monotonic()
+    produced = STAGES[stage](stage_cfg)
+    record.parent.mkdir(parents=True, exist_ok=True)
+    tmp = record.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"fingerprint": key, "seconds": time.monotonic() - started, "outputs": produced},
+                              indent=2, default=str))
+    tmp.replace(record)
+    return produced
+
+
+def run(cfg: Config) -> dict:
+    from cluster import runtime
+    from jobs.pipeline_report import write_report
+
+    run_dir = cfg.run.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    runtime.start(cfg.ray)
+    outputs: dict = {}
+    seconds: dict[str, float] = {}
+    for stage in cfg.pipeline.stages:
+        started = time.monotonic()
+        outputs.update(run_stage(cfg, run_dir, stage, outputs))
+        seconds[stage] = time.monotonic() - started
+    report = write_report(cfg, run_dir, outputs, seconds)
+    log.info("pipeline done: %s", report)
+    return outputs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    cfg, _ = cli.parse("python -m jobs.pipeline", __doc__.split("\n\n")[0], SECTIONS, argv)
+    return run(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main("jobs.pipeline", main))
