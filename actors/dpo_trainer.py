@@ -27,7 +27,7 @@ from actors.algo.preference import dpo_loss, sequence_logprob
 from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
 from actors.reward_trainer import wilson_interval
 from actors.sft_data import EmptyDatasetError, bucketed_batches, collate, shard_batches
-from actors.zero_trainer import ZeroTrainer, run_rank, save_hf_model
+from actors.zero_trainer import ZeroTrainer, balanced_share, run_rank, save_hf_model
 from jobs.config import Config
 from jobs.configlib import build
 from jobs.records import RecordError
@@ -114,16 +114,6 @@ def with_reference(pairs: list[PreferencePair], table: torch.Tensor) -> list[Pre
     """Pairs carrying their row of the [N, 2] (chosen, rejected) reference table."""
     return [replace(pair, ref_chosen=chosen, ref_rejected=rejected) for pair, (chosen, rejected) in
             zip(pairs, table.tolist())]
-
-
-def balanced_share(items: list, rank: int, world: int) -> tuple[list, int]:
-    """This rank's strided share, padded by repeating an item up to ceil(n / world), so every rank runs the
-    same number of forward passes (under ZeRO-3 each one gathers parameters collectively); returns the share
-    and how many of its items are real."""
-    share = items[rank::world]
-    size = -(-len(items) // world)
-    filler = share[-1:] or items[:1]
-    return share + filler * (size - len(share)), len(share)
 
 
 @dataclass

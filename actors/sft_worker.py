@@ -6,8 +6,9 @@ from __future__ import annotations
 import torch
 
 from actors import modeling, zero
+from actors.chat import IGNORE_INDEX, EncodedChat
 from actors.sft_data import SFTSplit, bucketed_batches, collate, shard_batches
-from actors.zero_trainer import ZeroTrainer, run_rank, save_hf_model
+from actors.zero_trainer import ZeroTrainer, balanced_share, run_rank, save_hf_model
 from jobs.config import Config
 from jobs.configlib import build
 
@@ -60,7 +61,9 @@ class SFTWorker(ZeroTrainer):
         """Held-out loss per assistant token, over all ranks' shares of the eval set."""
         self.engine.eval()
         nll, count = 0.0, 0
-        share = self.split.eval[self.rank::self.world]
+        share, real = balanced_share(self.split.eval, self.rank, self.world)
+        # Padding items keep every rank's forward count equal (ZeRO-3 gathers collectively); no trained labels.
+        share = share[:real] + [EncodedChat(ex.input_ids, [IGNORE_INDEX] * len(ex.labels)) for ex in share[real:]]
         with torch.no_grad():
             for start in range(0, len(share), self.settings.micro_batch_size):
                 batch = collate(share[start:start + self.settings.micro_batch_size], self.pad_id)

@@ -288,3 +288,13 @@ def fit(train_loop, payload: dict, settings, output_dir: Path) -> dict:
     if result.error is not None:
         raise result.error
     return json.loads((output_dir / "final_metrics.json").read_text())
+
+
+def balanced_share(items: list, rank: int, world: int) -> tuple[list, int]:
+    """This rank's strided share, padded by repeating an item up to ceil(n / world), so every rank runs the
+    same number of forward passes (under ZeRO-3 each one gathers parameters collectively); returns the share
+    and how many of its items are real."""
+    share = items[rank::world]
+    size = -(-len(items) // world)
+    filler = share[-1:] or items[:1]
+    return share + filler * (size - len(share)), len(share)

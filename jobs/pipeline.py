@@ -75,7 +75,11 @@ def _reward_model(cfg: Config) -> dict:
     from jobs.train_rm import run
 
     result = run(cfg)
-    return {"reward_model": str(result.model_dir), "reward_model_report": result.report}
+    heldout = result.report["heldout"]
+    return {"reward_model": str(result.model_dir),
+            "reward_model_report": {"eval_accuracy": heldout["accuracy"], "eval_accuracy_ci95": heldout["ci95"],
+                                    "eval_margin": heldout["mean_margin"],
+                                    "accuracy_before_training": result.report["before_training"]["accuracy"]}}
 
 
 def _ppo(cfg: Config) -> dict:

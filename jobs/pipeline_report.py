@@ -11,7 +11,7 @@ from jobs.config import Config, resolve_path
 HEADLINES = {
     "curate_report": ("input", "curated", "dropped_by_rules", "review_queue", "dropped_by_diversity"),
     "sft_metrics": ("step", "loss", "eval_loss"),
-    "reward_model_report": ("eval_accuracy", "eval_accuracy_ci95", "eval_margin"),
+    "reward_model_report": ("accuracy_before_training", "eval_accuracy", "eval_accuracy_ci95", "eval_margin"),
     "ppo_metrics": ("reward/rm_mean", "reward/total", "kl", "kl_k3", "policy/entropy", "response_tokens_mean"),
     "dpo_metrics": ("loss", "eval_reward_accuracy"),
 }

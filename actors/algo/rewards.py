@@ -160,9 +160,10 @@ def length_term(batch: RewardBatch, cfg: RewardSettings) -> torch.Tensor:
 
 
 def repetition_score(text: str, ngram: int, unique_share: float) -> float:
-    """How repetitive `text` is, in [0, 1]: a blend of phrase loops (repeated n-grams) and word reuse."""
-    phrase_loops = repeated_ngram_fraction(text, ngram)
-    word_reuse = 1.0 - unique_token_ratio(text)
+    """How repetitive `text` is, in [0, 1]: a blend of phrase loops (repeated n-grams) and word reuse.
+    Punctuation counts as tokens here: a policy that learns to emit '””””' is looping too."""
+    phrase_loops = repeated_ngram_fraction(text, ngram, symbols=True)
+    word_reuse = 1.0 - unique_token_ratio(text, symbols=True)
     return (1.0 - unique_share) * phrase_loops + unique_share * word_reuse
 
 

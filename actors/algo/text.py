@@ -10,17 +10,22 @@ import re
 
 _CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # A word is a run of letters/digits that are not CJK, so "sb吗" is ["sb", "吗"], not one word.
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*", re.UNICODE)
+_WORDS = rf"[{_CJK}]|[^\W_{_CJK}]+(?:'[^\W_{_CJK}]+)*"
+_TOKEN = re.compile(_WORDS, re.UNICODE)
+# With symbols: every punctuation mark or other symbol is a token too. A generated reply that loops on
+# '”' or '!' has no words at all, so a words-only count would call it perfectly varied.
+_TOKEN_WITH_SYMBOLS = re.compile(rf"{_WORDS}|[^\w\s]", re.UNICODE)
 
 
-def text_tokens(text: str) -> list[str]:
-    """Lower-cased words, with every CJK character its own token; punctuation dropped."""
-    return [t.lower() for t in _TOKEN.findall(text)]
+def text_tokens(text: str, symbols: bool = False) -> list[str]:
+    """Lower-cased words, with every CJK character its own token; punctuation dropped unless `symbols`."""
+    pattern = _TOKEN_WITH_SYMBOLS if symbols else _TOKEN
+    return [t.lower() for t in pattern.findall(text)]
 
 
-def unique_token_ratio(text: str) -> float:
+def unique_token_ratio(text: str, symbols: bool = False) -> float:
     """Distinct tokens / tokens (1.0 for empty text: nothing repeats)."""
-    tokens = text_tokens(text)
+    tokens = text_tokens(text, symbols)
     return len(set(tokens)) / len(tokens) if tokens else 1.0
 
 
@@ -59,7 +64,7 @@ def _has_repeat(tokens: list[str], k: int) -> bool:
     return False
 
 
-def repeated_ngram_fraction(text: str, n: int = 3) -> float:
+def repeated_ngram_fraction(text: str, n: int = 3, symbols: bool = False) -> float:
     """Share of n-gram occurrences that repeat an earlier n-gram of the same text."""
-    grams = ngrams(text_tokens(text), n)
+    grams = ngrams(text_tokens(text, symbols), n)
     return 1.0 - len(set(grams)) / len(grams) if grams else 0.0

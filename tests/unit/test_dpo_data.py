@@ -12,9 +12,10 @@ import torch
 
 from actors.algo.preference import DPO_LOSSES, dpo_loss
 from actors.chat import IGNORE_INDEX
-from actors.dpo_trainer import (DPOSplit, DPOTrainer, balanced_share, build_dpo_split, encode_pairs, encode_reply,
+from actors.dpo_trainer import (DPOSplit, DPOTrainer, build_dpo_split, encode_pairs, encode_reply,
                                 pair_logprobs)
 from actors.modeling import load_tokenizer
+from actors.zero_trainer import balanced_share
 from jobs import cli
 from jobs.config import Config, DPOConfig, load_config
 from jobs.configlib import ConfigError, describe

@@ -25,3 +25,11 @@ def test_longest_repeated_span_is_non_overlapping():
     assert longest_repeated_span("a b c d a b c e") == 3
     assert longest_repeated_span("a a a") == 1
     assert longest_repeated_span("a b c") == 0
+
+
+def test_symbols_count_as_tokens_when_asked():
+    assert text_tokens("Hi!!") == ["hi"]
+    assert text_tokens("Hi!!", symbols=True) == ["hi", "!", "!"]
+    assert unique_token_ratio("””””") == 1.0  # no words at all: nothing to repeat
+    assert unique_token_ratio("””””", symbols=True) == pytest.approx(1 / 4)
+    assert repeated_ngram_fraction("! ! ! !", 2, symbols=True) == pytest.approx(1 - 1 / 3)
