@@ -157,15 +157,10 @@ class DPOTrainer(ZeroTrainer):
         self.step_tally = RewardTally()
 
     def build_model(self) -> torch.nn.Module:
-        model = modeling.load_causal_lm(self.cfg.model)
-        if self.cfg.lora.enabled:
-            model = modeling.apply_lora(model, self.cfg.lora, quantized=self.cfg.model.quantization != "none")
-        return model
+        return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora)
 
     def export_skeleton(self) -> torch.nn.Module:
-        # No k-bit training preparation: the skeleton only receives weights and is merged.
-        model = modeling.load_causal_lm(self.cfg.model)
-        return modeling.apply_lora(model, self.cfg.lora) if self.cfg.lora.enabled else model
+        return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora, for_export=True)
 
     def setup(self) -> None:
         super().setup()

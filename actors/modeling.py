@@ -134,6 +134,16 @@ def apply_lora(model, cfg: LoraConfig, quantized: bool = False, task_type: str =
     return get_peft_model(model, peft_cfg)
 
 
+def trainable_causal_lm(model_cfg: ModelConfig, lora_cfg: LoraConfig, path: str | Path | None = None,
+                        for_export: bool = False):
+    """The causal LM a training role optimises: the base, wrapped with LoRA adapters when enabled. An export
+    skeleton skips k-bit training preparation: it only receives the trained weights and is merged."""
+    model = load_causal_lm(model_cfg, path)
+    if not lora_cfg.enabled:
+        return model
+    return apply_lora(model, lora_cfg, quantized=model_cfg.quantization != "none" and not for_export)
+
+
 def count_parameters(model) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

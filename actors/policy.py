@@ -45,9 +45,7 @@ class PolicyRole(TrainedRole):
 
     def setup(self) -> dict:
         cfg = self.cfg
-        model = modeling.load_causal_lm(cfg.model, cfg.ppo.init_model or cfg.model.path)
-        if cfg.lora.enabled:
-            model = modeling.apply_lora(model, cfg.lora, quantized=cfg.model.quantization != "none")
+        model = modeling.trainable_causal_lm(cfg.model, cfg.lora, cfg.ppo.init_model or cfg.model.path)
         trainable, total = modeling.count_parameters(model)
         self._make_engine(model, cfg.ppo.lr)
         return {"trainable_params": trainable, "total_params": total}

@@ -33,15 +33,10 @@ class SFTWorker(ZeroTrainer):
         self.split, self.pad_id, self.tokenizer_path = split, pad_id, tokenizer_path
 
     def build_model(self) -> torch.nn.Module:
-        model = modeling.load_causal_lm(self.cfg.model)
-        if self.cfg.lora.enabled:
-            model = modeling.apply_lora(model, self.cfg.lora, quantized=self.cfg.model.quantization != "none")
-        return model
+        return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora)
 
     def export_skeleton(self) -> torch.nn.Module:
-        # No k-bit training preparation: the skeleton only receives weights and is merged.
-        model = modeling.load_causal_lm(self.cfg.model)
-        return modeling.apply_lora(model, self.cfg.lora) if self.cfg.lora.enabled else model
+        return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora, for_export=True)
 
     def train_size(self) -> int:
         return len(self.split.train)
