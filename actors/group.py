@@ -1,13 +1,15 @@
 """Spawn N ranks of one role as Ray actors on a placement group and talk to them as one.
 
 Training roles (policy, value) form their own torch.distributed world (gloo on CPU, NCCL on GPU) so that
-DeepSpeed ZeRO shards across their ranks; the rendezvous address comes from rank 0's node.
+DeepSpeed ZeRO shards across their ranks; the rendezvous address comes from rank 0's node. Every rank can
+say where it runs (`placement_info`), and a dead rank can be respawned in its own placement bundle.
 """
 
 from __future__ import annotations
 
 import os
 import socket
+import uuid
 from typing import Any
 
 import torch
@@ -17,7 +19,17 @@ class RoleFailure(RuntimeError):
     """A rank of a role died or raised; the message names the role, rank and method."""
 
 
-class DistributedRole:
+class Located:
+    """Mixin for every role class: which node and process the actor runs in (the run's roster, jobs.status)."""
+
+    def placement_info(self) -> dict:
+        import ray
+
+        context = ray.get_runtime_context()
+        return {"actor_id": context.get_actor_id(), "node_id": context.get_node_id(), "pid": os.getpid()}
+
+
+class DistributedRole(Located):
     """Mixin for a role class whose ranks share one process group."""
 
     def rendezvous_address(self) -> tuple[str, int]:
@@ -38,27 +50,25 @@ class DistributedRole:
                                    init_method=f"tcp://{master_addr}:{master_port}")
         return rank
 
-    def node_id(self) -> str:
-        import ray
-
-        return ray.get_runtime_context().get_node_id()
-
 
 class RoleGroup:
+    """N ranks of one role. With `name_prefix`, actors are named <prefix>/<role>/<rank>-<suffix> (visible in
+    `ray list actors`, reachable with ray.get_actor); `max_restarts` lets Ray rebuild a rank from its start
+    arguments and retry the interrupted call, for roles that hold no state beyond those arguments."""
+
     def __init__(self, role: str, cls: type, ranks: int, placement_group, bundle_indices: list[int],
-                 cpus: float, gpus: float, init_args: tuple = (), distributed: bool = False):
+                 cpus: float, gpus: float, init_args: tuple = (), distributed: bool = False,
+                 name_prefix: str | None = None, max_restarts: int = 0):
         import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         self.role = role
-        remote_cls = ray.remote(cls)
-        self.actors = [
-            remote_cls.options(
-                num_cpus=cpus, num_gpus=gpus, name=None,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group, bundle_index),
-            ).remote(*init_args)
-            for bundle_index in bundle_indices[:ranks]
-        ]
+        self.init_args, self.name_prefix = init_args, name_prefix
+        self.placement_group, self.bundle_indices = placement_group, bundle_indices[:ranks]
+        self._remote = ray.remote(cls)
+        self._options = {"num_cpus": cpus, "num_gpus": gpus, "max_restarts": max_restarts,
+                         "max_task_retries": max_restarts}
+        self.names: list[str | None] = [None] * ranks
+        self.actors = [self._spawn(rank) for rank in range(ranks)]
         if distributed:
             master_addr, master_port = self.call_rank0("rendezvous_address")
             self.get([actor.init_process_group.remote(master_addr, master_port, rank, ranks)
@@ -67,19 +77,53 @@ class RoleGroup:
     def __len__(self) -> int:
         return len(self.actors)
 
-    def get(self, refs: list, method: str) -> list:
-        """ray.get with failures turned into one message naming role, rank and method."""
+    def _spawn(self, rank: int):
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        if self.name_prefix:
+            self.names[rank] = f"{self.name_prefix}/{self.role}/{rank}-{uuid.uuid4().hex[:6]}"
+        strategy = PlacementGroupSchedulingStrategy(self.placement_group, self.bundle_indices[rank])
+        return self._remote.options(name=self.names[rank], scheduling_strategy=strategy,
+                                    **self._options).remote(*self.init_args)
+
+    def respawn(self, rank: int):
+        """A fresh actor for `rank` in the same bundle; the old one is killed first so that the bundle's
+        resources come back even when it hangs instead of dying."""
         import ray
 
-        results = []
-        for rank, ref in enumerate(refs):
-            try:
-                results.append(ray.get(ref))
-            except ray.exceptions.RayActorError as exc:
-                raise RoleFailure(f"{self.role} rank {rank} died during {method}: {_first_line(exc)}") from exc
-            except ray.exceptions.RayTaskError as exc:
-                raise RoleFailure(f"{self.role} rank {rank} failed in {method}: {_first_line(exc)}") from exc
-        return results
+        ray.kill(self.actors[rank], no_restart=True)
+        self.actors[rank] = self._spawn(rank)
+        return self.actors[rank]
+
+    def roster(self) -> list[dict]:
+        """Where every rank runs: role, rank, actor name, actor id, node id and pid."""
+        infos = self.call("placement_info")
+        return [{"role": self.role, "rank": rank, "name": self.names[rank], **info} for rank, info in enumerate(infos)]
+
+    def get(self, refs: list, method: str) -> list:
+        """Every rank's result, with failures turned into one message naming role, rank and method.
+
+        Results are taken in the order they finish, so the first failure ends the wait: a surviving rank stuck
+        in a collective with a dead peer cannot hang the driver."""
+        import ray
+
+        results: dict[int, Any] = {}
+        pending = list(refs)
+        while pending:
+            (ready,), pending = ray.wait(pending, num_returns=1)
+            rank = refs.index(ready)
+            results[rank] = self._result(ready, rank, method)
+        return [results[rank] for rank in range(len(refs))]
+
+    def _result(self, ref, rank: int, method: str) -> Any:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as exc:
+            raise RoleFailure(f"{self.role} rank {rank} died during {method}: {_first_line(exc)}") from exc
+        except ray.exceptions.RayTaskError as exc:
+            raise RoleFailure(f"{self.role} rank {rank} failed in {method}: {_first_line(exc)}") from exc
 
     def submit(self, method: str, *args: Any, per_rank: list[tuple] | None = None) -> list:
         """Start `method` on every rank (same args, or per_rank[i] for rank i); returns refs."""

@@ -19,6 +19,7 @@ import json
 import logging
 import random
 import shutil
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 
 from actors.algo import (ADVANTAGE_ESTIMATORS, kl_penalized_rewards, kl_per_token, make_kl_controller, masked_sum,
                          masked_whiten)
-from actors.algo.monitors import HealthMonitor, most_severe_action
+from actors.algo.monitors import HealthMonitor, most_severe_action, response_metrics
 from actors.algo.rewards import RewardBatch, mix_rewards, reward_log
 from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, concat, shard
 from jobs.config import Config, resolve_path
@@ -116,6 +117,7 @@ class PPOLoop:
         self.kl_scale = 1.0  # raised by the monitor's raise_kl action
         self.nan_streak = 0
         self.policy_lr = cfg.ppo.lr
+        self.preempted = threading.Event()  # set on SIGTERM (actors/fault.py): finish the step, checkpoint, stop
 
     # ---- start-up --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -137,6 +139,8 @@ class PPOLoop:
         self._spawn_roles(start_model)
         self.metrics = MetricsLogger(self.output_dir)
         self.resume()
+        if self.step_index == 0:
+            self.record_answers("before")
 
     def _encode_prompt(self, messages: list[dict]) -> list[int]:
         from actors.chat import encode_prompt
@@ -144,13 +148,14 @@ class PPOLoop:
         return encode_prompt(self.tokenizer, messages, self.cfg.ppo.rollout.max_prompt_tokens)
 
     def _spawn_roles(self, start_model: str) -> None:
+        from actors.fault import engine_group
         from actors.group import RoleGroup
         from actors.policy import PolicyRole
         from actors.reference import ReferenceModel
         from actors.reward_sources import make_reward_source
         from actors.rollout import RolloutEngine
         from actors.value import ValueRole
-        from cluster.placement import RoleResources, check_feasible, reserve
+        from cluster.placement import RoleResources, reserve_roles
 
         cfg, ppo = self.cfg, self.cfg.ppo
         cpus, gpus = ppo.cpus_per_actor, ppo.gpus_per_actor
@@ -162,24 +167,25 @@ class PPOLoop:
             roles.append(RoleResources("reference", 1, cpus, gpus))
         if ppo.reward.rm_source == "model":
             roles.append(RoleResources("reward", 1, cpus, gpus))
-        check_feasible(roles)  # all roles together, before reserving any: fail now, not after a 60 s wait
-        groups = [roles] if ppo.colocate else [[r] for r in roles]
-        self.placement, bundles = {}, {}
-        for members in groups:
-            group, index = reserve(members, ppo.placement_strategy)
-            for role in index:
-                self.placement[role], bundles[role] = group, index[role]
+        # The whole plan (ppo.placement: strategy, colocation, node resource per role) is checked against the
+        # cluster's nodes before any group is reserved: fail now, not after a wait.
+        self.placement, bundles = reserve_roles(roles, ppo)
         config = to_dict(cfg)
-        max_len = ppo.rollout.max_prompt_tokens + ppo.rollout.max_new_tokens + 8
+        # Room for the run report's greedy answers too, which may be longer than the rollouts.
+        max_len = ppo.rollout.max_prompt_tokens + max(ppo.rollout.max_new_tokens, ppo.report_max_new_tokens) + 8
 
-        def group(role, cls, ranks, args, distributed=False):
-            return RoleGroup(role, cls, ranks, self.placement[role], bundles[role], cpus, gpus, args, distributed)
+        def group(role, cls, ranks, args, distributed=False, kind=RoleGroup, max_restarts=0):
+            return kind(role, cls, ranks, self.placement[role], bundles[role], cpus, gpus, args, distributed,
+                        name_prefix=cfg.run.name, max_restarts=max_restarts)
 
+        # A dead engine is replaced and re-synced from the policy; Ray rebuilds the frozen reference itself.
         self.rollout = group("rollout", RolloutEngine, ppo.rollout.num_engines,
-                             (start_model, ppo.rollout, cfg.run.seed, max_len, cfg.model.dtype))
+                             (start_model, ppo.rollout, cfg.run.seed, max_len, cfg.model.dtype),
+                             kind=engine_group(self))
         self.policy = group("policy", PolicyRole, ppo.policy_workers, (config,), distributed=True)
         self.value = group("value", ValueRole, ppo.value_workers, (config,), distributed=True)
-        self.reference = group("reference", ReferenceModel, 1, (config,)) if separate_reference else None
+        self.reference = group("reference", ReferenceModel, 1, (config,),
+                               max_restarts=ppo.stateless_max_restarts) if separate_reference else None
         sizes = self.policy.call("setup")[0]
         self.value.call("setup")
         self.rollout.call("ping")
@@ -277,8 +283,11 @@ class PPOLoop:
     def train_phase(self, tokens: TokenBatch, logps: LogProbs, values: torch.Tensor, adv: Advantages,
                     step: int) -> dict:
         seed = self.cfg.run.seed * 100_003 + step
+        advantages = adv.advantages
+        if step == self.cfg.ppo.inject_nan_at_step:  # fault injection: lets the NaN guard and rollback be shown
+            advantages = torch.full_like(advantages, float("nan"))
         policy_batch = PolicyBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask, logps.old, logps.ref,
-                                   adv.advantages)
+                                   advantages)
         value_batch = ValueBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask, values, adv.returns)
         policy_refs = self.policy.submit("train", per_rank=[(part, seed, adv.kl_loss_coef)
                                                              for part in shard(policy_batch, len(self.policy))])
@@ -301,7 +310,7 @@ class PPOLoop:
         metrics = {
             "reward/rm_mean": float(rm_scores.mean()), "reward/rm_std": float(rm_scores.std(unbiased=False)),
             **adv.reward_metrics, "kl": float(adv.seq_kl.mean()), "kl_coef": adv.kl_coef,
-            "kl_k3": adv.seq_kl_k3,
+            "kl_scale": self.kl_scale, "kl_k3": adv.seq_kl_k3,
             "kl_per_token": float(adv.seq_kl.sum() / max(float(mask.sum()), 1.0)),
             "response_tokens_mean": float(lengths.mean()), "response_chars_mean":
                 sum(len(r) for r in rollout.responses) / len(rollout.responses),
@@ -315,6 +324,10 @@ class PPOLoop:
         health = {"loss": train["policy/loss"], "grad_norm": train["policy/grad_norm"], "kl": metrics["kl"],
                   "entropy": train["policy/entropy"], "rm_reward": metrics["reward/rm_mean"]}
         alarms = self.monitor.observe(step, health, by_prompt) if self.cfg.ppo.monitor.enabled else []
+        # Logged with the monitors off too, so monitored and unmonitored runs (ablations) stay comparable.
+        response_stats = self.monitor.last_response_metrics if self.cfg.ppo.monitor.enabled \
+            else response_metrics(by_prompt, self.monitor.phrases)
+        metrics.update({f"health/{name}": value for name, value in response_stats.items()})
         result = StepResult(metrics, alarms)
         self._nan_guard(train)
         self._act_on(alarms, step, result)
@@ -384,6 +397,7 @@ class PPOLoop:
     def resume(self) -> None:
         steps = self.checkpoint_steps()
         if not steps:
+            self.metrics.truncate_after(0)  # a run that died before its first checkpoint starts over
             return
         state = self.load_checkpoint(steps[-1])
         self.step_index = state["step"]
@@ -411,18 +425,37 @@ class PPOLoop:
                 self._record_alarm(alarm)
             bar.update(1)
             bar.set_postfix(rm=f"{last['reward/rm_mean']:.3f}", kl=f"{last['kl']:.3f}")
-            if step % ppo.save_every == 0 or step == ppo.steps or result.stop:
+            if step % ppo.save_every == 0 or step == ppo.steps or result.stop or self.preempted.is_set():
                 self.save_checkpoint(step)
             if result.stop:
                 log.warning("stopping PPO at step %d on a monitor alarm", step)
                 break
+            if self.preempted.is_set():
+                log.warning("stopping PPO after step %d on SIGTERM; checkpoint saved", step)
+                break
         bar.close()
         self.metrics.close()
+        self.record_answers("after")
         return last
 
     def _record_alarm(self, alarm) -> None:
         with (self.output_dir / "alarms.jsonl").open("a") as handle:
             handle.write(json.dumps(alarm.to_dict()) + "\n")
+
+    def record_answers(self, stage: str) -> None:
+        """Greedy answers to ppo.report_prompts, kept for the run report's before/after table."""
+        from jobs.ppo_report import write_answers
+
+        prompts = list(self.cfg.ppo.report_prompts)
+        write_answers(self.output_dir, stage, prompts, self.greedy_answers(prompts) if prompts else [])
+
+    def greedy_answers(self, prompts: list[str]) -> list[str]:
+        """Greedy answers of the current policy weights (as synced to the first rollout engine) to user prompts,
+        each rendered through ppo.prompt_template like the training prompts."""
+        template = self.cfg.ppo.prompt_template
+        ids = [self._encode_prompt([{"role": "user", "content": template.replace("{prompt}", p)}]) for p in prompts]
+        responses = self.rollout.call_rank0("greedy", ids, self.cfg.ppo.report_max_new_tokens)
+        return [self.tokenizer.decode(r, skip_special_tokens=True).strip() for r in responses]
 
     def export(self) -> str | None:
         start_model = str(resolve_path(self.cfg.ppo.init_model or self.cfg.model.path))

@@ -5,13 +5,14 @@ from __future__ import annotations
 import torch
 
 from actors import modeling
+from actors.group import Located
 from actors.policy import sequence_logprobs
 from actors.protocol import TokenBatch
 from jobs.config import Config
 from jobs.configlib import build
 
 
-class ReferenceModel:
+class ReferenceModel(Located):
     def __init__(self, config: dict):
         self.cfg = build(Config, config)
         self.model = modeling.load_causal_lm(self.cfg.model, self.cfg.ppo.init_model or self.cfg.model.path)

@@ -22,6 +22,7 @@ import torch
 
 from actors import modeling
 from actors.chat import render
+from actors.group import Located
 from jobs.config import Config, resolve_path
 
 log = logging.getLogger("rayalign.reward")
@@ -170,7 +171,7 @@ def scores_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**batch).logits[:, 0].float()
 
 
-class RewardModel:
+class RewardModel(Located):
     """A trained reward model loaded from a local Hugging Face folder, scoring in batches of `batch_size`."""
 
     def __init__(self, path: str, max_length: int = 512, batch_size: int = 32):

@@ -4,6 +4,9 @@
   http     the reward service over HTTP (serve/reward_app.py), with timeouts and retries
   keyword  a programmatic score, the count of a chosen word: a real, cheap reward for demos and for tests
            that must show learning without a trained reward model
+  filler   DELIBERATELY HACKABLE: pays for filler/jargon phrases (tokens inside them, capped), the way a
+           flawed reward model pays for sounding thorough; it lets the reward-hacking monitor (filler density
+           rising with the score) and the mixed reward's brakes be shown working on the real engine
 
 Every source has `score(prompts: list[list[dict]], responses: list[str]) -> list[float]`.
 """
@@ -12,7 +15,9 @@ from __future__ import annotations
 
 import re
 
+from actors.algo.monitors import filler_density, phrase_tokens
 from actors.algo.registry import Registry
+from actors.algo.text import text_tokens
 from jobs.config import Config, resolve_path
 
 REWARD_SOURCES: Registry = Registry("reward source")
@@ -27,6 +32,19 @@ class KeywordReward:
 
     def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
         return [float(min(len(self.pattern.findall(text)), self.cap)) for text in responses]
+
+
+class FillerReward:
+    """Score = tokens of a response that lie inside filler phrases, capped; tokens and matching as the
+    reward-hacking monitor's filler density (actors.algo.monitors), so English and Chinese count alike."""
+
+    def __init__(self, phrases: list[str], cap: int):
+        self.phrases = phrase_tokens(phrases)
+        self.cap = cap
+
+    def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
+        return [float(min(round(filler_density(text, self.phrases) * len(text_tokens(text))), self.cap))
+                for text in responses]
 
 
 class ActorReward:
@@ -51,6 +69,11 @@ def _keyword(cfg: Config, placement=None) -> KeywordReward:
     return KeywordReward(cfg.ppo.reward.rm_keyword, cfg.ppo.reward.rm_keyword_cap)
 
 
+@REWARD_SOURCES.register("filler")
+def _filler(cfg: Config, placement=None) -> FillerReward:
+    return FillerReward(cfg.ppo.reward.rm_filler_phrases, cfg.ppo.reward.rm_filler_cap)
+
+
 @REWARD_SOURCES.register("http")
 def _http(cfg: Config, placement=None):
     import os
@@ -72,7 +95,10 @@ def _model(cfg: Config, placement=None) -> ActorReward:
 
     if not cfg.ppo.reward.rm_path:
         raise ValueError("ppo.reward.rm_path must name a trained reward model folder when rm_source=model")
-    options = {"num_cpus": cfg.ppo.cpus_per_actor, "num_gpus": cfg.ppo.gpus_per_actor}
+    # Frozen weights from the folder: Ray can rebuild a dead actor and retry the call without losing anything.
+    restarts = cfg.ppo.stateless_max_restarts
+    options = {"num_cpus": cfg.ppo.cpus_per_actor, "num_gpus": cfg.ppo.gpus_per_actor, "max_restarts": restarts,
+               "max_task_retries": restarts}
     if placement is not None:
         group, bundle = placement
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, bundle)

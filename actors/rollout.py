@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from actors.group import Located
 from jobs.config import RolloutConfig
 
 log = logging.getLogger("rayalign.rollout")
@@ -27,7 +28,7 @@ class Sample:
     finish_reason: str  # "stop" (EOS) or "length"
 
 
-class RolloutEngine:
+class RolloutEngine(Located):
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32"):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -68,6 +69,15 @@ class RolloutEngine:
             samples.append(Sample(list(prompt), list(completion.token_ids), logprobs,
                                   "length" if completion.finish_reason == "length" else "stop"))
         return samples
+
+    def greedy(self, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+        """Greedy response ids for fixed prompts (the run report's before/after answers). The seed counter is
+        left alone, so a run samples the same rollouts whether or not its report asks for answers."""
+        from vllm import TokensPrompt
+
+        params = self.sampling_params(temperature=0.0, max_tokens=max_tokens)
+        outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
+        return [list(out.outputs[0].token_ids) for out in outputs]
 
     def sequence_logprobs(self, prompt: list[int], response: list[int]) -> list[float]:
         """Log-probs the engine assigns to `response` after `prompt` (teacher forcing via prompt_logprobs):

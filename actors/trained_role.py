@@ -53,6 +53,10 @@ class TrainedRole(DistributedRole):
         for group in self.engine.optimizer.param_groups:
             group["lr"] = lr
 
+    def lr(self) -> float:
+        """The learning rate the optimizer steps with (a rollback lowers it through set_lr)."""
+        return self.engine.optimizer.param_groups[0]["lr"]
+
     def minibatches(self, batch, seed: int) -> Iterator:
         """ppo_epochs passes over this rank's shard in seeded random mini-batches of mini_batch_size/world."""
         ppo = self.cfg.ppo

@@ -5,8 +5,8 @@ with warm-up), the step loop with its eval / log / save cadence and progress bar
 resume (metrics after the resumed step are dropped so they are logged once), streaming export of the full
 weights, and the driver-side TorchTrainer launch. A role subclasses `ZeroTrainer`, names its config
 section (whose fields micro_batch_size, grad_accum, epochs, max_steps, warmup_ratio, weight_decay,
-max_grad_norm, eval_every, save_every, log_every, num_workers, use_gpu and cpus_per_worker drive the loop
-and `fit`; see SFTConfig / RewardModelConfig) and fills in the hooks:
+max_grad_norm, eval_every, save_every, log_every, num_workers, use_gpu, cpus_per_worker and max_failures drive
+the loop and `fit`; see SFTConfig / RewardModelConfig) and fills in the hooks:
 
     build_model()            the module to train (already LoRA-wrapped if wanted)
     train_size()             training examples available (for the 'too little data' message)
@@ -117,6 +117,8 @@ class ZeroTrainer:
     def resume(self, checkpoint) -> None:
         """Load the engine state + progress from a Ray Train checkpoint (all ranks)."""
         if checkpoint is None:
+            if self.metrics is not None:
+                self.metrics.truncate_after(-1)  # a worker-group restart before any checkpoint logs from step 0 again
             return
         with checkpoint.as_directory() as folder:
             _, client = self.engine.load_checkpoint(folder, tag=CKPT_TAG)
@@ -282,7 +284,8 @@ def fit(train_loop, payload: dict, settings, output_dir: Path) -> dict:
         torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
         run_config=RunConfig(name="ray_train", storage_path=str(output_dir),
                              checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             failure_config=FailureConfig(max_failures=0)),
+                             # A dead worker restarts the group from the latest Ray Train checkpoint.
+                             failure_config=FailureConfig(max_failures=settings.max_failures)),
     )
     result = trainer.fit()
     if result.error is not None:

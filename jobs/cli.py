@@ -18,6 +18,11 @@ from jobs.config import Config, load_config
 from jobs.configlib import ConfigError, describe, to_dict
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
+PREEMPTED_EXIT = 128 + 15  # the status of a process ended by SIGTERM: schedulers read it as "stopped, not done"
+
+
+class Preempted(Exception):
+    """The job stopped early on a signal after saving a checkpoint; re-running the same command resumes."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -57,8 +62,13 @@ def parser(prog: str, description: str, sections: tuple[str, ...]) -> argparse.A
     return p
 
 
-def parse(prog: str, description: str, sections: tuple[str, ...], argv: list[str] | None = None):
-    args = parser(prog, description, sections).parse_args(argv)
+def parse(prog: str, description: str, sections: tuple[str, ...], argv: list[str] | None = None,
+          extend: Callable[[argparse.ArgumentParser], None] | None = None):
+    """(config, parsed arguments); `extend` adds a job's own options to the shared parser."""
+    p = parser(prog, description, sections)
+    if extend is not None:
+        extend(p)
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     overrides = list(args.overrides)
@@ -85,6 +95,9 @@ def run_main(prog: str, main: Callable[[list[str] | None], object], argv: list[s
     except user_errors() as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except Preempted as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return PREEMPTED_EXIT
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -92,6 +92,8 @@ class SFTConfig:
     num_workers: int = param(2, "Ray Train workers (data-parallel ranks)", gt=0)
     use_gpu: bool = param(False, "one GPU per worker")
     cpus_per_worker: int = param(1, "CPUs reserved per worker", gt=0)
+    max_failures: int = param(2, "Ray Train restarts of the whole worker group from the latest checkpoint after "
+                                 "a worker dies or raises (a bug is retried too, so keep it small)", ge=0)
     lr: Optional[float] = param(None, "learning rate (unset: by model size, 7B 1e-5, 13B 5.4e-6, 70B 1e-6)", gt=0)
     epochs: int = param(1, "passes over the training set", gt=0)
     max_steps: Optional[int] = param(None, "stop after this many optimizer steps (unset: epochs decide)", gt=0)
@@ -130,6 +132,8 @@ class RewardModelConfig:
     num_workers: int = param(2, "Ray Train workers", gt=0)
     use_gpu: bool = param(False, "one GPU per worker")
     cpus_per_worker: int = param(1, "CPUs reserved per worker", gt=0)
+    max_failures: int = param(2, "Ray Train restarts of the whole worker group from the latest checkpoint after "
+                                 "a worker dies or raises (a bug is retried too, so keep it small)", ge=0)
     lora: bool = param(False, "train LoRA adapters (shape from the lora section) plus the scalar head instead of "
                               "all weights; encoders need lora.target_modules such as [query, key, value]")
     export: bool = param(True, "write the trained reward model as a Hugging Face folder at the end")
@@ -148,6 +152,8 @@ class RolloutConfig:
     max_prompt_tokens: int = param(128, "prompts longer than this are truncated from the left", gt=0)
     gpu_memory_utilization: float = param(0.3, "vLLM share of GPU memory (CUDA engines)", gt=0.0, le=1.0)
     kv_cache_gib: int = param(1, "vLLM KV-cache size on CPU engines (VLLM_CPU_KVCACHE_SPACE)", gt=0)
+    max_replacements: int = param(3, "dead engines replaced per run (in the same placement bundle, weights re-synced "
+                                     "from the policy) before the job fails", ge=0)
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,14 @@ class KLConfig:
             raise ConfigError("schedule pieces must be [progress_end, coef] pairs")
         if ends != sorted(ends) or not ends or ends[-1] != 1.0:
             raise ConfigError(f"schedule progress ends must increase and end at 1.0, got {ends}")
+
+
+MonitorAction = Literal["warn", "raise_kl", "rollback", "stop"]
+DEFAULT_FILLER_PHRASES = [
+    "in conclusion", "it is important to note", "it is worth noting", "as an ai", "delve", "leverage",
+    "synergy", "paradigm shift", "holistic", "cutting-edge", "at the end of the day",
+    "总而言之", "综上所述", "值得注意的是", "赋能", "抓手", "闭环", "底层逻辑",
+]
 
 
 RewardTermName = Literal["rm", "kl", "length", "repetition", "safety"]
@@ -198,14 +212,19 @@ class RewardMixConfig:
     safety_lexicon_dir: str = param("../shared/data/lexicons", "folder of harmful-word lists for the safety term")
     enabled_terms: list[RewardTermName] = param(["rm", "kl", "length", "repetition", "safety"],
                                                 "reward terms switched on (add them one at a time)")
-    rm_source: Literal["model", "http", "keyword"] = param(
+    rm_source: Literal["model", "http", "keyword", "filler"] = param(
         "model", "where the 'rm' score comes from: a reward-model actor (rm_path), the HTTP reward service "
-                 "(reward_url), or a programmatic keyword count (rm_keyword; for demos and learning tests)")
+                 "(reward_url), a programmatic keyword count (rm_keyword; for demos and learning tests), or a "
+                 "deliberately hackable programmatic reward that pays for filler phrases (rm_filler_phrases; "
+                 "for reward-hacking demos)")
     rm_path: Optional[str] = param(None, "reward model folder for rm_source=model (the pipeline fills in its "
                                          "trained reward model)")
     rm_keyword: str = param("happy", "rm_source=keyword: the score is the number of times this word occurs "
                                      "(whole words, case-insensitive), capped at rm_keyword_cap")
     rm_keyword_cap: int = param(5, "rm_source=keyword: highest score one response can earn", gt=0)
+    rm_filler_phrases: list[str] = param(DEFAULT_FILLER_PHRASES, "rm_source=filler: the score is the number of "
+                                                                 "response tokens inside these phrases")
+    rm_filler_cap: int = param(10, "rm_source=filler: highest score one response can earn", gt=0)
     reward_url: Optional[str] = param(None, "score with the HTTP reward service at this URL instead of an actor")
     reward_timeout_s: float = param(30.0, "HTTP reward request timeout", gt=0)
     reward_retries: int = param(3, "HTTP reward retries with exponential backoff", ge=0)
@@ -218,14 +237,6 @@ class RewardMixConfig:
         repeated = sorted({name for name in self.enabled_terms if self.enabled_terms.count(name) > 1})
         if repeated:
             raise ConfigError(f"enabled_terms lists {', '.join(repeated)} more than once")
-
-
-MonitorAction = Literal["warn", "raise_kl", "rollback", "stop"]
-DEFAULT_FILLER_PHRASES = [
-    "in conclusion", "it is important to note", "it is worth noting", "as an ai", "delve", "leverage",
-    "synergy", "paradigm shift", "holistic", "cutting-edge", "at the end of the day",
-    "总而言之", "综上所述", "值得注意的是", "赋能", "抓手", "闭环", "底层逻辑",
-]
 
 
 @dataclass(frozen=True)
@@ -277,6 +288,53 @@ class MonitorConfig:
             raise ConfigError(f"min_history ({self.min_history}) must be <= window ({self.window})")
 
 
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
+@dataclass(frozen=True)
+class RolePlacementConfig:
+    """Where one PPO role's ranks go (cluster/placement.py)."""
+    strategy: Optional[PlacementStrategy] = param(
+        None, "how this role's ranks spread over nodes: PACK (few nodes), SPREAD (many), STRICT_PACK (one node), "
+              "STRICT_SPREAD (one rank per node); unset: ppo.placement_strategy")
+    colocate_group: Optional[str] = param(
+        None, "roles naming the same group share one placement group (e.g. policy and reference on the same "
+              "nodes or, with fractional gpus_per_actor, the same GPUs); unset: the role's own group, or one "
+              "group for every role when ppo.colocate is on")
+    node_resource: Optional[str] = param(
+        None, "custom node resource every rank needs, e.g. rollout_node for nodes started with "
+              "`ray start --resources='{\"rollout_node\": 2}'`: pins the role to the nodes that declare it")
+    node_resource_per_rank: float = param(1.0, "amount of node_resource each rank takes (a node declaring 2 "
+                                               "hosts 2 ranks at the default 1)", gt=0)
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Per-role placement of the PPO actors across the nodes of the cluster."""
+    rollout: RolePlacementConfig = section(RolePlacementConfig, "vLLM engines")
+    policy: RolePlacementConfig = section(RolePlacementConfig, "policy DeepSpeed ranks")
+    value: RolePlacementConfig = section(RolePlacementConfig, "value DeepSpeed ranks")
+    reference: RolePlacementConfig = section(RolePlacementConfig, "frozen reference actor")
+    reward: RolePlacementConfig = section(RolePlacementConfig, "reward-model actor (rm_source=model)")
+    timeout_s: float = param(60.0, "give up reserving a feasible plan after this many seconds (an infeasible one "
+                                   "fails at once, naming what is missing)", gt=0)
+
+    def roles(self) -> dict[str, RolePlacementConfig]:
+        return {"rollout": self.rollout, "policy": self.policy, "value": self.value, "reference": self.reference,
+                "reward": self.reward}
+
+    def check(self) -> None:
+        by_group: dict[str, dict[str, str]] = {}
+        for role, cfg in self.roles().items():
+            if cfg.colocate_group and cfg.strategy:
+                by_group.setdefault(cfg.colocate_group, {})[role] = cfg.strategy
+        for group, strategies in by_group.items():
+            if len(set(strategies.values())) > 1:
+                detail = ", ".join(f"{role}.strategy={strategy}" for role, strategy in strategies.items())
+                raise ConfigError(f"colocate_group {group!r} mixes {detail}: roles in one group share one placement "
+                                  f"group, so give them one strategy (or set it on one role only)")
+
+
 @dataclass(frozen=True)
 class PPOConfig:
     prompt_files: list[str] = param(["../shared/data/sft/llms-from-scratch/instruction-data.json"],
@@ -308,17 +366,30 @@ class PPOConfig:
     cpus_per_actor: float = param(1.0, "CPUs reserved by every role actor", gt=0)
     gpus_per_actor: float = param(0.0, "GPUs per role actor (fractions colocate roles on one GPU)", ge=0)
     colocate: bool = param(False, "place policy, value, reference and reward actors in one placement group")
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = param(
-        "PACK", "how a role's ranks are placed across nodes")
+    placement_strategy: PlacementStrategy = param(
+        "PACK", "how a role's ranks are placed across nodes (default for every role; see ppo.placement)")
     sync_bucket_mb: int = param(64, "weight-sync bucket size: parameters are gathered and sent this many MB "
                                     "at a time", gt=0)
     max_nan_steps: int = param(3, "stop after this many consecutive steps skipped for a NaN/Inf loss", gt=0)
+    max_restarts: int = param(2, "times one job restarts every role from the last checkpoint after a policy or "
+                                 "value rank dies (their optimizer state lives in one process group)", ge=0)
+    stateless_max_restarts: int = param(3, "Ray restarts of the frozen reference and reward-model actors: rebuilt "
+                                           "from their start arguments, the interrupted call retried", ge=0)
     save_every: int = param(10, "checkpoint every N steps", gt=0)
     export: bool = param(True, "write the final policy as a Hugging Face model")
+    report_prompts: list[str] = param(["Tell me a story about a dog.", "What is the capital of France?",
+                                       "Give three tips for staying healthy."],
+                                      "fixed prompts the run report (report.md) answers greedily with the rollout "
+                                      "engine before the first update and after the last; empty: no samples")
+    report_max_new_tokens: int = param(48, "length cap of the report's greedy answers, in tokens", gt=0)
+    inject_nan_at_step: Optional[int] = param(None, "fault injection for tests and demos: this step's advantages "
+                                                    "become NaN, so the instability guard and its rollback can be "
+                                                    "seen working (unset: off)", gt=0)
     kl: KLConfig = section(KLConfig, "KL control")
     rollout: RolloutConfig = section(RolloutConfig, "vLLM sampling")
     reward: RewardMixConfig = section(RewardMixConfig, "mixed reward")
     monitor: MonitorConfig = section(MonitorConfig, "training-health monitors")
+    placement: PlacementConfig = section(PlacementConfig, "where each role's actors go across nodes")
 
     def check(self) -> None:
         if self.rollout_batch_size % self.mini_batch_size:
@@ -364,6 +435,8 @@ class DPOConfig:
     num_workers: int = param(2, "Ray Train workers (data-parallel ranks)", gt=0)
     use_gpu: bool = param(False, "one GPU per worker")
     cpus_per_worker: int = param(1, "CPUs reserved per worker", gt=0)
+    max_failures: int = param(2, "Ray Train restarts of the whole worker group from the latest checkpoint after "
+                                 "a worker dies or raises (a bug is retried too, so keep it small)", ge=0)
     reference: Literal["copy", "adapter_disabled"] = param(
         "copy", "reference model: the start model as a frozen copy, or (lora.enabled) the policy with its LoRA "
                 "adapters disabled; either way its log-probs are computed once, before the first update")

@@ -4,7 +4,11 @@ reference, and a reward model (actor, HTTP service or programmatic score).
     python -m jobs.ppo --config configs/tiny-cpu.yaml [section.key=value ...]
 
 Outputs in <run.output_root>/<run.name>/ppo/: metrics.jsonl/.csv, tensorboard/, ppo.png, alarms.jsonl,
-checkpoints/ (re-running the same command resumes from the latest) and the final policy in model/.
+roles.json (which node and process holds each role; see `python -m jobs.status`), faults.jsonl (replaced
+engines, restarts), checkpoints/ (re-running the same command resumes from the latest) and the final policy
+in model/. SIGTERM ends the run after the current step with a checkpoint (exit status 143). The run report,
+report.md + report.json + report_*.png (reward terms, KL vs its coefficient, entropy, lengths, alarms and
+actions, greedy answers before and after training), is written at the end.
 """
 
 from __future__ import annotations
@@ -32,21 +36,18 @@ class PPOResult:
 
 
 def run(cfg: Config) -> PPOResult:
-    from actors.ppo_loop import PPOLoop
+    from actors.fault import run_supervised
     from cluster import runtime
     from jobs.metrics import plot_curves, read_jsonl
+    from jobs.ppo_report import write_report
 
     output_dir = cfg.run.output_dir("ppo")
     output_dir.mkdir(parents=True, exist_ok=True)
     runtime.start(cfg.ray)
-    loop = PPOLoop(cfg, output_dir)
-    try:
-        loop.start()
-        final = loop.run()
-        model_dir = loop.export() if cfg.ppo.export else None
-    finally:
-        loop.shutdown()
+    # Dead engines are replaced, dead training ranks resume from the last checkpoint, SIGTERM checkpoints.
+    loop, final, model_dir = run_supervised(cfg, output_dir)
     plot_curves(read_jsonl(output_dir / "metrics.jsonl"), PLOTTED, output_dir / "ppo.png", f"PPO {cfg.run.name}")
+    write_report(cfg, output_dir)
     log.info("PPO done at step %d: rm %.3f, kl %.3f; model: %s", loop.step_index,
              final.get("reward/rm_mean", float("nan")), final.get("kl", float("nan")), model_dir)
     return PPOResult(output_dir, Path(model_dir) if model_dir else None, loop.step_index, final)

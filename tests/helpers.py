@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,3 +56,34 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+NODE_PORTS = ("node-manager-port", "object-manager-port", "metrics-export-port", "dashboard-agent-listen-port",
+              "dashboard-agent-grpc-port", "runtime-env-agent-port")
+HEAD_PORTS = ("port", "dashboard-port", "ray-client-server-port", *NODE_PORTS)
+
+
+def start_ray_node(temp_dir: str, flags: list[str], ports: dict[str, int], log_path: Path) -> subprocess.Popen:
+    """`ray start --block` as its own process tree on loopback with token authentication on; every port given
+    explicitly so it coexists with any other Ray on this machine. Stop it with stop_ray_node(proc, temp_dir)."""
+    ray_cli = str(VENV_BIN / "ray")
+    return subprocess.Popen([ray_cli, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
+                             f"--temp-dir={temp_dir}", *flags, *(f"--{name}={port}" for name, port in ports.items())],
+                            env=job_env(RAY_AUTH_MODE="token"), stdout=log_path.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def stop_ray_node(proc: subprocess.Popen, temp_dir: str) -> None:
+    """The node's daemons outlive `ray start --block`: every one of them names the node's own temp dir."""
+    import psutil
+
+    if len(temp_dir) < 8:  # an empty or generic marker would match other people's processes
+        raise ValueError(f"refusing to kill processes by the marker {temp_dir!r}")
+    proc.terminate()
+    time.sleep(2)
+    for candidate in psutil.process_iter(["cmdline"]):
+        if any(temp_dir in part for part in (candidate.info["cmdline"] or [])):
+            candidate.kill()
+    proc.kill()
+    proc.wait(timeout=60)
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,184 @@
+"""Reward-term ablation (SPEC §4: start with one reward, add terms one by one, test each): the same seeded PPO
+run repeated with the mixed reward's terms switched on one at a time, compared in one table and one plot.
+
+    python -m jobs.ppo_ablation --config configs/tiny-cpu.yaml [--order rm,kl,length,repetition,safety]
+                                [--runs rm,rm+kl,rm+length] [--window N] [section.key=value ...]
+
+Every run is jobs.ppo.run on the same config (seed included) except ppo.reward.enabled_terms. Its outputs
+(metrics, run report, checkpoints) go to <run.output_root>/<run.name>/ablation/<terms>/ppo/, so re-running
+the command resumes each run where it stopped; all runs share one Ray cluster. The comparison (means over
+each run's last steps of the reward terms, KL, response length, distinct-n, filler density and entropy)
+goes to <run.output_root>/<run.name>/ablation/: ablation.md, ablation.csv and ablation.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from jobs import cli
+from jobs.config import Config, with_overrides
+from jobs.configlib import ConfigError
+from jobs.ppo import SECTIONS, run
+from jobs.ppo_report import latest_alarms, markdown_table, save_figure, summary_window, window_mean, write_atomic
+
+log = logging.getLogger("rayalign.ablation")
+DEFAULT_ORDER = ("rm", "kl", "length", "repetition", "safety")
+# (column, metrics key): what the table compares, each as a mean over the last `window` steps of a run.
+COMPARED = (
+    ("rm score", "reward/rm_mean"), ("total reward", "reward/total"),
+    *((f"{term} term", f"reward/{term}") for term in DEFAULT_ORDER if term != "rm"),
+    ("KL (k3)", "kl_k3"), ("chars", "response_chars_mean"), ("distinct-1", "health/distinct_1"),
+    ("distinct-2", "health/distinct_2"), ("filler density", "health/filler_density"), ("entropy", "policy/entropy"),
+)
+LINE_STYLES = ("-", "--", ":", "-.")
+PLOTTED = ("reward/rm_mean", "reward/total", "kl_k3", "response_chars_mean", "health/distinct_2",
+           "health/filler_density")
+
+
+@dataclass(frozen=True)
+class AblationResult:
+    folder: Path
+    summaries: list[dict]
+
+
+# ---- which runs ------------------------------------------------------------------------------------------
+def cumulative_runs(order: Sequence[str]) -> list[tuple[str, ...]]:
+    """The terms of `order` added one at a time: (a,), (a, b), (a, b, c), ..."""
+    return [tuple(order[:i]) for i in range(1, len(order) + 1)]
+
+
+def parse_order(text: str) -> list[str]:
+    """'rm,kl,length' → ['rm', 'kl', 'length']."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def parse_runs(text: str) -> list[tuple[str, ...]]:
+    """'rm,rm+kl,rm+length' → [('rm',), ('rm', 'kl'), ('rm', 'length')]."""
+    return [tuple(term.strip() for term in run.split("+") if term.strip()) for run in parse_order(text)]
+
+
+def check_runs(runs: Sequence[tuple[str, ...]]) -> None:
+    """ConfigError naming the run and term when a run is empty, names an unknown term or a term twice, or
+    two runs are the same."""
+    from actors.algo.rewards import REWARD_TERMS
+
+    if not runs:
+        raise ConfigError("the ablation needs at least one run")
+    for terms in runs:
+        label = run_label(terms) or "(empty)"
+        if not terms:
+            raise ConfigError(f"ablation run {label} has no reward terms")
+        unknown = [t for t in terms if t not in REWARD_TERMS]
+        if unknown:
+            raise ConfigError(f"ablation run {label}: unknown reward term {unknown[0]!r}; known: "
+                              f"{', '.join(REWARD_TERMS.names())}")
+        if len(set(terms)) != len(terms):
+            raise ConfigError(f"ablation run {label} names a term twice")
+    labels = [run_label(terms) for terms in runs]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ConfigError(f"ablation runs repeat {', '.join(repeated)}")
+
+
+def run_label(terms: Sequence[str]) -> str:
+    return "+".join(terms)
+
+
+def run_config(cfg: Config, terms: Sequence[str], folder: Path) -> Config:
+    """`cfg` with only the reward terms changed, writing to <folder>/<label>/ppo/."""
+    reward = dataclasses.replace(cfg.ppo.reward, enabled_terms=list(terms))
+    return with_overrides(cfg, run=dataclasses.replace(cfg.run, output_root=str(folder), name=run_label(terms)),
+                          ppo=dataclasses.replace(cfg.ppo, reward=reward))
+
+
+# ---- comparison (pure) -----------------------------------------------------------------------------------
+def summarize(terms: Sequence[str], rows: Sequence[dict], alarms: int, window: int) -> dict:
+    """One table row: the run, its length and alarms, and each compared metric's last-`window` mean."""
+    row = {"run": run_label(terms), "steps": rows[-1]["step"] if rows else 0, "alarms": alarms}
+    row.update({column: window_mean(rows, key, True, window) for column, key in COMPARED})
+    return row
+
+
+def table_markdown(summaries: Sequence[dict], window: int) -> str:
+    columns = [c for c in summaries[0] if any(s[c] is not None for s in summaries)] if summaries else []
+    lines = [f"# Reward-term ablation: means over the last {window} steps of each run", ""]
+    lines += markdown_table(columns, [[s[c] for c in columns] for s in summaries])
+    return "\n".join(lines) + "\n"
+
+
+def plot_comparison(rows_by_run: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """One panel per PLOTTED metric, one line per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(PLOTTED), 1, figsize=(7.5, 2.6 * len(PLOTTED)), squeeze=False)
+    for ax, key in zip(axes[:, 0], PLOTTED):
+        for i, (label, rows) in enumerate(rows_by_run.items()):
+            points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
+            # Line styles as well as colours: a term that never fires leaves its run on top of the previous one.
+            ax.plot([p[0] for p in points], [p[1] for p in points], LINE_STYLES[i % len(LINE_STYLES)], label=label)
+        ax.set_ylabel(key, fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    axes[-1, 0].set_xlabel("step")
+    fig.suptitle(title)
+    return save_figure(fig, path)
+
+
+# ---- the runs --------------------------------------------------------------------------------------------
+def run_ablation(cfg: Config, runs: Sequence[tuple[str, ...]], window: int | None = None) -> AblationResult:
+    """Each run in turn through jobs.ppo.run on one Ray cluster, then the table and the plot."""
+    from cluster import runtime
+    from jobs.metrics import read_jsonl, write_csv
+
+    check_runs(runs)
+    folder = cfg.run.run_dir() / "ablation"
+    folder.mkdir(parents=True, exist_ok=True)
+    window = window or summary_window(cfg.ppo.steps)
+    runtime.start(cfg.ray)
+    rows_by_run, summaries = {}, []
+    for i, terms in enumerate(runs, 1):
+        log.info("ablation run %d of %d: reward terms %s", i, len(runs), run_label(terms))
+        result = run(run_config(cfg, terms, folder))
+        rows = read_jsonl(result.output_dir / "metrics.jsonl")
+        alarms = latest_alarms(read_jsonl(result.output_dir / "alarms.jsonl"), rows[-1]["step"] if rows else 0)
+        rows_by_run[run_label(terms)] = rows
+        summaries.append(summarize(terms, rows, len(alarms), window))
+    write_csv(summaries, folder / "ablation.csv")
+    write_atomic(folder / "ablation.md", table_markdown(summaries, window) + "\n![ablation](ablation.png)\n")
+    plot_comparison(rows_by_run, folder / "ablation.png", f"reward-term ablation: {cfg.run.name}")
+    log.info("ablation table: %s", folder / "ablation.md")
+    return AblationResult(folder, summaries)
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--order", default=",".join(DEFAULT_ORDER), metavar="TERMS",
+                        help="reward terms in the order they are added, comma-separated: run 1 has the first, "
+                             "run 2 the first two, ... (default: %(default)s, i.e. rm; rm+kl; ...; all five)")
+    parser.add_argument("--runs", metavar="RUNS",
+                        help="explicit runs instead of --order: comma-separated, terms joined by '+', e.g. "
+                             "'rm,rm+kl,rm+kl+length' (a run may leave out any term)")
+    parser.add_argument("--window", type=int, metavar="N",
+                        help="compare the means over each run's last N steps (default: a quarter of ppo.steps, "
+                             "between 1 and 5)")
+
+
+def main(argv: list[str] | None = None) -> AblationResult:
+    cfg, args = cli.parse("python -m jobs.ppo_ablation", __doc__, SECTIONS, argv,
+                          extend=add_options)
+    runs = parse_runs(args.runs) if args.runs else cumulative_runs(parse_order(args.order))
+    if args.window is not None and args.window < 1:
+        raise ConfigError(f"--window must be at least 1, got {args.window}")
+    return run_ablation(cfg, runs, args.window)
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main("jobs.ppo_ablation", main))
