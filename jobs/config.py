@@ -144,7 +144,10 @@ class RewardModelConfig:
 
 @dataclass(frozen=True)
 class RolloutConfig:
-    num_engines: int = param(1, "vLLM engine actors", gt=0)
+    engine: Literal["auto", "vllm", "hf"] = param(
+        "auto", "rollout engine: vllm, hf (Hugging Face generate: slower, for machines without vLLM), or auto "
+                "(vllm when it can be imported, else hf with a warning)")
+    num_engines: int = param(1, "rollout engine actors", gt=0)
     temperature: float = param(0.7, "sampling temperature", ge=0.0)
     top_p: float = param(0.9, "nucleus sampling mass", gt=0.0, le=1.0)
     repetition_penalty: float = param(1.2, "vLLM repetition penalty (1.0 = off)", gt=0.0)

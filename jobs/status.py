@@ -64,7 +64,8 @@ def gather(run_dir: Path, address: str | None) -> dict:
     roster = read_roster(run_dir) or {"actors": []}
     rows = read_jsonl(run_dir / "metrics.jsonl")
     actors, live_error = _with_live_state(roster["actors"], address)
-    return {"run_dir": str(run_dir), "run": roster.get("run"), "progress": progress(run_dir, rows, roster),
+    return {"run_dir": str(run_dir), "run": roster.get("run"), "rollout_engine": roster.get("rollout_engine"),
+            "progress": progress(run_dir, rows, roster),
             "throughput": throughput(rows, roster.get("rollout_batch_size")), "faults": read_faults(run_dir),
             "actors": actors, "live_state": live_error or f"from the cluster at {address}"}
 
@@ -124,6 +125,8 @@ def render(status: dict) -> str:
         for fault in status["faults"]:
             counts[fault["event"]] = counts.get(fault["event"], 0) + 1
         lines.append("  faults: " + ", ".join(f"{n} × {event}" for event, n in counts.items()) + " (faults.jsonl)")
+    if status.get("rollout_engine"):
+        lines.append(f"  rollout engine: {status['rollout_engine']}")
     lines.append(f"  actor state: {status['live_state']}")
     header = ("role", "rank", "state", "node", "ip", "pid", "actor")
     table = [header] + [(a["role"], str(a["rank"]), a["state"], a["node_id"][:12], a.get("node_ip") or "?",

@@ -14,7 +14,7 @@ import torch
 from actors.fault import engine_group, read_faults
 from actors.group import RoleFailure
 from actors.protocol import TokenBatch
-from actors.rollout import RolloutEngine
+from actors.rollout import rollout_engine_class
 from cluster.placement import RoleResources, release, reserve
 from tests.conftest import POLICY_PATH
 from tests.ray.test_ppo_roles import batch, dispose, policy_group, ppo_config, tokenizer, update  # noqa: F401
@@ -28,7 +28,8 @@ def test_dead_engine_is_replaced_and_resynced_then_the_limit_holds(ray_session, 
     group, index = reserve([RoleResources("rollout", 1, cpus=0.5)])
     # The loop's parts the engine group needs: config, the policy to re-sync from, steps done, output folder.
     loop = SimpleNamespace(cfg=cfg, policy=policy, step_index=3, output_dir=tmp_path, reward=None)
-    loop.rollout = engine_group(loop)("rollout", RolloutEngine, 1, group, index["rollout"], 0.5, 0,
+    engine_class = rollout_engine_class(cfg.ppo.rollout)
+    loop.rollout = engine_group(loop)("rollout", engine_class, 1, group, index["rollout"], 0.5, 0,
                                       (str(POLICY_PATH), cfg.ppo.rollout, 0, 256), name_prefix="replace-test")
     tokens = batch.input_ids[:1], batch.attention_mask[:1], batch.action_mask[:1]
     n, start = int(tokens[1].sum()), int(tokens[2][0].nonzero()[0]) + 1

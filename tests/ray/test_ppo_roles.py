@@ -11,7 +11,7 @@ from actors.group import RoleFailure, RoleGroup
 from actors.modeling import load_tokenizer
 from actors.policy import PolicyRole
 from actors.protocol import PolicyBatch, TokenBatch
-from actors.rollout import RolloutEngine
+from actors.rollout import rollout_engine_class
 from cluster.placement import RoleResources, release, reserve
 from jobs.config import load_config
 from jobs.configlib import to_dict
@@ -136,7 +136,7 @@ def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora)
     cfg = ppo_config(*overrides)
     policy = policy_group(cfg, 1)
     group, index = reserve([RoleResources("rollout", 1, cpus=0.5)])
-    engine = RoleGroup("rollout", RolloutEngine, 1, group, index["rollout"], 0.5, 0,
+    engine = RoleGroup("rollout", rollout_engine_class(cfg.ppo.rollout), 1, group, index["rollout"], 0.5, 0,
                        (str(POLICY_PATH), cfg.ppo.rollout, 0, 256))
     engine.placement = group
     tokens = TokenBatch(batch.input_ids[:1], batch.attention_mask[:1], batch.action_mask[:1])

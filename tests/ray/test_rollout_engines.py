@@ -1,0 +1,67 @@
+"""The Hugging Face rollout engine against a real vLLM engine actor (CPU build) on the tiny policy: same greedy
+answers, and after the same weight sync, the same stopped-at-EOS responses with the same log-probs."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import ray
+import torch
+
+from actors.rollout import RolloutEngine
+from actors.rollout_hf import HFRolloutEngine
+from actors.weights import hf_named_weights
+from jobs.config import RolloutConfig
+from tests.conftest import POLICY_PATH
+
+pytestmark = [pytest.mark.ray]
+
+NEW_TOKENS = 24
+EOS = 2
+TEXTS = ["Once upon a time", "Lily and Tom went to the park.", "The cat", "A big red ball rolled down the hill and"]
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[list[int]]:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(POLICY_PATH))
+    return [tokenizer(text)["input_ids"] for text in TEXTS]
+
+
+@pytest.fixture(scope="module")
+def engines(ray_session):
+    cfg = RolloutConfig(max_new_tokens=NEW_TOKENS)
+    vllm = ray.remote(num_cpus=0.5)(RolloutEngine).remote(str(POLICY_PATH), cfg, 0, 256)
+    hf = HFRolloutEngine(str(POLICY_PATH), cfg, 0, 256)
+    ray.get(vllm.ping.remote())
+    yield vllm, hf
+    ray.kill(vllm)
+
+
+def test_hf_greedy_answers_match_vllm(engines, prompts):
+    vllm, hf = engines
+    assert hf.greedy(prompts, NEW_TOKENS) == ray.get(vllm.greedy.remote(prompts, NEW_TOKENS))
+
+
+def test_after_the_same_weight_sync_both_engines_stop_at_eos_alike(engines, prompts):
+    """The tiny policy never says EOS on its own; giving EOS a scaled copy of a common token's output row makes
+    every greedy answer stop part-way, so EOS handling (kept in response_ids, finish 'stop') is compared."""
+    from transformers import AutoModelForCausalLM
+
+    vllm, hf = engines
+    model = AutoModelForCausalLM.from_pretrained(str(POLICY_PATH), dtype=torch.float32)
+    eos_happy = copy.deepcopy(model)
+    with torch.no_grad():
+        embedding = eos_happy.model.embed_tokens.weight  # tied to lm_head
+        embedding[EOS] = 1.2 * embedding[426]
+    named = list(hf_named_weights(eos_happy, stage=0))
+    assert hf.load_weights(named) == ray.get(vllm.load_weights.remote(named)) == len(named)
+    ours = hf.generate(prompts, temperature=0.0)
+    theirs = ray.get(vllm.generate.remote(prompts, 0.0))
+    assert [s.response_ids for s in ours] == [s.response_ids for s in theirs]
+    assert all(s.finish_reason == "stop" and s.response_ids[-1] == EOS for s in ours + theirs)
+    assert min(len(s.response_ids) for s in ours) > 1  # stopped part-way, not at once
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(torch.tensor(a.response_logprobs), torch.tensor(b.response_logprobs), atol=1e-4)

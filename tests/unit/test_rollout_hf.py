@@ -1,0 +1,124 @@
+"""The Hugging Face rollout engine (the fallback where vLLM cannot be installed) on the tiny real policy:
+its log-probs are the raw model's, greedy matches `generate`, weight loading takes effect, seeds reproduce,
+and `ppo.rollout.engine` picks it only when asked or when vLLM is missing."""
+
+from __future__ import annotations
+
+import copy
+import logging
+
+import pytest
+import torch
+
+from actors.rollout import FALLBACK_WARNING, RolloutEngine, rollout_engine_class, vllm_importable
+from actors.rollout_hf import HFRolloutEngine
+from actors.weights import hf_named_weights
+from jobs.config import RolloutConfig
+from jobs.configlib import ConfigError
+from tests.conftest import POLICY_PATH
+
+NEW_TOKENS = 12
+
+
+def new_engine(seed: int = 7) -> HFRolloutEngine:
+    return HFRolloutEngine(str(POLICY_PATH), RolloutConfig(max_new_tokens=NEW_TOKENS), seed, 256)
+
+
+@pytest.fixture(scope="module")
+def engine() -> HFRolloutEngine:
+    return new_engine()
+
+
+@pytest.fixture(scope="module")
+def model():
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(POLICY_PATH), dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="module")
+def prompts() -> list[list[int]]:
+    """Prompts of different lengths, so a batch is left-padded."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(POLICY_PATH))
+    return [tokenizer(text)["input_ids"] for text in
+            ["Once upon a time", "Lily and Tom went to the park.", "The cat", "A big red ball rolled down the hill"]]
+
+
+@torch.no_grad()
+def teacher_forced(model, prompt: list[int], response: list[int]) -> torch.Tensor:
+    ids = torch.tensor([prompt + response])
+    logprobs = model(input_ids=ids).logits[0, len(prompt) - 1:-1].log_softmax(-1)
+    return logprobs.gather(-1, ids[0, len(prompt):, None]).squeeze(-1)
+
+
+def test_sampled_logprobs_are_the_raw_model_logprobs_of_the_sampled_tokens(engine, model, prompts):
+    samples = engine.generate(prompts)
+    for prompt, sample in zip(prompts, samples):
+        assert sample.prompt_ids == prompt
+        # The tiny policy never emits EOS in a few tokens, so every row runs to the cap.
+        assert len(sample.response_ids) == len(sample.response_logprobs) == NEW_TOKENS
+        assert sample.finish_reason == "length"
+        # Temperature 0.7, top-p and the repetition penalty change what is drawn, not the reported log-prob.
+        expected = teacher_forced(model, prompt, sample.response_ids)
+        assert torch.allclose(torch.tensor(sample.response_logprobs), expected, atol=1e-4)
+
+
+def test_greedy_matches_hugging_face_generate(engine, model, prompts):
+    greedy = engine.greedy(prompts, NEW_TOKENS)
+    for prompt, ids in zip(prompts, greedy):
+        ids_in = torch.tensor([prompt])
+        reference = model.generate(ids_in, attention_mask=torch.ones_like(ids_in), do_sample=False,
+                                   max_new_tokens=NEW_TOKENS, repetition_penalty=engine.cfg.repetition_penalty,
+                                   pad_token_id=2)
+        assert ids == reference[0, len(prompt):].tolist()
+
+
+def test_loaded_weights_drive_sequence_logprobs(model, prompts):
+    engine = new_engine()
+    prompt, response = prompts[1], [342, 394, 261, 370, 268, 414]
+    before = torch.tensor(engine.sequence_logprobs(prompt, response))
+    assert torch.allclose(before, teacher_forced(model, prompt, response), atol=1e-5)
+    perturbed = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for param in perturbed.parameters():  # tied: the embedding and lm_head move together
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    # The sender's format: tied weights under both names, split over buckets.
+    named = list(hf_named_weights(perturbed, stage=0))
+    assert {"model.embed_tokens.weight", "lm_head.weight"} <= {name for name, _ in named}
+    assert engine.load_weights(named[:10], named[10:]) == len(named)
+    after = torch.tensor(engine.sequence_logprobs(prompt, response))
+    assert torch.allclose(after, teacher_forced(perturbed, prompt, response), atol=1e-5)
+    assert (after - before).abs().max() > 1e-2
+    with pytest.raises(KeyError, match="not_a_weight"):
+        engine.load_weights([("not_a_weight", torch.zeros(1))])
+
+
+def test_same_seed_and_call_count_reproduce_samples_and_the_next_call_differs(engine, prompts):
+    engine.set_calls(5)
+    first = engine.generate(prompts)
+    resumed = new_engine()  # a restarted engine told how many calls the run had made
+    resumed.set_calls(5)
+    assert resumed.generate(prompts) == first
+    assert engine.generate(prompts) != first  # call 7 draws from a new seed stream
+    other_seed = new_engine(seed=8)
+    other_seed.set_calls(5)
+    assert other_seed.generate(prompts) != first
+
+
+def test_auto_picks_vllm_where_it_imports():
+    if not vllm_importable():
+        pytest.skip("vLLM is not installed here")
+    assert rollout_engine_class(RolloutConfig()) is RolloutEngine
+    assert rollout_engine_class(RolloutConfig(engine="hf")) is HFRolloutEngine
+
+
+def test_auto_falls_back_to_hf_with_one_warning_where_vllm_is_missing(monkeypatch, caplog):
+    monkeypatch.setattr("actors.rollout.vllm_importable", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="rayalign.rollout"):
+        assert rollout_engine_class(RolloutConfig(engine="auto")) is HFRolloutEngine
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [FALLBACK_WARNING]
+    with pytest.raises(ConfigError, match="ppo.rollout.engine is 'vllm' but vLLM cannot be imported"):
+        rollout_engine_class(RolloutConfig(engine="vllm"))
