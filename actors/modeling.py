@@ -99,13 +99,18 @@ def quantization_config(cfg: ModelConfig):
                               bnb_4bit_compute_dtype=torch.bfloat16)
 
 
+def device() -> torch.device:
+    """Where this process computes: its GPU when Ray (or the launcher) gave it one, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+
+
 def load_causal_lm(cfg: ModelConfig, path: str | Path | None = None):
     """A causal LM from a local folder in the configured dtype / quantisation."""
     from transformers import AutoModelForCausalLM
 
     folder = check_model_dir(path or cfg.path, need_tokenizer=False)
     quant = quantization_config(cfg)
-    kwargs = {"dtype": DTYPES[cfg.dtype]}
+    kwargs = {"dtype": DTYPES[cfg.dtype], "attn_implementation": cfg.attn_implementation}
     if quant is not None:
         kwargs.update(quantization_config=quant, device_map={"": torch.cuda.current_device()})
     try:
@@ -114,7 +119,42 @@ def load_causal_lm(cfg: ModelConfig, path: str | Path | None = None):
         raise ModelDirError(f"cannot load a causal LM from {folder}: {exc}") from exc
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable()
+    if cfg.compile:
+        compile_decoder_layers(model)
     return model
+
+
+def compile_decoder_layers(model) -> int:
+    """torch.compile each decoder layer in place (regional compilation, as torchtitan does).
+
+    Identical layers share one compiled graph, so compiling costs about one layer's time, and
+    `Module.compile` keeps parameter names, state dicts and DeepSpeed's hooks as they were. Fuses the
+    norm / rotary / SiLU·gate element-wise work that dominates small-hidden models. Returns layers compiled."""
+    layers = [m for m in model.modules() if type(m).__name__.endswith("DecoderLayer")]
+    for layer in layers:
+        layer.compile()
+    log.info("compiled %d decoder layers with torch.compile", len(layers))
+    return len(layers)
+
+
+def fused_loss_head(model) -> torch.nn.Linear | None:
+    """The output projection when the LM loss may be computed from the final hidden states through it in
+    chunks (actors/algo/fused_ce.py), else None and callers take the plain logits path.
+
+    None when: the head is not a plain bias-free Linear (LoRA on lm_head, a value head), its weight is
+    partitioned by ZeRO-3 (only gathered inside the module's own forward), or the model rescales its
+    logits (soft-capping, logit_scale), which the plain product would miss."""
+    module = getattr(model, "module", model)  # a DeepSpeed engine wraps the model
+    if hasattr(module, "peft_config"):
+        module = module.get_base_model()
+    get_head = getattr(module, "get_output_embeddings", None)
+    head = get_head() if get_head is not None else None
+    if type(head) is not torch.nn.Linear or head.bias is not None or hasattr(head.weight, "ds_id"):
+        return None
+    config = getattr(module, "config", None)
+    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+        return None
+    return head
 
 
 def apply_lora(model, cfg: LoraConfig, quantized: bool = False, task_type: str = "CAUSAL_LM"):

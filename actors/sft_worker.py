@@ -6,18 +6,34 @@ from __future__ import annotations
 import torch
 
 from actors import modeling, zero
+from actors.algo.fused_ce import linear_cross_entropy_sum
 from actors.chat import IGNORE_INDEX, EncodedChat
 from actors.sft_data import SFTSplit, bucketed_batches, collate, shard_batches
 from actors.zero_trainer import ZeroTrainer, balanced_share, run_rank, save_hf_model
 from jobs.config import Config
 from jobs.configlib import build
 
+# Transformers' `logits_to_keep` takes position indices; an empty index list makes the model skip its head.
+NO_LOGITS = torch.zeros(0, dtype=torch.long)
 
-def causal_lm_loss_sums(model, batch: dict) -> tuple[torch.Tensor, int]:
-    """(sum of token NLL over assistant tokens, number of those tokens) for one micro-batch."""
+
+def causal_lm_loss_sums(model, batch: dict, fused: bool = True) -> tuple[torch.Tensor, int]:
+    """(sum of token NLL over assistant tokens, number of those tokens) for one micro-batch.
+
+    With `fused`, when the model allows it (modeling.fused_loss_head), the loss runs from the final hidden
+    states through the output projection in chunks: the model is asked for no logits at all. The call
+    still goes through `model` (the DeepSpeed engine), whose forward arms ZeRO's backward hooks."""
+    labels = batch["labels"][:, 1:]
+    mask = labels != IGNORE_INDEX
+    head = modeling.fused_loss_head(model) if fused else None
+    if head is not None:
+        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
+                    logits_to_keep=NO_LOGITS.to(batch["input_ids"].device))
+        hidden = out.hidden_states[-1][:, :-1]
+        total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1))
+        return total, int(mask.sum())
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    logits, labels = logits[:, :-1].float(), batch["labels"][:, 1:]
-    mask = labels != -100
+    logits = logits[:, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
                                             reduction="none").view_as(labels)
     return (nll * mask).sum(), int(mask.sum())
@@ -49,7 +65,7 @@ class SFTWorker(ZeroTrainer):
         return sum(sum(1 for label in ex.labels[1:] if label != -100) for ex in batch)
 
     def loss_sum(self, batch) -> torch.Tensor:
-        total, _ = causal_lm_loss_sums(self.engine, collate(batch, self.pad_id))
+        total, _ = causal_lm_loss_sums(self.engine, collate(batch, self.pad_id), self.cfg.model.fused_loss)
         return total
 
     def evaluate(self) -> dict[str, float]:
@@ -62,7 +78,7 @@ class SFTWorker(ZeroTrainer):
         with torch.no_grad():
             for start in range(0, len(share), self.settings.micro_batch_size):
                 batch = collate(share[start:start + self.settings.micro_batch_size], self.pad_id)
-                total, n = causal_lm_loss_sums(self.engine, batch)
+                total, n = causal_lm_loss_sums(self.engine, batch, self.cfg.model.fused_loss)
                 nll, count = nll + float(total), count + n
         self.engine.train()
         nll, count = zero.all_reduce_sum([nll, float(count)])

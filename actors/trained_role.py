@@ -44,7 +44,7 @@ class TrainedRole(DistributedRole):
         ppo = self.cfg.ppo
         torch.manual_seed(self.cfg.run.seed)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+        optimizer = zero.adamw(params, lr, 0.0, self.cfg.deepspeed)
         config = zero.ds_config(self.cfg.deepspeed, max(ppo.mini_batch_size // self.world, 1), 1,
                                 ppo.max_grad_norm, self.world)
         self.engine = zero.initialize(model, optimizer, None, config)

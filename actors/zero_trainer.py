@@ -95,7 +95,7 @@ class ZeroTrainer:
         model = self.build_model()
         self.trainable, self.total = modeling.count_parameters(model)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=self.lr, weight_decay=self.settings.weight_decay, betas=(0.9, 0.95))
+        optimizer = zero.adamw(params, self.lr, self.settings.weight_decay, self.cfg.deepspeed)
         self.total_steps = self._total_steps()
         warmup = int(self.total_steps * self.settings.warmup_ratio)
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.total_steps)

@@ -53,6 +53,12 @@ class ModelConfig:
     chat_template: Optional[str] = param(None, "Jinja chat template to use when the tokenizer has none "
                                                "(unset: rayalign's plain 'User:/Assistant:' template)")
     gradient_checkpointing: bool = param(False, "recompute activations in backward to save memory")
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = param(
+        "sdpa", "attention kernel: PyTorch scaled_dot_product_attention (flash / memory-efficient on CUDA), "
+                "the eager reference, or the flash-attn package")
+    compile: bool = param(False, "torch.compile each decoder layer (faster steps on CUDA after a one-off compile)")
+    fused_loss: bool = param(True, "compute the LM loss from the final hidden states through the output "
+                                   "projection in chunks, never holding the full [tokens × vocab] logits")
 
 
 @dataclass(frozen=True)
