@@ -26,7 +26,9 @@ class Located:
         import ray
 
         context = ray.get_runtime_context()
-        return {"actor_id": context.get_actor_id(), "node_id": context.get_node_id(), "pid": os.getpid()}
+        return {"actor_id": context.get_actor_id(), "node_id": context.get_node_id(), "pid": os.getpid(),
+                "gpus": [str(g) for g in context.get_accelerator_ids().get("GPU", [])],
+                "cuda": torch.cuda.is_available()}
 
 
 class DistributedRole(Located):

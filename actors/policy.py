@@ -15,7 +15,7 @@ import torch
 
 from actors import modeling
 from actors.algo import clipped_policy_loss, entropy_from_logits, kl_loss_term, masked_sum, token_logprobs
-from actors.protocol import PolicyBatch, TokenBatch
+from actors.protocol import PolicyBatch, TokenBatch, to_device
 from actors.trained_role import TrainedRole, reduce_stats
 from actors.weights import buckets, hf_named_weights
 
@@ -58,16 +58,16 @@ class PolicyRole(TrainedRole):
         self.engine.eval()
         context = self.engine.module.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with context:
-            out = sequence_logprobs(self.engine, batch, self._temperature())
+            out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), self._temperature())
         self.engine.train()
-        return out
+        return out.cpu()
 
     def raw_logprobs(self, batch: TokenBatch) -> torch.Tensor:
         """Log-probs at temperature 1: what a vLLM engine holding the same weights reports."""
         self.engine.eval()
-        out = sequence_logprobs(self.engine, batch, 1.0)
+        out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), 1.0)
         self.engine.train()
-        return out
+        return out.cpu()
 
     def train(self, batch: PolicyBatch, seed: int, kl_loss_coef: float = 0.0) -> dict:
         """ppo_epochs × mini-batches of clipped-surrogate updates on this rank's shard; global stats."""
@@ -75,6 +75,7 @@ class PolicyRole(TrainedRole):
         sums = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "tokens": 0.0}
         updates = skipped = 0
         grad_norms = []
+        batch = to_device(batch, self.engine.device)
         for mini in self.minibatches(batch, seed):
             normalizer = self.global_tokens(mini.action_mask)
             logits = action_logits(self.engine, mini.input_ids, mini.attention_mask, self._temperature())

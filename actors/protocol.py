@@ -32,6 +32,12 @@ def shard(batch: T, n: int) -> list[T]:
                            for k, v in fields.items()}) for i in range(n)]
 
 
+def to_device(batch: T, device: torch.device | str) -> T:
+    """The same batch with every tensor on `device` (roles on a GPU receive CPU batches from the driver)."""
+    return type(batch)(**{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                          for k, v in _tensor_fields(batch).items()})
+
+
 def concat(parts: list[T]) -> T:
     first = _tensor_fields(parts[0])
     return type(parts[0])(**{k: torch.cat([getattr(p, k) for p in parts]) if isinstance(v, torch.Tensor) else v

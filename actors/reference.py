@@ -7,7 +7,7 @@ import torch
 from actors import modeling
 from actors.group import Located
 from actors.policy import sequence_logprobs
-from actors.protocol import TokenBatch
+from actors.protocol import TokenBatch, to_device
 from jobs.config import Config
 from jobs.configlib import build
 
@@ -16,11 +16,12 @@ class ReferenceModel(Located):
     def __init__(self, config: dict):
         self.cfg = build(Config, config)
         self.model = modeling.load_causal_lm(self.cfg.model, self.cfg.ppo.init_model or self.cfg.model.path)
-        self.model.eval().requires_grad_(False)
+        self.model.eval().requires_grad_(False).to(modeling.device())
 
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:
-        return sequence_logprobs(self.model, batch, self.cfg.ppo.rollout.temperature)
+        batch = to_device(batch, modeling.device())
+        return sequence_logprobs(self.model, batch, self.cfg.ppo.rollout.temperature).cpu()
 
     def ping(self) -> bool:
         return True

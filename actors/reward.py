@@ -179,7 +179,7 @@ class RewardModel(Located):
         self.path, self.max_length, self.batch_size = str(folder), max_length, batch_size
         self.input_format = read_input_format(folder)
         self.tokenizer = load_reward_tokenizer(folder, self.input_format)
-        self.model = load_sequence_classifier(folder, self.tokenizer.pad_token_id).eval()
+        self.model = load_sequence_classifier(folder, self.tokenizer.pad_token_id).eval().to(modeling.device())
         self.turn_end = assistant_turn_end(self.tokenizer) if self.input_format == "chat" else ""
 
     @property
@@ -225,7 +225,8 @@ class RewardModel(Located):
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 chunk = order[start:start + self.batch_size]
-                values = scores_of(self.model, collate([items[i] for i in chunk], self.tokenizer.pad_token_id))
+                batch = collate([items[i] for i in chunk], self.tokenizer.pad_token_id)
+                values = scores_of(self.model, {k: v.to(self.model.device) for k, v in batch.items()})
                 for index, value in zip(chunk, values.tolist()):
                     scores[index] = value
         return scores

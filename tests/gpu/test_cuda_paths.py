@@ -3,7 +3,7 @@
 Each test skips with the reason when its real precondition is missing (no CUDA device, bitsandbytes not
 installed), so on a CPU machine they report as skipped, never as passed. Single rank: one GPU means NCCL has
 one rank; multi-rank equivalence is covered on CPU over gloo.
-Status: written without access to a GPU (2026-11-25 session); first run on the H100 still to be recorded.
+Run on the H100 (2026-11-25): see README "GPU results" for what passed there and the command.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import torch
 
 from jobs.config import load_config
 from tests.conftest import POLICY_PATH, TINY_CPU
+from tests.integration.test_ppo_job import LEARN, window_mean
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device on this machine")]
@@ -90,3 +91,43 @@ def test_int8_loading_matches_fp32_logits_roughly():
         a, b = int8(ids).logits.float().softmax(-1), full(ids).logits.float().softmax(-1)
     # int8 weights perturb logits; the next-token distributions must still agree closely.
     assert (a - b).abs().sum(-1).max() < 0.2
+
+
+def test_fused_loss_matches_plain_logits_in_bf16_on_cuda():
+    from actors import modeling
+    from actors.sft_worker import causal_lm_loss_sums
+
+    cfg = load_config(TINY_CPU, ["model.dtype=bfloat16"])
+    model = modeling.load_causal_lm(cfg.model).cuda()
+    batch = sft_batch(modeling.load_tokenizer(POLICY_PATH), "cuda")
+    (fused, n), (plain, m) = causal_lm_loss_sums(model, batch, True), causal_lm_loss_sums(model, batch, False)
+    assert n == m and float(fused) == pytest.approx(float(plain), rel=2e-2)
+
+
+def test_reward_model_scores_on_the_gpu(tmp_path):
+    from actors.reward import RewardModel
+    from tests.reward_helpers import make_reward_dir
+
+    model = RewardModel(make_reward_dir(tmp_path / "rm"), max_length=256)
+    assert model.model.device.type == "cuda"
+    prompts = [[{"role": "user", "content": "Tell me a story."}]] * 2
+    scores = model.score(prompts, ["Once upon a time there was a happy cat.", "cat cat cat"])
+    assert len(scores) == 2 and all(s == s for s in scores) and scores[0] != scores[1]
+
+
+def test_ppo_learns_with_every_role_on_the_gpu(tmp_path):
+    """Rollout, policy, value and reference actors share the one GPU (0.2 GPU each); reward goes up."""
+    pytest.importorskip("ray", reason="ray is not installed here")
+    import json
+
+    from jobs.metrics import read_jsonl
+    from jobs.ppo import run
+
+    result = run(load_config(TINY_CPU, [f"run.output_root={tmp_path}", *LEARN, "ppo.gpus_per_actor=0.2",
+                                        "ppo.kl.coef=0.05"]))
+    rows = read_jsonl(result.output_dir / "metrics.jsonl")
+    roster = json.loads((result.output_dir / "roles.json").read_text())
+    on_gpu = {(a["role"], a["rank"]): a["cuda"] and bool(a["gpus"]) for a in roster["actors"]}
+    assert on_gpu and all(on_gpu.values()), on_gpu
+    before, after = window_mean(rows, "reward/rm_mean", True), window_mean(rows, "reward/rm_mean", False)
+    assert after > before + 0.1, (before, after)

@@ -1,0 +1,331 @@
+"""GPU benchmarks at the Qwen2-0.5B shape (random weights, built in code: nothing comes from a hub).
+
+    python bench/gpu_qwen_shape.py                       # on the CUDA machine: all three sections
+    python bench/gpu_qwen_shape.py --sections train      # one section
+    python bench/gpu_qwen_shape.py --smoke               # tiny shapes, CPU allowed: checks the script runs
+
+Sections (each prints one table; all results go to one JSON under bench/results/):
+  train    tokens/s and MFU of one training step (forward, backward, AdamW) at batch × seq, for the plain eager
+           PyTorch baseline and for rayalign's training step (SDPA attention, chunked fused cross-entropy,
+           fused AdamW, optional regional torch.compile, and the SFT job's DeepSpeed ZeRO-2 bf16 engine);
+  forward  the PPO scoring phases: policy / reference log-probs (actors/policy.sequence_logprobs) and value
+           estimates (actors/value.action_values) in tokens/s, against a plain eager forward + log_softmax;
+  sync     weight gather + transfer time vs parameter count (actors/weights.hf_named_weights, the path the
+           PPO weight sync and export take), as a fraction of the memory-bandwidth limit.
+
+MFU = 6 · N · tokens/s / peak, N = parameters that take part in matrix products (the tied embedding counted
+once, as the output projection), peak = 989.4 TFLOP/s (H100 SXM bf16 dense). The same formula gives the
+76k tok/s ≈ 23 % baseline quoted in issue 10. Timing: CUDA synchronisation around each step, warm-up steps
+first, the median of the timed steps. Absolute figures only compare on the same card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PEAK_TFLOPS = {"H100": 989.4, "H200": 989.4, "A100": 312.0}
+QWEN2_05B = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24,
+                 num_attention_heads=14, num_key_value_heads=2, max_position_embeddings=32768, rope_theta=1e6,
+                 tie_word_embeddings=True, rms_norm_eps=1e-6)
+
+
+def qwen_model(args, attn: str, **overrides):
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    shape = dict(QWEN2_05B, **overrides)
+    if args.smoke:
+        shape.update(vocab_size=2048, num_hidden_layers=2)
+    config = Qwen2Config(**shape, attn_implementation=attn)
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = Qwen2ForCausalLM(config).to(args.dtype)
+    return model
+
+
+def matmul_params(model) -> int:
+    """Parameters used in matrix products: all but norms; a tied embedding counts once (as lm_head)."""
+    seen, total = set(), 0
+    for name, p in model.named_parameters():
+        if id(p) in seen or p.dim() < 2:
+            continue
+        seen.add(id(p))
+        total += p.numel()
+    return total
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, args) -> list[float]:
+    for _ in range(args.warmup):
+        fn()
+    times = []
+    for _ in range(args.steps):
+        sync(args.device)
+        start = time.perf_counter()
+        fn()
+        sync(args.device)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def free(*objs) -> None:
+    del objs
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def random_batch(args, vocab: int) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, vocab, (args.batch, args.seq), generator=gen).to(args.device)
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+
+
+# ---- train ------------------------------------------------------------------------------------------------
+def baseline_step(args):
+    """Plain eager PyTorch: eager attention, the model's own loss on full logits, default AdamW."""
+    model = qwen_model(args, "eager")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    batch = random_batch(args, model.config.vocab_size)
+
+    def step():
+        loss = model(**batch).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def rayalign_step(args, compile_layers: bool):
+    """rayalign's step outside DeepSpeed: SDPA, fused chunked cross-entropy, fused AdamW (zero.adamw)."""
+    from actors import modeling, zero
+    from actors.sft_worker import causal_lm_loss_sums
+    from jobs.config import DeepSpeedConfig
+
+    model = qwen_model(args, "sdpa")
+    if compile_layers:
+        modeling.compile_decoder_layers(model)
+    optimizer = zero.adamw(model.parameters(), 1e-5, 0.0, DeepSpeedConfig())
+    batch = random_batch(args, model.config.vocab_size)
+
+    def step():
+        total, tokens = causal_lm_loss_sums(model, batch, fused=True)
+        (total / tokens).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return model, step
+
+
+def deepspeed_step(args, compile_layers: bool, stage: int = 2):
+    """The SFT job's engine: DeepSpeed ZeRO bf16 (fp32 master weights in the optimizer), single rank."""
+    from actors import modeling, zero
+    from actors.sft_worker import causal_lm_loss_sums
+    from jobs.config import DeepSpeedConfig
+
+    init_single_rank()
+    model = qwen_model(args, "sdpa")
+    if compile_layers:
+        modeling.compile_decoder_layers(model)
+    cfg = DeepSpeedConfig(stage=stage, precision="bf16")
+    optimizer = zero.adamw([p for p in model.parameters()], 1e-5, 0.0, cfg)
+    engine = zero.initialize(model, optimizer, None, zero.ds_config(cfg, args.batch, 1, 1.0, 1))
+    batch = random_batch(args, model.config.vocab_size)
+
+    def step():
+        total, tokens = causal_lm_loss_sums(engine, batch, fused=True)
+        engine.backward(total / tokens)
+        engine.step()
+
+    return engine, step
+
+
+def init_single_rank() -> None:
+    if torch.distributed.is_initialized():
+        return
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="29561", RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    from actors import zero
+
+    zero.init_distributed()
+
+
+def bench_train(args) -> list[dict]:
+    variants = {
+        "eager baseline": lambda: baseline_step(args),
+        "rayalign step": lambda: rayalign_step(args, False),
+        "rayalign step + compile": lambda: rayalign_step(args, True),
+        "SFT engine: DeepSpeed ZeRO-2 bf16 + compile": lambda: deepspeed_step(args, True),
+    }
+    if args.no_compile:
+        variants = {k: v for k, v in variants.items() if "compile" not in k}
+    rows = []
+    for name, make in variants.items():
+        try:
+            model, step = make()
+            n = matmul_params(getattr(model, "module", model))
+            times = timed(step, args)
+        except Exception as exc:  # one variant failing (e.g. compile) must not hide the others' figures
+            print(f"  {name}: failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+            rows.append({"variant": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            free()
+            continue
+        tokens = args.batch * args.seq
+        tps = tokens / statistics.median(times)
+        row = {"variant": name, "median_s": statistics.median(times), "tokens_per_s": tps, "matmul_params": n,
+               "mfu": 6 * n * tps / (args.peak_tflops * 1e12),
+               "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
+        rows.append(row)
+        print(f"  {name:45s} {tps:>10,.0f} tok/s  MFU {100 * row['mfu']:5.1f}%", flush=True)
+        free(model, step)
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+    base = next((r for r in rows if r["variant"] == "eager baseline" and "error" not in r), None)
+    for row in rows:
+        if base and "error" not in row:
+            row["vs_baseline"] = row["tokens_per_s"] / base["tokens_per_s"]
+    return rows
+
+
+# ---- forward (PPO scoring phases) -------------------------------------------------------------------------
+def bench_forward(args) -> list[dict]:
+    from actors.policy import sequence_logprobs
+    from actors.protocol import TokenBatch
+    from actors.value import ValueModel, action_values
+
+    rows = []
+    batch = random_batch(args, 2048 if args.smoke else QWEN2_05B["vocab_size"])
+    tokens = args.batch * args.seq
+    token_batch = TokenBatch(batch["input_ids"], batch["attention_mask"],
+                             torch.ones(args.batch, args.seq - 1, device=args.device))
+
+    eager = qwen_model(args, "eager").eval()
+
+    @torch.no_grad()
+    def baseline():
+        logits = eager(input_ids=batch["input_ids"]).logits[:, :-1].float()
+        return logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])
+
+    rows.append(("eager forward + log_softmax (baseline)", timed(baseline, args)))
+    free(eager)
+    policy = qwen_model(args, "sdpa").eval()
+    rows.append(("policy/reference log-probs (sequence_logprobs)",
+                 timed(lambda: sequence_logprobs(policy, token_batch, 1.0), args)))
+    value = ValueModel(policy.model, policy.config.hidden_size).to(args.device).eval()
+    with torch.no_grad():
+        rows.append(("value estimates (action_values)",
+                     timed(lambda: action_values(value, batch["input_ids"], batch["attention_mask"]), args)))
+    free(policy, value)
+    out = []
+    for name, times in rows:
+        tps = tokens / statistics.median(times)
+        out.append({"phase": name, "median_s": statistics.median(times), "tokens_per_s": tps})
+        print(f"  {name:50s} {tps:>12,.0f} tok/s", flush=True)
+    for row in out:
+        row["vs_baseline"] = row["tokens_per_s"] / out[0]["tokens_per_s"]
+    return out
+
+
+# ---- sync -------------------------------------------------------------------------------------------------
+def bench_sync(args, bandwidth_gbs: float) -> list[dict]:
+    """Gather every weight to CPU buckets under HF names (what the policy sends to the rollout engines), then
+    load them into a second model on the device (what an engine's load_weights does)."""
+    from actors.weights import buckets, hf_named_weights
+
+    rows = []
+    shapes = [dict(num_hidden_layers=4), dict(num_hidden_layers=24),
+              dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12)]
+    if args.smoke:
+        shapes = shapes[:1]
+    for shape in shapes:
+        source = qwen_model(args, "sdpa", **shape)
+        target = qwen_model(args, "sdpa", **shape)
+        target_params = dict(target.named_parameters())
+
+        def gather_and_load():
+            for bucket in buckets(hf_named_weights(source, stage=0), 512 << 20):
+                for name, tensor in bucket:
+                    if name in target_params:
+                        target_params[name].data.copy_(tensor, non_blocking=True)
+
+        def gather_only():
+            for _ in buckets(hf_named_weights(source, stage=0), 512 << 20):
+                pass
+
+        n = sum(p.numel() for p in source.parameters())
+        nbytes = sum(p.numel() * p.element_size() for p in source.parameters())
+        few = argparse.Namespace(**{**vars(args), "steps": min(args.steps, 3), "warmup": 1})  # seconds per run
+        full, gathered = statistics.median(timed(gather_and_load, few)), statistics.median(timed(gather_only, few))
+        # Memory-bandwidth limit of a weight hand-over: read every byte once and write it once at HBM speed.
+        limit_s = 2 * nbytes / (bandwidth_gbs * 1e9)
+        row = {"params": n, "bytes": nbytes, "gather_s": gathered, "gather_and_load_s": full,
+               "effective_gb_per_s": nbytes / full / 1e9, "bandwidth_limit_s": limit_s,
+               "fraction_of_bandwidth_limit": limit_s / full}
+        rows.append(row)
+        print(f"  {n / 1e6:8.0f}M params  gather {gathered:7.3f} s  gather+load {full:7.3f} s  "
+              f"{row['effective_gb_per_s']:6.2f} GB/s  = {100 * row['fraction_of_bandwidth_limit']:.2f}% of the "
+              f"{bandwidth_gbs:.0f} GB/s limit", flush=True)
+        free(source, target)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sections", default="train,forward,sync", help="comma-separated: train, forward, sync")
+    parser.add_argument("--batch", type=int, default=16, help="sequences per step")
+    parser.add_argument("--seq", type=int, default=1024, help="tokens per sequence")
+    parser.add_argument("--steps", type=int, default=8, help="timed steps per variant (median reported)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator, autotune)")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (default: by card)")
+    parser.add_argument("--bandwidth-gbs", type=float, default=3000.0, help="memory bandwidth for the sync limit "
+                                                                             "(H100 measured ≈ 3,000 GB/s)")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--smoke", action="store_true", help="tiny shapes (2 layers, 2k vocab) to check the script")
+    parser.add_argument("--out", default="bench/results/gpu_qwen_shape.json", help="where the JSON goes")
+    args = parser.parse_args()
+    args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cpu" and not args.smoke:
+        parser.error("no CUDA device here: these figures mean something on a GPU only (use --smoke to check)")
+    args.dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    card = torch.cuda.get_device_name() if args.device == "cuda" else platform.processor() or "cpu"
+    if args.peak_tflops is None:
+        args.peak_tflops = next((v for k, v in PEAK_TFLOPS.items() if k in card), 989.4)
+    results = {"card": card, "when": time.strftime("%Y-%m-%d %H:%M"), "torch": torch.__version__,
+               "command": "python " + " ".join(sys.argv), "batch": args.batch, "seq": args.seq,
+               "peak_tflops": args.peak_tflops}
+    sections = args.sections.split(",")
+    print(f"{card}, torch {torch.__version__}, batch {args.batch} × seq {args.seq}", flush=True)
+    if "train" in sections:
+        print("train step (forward + backward + AdamW):", flush=True)
+        results["train"] = bench_train(args)
+    if "forward" in sections:
+        print("PPO scoring forwards (no grad):", flush=True)
+        results["forward"] = bench_forward(args)
+    if "sync" in sections:
+        print("weight gather + load vs parameter count:", flush=True)
+        results["sync"] = bench_sync(args, args.bandwidth_gbs)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2))
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], out.name).write_text(json.dumps(results, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# On the lent, offline GPU machine (../shared/docs/GPU.md): unpack the packages carried in .gpu/, then run the
+# GPU tests and/or the GPU benchmarks, logging under $OUT. Build .gpu/ first with tests/gpu/pack.sh.
+#   bash tests/gpu/device_run.sh tests|bench|all
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+OUT=${OUT:-/tmp/rayalign-gpu-out}
+mkdir -p "$OUT" /tmp/site
+for archive in .gpu/*.tar.xz; do tar -xJf "$archive" -C /tmp/site; done
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+# The tests read the tiny policy from ../shared/models, as on a developer machine.
+mkdir -p ../shared/models && cp -r .gpu/models/* ../shared/models/
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
+  python3 -c "import torch, transformers, peft, deepspeed, ray; print('torch', torch.__version__, 'transformers',
+transformers.__version__, 'peft', peft.__version__, 'deepspeed', deepspeed.__version__, 'ray', ray.__version__)"
+  python3 -c "import bitsandbytes; print('bitsandbytes', bitsandbytes.__version__)"
+  python3 -c "import vllm" 2>&1 | tail -1; } 2>&1 | grep -v "^\[" | tee "$OUT/machine.txt"
+if [[ "${1:-all}" == tests || "${1:-all}" == all ]]; then
+    timeout "${TEST_TIMEOUT:-330}" python3 -m pytest tests/gpu -m gpu -v -rs -p no:cacheprovider \
+        --junitxml="$OUT/gpu-tests.xml" 2>&1 | tee "$OUT/gpu-tests.log" | grep -E "PASS|FAIL|SKIP|ERROR|Error|passed|failed"
+fi
+if [[ "${1:-all}" == bench || "${1:-all}" == all ]]; then
+    timeout "${BENCH_TIMEOUT:-240}" python3 bench/gpu_qwen_shape.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" \
+        | grep -v "^\[\|Warning\|warn"
+fi
