@@ -98,7 +98,7 @@ def build_dpo_split(records: list[dict], tokenizer, max_length: int, eval_fracti
 def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the chosen and of the rejected replies [B] each, from one forward pass over both."""
     inputs = collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id)
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits
+    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
     logits, labels = shift_for_causal_lm(logits, inputs["labels"])
     logp = sequence_logprob(token_logprobs(logits, labels.clamp(min=0)), labels != IGNORE_INDEX)
     return logp[:len(pairs)], logp[len(pairs):]

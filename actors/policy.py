@@ -25,7 +25,7 @@ log = logging.getLogger("rayalign.policy")
 def action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """Logits for positions 0..L-2 (each predicting the next token), divided by the sampling temperature so
     log-probs are those of the distribution the rollout engine sampled from."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float()
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
     return logits / temperature if temperature > 0 else logits
 
 

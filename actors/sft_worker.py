@@ -28,11 +28,11 @@ def causal_lm_loss_sums(model, batch: dict, fused: bool = True) -> tuple[torch.T
     head = modeling.fused_loss_head(model) if fused else None
     if head is not None:
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
-                    logits_to_keep=NO_LOGITS.to(batch["input_ids"].device))
+                    use_cache=False, logits_to_keep=NO_LOGITS.to(batch["input_ids"].device))
         hidden = out.hidden_states[-1][:, :-1]
         total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1))
         return total, int(mask.sum())
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     logits = logits[:, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
                                             reduction="none").view_as(labels)

@@ -7,7 +7,7 @@ import torch
 
 from actors import modeling
 from actors.algo import clipped_value_loss
-from actors.protocol import TokenBatch, ValueBatch
+from actors.protocol import TokenBatch, ValueBatch, to_device
 from actors.trained_role import TrainedRole, reduce_stats
 
 
@@ -23,7 +23,7 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.zeros_(self.value_head.bias)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
         return self.value_head(hidden.float()).squeeze(-1)
 
 
@@ -52,15 +52,17 @@ class ValueRole(TrainedRole):
     @torch.no_grad()
     def values(self, batch: TokenBatch, chunk: int = 16) -> torch.Tensor:
         self.engine.eval()
+        batch = to_device(batch, self.engine.device)
         parts = [action_values(self.engine, batch.input_ids[s:s + chunk], batch.attention_mask[s:s + chunk])
                  for s in range(0, batch.input_ids.shape[0], chunk)]
         self.engine.train()
-        return torch.cat(parts)
+        return torch.cat(parts).cpu()
 
     def train(self, batch: ValueBatch, seed: int) -> dict:
         ppo = self.cfg.ppo
         sums = {"loss": 0.0, "clip_frac": 0.0, "tokens": 0.0}
         skipped = 0
+        batch = to_device(batch, self.engine.device)
         for mini in self.minibatches(batch, seed + 7):
             normalizer = self.global_tokens(mini.action_mask)
             values = action_values(self.engine, mini.input_ids, mini.attention_mask)

@@ -98,13 +98,14 @@ def random_batch(args, vocab: int) -> dict:
 
 # ---- train ------------------------------------------------------------------------------------------------
 def baseline_step(args):
-    """Plain eager PyTorch: eager attention, the model's own loss on full logits, default AdamW."""
-    model = qwen_model(args, "eager")
+    """Plain eager PyTorch: the model as Transformers builds it (SDPA attention, its own loss on the full
+    logits), default AdamW, no compile, no DeepSpeed."""
+    model = qwen_model(args, "sdpa")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
     batch = random_batch(args, model.config.vocab_size)
 
     def step():
-        loss = model(**batch).loss
+        loss = model(**batch, use_cache=False).loss
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -267,19 +268,31 @@ def bench_sync(args, bandwidth_gbs: float) -> list[dict]:
             for _ in buckets(hf_named_weights(source, stage=0), 512 << 20):
                 pass
 
+        def gather_pageable():  # the path before pinned staging: one pageable copy per tensor
+            for _, p in source.named_parameters():
+                p.detach().to("cpu", copy=True)
+
+        def device_copy():  # what a same-GPU hand-over could reach: one on-device copy per tensor
+            for name, p in source.named_parameters():
+                target_params[name].data.copy_(p)
+
         n = sum(p.numel() for p in source.parameters())
         nbytes = sum(p.numel() * p.element_size() for p in source.parameters())
         few = argparse.Namespace(**{**vars(args), "steps": min(args.steps, 3), "warmup": 1})  # seconds per run
         full, gathered = statistics.median(timed(gather_and_load, few)), statistics.median(timed(gather_only, few))
+        pageable, on_device = statistics.median(timed(gather_pageable, few)), statistics.median(timed(device_copy, few))
         # Memory-bandwidth limit of a weight hand-over: read every byte once and write it once at HBM speed.
         limit_s = 2 * nbytes / (bandwidth_gbs * 1e9)
         row = {"params": n, "bytes": nbytes, "gather_s": gathered, "gather_and_load_s": full,
+               "pageable_gather_s": pageable, "on_device_copy_s": on_device,
+               "on_device_fraction_of_limit": limit_s / on_device,
                "effective_gb_per_s": nbytes / full / 1e9, "bandwidth_limit_s": limit_s,
                "fraction_of_bandwidth_limit": limit_s / full}
         rows.append(row)
         print(f"  {n / 1e6:8.0f}M params  gather {gathered:7.3f} s  gather+load {full:7.3f} s  "
               f"{row['effective_gb_per_s']:6.2f} GB/s  = {100 * row['fraction_of_bandwidth_limit']:.2f}% of the "
-              f"{bandwidth_gbs:.0f} GB/s limit", flush=True)
+              f"{bandwidth_gbs:.0f} GB/s limit; pageable gather {pageable:.3f} s (×{pageable / gathered:.1f}); "
+              f"on-device copy {on_device:.4f} s = {100 * limit_s / on_device:.0f}% of the limit", flush=True)
         free(source, target)
     return rows
 

@@ -17,6 +17,36 @@ import torch
 IGNORE_INDEX = -100
 
 
+def _chunk_math(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int, want_grad: bool,
+                compute: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(Σ NLL of the chunk, d Σ NLL / d logits in the logits' dtype or None) for one chunk of logits [n, V]."""
+    valid = labels != ignore_index
+    target = labels.clamp(min=0)
+    grad_dtype = logits.dtype  # the matrix products take the gradient in the model's dtype
+    logits = logits.to(compute)
+    lse = torch.logsumexp(logits, dim=-1)
+    picked = logits.gather(1, target.unsqueeze(1)).squeeze(1)
+    loss = ((lse - picked) * valid).sum()
+    if not want_grad:
+        return loss, None
+    # d(lse − logit_y)/d logits = softmax − one-hot; rows of ignored tokens get zero.
+    grad = (logits - lse.unsqueeze(1)).exp()
+    grad.scatter_add_(1, target.unsqueeze(1), torch.full_like(picked.unsqueeze(1), -1.0))
+    return loss, (grad * valid.unsqueeze(1)).to(grad_dtype)
+
+
+_COMPILED = None
+
+
+def _compiled_chunk_math():
+    """On CUDA the element-wise part (upcast, logsumexp, softmax − one-hot, mask, downcast) runs as a couple
+    of fused kernels instead of ~10 passes over chunk × V floats, which cost more than the matrix products."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(_chunk_math, dynamic=True)
+    return _COMPILED
+
+
 class _LinearCrossEntropySum(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int,
@@ -27,21 +57,12 @@ class _LinearCrossEntropySum(torch.autograd.Function):
         grad_hidden = torch.empty_like(hidden) if want_hidden else None
         # float32 accumulator: summing many bf16 chunk products in bf16 would lose the small ones.
         grad_weight = torch.zeros(weight.shape, dtype=compute, device=weight.device) if want_weight else None
+        chunk_math = _compiled_chunk_math() if hidden.is_cuda else _chunk_math
+        want_grad = want_hidden or want_weight
         for start in range(0, hidden.size(0), chunk_size):
             h, y = hidden[start:start + chunk_size], labels[start:start + chunk_size]
-            valid = y != ignore_index
-            target = y.clamp(min=0)
-            logits = (h @ weight.t()).to(compute)
-            lse = torch.logsumexp(logits, dim=-1)
-            picked = logits.gather(1, target.unsqueeze(1)).squeeze(1)
-            total += ((lse - picked) * valid).sum()
-            if not (want_hidden or want_weight):
-                continue
-            # d(lse − logit_y)/d logits = softmax − one-hot; rows of ignored tokens get zero.
-            grad_logits = logits.sub_(lse.unsqueeze(1)).exp_()
-            grad_logits[torch.arange(len(y), device=y.device), target] -= 1.0
-            grad_logits *= valid.unsqueeze(1)
-            grad_logits = grad_logits.to(hidden.dtype)
+            loss, grad_logits = chunk_math(h @ weight.t(), y, ignore_index, want_grad, compute)
+            total += loss
             if want_hidden:
                 grad_hidden[start:start + chunk_size] = grad_logits @ weight
             if want_weight:

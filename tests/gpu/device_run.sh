@@ -9,7 +9,7 @@ mkdir -p "$OUT" /tmp/site
 for archive in .gpu/*.tar.xz; do tar -xJf "$archive" -C /tmp/site; done
 export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 # The tests read the tiny policy from ../shared/models, as on a developer machine.
-mkdir -p ../shared/models && cp -r .gpu/models/* ../shared/models/
+mkdir -p ../shared/models ../shared/data && cp -r .gpu/models/* ../shared/models/ && cp -r .gpu/data/* ../shared/data/
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   python3 -c "import torch, transformers, peft, deepspeed, ray; print('torch', torch.__version__, 'transformers',
 transformers.__version__, 'peft', peft.__version__, 'deepspeed', deepspeed.__version__, 'ray', ray.__version__)"

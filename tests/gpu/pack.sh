@@ -19,4 +19,5 @@ get ray==2.60.0 jsonschema referencing rpds-py jsonschema-specifications
 (cd /tmp/rayalign-pack/ray && for w in ../whl/*.whl; do unzip -q -o "$w"; done && rm -rf ray/jars)
 tar -cJf .gpu/raysite.tar.xz -C /tmp/rayalign-pack/ray .
 cp -r ../shared/models/stories260K-hd32 .gpu/models/
+mkdir -p .gpu/data/sft/llms-from-scratch && cp ../shared/data/sft/llms-from-scratch/instruction-data.json .gpu/data/sft/llms-from-scratch/
 du -sh .gpu/*
