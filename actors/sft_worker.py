@@ -17,7 +17,7 @@ from jobs.configlib import build
 NO_LOGITS = torch.zeros(0, dtype=torch.long)
 
 
-def causal_lm_loss_sums(model, batch: dict, fused: bool = True) -> tuple[torch.Tensor, int]:
+def causal_lm_loss_sums(model, batch: dict, fused: bool = True, chunk_size: int = 4096) -> tuple[torch.Tensor, int]:
     """(sum of token NLL over assistant tokens, number of those tokens) for one micro-batch.
 
     With `fused`, when the model allows it (modeling.fused_loss_head), the loss runs from the final hidden
@@ -30,7 +30,7 @@ def causal_lm_loss_sums(model, batch: dict, fused: bool = True) -> tuple[torch.T
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
                     use_cache=False, logits_to_keep=NO_LOGITS.to(batch["input_ids"].device))
         hidden = out.hidden_states[-1][:, :-1]
-        total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1))
+        total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1), chunk_size)
         return total, int(mask.sum())
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
     logits = logits[:, :-1].float()

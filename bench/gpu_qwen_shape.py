@@ -113,7 +113,7 @@ def baseline_step(args):
     return model, step
 
 
-def rayalign_step(args, compile_layers: bool):
+def rayalign_step(args, compile_layers: bool, chunk: int = 4096):
     """rayalign's step outside DeepSpeed: SDPA, fused chunked cross-entropy, fused AdamW (zero.adamw)."""
     from actors import modeling, zero
     from actors.sft_worker import causal_lm_loss_sums
@@ -126,7 +126,7 @@ def rayalign_step(args, compile_layers: bool):
     batch = random_batch(args, model.config.vocab_size)
 
     def step():
-        total, tokens = causal_lm_loss_sums(model, batch, fused=True)
+        total, tokens = causal_lm_loss_sums(model, batch, fused=True, chunk_size=chunk)
         (total / tokens).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
@@ -157,6 +157,22 @@ def deepspeed_step(args, compile_layers: bool, stage: int = 2):
     return engine, step
 
 
+def profile(step, args, name: str) -> None:
+    """The 20 costliest GPU kernels of two steps (what to speed up next), printed and written to a file."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(2):
+            step()
+        sync(args.device)
+    table = prof.key_averages().table(sort_by="cuda_time_total" if args.device == "cuda" else "cpu_time_total",
+                                      row_limit=20, max_name_column_width=60)
+    print(f"profile of {name}:\n{table}", flush=True)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "profile.txt").write_text(f"{name}\n{table}")
+
+
 def init_single_rank() -> None:
     if torch.distributed.is_initialized():
         return
@@ -168,11 +184,15 @@ def init_single_rank() -> None:
 
 def bench_train(args) -> list[dict]:
     variants = {
-        "eager baseline": lambda: baseline_step(args),
-        "rayalign step": lambda: rayalign_step(args, False),
-        "rayalign step + compile": lambda: rayalign_step(args, True),
-        "SFT engine: DeepSpeed ZeRO-2 bf16 + compile": lambda: deepspeed_step(args, True),
+        "baseline": ("eager baseline", lambda: baseline_step(args)),
+        "step": ("rayalign step", lambda: rayalign_step(args, False)),
+        "compile": ("rayalign step + compile", lambda: rayalign_step(args, True)),
+        "compile-chunk8k": ("rayalign step + compile, loss chunk 8192", lambda: rayalign_step(args, True, 8192)),
+        "ds2": ("SFT engine: DeepSpeed ZeRO-2 bf16 + compile", lambda: deepspeed_step(args, True)),
+        "ds1": ("SFT engine: DeepSpeed ZeRO-1 bf16 + compile", lambda: deepspeed_step(args, True, stage=1)),
+        "ds0": ("SFT engine: DeepSpeed ZeRO-0 bf16 + compile", lambda: deepspeed_step(args, True, stage=0)),
     }
+    variants = dict(variants[key] for key in args.variants.split(","))
     if args.no_compile:
         variants = {k: v for k, v in variants.items() if "compile" not in k}
     rows = []
@@ -181,6 +201,8 @@ def bench_train(args) -> list[dict]:
             model, step = make()
             n = matmul_params(getattr(model, "module", model))
             times = timed(step, args)
+            if args.profile and args.profile in name:
+                profile(step, args, name)
         except Exception as exc:  # one variant failing (e.g. compile) must not hide the others' figures
             print(f"  {name}: failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             rows.append({"variant": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
@@ -307,6 +329,9 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="bf16 dense peak for MFU (default: by card)")
     parser.add_argument("--bandwidth-gbs", type=float, default=3000.0, help="memory bandwidth for the sync limit "
                                                                              "(H100 measured ≈ 3,000 GB/s)")
+    parser.add_argument("--variants", default="baseline,step,compile,ds2",
+                        help="train variants: baseline, step, compile, compile-chunk8k, ds2, ds1, ds0")
+    parser.add_argument("--profile", default=None, help="profile the train variant whose name contains this text")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (2 layers, 2k vocab) to check the script")
     parser.add_argument("--out", default="bench/results/gpu_qwen_shape.json", help="where the JSON goes")
