@@ -134,7 +134,7 @@ def rayalign_step(args, compile_layers: bool, chunk: int = 4096):
     return model, step
 
 
-def deepspeed_step(args, compile_layers: bool, stage: int = 2):
+def deepspeed_step(args, compile_layers: bool, stage: int = 2, clip: float = 1.0):
     """The SFT job's engine: DeepSpeed ZeRO bf16 (fp32 master weights in the optimizer), single rank."""
     from actors import modeling, zero
     from actors.sft_worker import causal_lm_loss_sums
@@ -146,7 +146,7 @@ def deepspeed_step(args, compile_layers: bool, stage: int = 2):
         modeling.compile_decoder_layers(model)
     cfg = DeepSpeedConfig(stage=stage, precision="bf16")
     optimizer = zero.adamw([p for p in model.parameters()], 1e-5, 0.0, cfg)
-    engine = zero.initialize(model, optimizer, None, zero.ds_config(cfg, args.batch, 1, 1.0, 1))
+    engine = zero.initialize(model, optimizer, None, zero.ds_config(cfg, args.batch, 1, clip, 1))
     batch = random_batch(args, model.config.vocab_size)
 
     def step():
@@ -166,7 +166,7 @@ def profile(step, args, name: str) -> None:
         for _ in range(2):
             step()
         sync(args.device)
-    table = prof.key_averages().table(sort_by="cuda_time_total" if args.device == "cuda" else "cpu_time_total",
+    table = prof.key_averages().table(sort_by=args.profile_sort,
                                       row_limit=20, max_name_column_width=60)
     print(f"profile of {name}:\n{table}", flush=True)
     if os.environ.get("OUT"):
@@ -191,6 +191,7 @@ def bench_train(args) -> list[dict]:
         "ds2": ("SFT engine: DeepSpeed ZeRO-2 bf16 + compile", lambda: deepspeed_step(args, True)),
         "ds1": ("SFT engine: DeepSpeed ZeRO-1 bf16 + compile", lambda: deepspeed_step(args, True, stage=1)),
         "ds0": ("SFT engine: DeepSpeed ZeRO-0 bf16 + compile", lambda: deepspeed_step(args, True, stage=0)),
+        "ds2-noclip": ("DeepSpeed ZeRO-2 bf16 + compile, no clipping", lambda: deepspeed_step(args, True, clip=0.0)),
     }
     variants = dict(variants[key] for key in args.variants.split(","))
     if args.no_compile:
@@ -332,6 +333,8 @@ def main() -> None:
     parser.add_argument("--variants", default="baseline,step,compile,ds2",
                         help="train variants: baseline, step, compile, compile-chunk8k, ds2, ds1, ds0")
     parser.add_argument("--profile", default=None, help="profile the train variant whose name contains this text")
+    parser.add_argument("--profile-sort", default="self_cpu_time_total", help="profiler table order, e.g. "
+                        "self_cpu_time_total (host overhead) or cuda_time_total (GPU kernels)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (2 layers, 2k vocab) to check the script")
     parser.add_argument("--out", default="bench/results/gpu_qwen_shape.json", help="where the JSON goes")
