@@ -257,8 +257,18 @@ def config_from_args(args: dict) -> Config:
     return build(Config, data)
 
 
+# Under `serve run` / `serve deploy` Serve's proxy is already bound (http_options of the Serve config file or
+# `serve run --port`) before the app is built, so these keys could only be silently ignored.
+PROXY_KEYS = ("serve.host", "serve.port")
+
+
 def build_app(args: dict):
     """Application builder for `serve run` / `serve deploy` (import_path: serve.reward_app:build_app)."""
+    ignored = [key for key in PROXY_KEYS if key in args]
+    if ignored:
+        raise ConfigError(f"{', '.join(ignored)} cannot be set as application arguments: under serve run / serve "
+                          f"deploy the HTTP address comes from http_options in the Serve config file (or serve "
+                          f"run's --host/--port); set it there, or start the service with python -m jobs.serve_rm")
     return reward_application(config_from_args(args))
 
 

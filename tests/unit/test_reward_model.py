@@ -16,7 +16,7 @@ from jobs.config import load_config
 from jobs.configlib import ConfigError
 from jobs.records import RecordError
 from serve.client import RewardClient
-from serve.reward_app import config_from_args, deployment_options, resolve_token
+from serve.reward_app import build_app, config_from_args, deployment_options, resolve_token
 from serve.schemas import GetRewardRequest, ScoreRequest
 from tests.conftest import POLICY_PATH, TINY_CPU
 
@@ -183,6 +183,12 @@ def test_serve_builder_args_take_yaml_strings_and_typed_values():
     assert (cfg.serve.port, cfg.serve.max_batch_size, cfg.run.name) == (9001, 4, "tiny-cpu")
     with pytest.raises(ConfigError, match="serve.prot"):
         config_from_args({"serve.prot": "1"})
+
+
+def test_serve_run_refuses_proxy_keys_it_would_ignore():
+    # Serve binds its proxy before building the app: a port given as an app argument would be silently ignored.
+    with pytest.raises(ConfigError, match=r"serve.port cannot be set as application arguments.*http_options"):
+        build_app({"config": str(TINY_CPU), "serve.port": "9001"})
 
 
 def test_token_file_wins_over_the_env_var(tmp_path, monkeypatch):
