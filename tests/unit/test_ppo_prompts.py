@@ -1,0 +1,50 @@
+"""PPO prompt loading (template, multi-turn prompts, nothing usable) and the per-step prompt schedule."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from actors.ppo_loop import load_prompts, prompts_for_step
+from jobs.config import load_config
+from tests.conftest import TINY_CPU
+
+
+def write_jsonl(path, records) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+def test_template_wraps_the_last_user_turn_and_multi_turn_prompts_keep_their_history(tmp_path):
+    files = write_jsonl(tmp_path / "p.jsonl", [
+        {"messages": [{"role": "user", "content": "Say hi."}, {"role": "assistant", "content": "Hi!"}]},
+        {"messages": [{"role": "user", "content": "Name a pet."}, {"role": "assistant", "content": "A cat."},
+                      {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "A dog."}]},
+    ])
+    cfg = load_config(TINY_CPU, [f"ppo.prompt_files=[{files}]", "ppo.prompt_template='Q: {prompt} A:'"])
+    prompts = load_prompts(cfg)
+    assert prompts[0] == [{"role": "user", "content": "Q: Say hi. A:"}]
+    # The policy answers the last user turn; earlier turns stay as they were, the final reply is dropped.
+    assert prompts[1] == [{"role": "user", "content": "Name a pet."}, {"role": "assistant", "content": "A cat."},
+                          {"role": "user", "content": "Q: Another? A:"}]
+
+
+def test_no_prompt_ending_in_a_user_turn_is_a_clear_error(tmp_path):
+    from actors.sft_data import EmptyDatasetError
+
+    files = write_jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "assistant", "content": "Hello."}]}])
+    with pytest.raises(EmptyDatasetError, match="no PPO prompts ending in a user turn"):
+        load_prompts(load_config(TINY_CPU, [f"ppo.prompt_files=[{files}]"]))
+
+
+def test_each_pass_uses_every_prompt_once_and_a_resume_sees_the_same_prompts():
+    pool, batch = 10, 4  # two steps per pass; the last 2 prompts of a shuffled pass wait for the next one
+    first_pass = prompts_for_step(pool, batch, 0, seed=3) + prompts_for_step(pool, batch, 1, seed=3)
+    assert len(set(first_pass)) == 8
+    assert prompts_for_step(pool, batch, 2, seed=3) != prompts_for_step(pool, batch, 0, seed=3)  # reshuffled
+    assert prompts_for_step(pool, batch, 5, seed=3) == prompts_for_step(pool, batch, 5, seed=3)
+    assert prompts_for_step(pool, batch, 5, seed=3) != prompts_for_step(pool, batch, 5, seed=4)
+    # A pool smaller than the batch repeats prompts to fill it.
+    small = prompts_for_step(3, 5, 0, seed=1)
+    assert len(small) == 5 and set(small) == {0, 1, 2}
