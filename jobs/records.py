@@ -12,7 +12,11 @@ Formats recognised per row: instruction/input/output (Alpaca, with optional chos
 (instruction + instances), `messages` (OpenAI), `conversations` (ShareGPT from/value, with optional
 chosen/rejected turns), KdConv (`messages` of {"message": ...}, alternating user/assistant),
 HH-RLHF transcripts ("\n\nHuman: ... \n\nAssistant: ..."), and prompt/response or prompt/chosen/rejected.
-Files: .jsonl, .json (a list, or a mapping holding one), .parquet, or a `datasets.save_to_disk` folder.
+Files: .jsonl, .json (a list, or a mapping holding one), .parquet, a `datasets.save_to_disk` folder, a folder
+of such files, or a jobs.curate output folder (its curated file only).
+
+Reading is strict by default (training jobs stop at the first bad row, naming file:line); curation reads
+leniently, passing each RecordError to a callback and going on with the rest.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 ROLE_ALIASES = {
     "user": "user", "human": "user", "prompter": "user",
@@ -28,24 +32,61 @@ ROLE_ALIASES = {
     "system": "system",
 }
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+# A jobs.curate output folder holds report.json beside the curated set, written both as JSONL and Parquet
+# (the same records): read one of them, never the report, review queue or spot-check sample beside it.
+CURATE_MARKER = "report.json"
+CURATED_FILES = ("curated.jsonl", "curated.parquet")
 
 
 class RecordError(ValueError):
     """A data row or file cannot be read; the message names the file and line."""
 
+    def __init__(self, message: str, where: str = "", reason: str = ""):
+        super().__init__(message)
+        self.where, self.reason = where, reason or message
 
-def read_records(path: str | Path, limit: int | None = None) -> Iterator[dict]:
-    """Yield normalised records from one file or dataset folder; raise RecordError naming file:line."""
+    @classmethod
+    def at(cls, where: str | Path, reason: str) -> RecordError:
+        return cls(f"{where}: {reason}", str(where), reason)
+
+
+class SourceError(RecordError):
+    """A whole file or folder cannot be read (missing, unsupported type, not valid as a whole): no record of
+    it can be read, so even lenient reading yields nothing more from it."""
+
+
+OnError = Callable[[RecordError], None]
+
+
+def _strict(error: RecordError) -> None:
+    raise error
+
+
+def read_records(path: str | Path, limit: int | None = None, on_error: OnError | None = None) -> Iterator[dict]:
+    """Yield normalised records from one file or dataset folder.
+
+    on_error None (strict): raise the first RecordError, naming file:line. A callable (lenient): it receives
+    each RecordError instead, a malformed row is skipped and reading goes on; a SourceError means that file
+    yields nothing more. `limit` counts the records yielded, not the rows skipped."""
     path = Path(path)
-    if not path.exists():
-        raise RecordError(f"{path}: no such data file or folder")
+    report = on_error or _strict
     count = 0
-    for where, row in _raw_rows(path):
-        for record in normalise(row, where):
-            yield record
-            count += 1
-            if limit is not None and count >= limit:
-                return
+    try:
+        if not path.exists():
+            raise SourceError.at(path, "no such data file or folder")
+        for where, row in _raw_rows(path, report):
+            try:
+                records = normalise(row, where)
+            except RecordError as exc:
+                report(exc)
+                continue
+            for record in records:
+                yield record
+                count += 1
+                if limit is not None and count >= limit:
+                    return
+    except SourceError as exc:
+        report(exc)
 
 
 def read_many(paths: list[str | Path], limit: int | None = None) -> list[dict]:
@@ -60,66 +101,96 @@ def read_many(paths: list[str | Path], limit: int | None = None) -> list[dict]:
     return records
 
 
-def _raw_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    if path.is_dir():
-        yield from _dataset_rows(path)
-    elif path.suffix == ".jsonl":
-        yield from _jsonl_rows(path)
-    elif path.suffix == ".json":
-        yield from _json_rows(path)
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
+def _raw_rows(path: Path, report: OnError) -> Iterator[tuple[str, dict]]:
+    try:
+        if path.is_dir():
+            yield from _folder_rows(path, report)
+        elif path.suffix == ".jsonl":
+            yield from _jsonl_rows(path, report)
+        elif path.suffix == ".json":
+            yield from _json_rows(path, report)
+        elif path.suffix == ".parquet":
+            yield from _parquet_rows(path)
+        else:
+            raise SourceError.at(path, f"unsupported data file type {path.suffix!r} (use .jsonl, .json, .parquet "
+                                       f"or a datasets folder)")
+    except OSError as exc:
+        raise SourceError.at(path, f"cannot read ({exc.strerror or exc})") from None
 
-        for i, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield f"{path}:row {i}", row
-    else:
-        raise RecordError(f"{path}: unsupported data file type {path.suffix!r} (use .jsonl, .json, .parquet "
-                          f"or a datasets folder)")
 
-
-def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict]]:
-    with path.open(encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+def _jsonl_rows(path: Path, report: OnError) -> Iterator[tuple[str, dict]]:
+    with path.open("rb") as handle:  # decoded per line: one badly encoded line is one bad row, not a bad file
+        for lineno, raw in enumerate(handle, start=1):
+            where = f"{path}:{lineno}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                report(RecordError.at(where, f"not UTF-8 text (byte {exc.start + 1})"))
+                continue
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise RecordError(f"{path}:{lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+                report(RecordError.at(where, f"invalid JSON ({exc.msg} at column {exc.colno})"))
+                continue
             if not isinstance(row, dict):
-                raise RecordError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield f"{path}:{lineno}", row
+                report(RecordError.at(where, f"expected a JSON object, got {type(row).__name__}"))
+                continue
+            yield where, row
 
 
-def _json_rows(path: Path) -> Iterator[tuple[str, dict]]:
+def _json_rows(path: Path, report: OnError) -> Iterator[tuple[str, dict]]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise RecordError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno})") from None
+        raise SourceError.at(f"{path}:{exc.lineno}", f"invalid JSON ({exc.msg} at column {exc.colno})") from None
+    except UnicodeDecodeError as exc:
+        raise SourceError.at(path, f"not UTF-8 text (byte {exc.start + 1})") from None
     if isinstance(data, dict):
         lists = [v for v in data.values() if isinstance(v, list)]
         if len(lists) != 1:
-            raise RecordError(f"{path}: expected a list of records (or a mapping holding exactly one list)")
+            raise SourceError.at(path, "expected a list of records (or a mapping holding exactly one list)")
         data = lists[0]
     if not isinstance(data, list):
-        raise RecordError(f"{path}: expected a list of records, got {type(data).__name__}")
+        raise SourceError.at(path, f"expected a list of records, got {type(data).__name__}")
     for i, row in enumerate(data):
         if not isinstance(row, dict):
-            raise RecordError(f"{path}:item {i}: expected a JSON object, got {type(row).__name__}")
+            report(RecordError.at(f"{path}:item {i}", f"expected a JSON object, got {type(row).__name__}"))
+            continue
         yield f"{path}:item {i}", row
 
 
-def _dataset_rows(path: Path) -> Iterator[tuple[str, dict]]:
+def _parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except pa.ArrowException as exc:
+        raise SourceError.at(path, f"cannot read as Parquet ({exc})") from None
+    for i, row in enumerate(rows, start=1):
+        yield f"{path}:row {i}", row
+
+
+def _folder_rows(path: Path, report: OnError) -> Iterator[tuple[str, dict]]:
     import datasets
 
+    curated = _curated_file(path)
+    if curated is not None:
+        yield from _raw_rows(curated, report)
+        return
     try:
         ds = datasets.load_from_disk(str(path))
     except FileNotFoundError:
         files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json", ".parquet"))
         if not files:
-            raise RecordError(f"{path}: folder holds neither a saved dataset nor .jsonl/.json/.parquet files")
+            raise SourceError.at(path, "folder holds neither a saved dataset nor .jsonl/.json/.parquet files")
         for file in files:
-            yield from _raw_rows(file)
+            try:
+                yield from _raw_rows(file, report)
+            except SourceError as exc:  # strict: raised again; lenient: the folder's other files still count
+                report(exc)
         return
     if isinstance(ds, datasets.DatasetDict):
         ds = ds["train"] if "train" in ds else next(iter(ds.values()))
@@ -127,23 +198,46 @@ def _dataset_rows(path: Path) -> Iterator[tuple[str, dict]]:
         yield f"{path}:row {i}", row
 
 
+def _curated_file(path: Path) -> Path | None:
+    if not (path / CURATE_MARKER).is_file():
+        return None
+    return next((path / name for name in CURATED_FILES if (path / name).is_file()), None)
+
+
 def _text(value: Any, where: str, field: str) -> str:
     if isinstance(value, dict):  # ShareGPT-style turn {"from": ..., "value": ...}
         value = value.get("value", value.get("content"))
+    if value is None:
+        raise RecordError.at(where, f"missing field {field!r}")
     if not isinstance(value, str):
-        raise RecordError(f"{where}: field {field!r} must be text, got {type(value).__name__}")
+        raise RecordError.at(where, f"field {field!r} must be text, got {type(value).__name__}")
     return value
 
 
-def _turn(turn: Any, where: str) -> dict:
+def _optional_text(value: Any, where: str, field: str) -> str:
+    return "" if value is None else _text(value, where, field)
+
+
+def _list(value: Any, where: str, field: str) -> list:
+    if not isinstance(value, list):
+        raise RecordError.at(where, f"field {field!r} must be a list, got {type(value).__name__}")
+    return value
+
+
+def _turn_object(turn: Any, where: str) -> dict:
     if not isinstance(turn, dict):
-        raise RecordError(f"{where}: a turn must be an object, got {type(turn).__name__}")
+        raise RecordError.at(where, f"a turn must be an object, got {type(turn).__name__}")
+    return turn
+
+
+def _turn(turn: Any, where: str) -> dict:
+    _turn_object(turn, where)
     role = turn.get("role", turn.get("from"))
     content = turn.get("content", turn.get("value"))
     if role is None or content is None:
-        raise RecordError(f"{where}: a turn needs role/content (or from/value), got keys {sorted(turn)}")
+        raise RecordError.at(where, f"a turn needs role/content (or from/value), got keys {sorted(turn)}")
     if str(role).lower() not in ROLE_ALIASES:
-        raise RecordError(f"{where}: unknown role {role!r} (known: {', '.join(sorted(ROLE_ALIASES))})")
+        raise RecordError.at(where, f"unknown role {role!r} (known: {', '.join(sorted(ROLE_ALIASES))})")
     return {"role": ROLE_ALIASES[str(role).lower()], "content": _text(content, where, "content")}
 
 
@@ -154,15 +248,19 @@ def _user_text(instruction: str, extra: str) -> str:
 def _hh_turns(transcript: str, where: str) -> list[dict]:
     parts = HH_TURN.split(transcript)
     if len(parts) < 3:
-        raise RecordError(f"{where}: transcript has no 'Human:/Assistant:' turns")
+        raise RecordError.at(where, f"transcript has no 'Human:/Assistant:' turns")
     return [{"role": "user" if speaker == "Human" else "assistant", "content": text.strip()}
             for speaker, text in zip(parts[1::2], parts[2::2])]
 
 
-def _extras(row: dict, record: dict) -> dict:
+def _extras(row: dict, record: dict, where: str) -> dict:
     ratings = row.get("ratings", row.get("annotator_ratings"))
     if ratings is not None:
-        record["ratings"] = [float(r) for r in ratings]
+        _list(ratings, where, "ratings")
+        try:
+            record["ratings"] = [float(r) for r in ratings]
+        except (TypeError, ValueError):
+            raise RecordError.at(where, f"ratings must be numbers, got {ratings!r}") from None
     if row.get("category") is not None:
         record["category"] = str(row["category"])
     return record
@@ -170,18 +268,23 @@ def _extras(row: dict, record: dict) -> dict:
 
 def normalise(row: dict, where: str) -> list[dict]:
     """One raw row → one or more normalised records (self-instruct rows hold several instances)."""
-    records = [_extras(row, dict(r, source=where)) for r in _normalise(row, where)]
+    records = [_extras(row, dict(r, source=where), where) for r in _normalise(row, where)]
     for record in records:
         if not record["messages"] and "chosen" not in record:
-            raise RecordError(f"{where}: record has no turns")
+            raise RecordError.at(where, f"record has no turns")
     return records
 
 
 def _normalise(row: dict, where: str) -> list[dict]:
     if "instruction" in row and "instances" in row:
-        return [{"messages": [{"role": "user", "content": _user_text(row["instruction"], inst.get("input", ""))},
+        instruction = _text(row["instruction"], where, "instruction")
+        instances = _list(row["instances"], where, "instances")
+        if not all(isinstance(inst, dict) for inst in instances):
+            raise RecordError.at(where, "every item of 'instances' must be an object")
+        return [{"messages": [{"role": "user", "content": _user_text(instruction, _optional_text(inst.get("input"),
+                                                                                                 where, "input"))},
                               {"role": "assistant", "content": _text(inst.get("output"), where, "output")}]}
-                for inst in row["instances"]]
+                for inst in instances]
     if "instruction" in row:
         user = {"role": "user", "content": _user_text(_text(row["instruction"], where, "instruction"),
                                                       str(row.get("input") or ""))}
@@ -193,10 +296,10 @@ def _normalise(row: dict, where: str) -> list[dict]:
     if turns_key is not None:
         turns = row[turns_key]
         if not isinstance(turns, list):
-            raise RecordError(f"{where}: {turns_key!r} must be a list of turns")
+            raise RecordError.at(where, f"{turns_key!r} must be a list of turns")
         if turns and isinstance(turns[0], dict) and set(turns[0]) >= {"message"} and "role" not in turns[0]:
-            messages = [{"role": "user" if i % 2 == 0 else "assistant", "content": _text(t.get("message"), where,
-                                                                                       "message")}
+            messages = [{"role": "user" if i % 2 == 0 else "assistant",
+                         "content": _text(_turn_object(t, where).get("message"), where, "message")}
                         for i, t in enumerate(turns)]
         else:
             messages = [_turn(t, where) for t in turns]
@@ -217,10 +320,10 @@ def _normalise(row: dict, where: str) -> list[dict]:
         chosen = _hh_turns(_text(row["chosen"], where, "chosen"), where)
         rejected = _hh_turns(_text(row["rejected"], where, "rejected"), where)
         if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
-            raise RecordError(f"{where}: chosen/rejected transcripts must end with an Assistant turn")
+            raise RecordError.at(where, "chosen/rejected transcripts must end with an Assistant turn")
         return [{"messages": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}]
-    raise RecordError(f"{where}: unrecognised record format with keys {sorted(row)}; expected instruction/output, "
-                      f"messages, conversations, prompt/response or chosen/rejected")
+    raise RecordError.at(where, f"unrecognised record format with keys {sorted(row)}; expected instruction/output, "
+                                "messages, conversations, prompt/response or chosen/rejected")
 
 
 def prompt_of(record: dict) -> list[dict]:

@@ -42,7 +42,10 @@ READ_CPUS = 0.25
 GATE_CPUS = 0.5
 EMBED_CPUS = 1.0
 GATE_COLUMNS = ("status", "rules", "reasons", "notes")
-SUMMARY_COLUMNS = ("id", "seq", "category", "source", "response_chars", "error", *GATE_COLUMNS)
+SUMMARY_COLUMNS = ("id", "seq", "category", "source", "response_chars", "error", "unreadable", *GATE_COLUMNS)
+# report.json / report.md list at most this many bad-input entries (a broken export can have millions); the
+# counts always cover them all.
+BAD_INPUT_LISTED = 1000
 
 
 @dataclass(frozen=True)
@@ -69,7 +72,7 @@ def run(cfg: Config) -> CurationResult:
 @dataclass(frozen=True)
 class Gathered:
     """What the Ray Data stages hand to the driver."""
-    summary: list[dict]  # every input row's SUMMARY_COLUMNS
+    summary: list[dict]  # every input row's SUMMARY_COLUMNS, bad input (status "error") included
     review: list[dict]  # full rows the gates sent to review
     candidates: list[dict]  # full rows the gates kept, with their `embedding`, in seq order
 
@@ -79,7 +82,6 @@ def gather(cur: CurateConfig) -> Gathered:
 
     rows = embed(gate(cur), cur).materialize()
     summary = rows.select_columns(list(SUMMARY_COLUMNS)).take_all()
-    _raise_read_errors(summary)
     return Gathered(summary, rows.filter(expr=col("status") == "review").take_all(),
                     sorted(rows.filter(expr=col("status") == "keep").take_all(), key=lambda row: row["seq"]))
 
@@ -88,7 +90,18 @@ def finish(cfg: Config, rules: list, gathered: Gathered, timings: dict[str, floa
     """The driver's part, no Ray: diversity filter, mix, spot-check sample, report, outputs."""
     cur = cfg.curate
     summary, candidates = gathered.summary, gathered.candidates
+    bad = bad_input(summary)
+    if bad["malformed_records"] or bad["unreadable_sources"]:
+        log.warning("skipped %d malformed records and %d unreadable sources (listed in report.json), e.g. %s: %s",
+                    bad["malformed_records"], bad["unreadable_sources"], bad["entries"][0]["where"],
+                    bad["entries"][0]["reason"])
     if not candidates:
+        if all(row["status"] == "error" for row in summary):
+            first = bad["entries"][:3]
+            raise EmptyDatasetError(f"nothing left to curate: no record of curate.sources could be read "
+                                    f"({bad['malformed_records']} malformed records, {bad['unreadable_sources']} "
+                                    f"unreadable sources; first: "
+                                    f"{'; '.join(e['where'] + ': ' + e['reason'] for e in first)})")
         raise EmptyDatasetError(f"no record passed the quality gates: {_status_counts(summary)}; "
                                 f"see the per-rule thresholds in curate.*")
     clock = time.perf_counter()
@@ -111,8 +124,8 @@ def finish(cfg: Config, rules: list, gathered: Gathered, timings: dict[str, floa
                           spot_ids, timings)
     output_dir = cfg.run.output_dir("curate")
     write_outputs(output_dir, final, gathered.review, spot_ids, report,
-                  [r["response_chars"] for r in summary], (cur.min_chars, cur.max_chars))
-    log.info("curated %d of %d records into %s", len(final), len(summary), output_dir)
+                  [r["response_chars"] for r in summary if r["status"] != "error"], (cur.min_chars, cur.max_chars))
+    log.info("curated %d of %d records into %s", len(final), report["accounting"]["input"], output_dir)
     return CurationResult(output_dir, report)
 
 
@@ -138,14 +151,18 @@ def embed(ds, cur: CurateConfig):
 
 
 def read_source(item: dict, sources: list[dict]) -> list[dict]:
-    """Every record of one configured source as a pipeline row (or one error row naming file:line)."""
+    """Every record of one configured source as a pipeline row, in file order; each malformed record, or
+    the source itself when it cannot be read at all, as an error row naming file:line and the reason."""
     index = item["index"]
     spec = sources[index]
-    try:
-        records = list(read_records(resolve_path(spec["path"]), spec.get("limit")))
-    except RecordError as exc:
-        return [error_row(str(exc), index * SEQ_STRIDE)]
-    return [to_row(record, spec["category"], index * SEQ_STRIDE + pos) for pos, record in enumerate(records)]
+    rows: list[dict] = []
+
+    def skip(error: RecordError) -> None:
+        rows.append(error_row(error, spec["category"], index * SEQ_STRIDE + len(rows)))
+
+    for record in read_records(resolve_path(spec["path"]), spec.get("limit"), on_error=skip):
+        rows.append(to_row(record, spec["category"], index * SEQ_STRIDE + len(rows)))
+    return rows
 
 
 class QualityGates:
@@ -177,10 +194,15 @@ def _quiet_ray_data() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
-def _raise_read_errors(summary: list[dict]) -> None:
-    errors = sorted({row["error"] for row in summary if row["status"] == "error"})
-    if errors:
-        raise RecordError("; ".join(errors))
+def bad_input(summary: list[dict]) -> dict:
+    """The rows that were not records: counted, and listed (file:line and reason) in source order."""
+    bad = sorted((row for row in summary if row["status"] == "error"), key=lambda row: row["seq"])
+    unreadable = sum(1 for row in bad if row["unreadable"])
+    return {"malformed_records": len(bad) - unreadable, "unreadable_sources": unreadable,
+            "listed": min(len(bad), BAD_INPUT_LISTED),
+            "entries": [{"where": row["source"], "reason": row["error"],
+                         "kind": "unreadable source" if row["unreadable"] else "malformed record"}
+                        for row in bad[:BAD_INPUT_LISTED]]}
 
 
 def _status_counts(summary: list[dict]) -> dict[str, int]:
@@ -191,21 +213,24 @@ def build_report(cfg: Config, rules: list, summary: list[dict], review_rows: lis
                  dedup: DedupResult, mix: dict, final: list[dict], spot_ids: list[str],
                  timings: dict[str, float]) -> dict:
     cur = cfg.curate
-    statuses = _status_counts(summary)
-    accounting = {"input": len(summary), "dropped_by_rules": statuses.get("drop", 0),
+    records = [row for row in summary if not row["unreadable"]]  # malformed ones included: they were input
+    statuses = _status_counts(records)
+    accounting = {"input": len(records), "malformed": statuses.get("error", 0),
+                  "dropped_by_rules": statuses.get("drop", 0),
                   "review_queue": statuses.get("review", 0), "dropped_by_diversity": len(dedup.dropped),
                   "left_out_by_mix": len(dedup.kept) - len(final), "curated": len(final)}
     return {
         "run": cfg.run.name,
         "accounting": accounting,
-        "input": {"by_source": dict(Counter(row["source"].rsplit(":", 1)[0] for row in summary)),
-                  "by_category": dict(Counter(row["category"] for row in summary))},
+        "input": {"by_source": dict(Counter(row["source"].rsplit(":", 1)[0] for row in records)),
+                  "by_category": dict(Counter(row["category"] for row in records))},
+        "bad_input": bad_input(summary),
         "rules": rule_counts(summary, rules),
         "diversity": diversity_report(candidates, dedup, cur),
         "mix": mix,
         "spot_check": {"fraction": cur.spot_check_fraction, "seed": cfg.run.seed, "sampled": len(spot_ids)},
         "review_queue_by_rule": dict(Counter(n for row in review_rows for n in row["rules"].split(","))),
-        "response_chars": {"before": _length_stats([r["response_chars"] for r in summary]),
+        "response_chars": {"before": _length_stats([r["response_chars"] for r in records if r["status"] != "error"]),
                            "after": _length_stats([r["response_chars"] for r in final])},
         "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "config": to_dict(cur),

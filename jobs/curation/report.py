@@ -39,8 +39,10 @@ def render_markdown(report: dict) -> str:
     acc = report["accounting"]
     lines = [f"# Curation report: {report['run']}", "",
              f"{acc['input']} records in → {acc['curated']} curated "
-             f"({acc['dropped_by_rules']} dropped by rules, {acc['review_queue']} to the review queue, "
-             f"{acc['dropped_by_diversity']} near-duplicates, {acc['left_out_by_mix']} left out by the mix).", "",
+             f"({acc['malformed']} malformed, {acc['dropped_by_rules']} dropped by rules, "
+             f"{acc['review_queue']} to the review queue, {acc['dropped_by_diversity']} near-duplicates, "
+             f"{acc['left_out_by_mix']} left out by the mix).", "",
+             *_bad_input_lines(report["bad_input"]),
              "## Quality gates (a dropped record counts under the first rule that dropped it)", "",
              "| rule | threshold | dropped | review | noted |", "|---|---|---:|---:|---:|"]
     for name, r in report["rules"].items():
@@ -77,6 +79,18 @@ def render_markdown(report: dict) -> str:
               "`curate.review_verdicts=...`: rejected records are dropped in the next run", "",
               "![response lengths](lengths.png)", ""]
     return "\n".join(lines)
+
+
+def _bad_input_lines(bad: dict) -> list[str]:
+    total = bad["malformed_records"] + bad["unreadable_sources"]
+    if not total:
+        return []
+    listed = "" if bad["listed"] == total else f" (the first {bad['listed']} listed)"
+    lines = ["## Bad input (skipped, the rest of each source was curated)", "",
+             f"{bad['malformed_records']} malformed records, {bad['unreadable_sources']} unreadable sources"
+             f"{listed}.", "", "| where | kind | reason |", "|---|---|---|"]
+    lines += [f"| {_cell(e['where'])} | {e['kind']} | {_cell(e['reason'])} |" for e in bad["entries"]]
+    return [*lines, ""]
 
 
 def _cell(text: str) -> str:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import hashlib
 import json
 
-from jobs.records import last_response
+from jobs.records import RecordError, SourceError, last_response
 
 # seq = source index * SEQ_STRIDE + position in the source: one global order that follows the config's
 # source order, so the diversity filter's "first one wins" is reproducible however Ray schedules blocks.
 SEQ_STRIDE = 1_000_000_000
-ROW_COLUMNS = ("id", "seq", "category", "source", "record", "response_chars", "error")
+# error: why the row is bad input ("" for a record that was read); unreadable: the row stands for a whole
+# source that could not be read, not for one malformed record of it.
+ROW_COLUMNS = ("id", "seq", "category", "source", "record", "response_chars", "error", "unreadable")
 
 
 def as_sft(record: dict) -> dict:
@@ -38,14 +40,14 @@ def to_row(record: dict, category: str, seq: int) -> dict:
     record = dict(as_sft(record), category=category)
     return {"id": record_id(record), "seq": seq, "category": category, "source": record["source"],
             "record": json.dumps(record, ensure_ascii=False), "response_chars": len(last_response(record)),
-            "error": ""}
+            "error": "", "unreadable": False}
 
 
-def error_row(message: str, seq: int) -> dict:
-    """A source that cannot be read travels as a row, because Ray Data loses the exception's type on the
-    way back to the driver; the driver turns it into a RecordError naming the file and line."""
-    return {"id": "", "seq": seq, "category": "", "source": "", "record": "", "response_chars": 0,
-            "error": message}
+def error_row(error: RecordError, category: str, seq: int) -> dict:
+    """A malformed record, or a source that cannot be read at all, travels as a row naming file:line and the
+    reason: it is skipped, counted and listed in the report, while the rest of the job goes on."""
+    return {"id": "", "seq": seq, "category": category, "source": error.where, "record": "", "response_chars": 0,
+            "error": error.reason, "unreadable": isinstance(error, SourceError)}
 
 
 def record_of(row: dict) -> dict:

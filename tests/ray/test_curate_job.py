@@ -1,9 +1,11 @@
 """The curation job end to end on configs/curate-tiny.yaml with a real local Ray cluster and the real
-all-MiniLM-L6-v2 encoder: outputs exist, load with `datasets` and jobs.records, and the counts add up."""
+all-MiniLM-L6-v2 encoder: outputs exist, load with `datasets` and jobs.records, and the counts add up; bad
+input (two malformed lines of a source, a missing source) is listed in the report while the rest is curated."""
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,19 @@ TINY = Path(__file__).resolve().parents[2] / "configs" / "curate-tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def curated(ray_session, tmp_path_factory):
+def bad_sources(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("bad")
+    mixed = folder / "mixed.jsonl"
+    mixed.write_text("\n".join([json.dumps({"instruction": "Name a primary colour.", "output": "Blue is one."}),
+                                "{not json", json.dumps({"instruction": "Say hello."})]) + "\n")
+    return mixed, folder / "missing.jsonl"
+
+
+@pytest.fixture(scope="module")
+def curated(ray_session, tmp_path_factory, bad_sources):
     cfg = load_config(TINY, [f"run.output_root={tmp_path_factory.mktemp('curate')}"])
-    return pipeline.run(cfg)
+    extra = [{"path": str(path), "category": "edge"} for path in bad_sources]
+    return pipeline.run(replace(cfg, curate=replace(cfg.curate, sources=[*cfg.curate.sources, *extra])))
 
 
 def test_outputs_exist_and_load(curated):
@@ -60,3 +72,16 @@ def test_review_queue_and_spot_check(curated):
     assert len(spot) == round(0.3 * curated.report["accounting"]["curated"])
     curated_ids = {json.loads(line)["id"] for line in (out / "curated.jsonl").read_text().splitlines()}
     assert {row["id"] for row in spot} <= curated_ids
+
+
+def test_bad_input_is_listed_and_the_rest_of_its_source_read(curated, bad_sources):
+    mixed, missing = bad_sources
+    bad = curated.report["bad_input"]
+    assert [(e["where"], e["reason"]) for e in bad["entries"]] == [
+        (f"{mixed}:2", "invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
+        (f"{mixed}:3", "missing field 'output'"), (str(missing), "no such data file or folder")]
+    assert (bad["malformed_records"], bad["unreadable_sources"]) == (2, 1)
+    assert curated.report["accounting"]["malformed"] == 2
+    assert curated.report["input"]["by_source"][str(mixed)] == 3  # the good line was read alongside
+    markdown = (curated.output_dir / "report.md").read_text()
+    assert f"| {mixed}:3 | malformed record | missing field 'output' |" in markdown

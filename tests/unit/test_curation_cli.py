@@ -1,4 +1,4 @@
-"""`python -m jobs.curate`: help text, config errors, and unreadable sources reported by file and line."""
+"""`python -m jobs.curate`: help text, config errors, and bad input turned into rows naming file and line."""
 
 from __future__ import annotations
 
@@ -8,8 +8,7 @@ import pytest
 
 from jobs import cli
 from jobs.curate import main
-from jobs.curation.pipeline import _raise_read_errors, read_source
-from jobs.records import RecordError
+from jobs.curation.pipeline import read_source
 
 
 def test_help_explains_flags_and_lists_every_curate_key(capsys):
@@ -34,14 +33,23 @@ def test_config_errors_are_one_line_and_exit_2(capsys, overrides, message):
     assert message in err and err.count("\n") == 1
 
 
-def test_an_unreadable_source_becomes_an_error_naming_file_and_line(tmp_path):
+def test_bad_records_become_error_rows_and_the_rest_of_the_source_is_read(tmp_path):
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"instruction": "hi", "output": "hello there"}) + "\n{broken\n")
-    sources = [{"path": str(bad), "category": "general"}]
-    rows = read_source({"index": 0}, sources)
-    assert len(rows) == 1 and rows[0]["error"].startswith(f"{bad}:2: invalid JSON")
-    with pytest.raises(RecordError, match=r"bad.jsonl:2: invalid JSON"):
-        _raise_read_errors([dict(rows[0], status="error")])
+    good = json.dumps({"instruction": "hi", "output": "hello there"})
+    bad.write_text("\n".join([good, "{broken", good, json.dumps({"instruction": "no reply"}), good]) + "\n")
+    rows = read_source({"index": 1}, [{}, {"path": str(bad), "category": "general"}])
+    assert [(r["source"], r["error"], r["unreadable"]) for r in rows if r["error"]] == [
+        (f"{bad}:2", "invalid JSON (Expecting property name enclosed in double quotes at column 2)", False),
+        (f"{bad}:4", "missing field 'output'", False)]
+    assert [r["source"] for r in rows if not r["error"]] == [f"{bad}:1", f"{bad}:3", f"{bad}:5"]
+    assert [r["seq"] for r in rows] == [1_000_000_000 + i for i in range(5)]
+    assert {r["category"] for r in rows} == {"general"}
+
+
+def test_a_source_that_cannot_be_read_is_one_error_row_naming_its_path(tmp_path):
+    missing = tmp_path / "missing.jsonl"
+    [row] = read_source({"index": 0}, [{"path": str(missing), "category": "edge"}])
+    assert (row["source"], row["error"], row["unreadable"]) == (str(missing), "no such data file or folder", True)
 
 
 def test_sources_become_rows_in_one_global_order(tmp_path):

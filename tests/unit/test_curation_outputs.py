@@ -12,7 +12,7 @@ import pytest
 from actors.sft_data import EmptyDatasetError
 from jobs.config import load_config
 from jobs.curation import pipeline
-from jobs.curation.pipeline import Gathered, QualityGates, finish
+from jobs.curation.pipeline import Gathered, QualityGates, finish, read_source
 from jobs.curation.rows import ROW_COLUMNS, to_row
 from jobs.curation.rules import build_rules
 from jobs.records import read_records
@@ -32,22 +32,25 @@ def config(tmp_path, **curate):
     return replace(cfg, curate=replace(cfg.curate, **curate))
 
 
-def gathered(cfg) -> Gathered:
+def gathered(cfg, answers=ANSWERS, read_rows=()) -> Gathered:
+    """ANSWERS as gated rows, plus `read_rows` (rows as read_source makes them from real files)."""
     rows = []
-    for category, replies in ANSWERS.items():
+    for category, replies in answers.items():
         for reply in replies:
             record = {"messages": [{"role": "user", "content": "question"}, {"role": "assistant", "content": reply}],
                       "source": f"{category}.jsonl:{len(rows) + 1}"}
             if category == "edge":  # the only edge record: the mix always selects it
                 record["ratings"] = [5.0, 4.0, 5.0]
             rows.append(to_row(record, category, len(rows)))
+    rows += read_rows
     batch = {column: np.array([row[column] for row in rows], dtype=object) for column in ROW_COLUMNS}
     gated = QualityGates(cfg.curate)(batch)
     rows = [{column: gated[column][i] for column in gated} for i in range(len(rows))]
-    replies = sorted({reply for group in ANSWERS.values() for reply in group})
+    replies = sorted({json.loads(row["record"])["messages"][-1]["content"] for row in rows if row["record"]})
     for row in rows:  # stand-in embeddings: one direction per distinct reply, so duplicates coincide
-        reply = json.loads(row["record"])["messages"][-1]["content"]
-        row["embedding"] = np.eye(len(replies), dtype=np.float32)[replies.index(reply)]
+        row["embedding"] = np.zeros(len(replies), dtype=np.float32)
+        if row["record"]:
+            row["embedding"][replies.index(json.loads(row["record"])["messages"][-1]["content"])] = 1.0
     summary = [{c: row[c] for c in pipeline.SUMMARY_COLUMNS} for row in rows]
     return Gathered(summary, [r for r in rows if r["status"] == "review"], [r for r in rows if r["status"] == "keep"])
 
@@ -69,6 +72,9 @@ def test_outputs_are_complete_readable_and_add_up(tmp_path):
 
     curated = list(read_records(out / "curated.jsonl"))
     assert len(curated) == acc["curated"] == report["mix"]["achieved_size"]
+    from_folder = list(read_records(out))  # what jobs.sft reads when data.train_files names the folder
+    assert [r["messages"] for r in from_folder] == [r["messages"] for r in curated]
+    assert report["bad_input"] == {"malformed_records": 0, "unreadable_sources": 0, "listed": 0, "entries": []}
     assert {r["category"] for r in curated} <= set(ANSWERS)
     import datasets
 
@@ -117,4 +123,54 @@ def test_nothing_left_is_a_clear_error_and_writes_nothing(tmp_path):
     cfg = config(tmp_path, min_chars=1000)
     with pytest.raises(EmptyDatasetError, match="no record passed the quality gates"):
         finish(cfg, build_rules(cfg.curate), gathered(cfg), {})
+    assert not (tmp_path / "t").exists()
+
+
+def _source_with_two_bad_lines(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    lines = [json.dumps({"instruction": "Name a primary colour.", "output": "Blue is a primary colour."}),
+             "{not json",
+             json.dumps({"instruction": "How many legs does a spider have?", "output": "A spider has eight legs."}),
+             json.dumps({"instruction": "Say hello."}),  # a record missing its response
+             json.dumps({"instruction": "What colour is grass?", "output": "Grass is usually green."})]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_bad_input_is_skipped_counted_and_listed_while_the_rest_is_curated(tmp_path):
+    mixed, missing = _source_with_two_bad_lines(tmp_path), tmp_path / "missing.jsonl"
+    sources = [{"path": str(mixed), "category": "general"}, {"path": str(missing), "category": "domain"}]
+    read_rows = [row for i in range(len(sources)) for row in read_source({"index": i}, sources)]
+    cfg = config(tmp_path)
+    result = finish(cfg, build_rules(cfg.curate), gathered(cfg, answers={}, read_rows=read_rows), {})
+    report = json.loads((result.output_dir / "report.json").read_text())
+    assert report["bad_input"] == {"malformed_records": 2, "unreadable_sources": 1, "listed": 3, "entries": [
+        {"where": f"{mixed}:2", "kind": "malformed record",
+         "reason": "invalid JSON (Expecting property name enclosed in double quotes at column 2)"},
+        {"where": f"{mixed}:4", "kind": "malformed record",
+         "reason": "missing field 'output'"},
+        {"where": str(missing), "kind": "unreadable source", "reason": "no such data file or folder"}]}
+    acc = report["accounting"]
+    assert acc["malformed"] == 2 and acc["input"] == 5  # the unreadable source held no records to count
+    assert acc["input"] == sum(v for k, v in acc.items() if k != "input")
+    assert report["input"]["by_source"][str(mixed)] == 5
+    assert report["response_chars"]["before"]["count"] == 3  # bad rows have no response to measure
+    curated = [json.loads(line) for line in (result.output_dir / "curated.jsonl").read_text().splitlines()]
+    assert sorted(r["source"] for r in curated) == [f"{mixed}:{n}" for n in (1, 3, 5)] and acc["curated"] == 3
+    markdown = (result.output_dir / "report.md").read_text()
+    assert "2 malformed records, 1 unreadable sources." in markdown
+    assert f"| {mixed}:2 | malformed record | invalid JSON" in markdown
+    assert f"| {mixed}:4 | malformed record | missing field 'output' |" in markdown
+
+
+def test_nothing_readable_is_the_nothing_left_error_and_writes_nothing(tmp_path):
+    mixed = tmp_path / "all_bad.jsonl"
+    mixed.write_text("{not json\n" + json.dumps({"prompt": "q"}) + "\n")
+    sources = [{"path": str(mixed), "category": "general"}, {"path": str(tmp_path / "gone"), "category": "edge"}]
+    read_rows = [row for i in range(len(sources)) for row in read_source({"index": i}, sources)]
+    cfg = config(tmp_path)
+    with pytest.raises(EmptyDatasetError, match=rf"nothing left to curate: .*2 malformed records, 1 unreadable "
+                                                rf"sources; first: {mixed}:1: invalid JSON .*{mixed}:2: missing "
+                                                rf"field 'response'; {tmp_path / 'gone'}: no such data file"):
+        finish(cfg, build_rules(cfg.curate), gathered(cfg, answers={}, read_rows=read_rows), {})
     assert not (tmp_path / "t").exists()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from jobs.records import RecordError, last_response, normalise, prompt_of, read_records
+from jobs.records import RecordError, SourceError, last_response, normalise, prompt_of, read_many, read_records
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -89,3 +89,91 @@ def test_missing_file_and_parquet_round_trip(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": "q", "response": "a"}]), tmp_path / "d.parquet")
     [record] = read_records(tmp_path / "d.parquet")
     assert record["messages"][-1] == {"role": "assistant", "content": "a"}
+
+
+def _mixed_file(tmp_path):
+    """Five good rows around two bad ones: line 3 is not JSON, line 5 has no response."""
+    path = tmp_path / "mixed.jsonl"
+    good = [json.dumps({"instruction": f"q{i}", "output": f"answer {i}"}) for i in range(5)]
+    path.write_text("\n".join([good[0], good[1], "{not json", good[2], json.dumps({"instruction": "q"}),
+                               good[3], good[4]]) + "\n")
+    return path
+
+
+def test_lenient_reading_skips_bad_rows_and_names_each(tmp_path):
+    path = _mixed_file(tmp_path)
+    errors = []
+    records = list(read_records(path, on_error=errors.append))
+    assert [last_response(r) for r in records] == [f"answer {i}" for i in range(5)]
+    assert [(e.where, e.reason) for e in errors] == [
+        (f"{path}:3", "invalid JSON (Expecting property name enclosed in double quotes at column 2)"),
+        (f"{path}:5", "missing field 'output'")]
+    assert [r["source"] for r in records] == [f"{path}:{n}" for n in (1, 2, 4, 6, 7)]
+    assert len(list(read_records(path, limit=3, on_error=errors.append))) == 3  # limit counts good records
+
+
+def test_strict_reading_for_training_jobs_stops_at_the_first_bad_row(tmp_path):
+    path = _mixed_file(tmp_path)
+    with pytest.raises(RecordError, match=rf"^{path}:3: invalid JSON"):
+        read_many([path])
+    path.write_text(json.dumps({"instruction": "q", "output": "a"}) + "\n" + json.dumps({"instruction": "q"}) + "\n")
+    with pytest.raises(RecordError, match=rf"^{path}:2: missing field 'output'$"):
+        read_many([path])
+
+
+@pytest.mark.parametrize("row, reason", [
+    ({"instruction": "q", "output": "a", "ratings": "high"}, "field 'ratings' must be a list, got str"),
+    ({"instruction": "q", "output": "a", "ratings": [4, "x"]}, "ratings must be numbers, got [4, 'x']"),
+    ({"instruction": "q", "instances": {"output": "a"}}, "field 'instances' must be a list, got dict"),
+    ({"instruction": "q", "instances": ["a"]}, "every item of 'instances' must be an object"),
+    ({"instruction": 7, "instances": [{"output": "a"}]}, "field 'instruction' must be text, got int"),
+    ({"messages": [{"message": "hi"}, "hello"]}, "a turn must be an object, got str"),
+    ({"prompt": "q"}, "missing field 'response'"),
+])
+def test_wrong_types_are_record_errors_not_crashes(row, reason):
+    with pytest.raises(RecordError) as info:
+        normalise(row, "f:4")
+    assert (info.value.where, info.value.reason) == ("f:4", reason)
+
+
+def test_an_unreadable_source_is_one_source_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    (tmp_path / "list.json").write_text("{oops")
+    for path, message in ((tmp_path / "nope.jsonl", "no such data file or folder"),
+                          (tmp_path / "notes.txt", "unsupported data file type '.txt'"),
+                          (tmp_path / "list.json", "invalid JSON")):
+        with pytest.raises(SourceError, match=message):
+            list(read_records(path))
+        errors = []
+        assert list(read_records(path, on_error=errors.append)) == []
+        assert len(errors) == 1 and isinstance(errors[0], SourceError) and message in errors[0].reason
+
+
+def test_a_folder_keeps_reading_past_one_unreadable_file(tmp_path):
+    (tmp_path / "a.json").write_text("[1, 2")
+    (tmp_path / "b.jsonl").write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n")
+    errors = []
+    [record] = read_records(tmp_path, on_error=errors.append)
+    assert record["source"] == f"{tmp_path / 'b.jsonl'}:1" and errors[0].where == f"{tmp_path / 'a.json'}:1"
+    with pytest.raises(SourceError, match=r"a.json:1: invalid JSON"):
+        list(read_records(tmp_path))
+
+
+@pytest.mark.parametrize("curated_files", [("curated.jsonl", "curated.parquet"), ("curated.parquet",)])
+def test_a_curate_output_folder_reads_its_curated_records_once(tmp_path, curated_files):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    records = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}],
+                "category": "general", "id": f"id{i}"} for i in range(3)]
+    for name in curated_files:
+        if name.endswith(".jsonl"):
+            (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in records))
+        else:
+            pq.write_table(pa.Table.from_pylist(records), tmp_path / name)
+    (tmp_path / "report.json").write_text(json.dumps({"accounting": {"curated": 3}, "mix": [1, 2]}))
+    for name in ("review_queue.jsonl", "spot_check.jsonl"):
+        (tmp_path / name).write_text(json.dumps({"id": "x", "verdict": None}) + "\n")
+    read = read_many([tmp_path])
+    assert [last_response(r) for r in read] == ["a0", "a1", "a2"]
+    assert {r["source"].rsplit(":", 1)[0] for r in read} == {str(tmp_path / curated_files[0])}
