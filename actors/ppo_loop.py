@@ -165,8 +165,11 @@ class PPOLoop:
                  RoleResources("value", ppo.value_workers, cpus, gpus)]
         if separate_reference:
             roles.append(RoleResources("reference", 1, cpus, gpus))
-        if ppo.reward.rm_source == "model":
+        reward_actor = ppo.reward.rm_source == "model"
+        if reward_actor:
             roles.append(RoleResources("reward", 1, cpus, gpus))
+        else:  # built first: an unreachable reward service fails the run before anything is reserved or started
+            self.reward = make_reward_source(cfg)
         # The whole plan (ppo.placement: strategy, colocation, node resource per role) is checked against the
         # cluster's nodes before any group is reserved: fail now, not after a wait.
         self.placement, bundles = reserve_roles(roles, ppo)
@@ -191,8 +194,8 @@ class PPOLoop:
         sizes = self.policy.call("setup")[0]
         self.value.call("setup")
         self.rollout.call("ping")
-        reward_placement = (self.placement["reward"], bundles["reward"][0]) if "reward" in bundles else None
-        self.reward = make_reward_source(cfg, reward_placement)
+        if reward_actor:
+            self.reward = make_reward_source(cfg, (self.placement["reward"], bundles["reward"][0]))
         log.info("PPO roles up: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), value ×%d, reference %s, "
                  "reward from %s", len(self.rollout), self.rollout_engine, len(self.policy), sizes["trainable_params"],
                  sizes["total_params"], len(self.value), "actor" if self.reference else "adapters off",

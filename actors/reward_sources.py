@@ -1,7 +1,8 @@
 """Where PPO's preference score ('rm' reward term) comes from, by registry (ppo.reward.rm_source):
 
   model    the trained reward model in its own Ray actor (actors/reward.py)
-  http     the reward service over HTTP (serve/reward_app.py), with timeouts and retries
+  http     the reward service over HTTP (serve/reward_app.py), with timeouts and retries; checked when
+           built, so an unreachable URL fails the run before its roles start
   keyword  a programmatic score, the count of a chosen word: a real, cheap reward for demos and for tests
            that must show learning without a trained reward model
   filler   DELIBERATELY HACKABLE: pays for filler/jargon phrases (tokens inside them, capped), the way a
@@ -82,8 +83,10 @@ def _http(cfg: Config, placement=None):
 
     reward = cfg.ppo.reward
     token = os.environ.get(cfg.serve.auth_token_env) or None
-    return RewardClient(reward.reward_url, timeout_s=reward.reward_timeout_s, retries=reward.reward_retries,
-                        token=token)
+    client = RewardClient(reward.reward_url, timeout_s=reward.reward_timeout_s, retries=reward.reward_retries,
+                          token=token)
+    client.check_reachable()
+    return client
 
 
 @REWARD_SOURCES.register("model")
@@ -102,7 +105,10 @@ def _model(cfg: Config, placement=None) -> ActorReward:
     if placement is not None:
         group, bundle = placement
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, bundle)
-    actor = ray.remote(RewardModel).options(**options).remote(str(resolve_path(cfg.ppo.reward.rm_path)))
+    # Truncation and batch size from reward_model, as the reward service reads them: both sources score alike.
+    actor = ray.remote(RewardModel).options(**options).remote(str(resolve_path(cfg.ppo.reward.rm_path)),
+                                                              cfg.reward_model.max_length,
+                                                              cfg.reward_model.score_batch_size)
     return ActorReward(actor)
 
 

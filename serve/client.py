@@ -47,22 +47,34 @@ class RewardClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def check_reachable(self) -> None:
+        """Fail now, naming the URL, when nothing answers there (after the same retries with backoff as a
+        score): a run checks this before it starts its roles. Any HTTP answer counts as reachable."""
+        self._request("GET", "/healthz", retry_status=frozenset())
+
     def _post(self, path: str, payload: dict) -> dict:
+        response = self._request("POST", path, json=payload)
+        if response.status_code >= 400:
+            failure = f"HTTP {response.status_code}: {_error_text(response)}"
+            raise RewardServiceError(f"reward service at {self.url}{path} rejected the request ({failure})")
+        return response.json()
+
+    def _request(self, method: str, path: str, retry_status=RETRYABLE_STATUS, **kwargs) -> requests.Response:
+        """The first answer whose status is not in `retry_status`; connection failures, timeouts and those
+        statuses are retried with backoff."""
         url = f"{self.url}{path}"
         failure = ""
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff(attempt))
             try:
-                response = self._session.post(url, json=payload, timeout=self.timeout_s)
+                response = self._session.request(method, url, timeout=self.timeout_s, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 failure = f"{type(exc).__name__}: {exc}"
                 continue
-            if response.status_code < 400:
-                return response.json()
+            if response.status_code not in retry_status:
+                return response
             failure = f"HTTP {response.status_code}: {_error_text(response)}"
-            if response.status_code not in RETRYABLE_STATUS:
-                raise RewardServiceError(f"reward service at {url} rejected the request ({failure})")
         raise RewardServiceError(f"reward service at {url} failed after {self.retries + 1} attempts "
                                  f"({self.retries} retries with backoff): {failure}")
 
