@@ -20,11 +20,13 @@ the loop and `fit`; see SFTConfig / RewardModelConfig) and fills in the hooks:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,8 @@ class ZeroTrainer:
     section = "train"  # the config section holding the loop settings; also names the progress bar
     title = "training"  # for people, in log lines
     unit = "examples"  # what the loss averages over: metrics '<unit>_per_s' and '<unit>_seen'
+
+    preempted = False  # set when a stop request ended training early (after a checkpoint)
 
     def __init__(self, cfg: Config, lr: float, output_dir: str):
         self.cfg, self.lr = cfg, lr
@@ -186,12 +190,28 @@ class ZeroTrainer:
                     self._log(step, last)
                 bar.update(1)
                 bar.set_postfix(loss=f"{last['loss']:.3f}")
-                if step % settings.save_every == 0 and step < self.total_steps:
+                saved = step % settings.save_every == 0 and step < self.total_steps
+                if saved:
                     self.save({"step": step, **last})
+                if step < self.total_steps and self._stop_requested():
+                    if not saved:
+                        self.save({"step": step, **last})
+                    self.preempted = True
+                    bar.close()
+                    return last
             if self.progress.step < self.total_steps:
                 self.progress.epoch += 1
         bar.close()
         return last
+
+    def _stop_requested(self) -> bool:
+        """Whether the driver asked to stop (SIGTERM); rank 0 asks the flag actor and every rank gets its answer
+        through one all-reduce, so all ranks stop after the same step and checkpoint together."""
+        asked = 0.0
+        if self.rank == 0:
+            flag = _stop_flag(self.output_dir)
+            asked = float(flag is not None and _ray_get(flag.requested.remote()))
+        return zero.all_reduce_sum([asked])[0] > 0
 
     def _steps_before_epoch(self, epoch: int) -> int:
         return sum(len(self.epoch_batches(e)) // self.settings.grad_accum for e in range(epoch))
@@ -254,6 +274,45 @@ def write_json_atomically(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
+class StopFlag:
+    """A named actor the driver sets when SIGTERM arrives (ray job stop, an eviction); training ranks poll it
+    after every step. Ray Train workers are not the driver's children, so the signal cannot reach them."""
+
+    def __init__(self):
+        self.stop = False
+
+    def request(self) -> None:
+        self.stop = True
+
+    def requested(self) -> bool:
+        return self.stop
+
+
+def stop_flag_name(output_dir) -> str:
+    return f"rayalign-stop:{Path(output_dir).resolve()}"
+
+
+_FLAGS: dict = {}
+
+
+def _stop_flag(output_dir):
+    import ray
+
+    name = stop_flag_name(output_dir)
+    if name not in _FLAGS:
+        try:
+            _FLAGS[name] = ray.get_actor(name)
+        except ValueError:  # launched without a flag (a test calling the trainer directly): never stopped
+            _FLAGS[name] = None
+    return _FLAGS[name]
+
+
+def _ray_get(ref):
+    import ray
+
+    return ray.get(ref)
+
+
 def run_rank(trainer: ZeroTrainer, export: bool) -> None:
     """The body of every Ray Train worker: train (resuming if Ray Train has a checkpoint), export, and leave
     final_metrics.json for the driver."""
@@ -261,11 +320,12 @@ def run_rank(trainer: ZeroTrainer, export: bool) -> None:
 
     trainer.setup()
     final = trainer.run(ray.train.get_checkpoint())
-    exported = trainer.export() if export else None
+    exported = trainer.export() if export and not trainer.preempted else None
     trainer.finish()
     if trainer.rank == 0:
         write_json_atomically(trainer.output_dir / "final_metrics.json",
-                              {"step": trainer.progress.step, "exported": exported, **final})
+                              {"step": trainer.progress.step, "exported": exported, "preempted": trainer.preempted,
+                               **final})
     ray.train.report({"step": trainer.progress.step, "done": 1,
                       **{k: v for k, v in final.items() if isinstance(v, (int, float))}})
 
@@ -287,10 +347,45 @@ def fit(train_loop, payload: dict, settings, output_dir: Path) -> dict:
                              # A dead worker restarts the group from the latest Ray Train checkpoint.
                              failure_config=FailureConfig(max_failures=settings.max_failures)),
     )
-    result = trainer.fit()
+    with stop_on_sigterm(output_dir):
+        result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return json.loads((output_dir / "final_metrics.json").read_text())
+    final = json.loads((output_dir / "final_metrics.json").read_text())
+    if final.get("preempted"):
+        from jobs.cli import Preempted
+
+        raise Preempted(f"stopped by SIGTERM after step {final['step']} with a checkpoint in {output_dir}; "
+                        f"re-run the same command to resume")
+    return final
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(output_dir: Path):
+    """While Ray Train runs: a named StopFlag actor, and a relay that sets it when the driver gets SIGTERM, so
+    the ranks checkpoint after their current step and return (the driver then exits 143, resumable)."""
+    import ray
+
+    from actors.fault import sigterm_event
+
+    flag = ray.remote(num_cpus=0)(StopFlag).options(name=stop_flag_name(output_dir)).remote()
+    done = threading.Event()
+
+    def relay(stop: threading.Event) -> None:
+        while not done.is_set():
+            if stop.wait(0.2):
+                ray.get(flag.request.remote())
+                return
+
+    with sigterm_event() as stop:
+        thread = threading.Thread(target=relay, args=(stop,), daemon=True, name="sigterm-relay")
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join(timeout=5)
+            ray.kill(flag)
 
 
 def balanced_share(items: list, rank: int, world: int) -> tuple[list, int]:

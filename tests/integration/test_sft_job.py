@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import pytest
 
@@ -118,3 +119,34 @@ def test_resume_after_kill_finishes_with_same_steps_and_loss(zero2, tmp_path):
     # Checkpoints hold optimizer, scheduler and data position, so the resumed run ends where an
     # uninterrupted one does.
     assert final["loss"] == pytest.approx(losses(zero2)[20], abs=1e-6)
+
+
+def logged_steps(out) -> list[int]:
+    path = out / "metrics.jsonl"
+    return [r["step"] for r in read_jsonl(path) if "loss" in r] if path.exists() else []
+
+
+def test_sigterm_checkpoints_after_the_current_step_exits_143_and_resumes(ray_session, tmp_path):
+    """SIGTERM (ray job stop, an eviction) reaches the Ray Train ranks through the driver: they checkpoint after
+    their current step and the driver exits 143; the re-run resumes from exactly that step."""
+    long_run = ["sft.max_steps=200", "sft.eval_every=1000", "sft.save_every=1000", "sft.lr=1e-3"]
+    args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}"]
+    out = tmp_path / "tiny-cpu" / "sft"
+    first = start_job("jobs.sft", *args, *long_run, log_path=tmp_path / "first.log")
+    try:
+        wait_for(lambda: len(logged_steps(out)) >= 3 or first.poll() is not None, 300, what="SFT step 3")
+        first.send_signal(signal.SIGTERM)
+        code = first.wait(timeout=180)
+    finally:
+        kill_tree(first)
+    log = (tmp_path / "first.log").read_text()
+    assert code == 143, log[-3000:]
+    stopped_at = max(logged_steps(out))
+    assert f"stopped by SIGTERM after step {stopped_at} with a checkpoint" in log
+    # No periodic save happens in this run: the only checkpoint is the one the stop wrote.
+    assert [p.name for p in (out / "ray_train").glob("step_*")] == [f"step_{stopped_at:06d}"]
+    assert not (out / "model").exists()  # a stopped run does not export a half-trained model
+    second = run_job("jobs.sft", *args, *long_run[1:], f"sft.max_steps={stopped_at + 2}")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert f"resumed SFT from step {stopped_at}" in second.stdout + second.stderr
+    assert logged_steps(out) == list(range(1, stopped_at + 3))
