@@ -123,8 +123,9 @@ def run_stage(cfg: Config, run_dir: Path, stage: str, outputs: dict) -> dict:
     produced = STAGES[stage](stage_cfg)
     record.parent.mkdir(parents=True, exist_ok=True)
     tmp = record.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"fingerprint": key, "seconds": time.monotonic() - started, "outputs": produced},
-                              indent=2, default=str))
+    # The config the stage ran with, wired inputs included: what a person checks when a result surprises.
+    tmp.write_text(json.dumps({"fingerprint": key, "seconds": time.monotonic() - started, "outputs": produced,
+                               "config": to_dict(stage_cfg)}, indent=2, default=str))
     tmp.replace(record)
     return produced
 
