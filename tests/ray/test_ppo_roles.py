@@ -106,10 +106,27 @@ def test_two_ranks_give_the_same_update_as_one(one_rank_update, batch):
     assert torch.allclose(after1[mask], after2[mask], atol=1e-5)
 
 
-def test_zero3_gives_the_same_update_as_zero2(one_rank_update, batch):
-    group = policy_group(ppo_config("deepspeed.stage=3", EQUIVALENCE_LR), 2)
+def test_zero3_gives_the_same_update_as_zero2_and_its_gathered_weights_are_that_policy(one_rank_update, batch):
+    import ray
+
+    from actors.modeling import load_causal_lm
+    from actors.policy import sequence_logprobs
+
+    cfg = ppo_config("deepspeed.stage=3", EQUIVALENCE_LR)
+    group = policy_group(cfg, 2)
     stats3, _, after3 = update(group, batch)
+    # The weight sync's ZeRO-3 path: both ranks gather each parameter collectively, rank 0 ships the buckets.
+    buckets = ray.get(group.call("weight_buckets", 1)[0])  # before dispose: the rank owns these objects
     dispose(group)
+    gathered = load_causal_lm(cfg.model)
+    named = gathered.state_dict(keep_vars=True)  # both names of a tied embedding
+    for bucket in buckets:
+        for name, tensor in bucket:
+            named[name].data.copy_(tensor)
+    tokens = TokenBatch(batch.input_ids, batch.attention_mask, batch.action_mask)
+    mask = batch.action_mask.bool()
+    synced = sequence_logprobs(gathered.eval(), tokens, cfg.ppo.rollout.temperature)
+    assert torch.allclose(synced[mask], after3[mask], atol=1e-5)
     stats1, before, after1 = one_rank_update
     assert stats3["policy/loss"] == pytest.approx(stats1["policy/loss"], abs=1e-6)
     mask = batch.action_mask.bool()
