@@ -177,3 +177,16 @@ def test_a_curate_output_folder_reads_its_curated_records_once(tmp_path, curated
     read = read_many([tmp_path])
     assert [last_response(r) for r in read] == ["a0", "a1", "a2"]
     assert {r["source"].rsplit(":", 1)[0] for r in read} == {str(tmp_path / curated_files[0])}
+
+
+def test_a_saved_datasets_folder_reads_like_its_rows(tmp_path):
+    import datasets
+
+    rows = [{"messages": [{"role": "user", "content": f"q{i}"}, {"role": "assistant", "content": f"a{i}"}]}
+            for i in range(3)]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "plain"))
+    datasets.DatasetDict({"test": datasets.Dataset.from_list(rows[:1]),
+                          "train": datasets.Dataset.from_list(rows)}).save_to_disk(str(tmp_path / "splits"))
+    plain = read_records(tmp_path / "plain")
+    assert [r["messages"][-1]["content"] for r in plain] == ["a0", "a1", "a2"]
+    assert [r["messages"][0]["content"] for r in read_records(tmp_path / "splits")] == ["q0", "q1", "q2"]  # train
