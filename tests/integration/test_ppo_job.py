@@ -60,6 +60,13 @@ def test_reward_goes_up_while_kl_stays_bounded(kl_005):
     for phase in ("rollout", "score", "reference", "values", "advantages", "train", "sync", "monitor"):
         assert rows[-1][f"time/{phase}"] >= 0.0
     assert rows[-1]["rollout_tokens_per_s"] > 0 and (result.output_dir / "ppo.png").is_file()
+    # The same scalars for TensorBoard and a spreadsheet.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(result.output_dir / "tensorboard")).Reload()
+    assert len(events.Scalars("reward/rm_mean")) == 20
+    header = (result.output_dir / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"step", "reward/rm_mean", "kl_k3", "time/train"} <= set(header)
 
 
 def test_stronger_kl_coefficient_moves_the_policy_less(kl_005, kl_02):
