@@ -35,12 +35,22 @@ class PPOResult:
     final_metrics: dict
 
 
+def check_reference(cfg: Config) -> None:
+    """adapter_disabled without LoRA would quietly become a copy; say so before any actor starts (as DPO does)."""
+    from jobs.configlib import ConfigError
+
+    if cfg.ppo.reference == "adapter_disabled" and not cfg.lora.enabled:
+        raise ConfigError("ppo.reference=adapter_disabled needs lora.enabled=true (without adapters there is "
+                          "nothing to disable); use ppo.reference=copy for full fine-tuning")
+
+
 def run(cfg: Config) -> PPOResult:
     from actors.fault import run_supervised
     from cluster import runtime
     from jobs.metrics import plot_curves, read_jsonl
     from jobs.ppo_report import write_report
 
+    check_reference(cfg)
     output_dir = cfg.run.output_dir("ppo")
     output_dir.mkdir(parents=True, exist_ok=True)
     runtime.start(cfg.ray)

@@ -181,3 +181,21 @@ def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora)
         engine_logprobs()
     release(engine.placement)
     dispose(policy)
+
+
+def test_a_lora_policy_with_adapters_off_is_the_starting_model(ray_session, batch):
+    """ppo.reference=adapter_disabled: after an update the adapters move the policy, and switching them off
+    gives back exactly the base model's log-probs (so no reference copy is needed)."""
+    from actors.modeling import load_causal_lm
+    from actors.policy import sequence_logprobs
+
+    cfg = ppo_config("lora.enabled=true", "lora.rank=8", "lora.dropout=0.0", "ppo.reference=adapter_disabled")
+    group = policy_group(cfg, 1)
+    update(group, batch)
+    tokens = TokenBatch(batch.input_ids, batch.attention_mask, batch.action_mask)
+    adapters_on, adapters_off = group.call_rank0("logprobs", tokens), group.call_rank0("logprobs", tokens, True)
+    dispose(group)
+    base = sequence_logprobs(load_causal_lm(cfg.model).eval(), tokens, cfg.ppo.rollout.temperature)
+    mask = batch.action_mask.bool()
+    assert torch.allclose(adapters_off[mask], base[mask], atol=1e-5)
+    assert (adapters_on[mask] - adapters_off[mask]).abs().max() > 1e-3

@@ -32,3 +32,14 @@ def test_fingerprints_change_with_the_stage_inputs_and_its_own_sections_only():
     assert fingerprint(load_config(TINY_CPU, ["ppo.steps=3"]), "sft", OUTPUTS) == base  # another stage's key
     assert fingerprint(load_config(TINY_CPU, ["sft.max_steps=7"]), "sft", OUTPUTS) != base
     assert fingerprint(cfg, "sft", {**OUTPUTS, "curated": "/elsewhere.jsonl"}) != base
+
+
+def test_ppo_adapter_disabled_reference_needs_lora():
+    import pytest
+
+    from jobs.configlib import ConfigError
+    from jobs.ppo import check_reference
+
+    with pytest.raises(ConfigError, match="ppo.reference=adapter_disabled needs lora.enabled=true"):
+        check_reference(load_config(TINY_CPU, ["ppo.reference=adapter_disabled"]))
+    check_reference(load_config(TINY_CPU, ["ppo.reference=adapter_disabled", "lora.enabled=true"]))
