@@ -1,6 +1,6 @@
 """The reward-model job end to end with real Ray Train + DeepSpeed over gloo (2 ranks): Bradley–Terry on
-the tiny policy backbone (default tier), resume, export; MiniLM on HH-RLHF harmless and LoRA + ZeRO-3
-(slow tier)."""
+the tiny policy backbone (default tier), resume, export; resume after a kill, MiniLM on HH-RLHF harmless and
+LoRA + ZeRO-3 (slow tier)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from jobs.config import load_config
 from jobs.metrics import read_jsonl
 from jobs.train_rm import prepare, run
 from tests.conftest import TINY_CPU
-from tests.helpers import run_job
+from tests.helpers import kill_tree, run_job, start_job, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 REPO_CONFIGS = TINY_CPU.parent
@@ -86,6 +86,35 @@ def test_rerun_resumes_from_the_latest_checkpoint(tiny, tiny_root):
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 37))  # steps 21-30 logged once, not twice
     assert rows[-1]["pairs_seen"] == 36 * 16  # 8 pairs x 2 ranks per step, counted across the resume
     assert resumed.report["steps"] == 36 and resumed.report["heldout"]["accuracy"] >= 0.70
+
+
+@pytest.mark.slow
+def test_resume_after_kill_finishes_with_the_uninterrupted_runs_accuracy(tiny, tmp_path):
+    """SIGKILL of the whole job tree (driver, embedded Ray, both ranks) after the step-10 checkpoint; the same
+    command again resumes and ends where the uninterrupted `tiny` run (same config) ended."""
+    args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", *TINY_STEPS]
+    out = tmp_path / "tiny-cpu" / "reward_model"
+    proc = start_job("jobs.train_rm", *args, log_path=tmp_path / "first.log")
+    try:
+        wait_for(lambda: (out / "ray_train" / "step_000010").is_dir() or proc.poll() is not None, 300,
+                 what="checkpoint step 10")
+        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+    steps_before = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
+    assert 10 <= max(steps_before) < 30 and not (out / "report.json").exists()
+    second = run_job("jobs.train_rm", *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed reward model from step" in second.stdout + second.stderr
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 31))  # no step lost, none twice
+    assert rows[-1]["pairs_seen"] == 30 * 16
+    resumed, uninterrupted = json.loads((out / "report.json").read_text())["heldout"], tiny.report["heldout"]
+    # Checkpoints hold optimizer, scheduler and data position: the same held-out verdicts on every pair, and
+    # the held-out loss (finer than accuracy's 1/108 steps) to float noise.
+    assert resumed["accuracy"] == uninterrupted["accuracy"]
+    assert resumed["loss"] == pytest.approx(uninterrupted["loss"], abs=1e-6)
+    assert resumed["mean_margin"] == pytest.approx(uninterrupted["mean_margin"], abs=1e-5)
 
 
 @pytest.mark.parametrize("overrides, message", [
