@@ -134,7 +134,7 @@ def rayalign_step(args, compile_layers: bool, chunk: int = 4096):
     return model, step
 
 
-def deepspeed_step(args, compile_layers: bool, stage: int = 2, clip: float = 1.0):
+def deepspeed_step(args, compile_layers: bool, stage: int = 2, clip: float = 1.0, zero_extra: dict | None = None):
     """The SFT job's engine: DeepSpeed ZeRO bf16 (fp32 master weights in the optimizer), single rank."""
     from actors import modeling, zero
     from actors.sft_worker import causal_lm_loss_sums
@@ -146,7 +146,9 @@ def deepspeed_step(args, compile_layers: bool, stage: int = 2, clip: float = 1.0
         modeling.compile_decoder_layers(model)
     cfg = DeepSpeedConfig(stage=stage, precision="bf16")
     optimizer = zero.adamw([p for p in model.parameters()], 1e-5, 0.0, cfg)
-    engine = zero.initialize(model, optimizer, None, zero.ds_config(cfg, args.batch, 1, clip, 1))
+    config = zero.ds_config(cfg, args.batch, 1, clip, 1)
+    config["zero_optimization"].update(zero_extra or {})
+    engine = zero.initialize(model, optimizer, None, config)
     batch = random_batch(args, model.config.vocab_size)
 
     def step():
@@ -192,6 +194,12 @@ def bench_train(args) -> list[dict]:
         "ds1": ("SFT engine: DeepSpeed ZeRO-1 bf16 + compile", lambda: deepspeed_step(args, True, stage=1)),
         "ds0": ("SFT engine: DeepSpeed ZeRO-0 bf16 + compile", lambda: deepspeed_step(args, True, stage=0)),
         "ds2-noclip": ("DeepSpeed ZeRO-2 bf16 + compile, no clipping", lambda: deepspeed_step(args, True, clip=0.0)),
+        "ds2-overlap": ("DeepSpeed ZeRO-2 bf16 + compile, overlap_comm", lambda: deepspeed_step(
+            args, True, zero_extra={"overlap_comm": True})),
+        "ds2-bigbucket": ("DeepSpeed ZeRO-2 bf16 + compile, 2e9 buckets, no contiguous grads", lambda: deepspeed_step(
+            args, True, zero_extra={"reduce_bucket_size": int(2e9), "allgather_bucket_size": int(2e9),
+                                    "contiguous_gradients": False})),
+        "ds2-nocompile": ("DeepSpeed ZeRO-2 bf16, no compile", lambda: deepspeed_step(args, False)),
     }
     variants = dict(variants[key] for key in args.variants.split(","))
     if args.no_compile:
