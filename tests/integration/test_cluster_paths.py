@@ -102,6 +102,7 @@ def test_unreachable_address_fails_fast_and_names_it(tmp_path):
     assert f"Ray cluster at '127.0.0.1:{port}' is unreachable" in result.stderr
 
 
+@pytest.mark.slow  # ~2 min; test_sft_under_ray_job_submit covers the ray job submit path by default
 def test_ppo_under_ray_job_submit(head, tmp_path):
     env = job_env()
     env.pop("RAY_AUTH_MODE", None)

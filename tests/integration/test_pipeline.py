@@ -73,6 +73,7 @@ def test_rerun_skips_every_finished_stage(first_run):
     assert stage_records(run_dir) == records  # nothing re-ran: every stage.json is as the first run left it
 
 
+@pytest.mark.slow  # ~1 min; the default run checks that a re-run skips finished stages
 def test_a_changed_ppo_setting_reruns_ppo_alone_from_its_checkpoint(first_run):
     root, run_dir, outputs, records = first_run
     _, again = pipeline(root, "ppo.steps=3")

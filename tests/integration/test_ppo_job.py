@@ -86,6 +86,7 @@ def test_repeated_nan_steps_stop_the_run(tmp_path):
         loop._nan_guard({"policy/nan_skipped": 1})
 
 
+@pytest.mark.slow  # ~3 min; tests/integration/test_fault_tolerance.py resumes PPO after faults and SIGTERM by default
 def test_resume_after_kill_loses_no_step(tmp_path):
     args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", "ppo.steps=6", "ppo.save_every=2",
             "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8", "ppo.ppo_epochs=1", "ppo.max_prompts=64",

@@ -97,6 +97,7 @@ def test_lora_trains_the_expected_share_and_exports_merged(ray_session, tmp_path
     assert not any("lora" in key for key in keys)
 
 
+@pytest.mark.slow  # ~3 min; the default run's SIGTERM test covers checkpoint-and-resume
 def test_resume_after_kill_finishes_with_same_steps_and_loss(zero2, tmp_path):
     args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", *STEPS, "sft.save_every=5"]
     out = tmp_path / "tiny-cpu" / "sft"
