@@ -83,8 +83,9 @@ def timed(fn, args) -> list[float]:
     return times
 
 
-def free(*objs) -> None:
-    del objs
+def release_memory() -> None:
+    """Return freed CUDA memory to the card. Callers `del` their own references first: a model a caller still
+    names stays allocated and would count in the next variant's peak memory."""
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -215,7 +216,8 @@ def bench_train(args) -> list[dict]:
         except Exception as exc:  # one variant failing (e.g. compile) must not hide the others' figures
             print(f"  {name}: failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
             rows.append({"variant": name, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
-            free()
+            model = step = None
+            release_memory()
             continue
         tokens = args.batch * args.seq
         tps = tokens / statistics.median(times)
@@ -224,7 +226,8 @@ def bench_train(args) -> list[dict]:
                "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None}
         rows.append(row)
         print(f"  {name:45s} {tps:>10,.0f} tok/s  MFU {100 * row['mfu']:5.1f}%", flush=True)
-        free(model, step)
+        model = step = None
+        release_memory()
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
     base = next((r for r in rows if r["variant"] == "eager baseline" and "error" not in r), None)
@@ -254,7 +257,8 @@ def bench_forward(args) -> list[dict]:
         return logits.log_softmax(-1).gather(-1, batch["input_ids"][:, 1:, None])
 
     rows.append(("eager forward + log_softmax (baseline)", timed(baseline, args)))
-    free(eager)
+    del eager, baseline
+    release_memory()
     policy = qwen_model(args, "sdpa").eval()
     rows.append(("policy/reference log-probs (sequence_logprobs)",
                  timed(lambda: sequence_logprobs(policy, token_batch, 1.0), args)))
@@ -262,7 +266,8 @@ def bench_forward(args) -> list[dict]:
     with torch.no_grad():
         rows.append(("value estimates (action_values)",
                      timed(lambda: action_values(value, batch["input_ids"], batch["attention_mask"]), args)))
-    free(policy, value)
+    del policy, value
+    release_memory()
     out = []
     for name, times in rows:
         tps = tokens / statistics.median(times)
@@ -324,7 +329,8 @@ def bench_sync(args, bandwidth_gbs: float) -> list[dict]:
               f"{row['effective_gb_per_s']:6.2f} GB/s  = {100 * row['fraction_of_bandwidth_limit']:.2f}% of the "
               f"{bandwidth_gbs:.0f} GB/s limit; pageable gather {pageable:.3f} s (×{pageable / gathered:.1f}); "
               f"on-device copy {on_device:.4f} s = {100 * limit_s / on_device:.0f}% of the limit", flush=True)
-        free(source, target)
+        del source, target, target_params, gather_and_load, gather_only, gather_pageable, device_copy
+        release_memory()
     return rows
 
 
