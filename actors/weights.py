@@ -24,12 +24,12 @@ def _gathered(params: list[torch.nn.Parameter], stage: int):
         yield
 
 
-def _to_host(tensor: torch.Tensor) -> torch.Tensor:
-    """A CPU copy. From a GPU the copy lands in pinned memory, which torch's caching host allocator hands
+def _to_host(tensor: torch.Tensor, owned: bool = False) -> torch.Tensor:
+    """A CPU copy (`owned`: the tensor is already a private copy, so a CPU one is returned as it is). From a GPU the copy lands in pinned memory, which torch's caching host allocator hands
     back on the next sync: a pageable copy pays page faults and a staging copy on every tensor of every
     sync (measured at the Qwen2-0.5B shape on an H100: bench/gpu_qwen_shape.py, sync section)."""
     if not tensor.is_cuda:
-        return tensor.to("cpu", copy=True)
+        return tensor if owned else tensor.to("cpu", copy=True)
     host = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
     return host.copy_(tensor)
 
@@ -90,7 +90,7 @@ def _merged_lora_layer(name: str, layer, stage: int) -> Iterator[tuple[str, torc
         for adapter in layer.active_adapters:
             if adapter in layer.lora_A:
                 weight += layer.get_delta_weight(adapter).to(weight.dtype)
-        yield f"{name}.weight", _to_host(weight)
+        yield f"{name}.weight", _to_host(weight, owned=True)  # a clone with the deltas added
         if getattr(layer.base_layer, "bias", None) is not None:
             yield f"{name}.bias", _to_host(layer.base_layer.bias.detach())
 

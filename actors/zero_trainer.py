@@ -207,10 +207,12 @@ class ZeroTrainer:
     def _stop_requested(self) -> bool:
         """Whether the driver asked to stop (SIGTERM); rank 0 asks the flag actor and every rank gets its answer
         through one all-reduce, so all ranks stop after the same step and checkpoint together."""
+        import ray
+
         asked = 0.0
         if self.rank == 0:
             flag = _stop_flag(self.output_dir)
-            asked = float(flag is not None and _ray_get(flag.requested.remote()))
+            asked = float(flag is not None and ray.get(flag.requested.remote()))
         return zero.all_reduce_sum([asked])[0] > 0
 
     def _steps_before_epoch(self, epoch: int) -> int:
@@ -305,12 +307,6 @@ def _stop_flag(output_dir):
         except ValueError:  # launched without a flag (a test calling the trainer directly): never stopped
             _FLAGS[name] = None
     return _FLAGS[name]
-
-
-def _ray_get(ref):
-    import ray
-
-    return ray.get(ref)
 
 
 def run_rank(trainer: ZeroTrainer, export: bool) -> None:
