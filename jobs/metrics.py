@@ -92,9 +92,16 @@ def plot_curves(rows: list[dict], keys: Iterable[str], path: str | Path, title: 
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(title)
+    return save_figure(fig, path, dpi=110)
+
+
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Lay out, write to a temp file, rename (a reader never sees half a PNG), and free the figure."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     tmp = Path(f"{path}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
     tmp.replace(path)
     return Path(path)

@@ -24,8 +24,9 @@ from typing import Sequence
 from jobs import cli
 from jobs.config import Config, with_overrides
 from jobs.configlib import ConfigError
+from jobs.metrics import save_figure
 from jobs.ppo import SECTIONS, run
-from jobs.ppo_report import latest_alarms, markdown_table, save_figure, summary_window, window_mean, write_atomic
+from jobs.ppo_report import latest_alarms, markdown_table, summary_window, window_mean, write_atomic
 
 log = logging.getLogger("rayalign.ablation")
 DEFAULT_ORDER = ("rm", "kl", "length", "repetition", "safety")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jobs.config import Config
+from jobs.metrics import save_figure
 
 # Metrics summarised as first-window vs last-window means (absent ones are skipped).
 HEADLINE = ("reward/rm_mean", "reward/total", "kl", "kl_k3", "kl_coef", "policy/entropy", "response_chars_mean",
@@ -175,18 +176,6 @@ def plot_panels(rows: Sequence[dict], panels: Sequence[Panel], path: Path, title
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(title)
     return save_figure(fig, path)
-
-
-def save_figure(fig, path: Path) -> Path:
-    """Lay out, write to a temp file, rename, and free the figure."""
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    tmp = Path(f"{path}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return Path(path)
 
 
 def _draw(ax, rows: Sequence[dict], keys: Sequence[str], style: str, first_color: int) -> list:
