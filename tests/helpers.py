@@ -43,6 +43,18 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
+def kill_once_checkpointed(module: str, args: list[str], checkpoint: Path, log_path: Path,
+                           timeout: float = 300) -> None:
+    """Start a job, SIGKILL its whole tree (driver, embedded Ray, workers) as soon as `checkpoint` (the folder or
+    file a complete checkpoint leaves) exists; fails with the job's log if the job ended before that."""
+    proc = start_job(module, *args, log_path=log_path)
+    try:
+        wait_for(lambda: checkpoint.exists() or proc.poll() is not None, timeout, what=f"checkpoint {checkpoint}")
+        assert proc.poll() is None, log_path.read_text()[-3000:]
+    finally:
+        kill_tree(proc)
+
+
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

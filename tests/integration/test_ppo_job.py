@@ -14,7 +14,7 @@ from jobs.config import load_config
 from jobs.metrics import read_jsonl
 from jobs.ppo import run
 from tests.conftest import TINY_CPU
-from tests.helpers import kill_tree, run_job, start_job, wait_for
+from tests.helpers import kill_once_checkpointed, run_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
@@ -92,13 +92,8 @@ def test_resume_after_kill_loses_no_step(tmp_path):
             "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8", "ppo.ppo_epochs=1", "ppo.max_prompts=64",
             "ppo.rollout.max_new_tokens=16", "ppo.reward.rm_source=keyword", "ppo.export=false"]
     out = tmp_path / "tiny-cpu" / "ppo"
-    proc = start_job("jobs.ppo", *args, log_path=tmp_path / "first.log")
-    try:
-        wait_for(lambda: (out / "checkpoints" / "step_000004" / "state.json").exists() or proc.poll() is not None,
-                 420, what="PPO checkpoint at step 4")
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-    finally:
-        kill_tree(proc)
+    kill_once_checkpointed("jobs.ppo", args, out / "checkpoints" / "step_000004" / "state.json",
+                           tmp_path / "first.log", timeout=420)
     second = run_job("jobs.ppo", *args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed PPO from step 4" in second.stdout + second.stderr

@@ -12,7 +12,7 @@ from jobs.config import load_config
 from jobs.metrics import read_jsonl
 from jobs.sft import run
 from tests.conftest import POLICY_PATH, TINY_CPU
-from tests.helpers import kill_tree, run_job, start_job, wait_for
+from tests.helpers import kill_once_checkpointed, kill_tree, run_job, start_job, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 # lr 1e-3 moves the held-out loss far within 20 steps (the recipe's gentler 3e-4 is for the demo's fluency).
@@ -101,13 +101,7 @@ def test_lora_trains_the_expected_share_and_exports_merged(ray_session, tmp_path
 def test_resume_after_kill_finishes_with_same_steps_and_loss(zero2, tmp_path):
     args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", *STEPS, "sft.save_every=5"]
     out = tmp_path / "tiny-cpu" / "sft"
-    proc = start_job("jobs.sft", *args, log_path=tmp_path / "first.log")
-    try:
-        wait_for(lambda: (out / "ray_train" / "step_000010").is_dir() or proc.poll() is not None, 300,
-                 what="checkpoint step 10")
-        assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-    finally:
-        kill_tree(proc)
+    kill_once_checkpointed("jobs.sft", args, out / "ray_train" / "step_000010", tmp_path / "first.log")
     steps_before = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert 10 <= max(steps_before) < 20
     second = run_job("jobs.sft", *args)
