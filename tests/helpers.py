@@ -75,10 +75,19 @@ NODE_PORTS = ("node-manager-port", "object-manager-port", "metrics-export-port",
 HEAD_PORTS = ("port", "dashboard-port", "ray-client-server-port", *NODE_PORTS)
 
 
+def ensure_auth_token() -> None:
+    """A node started with RAY_AUTH_MODE=token refuses to start without a token, and only a plain `ray.init` or
+    `ray start` writes ~/.ray/auth_token by itself: on a fresh machine (CI) nothing may have yet. Ray's own
+    command makes one when none exists and leaves an existing one alone."""
+    subprocess.run([str(VENV_BIN / "ray"), "get-auth-token", "--generate"], env=job_env(), check=True,
+                   capture_output=True, timeout=120)
+
+
 def start_ray_node(temp_dir: str, flags: list[str], ports: dict[str, int], log_path: Path) -> subprocess.Popen:
     """`ray start --block` as its own process tree on loopback with token authentication on; every port given
     explicitly so it coexists with any other Ray on this machine. Stop it with stop_ray_node(proc, temp_dir)."""
     ray_cli = str(VENV_BIN / "ray")
+    ensure_auth_token()
     return subprocess.Popen([ray_cli, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats",
                              f"--temp-dir={temp_dir}", *flags, *(f"--{name}={port}" for name, port in ports.items())],
                             env=job_env(RAY_AUTH_MODE="token"), stdout=log_path.open("w"), stderr=subprocess.STDOUT,

@@ -8,11 +8,11 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from tests.conftest import POLICY_PATH, SHARED
-from tests.helpers import REPO, free_port, job_env, run_job, wait_for
+from tests.helpers import (HEAD_PORTS, REPO, VENV_BIN, free_port, job_env, run_job, start_ray_node, stop_ray_node,
+                           wait_for)
 
 pytestmark = [pytest.mark.integration]
 SFT_DATA = SHARED / "data" / "sft" / "llms-from-scratch" / "instruction-data.json"
@@ -30,42 +30,30 @@ def head(tmp_path_factory):
     """A real head node (separate processes, loopback) with Ray's token authentication explicitly on.
 
     Every port is chosen free, so it coexists with the session's embedded cluster and any other Ray."""
-    ports = {name: free_port() for name in ("port", "dashboard-port", "dashboard-agent-listen-port",
-                                            "dashboard-agent-grpc-port", "metrics-export-port",
-                                            "runtime-env-agent-port", "ray-client-server-port",
-                                            "node-manager-port", "object-manager-port")}
+    ports = {name: free_port() for name in HEAD_PORTS}
     temp_dir = f"/tmp/rh{ports['port']}"
-    env = job_env(RAY_AUTH_MODE="token")
-    ray_cli = str(Path(sys.executable).parent / "ray")
-    log = (tmp_path_factory.mktemp("head") / "head.log").open("w")
-    proc = subprocess.Popen(
-        [ray_cli, "start", "--head", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=4",
-         "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--disable-usage-stats",
-         f"--temp-dir={temp_dir}", *(f"--{name}={port}" for name, port in ports.items())],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    proc = start_ray_node(temp_dir, ["--head", "--num-cpus=4", "--dashboard-host=127.0.0.1",
+                                     "--include-dashboard=true"], ports,
+                          tmp_path_factory.mktemp("head") / "head.log")
     api = f"http://127.0.0.1:{ports['dashboard-port']}"
 
     def job_agent_up() -> bool:  # the dashboard answers before the node's job agent accepts jobs
-        probe = subprocess.run([ray_cli, "job", "submit", "--address", api, "--", "python", "-c", "pass"],
-                               env=env, capture_output=True, text=True, timeout=120)
+        probe = subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--address", api, "--", "python", "-c",
+                                "pass"], env=job_env(RAY_AUTH_MODE="token"), capture_output=True, text=True,
+                               timeout=120)
         return probe.returncode == 0
 
     try:
         wait_for(job_agent_up, 180, interval=2, what="the Ray head's job agent")
         yield {"gcs": f"127.0.0.1:{ports['port']}", "api": api}
     finally:
-        proc.terminate()
-        time.sleep(2)
-        for p in psutil.process_iter(["cmdline"]):  # the head's daemons outlive `ray start --block`
-            if any(temp_dir in part for part in (p.info["cmdline"] or [])):
-                p.kill()
-        proc.kill()
+        stop_ray_node(proc, temp_dir)
 
 
 def test_plain_ray_job_submit_is_refused_without_the_token_mode(head, tmp_path):
     env = job_env()
     env.pop("RAY_AUTH_MODE", None)
-    result = subprocess.run([str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", head["api"],
+    result = subprocess.run([str(VENV_BIN / "ray"), "job", "submit", "--address", head["api"],
                              "--", "python", "-c", "print(1)"], env=env, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode != 0
