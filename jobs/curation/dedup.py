@@ -3,7 +3,9 @@
 A candidate is kept only if its cosine similarity to every record kept before it is below the threshold
 (SPEC: 0.85), in the pipeline's `seq` order (config source order, then file order). The selection runs in
 blocks: one matrix product compares a block of candidates with every kept record, and one more resolves
-the block's survivors among themselves, so the work is BLAS products rather than a Python loop over pairs.
+the block's survivors among themselves. Only candidates with a too-similar survivor earlier in their own
+block are decided one at a time (near-duplicates, few in practice), so the work is BLAS products and array
+operations rather than a Python loop over candidates or pairs.
 """
 
 from __future__ import annotations
@@ -77,21 +79,41 @@ def greedy_dedup(embeddings: np.ndarray, threshold: float, block_size: int = 102
         block = np.ascontiguousarray(embeddings[start:start + block_size], dtype=np.float32)
         prior_best, prior_sim = _best_matches(block, kept_vectors[:len(kept)], block_size)
         within = block @ block.T
-        block_kept: list[int] = []
-        for i in range(len(block)):
-            partner, sim = (kept[prior_best[i]], float(prior_sim[i])) if kept else (-1, -np.inf)
-            if block_kept:
-                sims = within[i, block_kept]
-                j = int(sims.argmax())
-                if sims[j] > sim:
-                    partner, sim = start + block_kept[j], float(sims[j])
-            if sim >= threshold:
-                dropped.append(DroppedPair(start + i, partner, sim))
-            else:
-                block_kept.append(i)
+        keep = _select_within_block(within, prior_sim < threshold, threshold)
+        partner, sim = _closest_kept(within, keep, prior_best, prior_sim, kept, start)
+        dropped.extend(DroppedPair(start + i, int(partner[i]), float(sim[i])) for i in np.flatnonzero(~keep))
+        block_kept = np.flatnonzero(keep)
         kept_vectors[len(kept):len(kept) + len(block_kept)] = block[block_kept]
-        kept.extend(start + i for i in block_kept)
+        kept.extend(int(start + i) for i in block_kept)
     return DedupResult(kept, dropped)
+
+
+def _select_within_block(within: np.ndarray, alive: np.ndarray, threshold: float) -> np.ndarray:
+    """Which block rows the greedy pass keeps, given `alive` (not too close to any earlier block's kept row).
+
+    An alive row with no alive, earlier, too-similar row in the block is kept whatever else happens, so only
+    rows with such a conflict are decided one by one, and each of those looks only at its conflicts."""
+    b = len(within)
+    earlier = np.tri(b, k=-1, dtype=bool)
+    conflict = (within >= threshold) & earlier & alive[None, :] & alive[:, None]
+    keep = alive & ~conflict.any(axis=1)
+    for i in np.flatnonzero(alive & ~keep):
+        keep[i] = not keep[np.flatnonzero(conflict[i])].any()
+    return keep
+
+
+def _closest_kept(within: np.ndarray, keep: np.ndarray, prior_best: np.ndarray, prior_sim: np.ndarray,
+                  kept: list[int], start: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per block row: the global index of and similarity to its most similar kept row before it (earlier
+    blocks first on ties), or -1 and -inf when none exists."""
+    b = len(within)
+    earlier_kept = np.tri(b, k=-1, dtype=bool) & keep[None, :]
+    in_block = np.where(earlier_kept, within, -np.inf)
+    arg = in_block.argmax(axis=1)
+    top = in_block[np.arange(b), arg]
+    partner = np.where(prior_sim > -np.inf, np.asarray(kept, dtype=np.int64)[prior_best] if kept else -1, -1)
+    better = top > prior_sim
+    return np.where(better, arg + start, partner), np.where(better, top, prior_sim)
 
 
 def _best_matches(block: np.ndarray, kept: np.ndarray, chunk: int) -> tuple[np.ndarray, np.ndarray]:

@@ -45,6 +45,32 @@ def test_blocked_selection_equals_the_definition(block_size):
                                                 abs=1e-6)
 
 
+@pytest.mark.parametrize("block_size", [2, 3, 1024])
+def test_a_chain_keeps_both_ends_when_the_middle_is_dropped(block_size):
+    """Rows at 0°, 25° and 50°: 0~1 and 1~2 are near-duplicates (cos 25° = 0.906), 0 and 2 are not
+    (cos 50° = 0.643). Row 2 conflicts only with the dropped row 1, so greedy keeps it."""
+    angles = np.radians([0.0, 25.0, 50.0])
+    vectors = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
+    result = greedy_dedup(vectors, 0.85, block_size)
+    assert result.kept == [0, 2]
+    assert [(p.index, p.kept_index) for p in result.dropped] == [(1, 0)]
+    assert result.dropped[0].similarity == pytest.approx(np.cos(np.radians(25.0)), abs=1e-6)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_dense_near_duplicate_chains_match_the_definition(seed):
+    """Most rows are small steps from the previous one, so conflicts chain within and across blocks."""
+    rng = np.random.default_rng(seed)
+    steps = rng.normal(scale=1.0, size=(300, 8))
+    steps[::17] = rng.normal(scale=3.0, size=(len(steps[::17]), 8))  # an occasional jump to a new region
+    walk = np.cumsum(steps, axis=0) + rng.normal(size=8) * 4
+    vectors = (walk / np.linalg.norm(walk, axis=1, keepdims=True)).astype(np.float32)
+    expected = reference_greedy(vectors, 0.97)
+    assert 20 < len(expected) < 280  # the case is neither trivial nor all-dropped
+    for block_size in (5, 64, 300):
+        assert greedy_dedup(vectors, 0.97, block_size).kept == expected
+
+
 def test_similarity_equal_to_the_threshold_is_dropped():
     vectors = np.array([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], dtype=np.float32)  # cos(0, 1) = 0.6
     assert greedy_dedup(vectors, 0.6).kept == [0, 2]  # kept only if similarity < threshold
