@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from urllib.parse import urlparse
@@ -84,10 +85,24 @@ def enable_client_auth() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+def tools_beside_interpreter_first() -> None:
+    """Put the folder of this Python's own scripts (a virtual environment's bin/) first on PATH, for this
+    driver and the embedded cluster's workers, which inherit it.
+
+    DeepSpeed JIT-compiles its ops with the first `ninja` on PATH. The environment ships ninja 1.13; a system
+    ninja 1.11 hashes build commands differently, so a process that found one rebuilt the op the other had
+    built (~45 s on 2 cores, both ranks waiting) whenever runs started from a shell and from the venv mixed."""
+    scripts = os.path.dirname(sys.executable)
+    path = os.environ.get("PATH", "").split(os.pathsep)
+    if scripts and path[:1] != [scripts]:
+        os.environ["PATH"] = os.pathsep.join([scripts, *(p for p in path if p != scripts)])
+
+
 def prepare_process(cfg: RayConfig) -> None:
-    """Environment for this driver, set before Ray is imported: worker defaults, and client-side token
-    authentication when the job will join an existing cluster."""
+    """Environment for this driver, set before Ray is imported: worker defaults, this environment's tools
+    first on PATH, and client-side token authentication when the job will join an existing cluster."""
     os.environ.update({k: v for k, v in WORKER_ENV.items() if k not in os.environ})
+    tools_beside_interpreter_first()
     if _resolved_address(cfg):
         enable_client_auth()
 
