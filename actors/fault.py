@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from actors.group import RoleFailure, RoleGroup
 from actors.roster import write_roster
-from jobs.cli import Preempted
+from jobs.cli import Preempted, RunFailed
 
 log = logging.getLogger("rayalign.fault")
 FAULTS_FILE = "faults.jsonl"
@@ -113,8 +113,9 @@ def run_supervised(cfg, output_dir: Path):
     """Run PPO to its last step; returns (loop, final metrics, exported model folder or None).
 
     A role failure (a dead policy or value rank, an engine beyond its replacements) tears every role down and
-    resumes from the last complete checkpoint, at most ppo.max_restarts times. SIGTERM ends the run after
-    the current step with a checkpoint and raises Preempted."""
+    resumes from the last complete checkpoint, at most ppo.max_restarts times; one more is recorded as
+    "gave_up" and raised as RunFailed. SIGTERM ends the run after the current step with a checkpoint and
+    raises Preempted."""
     from actors.ppo_loop import PPOLoop
 
     restarts = 0
@@ -132,21 +133,30 @@ def run_supervised(cfg, output_dir: Path):
                                     f"the same command to resume from it")
                 return loop, final, loop.export() if cfg.ppo.export else None
             except RoleFailure as failure:
-                if restarts >= cfg.ppo.max_restarts or preempted.is_set():
-                    raise
-                restarts += 1
+                checkpoint = max(loop.checkpoint_steps(), default=0)
                 _close_metrics(loop)
+                if restarts >= cfg.ppo.max_restarts or preempted.is_set():
+                    record_fault(output_dir, "gave_up", step=loop.step_index + 1, reason=str(failure),
+                                 last_checkpoint=checkpoint, restarts=restarts, max_restarts=cfg.ppo.max_restarts)
+                    raise RunFailed(f"{failure}; gave up after {restarts} restart(s) (ppo.max_restarts="
+                                    f"{cfg.ppo.max_restarts}); {_resume_hint(checkpoint)}") from failure
+                restarts += 1
                 record_fault(output_dir, "restart", step=loop.step_index + 1, reason=str(failure),
-                             from_checkpoint=max(loop.checkpoint_steps(), default=0), restart=restarts,
-                             max_restarts=cfg.ppo.max_restarts)
+                             from_checkpoint=checkpoint, restart=restarts, max_restarts=cfg.ppo.max_restarts)
                 log.warning("%s; restarting every role from the last checkpoint (restart %d of at most %d)",
                             failure, restarts, cfg.ppo.max_restarts)
             finally:
                 loop.shutdown()
 
 
+def _resume_hint(checkpoint: int) -> str:
+    if checkpoint:
+        return f"re-run the same command to resume from the step-{checkpoint} checkpoint"
+    return "no checkpoint was written yet (ppo.save_every): a re-run starts from step 1"
+
+
 def _close_metrics(loop) -> None:
-    """The failed loop's metrics writer; its successor opens the same files again."""
+    """The failed loop's metrics writer, flushed; a successor opens the same files again."""
     metrics = getattr(loop, "metrics", None)
     if metrics is not None:
         metrics.close()

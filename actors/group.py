@@ -123,9 +123,9 @@ class RoleGroup:
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as exc:
-            raise RoleFailure(f"{self.role} rank {rank} died during {method}: {_first_line(exc)}") from exc
+            raise RoleFailure(f"{self.role} rank {rank} died during {method}: {error_line(exc)}") from exc
         except ray.exceptions.RayTaskError as exc:
-            raise RoleFailure(f"{self.role} rank {rank} failed in {method}: {_first_line(exc)}") from exc
+            raise RoleFailure(f"{self.role} rank {rank} failed in {method}: {error_line(exc)}") from exc
 
     def submit(self, method: str, *args: Any, per_rank: list[tuple] | None = None) -> list:
         """Start `method` on every rank (same args, or per_rank[i] for rank i); returns refs."""
@@ -146,6 +146,7 @@ class RoleGroup:
             ray.kill(actor, no_restart=True)
 
 
-def _first_line(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
+    """The line of a (possibly remote, traceback-carrying) error that says what went wrong: its last one."""
     text = str(exc).strip().splitlines()
     return next((line for line in reversed(text) if line.strip()), type(exc).__name__)[:500]

@@ -34,6 +34,8 @@ from pathlib import Path
 import torch
 
 from actors import modeling, zero
+from actors.group import error_line
+from jobs.cli import Preempted, RunFailed
 from jobs.config import Config
 from jobs.metrics import MetricsLogger
 
@@ -326,10 +328,11 @@ def run_rank(trainer: ZeroTrainer, export: bool) -> None:
                       **{k: v for k, v in final.items() if isinstance(v, (int, float))}})
 
 
-def fit(train_loop, payload: dict, settings, output_dir: Path) -> dict:
+def fit(train_loop, payload: dict, settings, output_dir: Path, section: str) -> dict:
     """Driver side: run `train_loop(payload)` on settings.num_workers Ray Train workers with checkpoints under
-    <output_dir>/ray_train (re-running the same output folder resumes); returns rank 0's final metrics."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    <output_dir>/ray_train (re-running the same output folder resumes); returns rank 0's final metrics.
+    `section` is the config section of `settings`, named when the workers fail past settings.max_failures."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
     trainer = TorchTrainer(
@@ -344,16 +347,26 @@ def fit(train_loop, payload: dict, settings, output_dir: Path) -> dict:
                              failure_config=FailureConfig(max_failures=settings.max_failures)),
     )
     with stop_on_sigterm(output_dir):
-        result = trainer.fit()
-    if result.error is not None:
-        raise result.error
+        try:
+            trainer.fit()  # raises on failure
+        except TrainingFailedError as exc:
+            raise RunFailed(f"{section} training failed after {settings.max_failures} restart(s) of its worker "
+                            f"group ({section}.max_failures={settings.max_failures}): {_worker_failures(exc)}; "
+                            f"re-run the same command to resume from the latest checkpoint in "
+                            f"{output_dir / 'ray_train'}") from exc
     final = json.loads((output_dir / "final_metrics.json").read_text())
     if final.get("preempted"):
-        from jobs.cli import Preempted
-
         raise Preempted(f"stopped by SIGTERM after step {final['step']} with a checkpoint in {output_dir}; "
                         f"re-run the same command to resume")
     return final
+
+
+def _worker_failures(exc: Exception) -> str:
+    """Which ranks failed and how, one line: Ray Train's own message is a traceback per worker."""
+    failures = getattr(exc, "worker_failures", None)
+    if not failures:
+        return error_line(exc)
+    return "; ".join(f"rank {rank}: {error_line(error)}" for rank, error in sorted(failures.items()))
 
 
 @contextlib.contextmanager

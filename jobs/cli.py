@@ -25,6 +25,11 @@ class Preempted(Exception):
     """The job stopped early on a signal after saving a checkpoint; re-running the same command resumes."""
 
 
+class RunFailed(Exception):
+    """A worker kept dying past the job's restart budget; the message names the role, what it was doing and
+    the checkpoint a re-run resumes from. The traceback of the worker's death is logged, not printed again."""
+
+
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exception types whose message is the whole story for the user (no traceback)."""
     from actors.modeling import ModelDirError, QuantizationUnavailable
@@ -98,6 +103,9 @@ def run_main(prog: str, main: Callable[[list[str] | None], object], argv: list[s
     except Preempted as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return PREEMPTED_EXIT
+    except RunFailed as exc:
+        print(f"{prog}: failed: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130

@@ -95,7 +95,7 @@ def run(cfg: Config) -> DPOResult:
     runtime.start(cfg.ray)
     payload = {"config": to_dict(cfg), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
                "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
-    final = fit(train_loop, payload, cfg.dpo, output_dir)
+    final = fit(train_loop, payload, cfg.dpo, output_dir, "dpo")
     rows = read_jsonl(output_dir / "metrics.jsonl")
     plot_curves(rows, PLOTTED, output_dir / "dpo.png", f"DPO {cfg.run.name}")
     report = build_report(cfg, split, final, rows)

@@ -62,7 +62,7 @@ def run(cfg: Config) -> SFTResult:
     runtime.start(cfg.ray)
     payload = {"config": to_dict(cfg), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id, "lr": lr,
                "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
-    final = fit(train_loop, payload, cfg.sft, output_dir)
+    final = fit(train_loop, payload, cfg.sft, output_dir, "sft")
     rows = read_jsonl(output_dir / "metrics.jsonl")
     plot_curves(rows, ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"], output_dir / "loss.png",
                 f"SFT {cfg.run.name}")

@@ -114,7 +114,7 @@ def run(cfg: Config) -> RewardModelResult:
     runtime.start(cfg.ray)
     payload = {"config": to_dict(cfg), "split_ref": ray.put(prepared.split), "backbone": str(prepared.backbone),
                "pad_id": prepared.pad_id, "output_dir": str(output_dir)}
-    final = fit(train_loop, payload, cfg.reward_model, output_dir)
+    final = fit(train_loop, payload, cfg.reward_model, output_dir, "reward_model")
     rows = read_jsonl(output_dir / "metrics.jsonl")
     plot_curves(rows, ["loss", "eval_accuracy", "eval_margin", "lr", "grad_norm"], output_dir / "accuracy.png",
                 f"reward model {cfg.run.name}")

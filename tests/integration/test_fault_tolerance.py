@@ -22,7 +22,7 @@ import ray
 
 from actors.fault import read_faults
 from actors.roster import read_roster
-from jobs.cli import Preempted
+from jobs.cli import Preempted, RunFailed
 from jobs.config import load_config
 from jobs.metrics import read_jsonl
 from jobs.ppo import run
@@ -198,3 +198,38 @@ def test_sigterm_to_the_job_process_checkpoints_exits_143_and_a_rerun_resumes(ra
         result = run(load_config(TINY_CPU, args[2:]))
     assert f"resumed PPO from step {stopped}" in rerun_log
     assert result.steps == 6 and steps_logged(out) == list(range(1, 7))
+
+
+def test_a_policy_rank_dying_past_max_restarts_gives_up_with_one_message_and_keeps_its_checkpoints(ray_session,
+                                                                                                    tmp_path):
+    """ppo.max_restarts=1: the first dead policy rank restarts the run from its step-1 checkpoint; the second one
+    (in the restarted run) is one too many, so the job gives up, says which role died and where to resume from,
+    and records it for jobs.status."""
+    cfg = load_config(TINY_CPU, [f"run.output_root={tmp_path}", *TINY, "ppo.steps=6", "ppo.save_every=1",
+                                 "ppo.policy_workers=2", "ppo.max_restarts=1"])
+    out = cfg.run.output_dir("ppo")
+    killed: list[str] = []
+
+    def kill_policy_rank_1_once_checkpointed(step: int) -> None:
+        # A complete checkpoint, not just the logged step: a kill during the save would fail that save instead.
+        state = out / "checkpoints" / f"step_{step:06d}" / "state.json"
+        wait_for(state.is_file, 600, interval=0.2, what=f"the step-{step} checkpoint")
+        killed.append(actor_named(read_roster(out), "policy", 1)["name"])
+        ray.kill(ray.get_actor(killed[-1]))
+
+    killer = threading.Thread(target=lambda: (kill_policy_rank_1_once_checkpointed(1),
+                                              kill_policy_rank_1_once_checkpointed(2)), daemon=True)
+    killer.start()
+    with pytest.raises(RunFailed) as failed:
+        run(cfg)
+    killer.join(timeout=60)
+    assert len(set(killed)) == 2  # the restarted run's rank was a new actor
+    message = str(failed.value)
+    assert "policy rank 1 died" in message
+    assert "gave up after 1 restart(s) (ppo.max_restarts=1)" in message
+    assert "re-run the same command to resume from the step-2 checkpoint" in message
+    faults = read_faults(out)
+    assert [f["event"] for f in faults] == ["restart", "gave_up"]
+    assert (faults[0]["from_checkpoint"], faults[1]["last_checkpoint"], faults[1]["restarts"]) == (1, 2, 1)
+    assert (out / "checkpoints" / "step_000002" / "state.json").is_file()
+    assert steps_logged(out) == [1, 2]

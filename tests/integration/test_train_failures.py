@@ -1,5 +1,6 @@
 """A Ray Train job (SFT) whose worker process is killed mid-run: with sft.max_failures, Ray Train restarts the
-worker group from the latest checkpoint inside the same job, and the run ends with every step logged once."""
+worker group from the latest checkpoint inside the same job, and the run ends with every step logged once;
+with no restarts left, the job fails with one line naming the rank and the checkpoint to resume from."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import threading
 import psutil
 import pytest
 
+from jobs.cli import RunFailed
 from jobs.config import load_config
 from jobs.metrics import read_jsonl
 from jobs.sft import run
@@ -36,12 +38,7 @@ def latest_registered_checkpoint(out) -> str | None:
     return latest["checkpoint_dir_name"] if latest else None
 
 
-def test_killed_sft_worker_restarts_from_the_latest_checkpoint(ray_session, tmp_path):
-    cfg = load_config(TINY_CPU, [f"run.output_root={tmp_path}", "sft.max_steps=12", "sft.save_every=3",
-                                 "sft.eval_every=6", "sft.max_failures=1"])
-    out = cfg.run.output_dir("sft")
-    killed: list[int] = []
-
+def killer_after_first_checkpoint(out, killed: list[int]) -> threading.Thread:
     def kill_a_worker_after_a_checkpoint() -> None:
         # Ray Train's controller registers a reported checkpoint on its next health check (every 2 s); only a
         # registered one is restored, so wait until its snapshot names step 3.
@@ -53,6 +50,15 @@ def test_killed_sft_worker_restarts_from_the_latest_checkpoint(ray_session, tmp_
 
     killer = threading.Thread(target=kill_a_worker_after_a_checkpoint, daemon=True)
     killer.start()
+    return killer
+
+
+def test_killed_sft_worker_restarts_from_the_latest_checkpoint(ray_session, tmp_path):
+    cfg = load_config(TINY_CPU, [f"run.output_root={tmp_path}", "sft.max_steps=12", "sft.save_every=3",
+                                 "sft.eval_every=6", "sft.max_failures=1"])
+    out = cfg.run.output_dir("sft")
+    killed: list[int] = []
+    killer = killer_after_first_checkpoint(out, killed)
     result = run(cfg)
     killer.join(timeout=60)
     assert killed, "no Ray Train worker was killed"
@@ -61,3 +67,20 @@ def test_killed_sft_worker_restarts_from_the_latest_checkpoint(ray_session, tmp_
     assert [r["step"] for r in rows].count(0) == 1  # the step-0 evaluation too
     assert json.loads((out / "final_metrics.json").read_text())["step"] == 12
     assert result.final_metrics["step"] == 12
+
+
+def test_a_worker_dying_past_max_failures_fails_the_job_with_one_message_naming_the_rank(ray_session, tmp_path):
+    cfg = load_config(TINY_CPU, [f"run.output_root={tmp_path}", "sft.max_steps=12", "sft.save_every=3",
+                                 "sft.eval_every=6", "sft.max_failures=0"])
+    out = cfg.run.output_dir("sft")
+    killed: list[int] = []
+    killer = killer_after_first_checkpoint(out, killed)
+    with pytest.raises(RunFailed) as failed:
+        run(cfg)
+    killer.join(timeout=60)
+    assert killed, "no Ray Train worker was killed"
+    message = str(failed.value)
+    assert message.startswith("sft training failed after 0 restart(s) of its worker group (sft.max_failures=0): rank ")
+    assert "\n" not in message
+    assert f"resume from the latest checkpoint in {out / 'ray_train'}" in message
+    assert latest_registered_checkpoint(out) == "step_000003"

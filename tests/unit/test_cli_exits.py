@@ -1,0 +1,44 @@
+"""What a job's command line does with each way a run ends: exit status and the one line a person reads."""
+
+from __future__ import annotations
+
+import pytest
+from ray.train import WorkerGroupError
+
+from actors.zero_trainer import _worker_failures
+from jobs import cli
+from jobs.configlib import ConfigError
+
+
+def ending_with(exc: BaseException | None):
+    def main(argv):
+        if exc is not None:
+            raise exc
+    return main
+
+
+@pytest.mark.parametrize("exc, status, line", [
+    (None, 0, None),
+    (ConfigError("ppo.clip_range must be > 0"), 2, "jobs.x: error: ppo.clip_range must be > 0"),
+    (cli.Preempted("stopped by SIGTERM after step 3 with a checkpoint"), 143,
+     "jobs.x: stopped by SIGTERM after step 3 with a checkpoint"),
+    (cli.RunFailed("policy rank 1 died during train; gave up after 2 restart(s)"), 1,
+     "jobs.x: failed: policy rank 1 died during train; gave up after 2 restart(s)"),
+])
+def test_each_ending_has_its_status_and_one_line(capsys, exc, status, line):
+    assert cli.run_main("jobs.x", ending_with(exc), []) == status
+    err = capsys.readouterr().err
+    assert err == ("" if line is None else line + "\n")
+
+
+def test_an_unexpected_error_keeps_its_traceback():
+    with pytest.raises(ZeroDivisionError):
+        cli.run_main("jobs.x", ending_with(ZeroDivisionError("a bug")), [])
+
+
+def test_ray_train_worker_failures_become_one_line_per_rank():
+    """Ray Train's own message carries each worker's whole traceback; the summary keeps each rank's last line."""
+    remote = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 3, in step\n"
+                          "RuntimeError: Connection reset by peer\n")
+    error = WorkerGroupError("rank 1 failed", {1: remote, 0: ValueError("loss is NaN at step 7")})
+    assert _worker_failures(error) == "rank 0: loss is NaN at step 7; rank 1: RuntimeError: Connection reset by peer"
