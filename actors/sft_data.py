@@ -1,4 +1,5 @@
-"""SFT examples: records → masked token sequences → deterministic per-rank, length-bucketed batches.
+"""SFT examples: records → masked token sequences → deterministic per-rank, length-bucketed batches, or
+(data.packing) rows of several chats packed up to data.max_length tokens.
 
 Tokenisation happens once on the driver, so a bad row fails there with its file and line instead of deep
 inside a Ray Train worker; workers receive plain id lists and take their own shard by rank.
@@ -6,6 +7,7 @@ inside a Ray Train worker; workers receive plain id lists and take their own sha
 
 from __future__ import annotations
 
+import bisect
 import random
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -86,6 +88,60 @@ def collate(batch: list[EncodedChat], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(ex.labels)
         attention[row, :n] = 1
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+def packed_rows(examples: list[EncodedChat], capacity: int, seed: int, epoch: int) -> list[list[EncodedChat]]:
+    """Chats packed into rows of at most `capacity` tokens, best fit, longest first: each chat goes to the
+    row with the least room that still holds it (a new row when none does). Rows come back in a seeded order
+    that changes every epoch; which chats share a row changes too, since ties are broken by a seeded shuffle."""
+    rng = random.Random(seed * 1_000_003 + epoch)
+    pool = list(examples)
+    rng.shuffle(pool)
+    pool.sort(key=lambda ex: len(ex.input_ids), reverse=True)  # stable: the shuffle orders equal lengths
+    rows: list[list[EncodedChat]] = []
+    room: list[tuple[int, int]] = []  # (free tokens, row index), sorted
+    for ex in pool:
+        n = len(ex.input_ids)
+        if n > capacity:
+            raise ValueError(f"a chat of {n} tokens cannot be packed into rows of {capacity}")
+        at = bisect.bisect_left(room, (n, -1))
+        if at == len(room):
+            rows.append([ex])
+            free, index = capacity - n, len(rows) - 1
+        else:
+            free, index = room.pop(at)
+            rows[index].append(ex)
+            free -= n
+        if free > 0:
+            bisect.insort(room, (free, index))
+    rng.shuffle(rows)
+    return rows
+
+
+def packed_batches(rows: list[list[EncodedChat]], rows_per_batch: int) -> list[list[list[EncodedChat]]]:
+    return [rows[i:i + rows_per_batch] for i in range(0, len(rows) - rows_per_batch + 1, rows_per_batch)]
+
+
+def collate_packed(batch: list[list[EncodedChat]], pad_id: int) -> dict[str, torch.Tensor]:
+    """input_ids / labels / position_ids for rows of packed chats, and no attention mask: Transformers reads
+    the restarts of position_ids as chat boundaries and lets each token attend only within its own chat.
+
+    Each chat's first label is ignored, so no token learns to predict the next chat's opening from the end of
+    the one before it. The tail of a short row is padding numbered as one more chat, with no labels."""
+    width = max(sum(len(ex.input_ids) for ex in row) for row in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(batch), width), dtype=torch.long)
+    for r, row in enumerate(batch):
+        at = 0
+        for ex in row:
+            n = len(ex.input_ids)
+            ids[r, at:at + n] = torch.tensor(ex.input_ids)
+            labels[r, at + 1:at + n] = torch.tensor(ex.labels[1:])
+            positions[r, at:at + n] = torch.arange(n)
+            at += n
+        positions[r, at:] = torch.arange(width - at)
+    return {"input_ids": ids, "labels": labels, "position_ids": positions}
 
 
 def steps_per_epoch(n_train: int, micro_batch: int, world_size: int, grad_accum: int) -> int:

@@ -8,7 +8,8 @@ import torch
 from actors import modeling, zero
 from actors.algo.fused_ce import linear_cross_entropy_sum
 from actors.chat import IGNORE_INDEX, EncodedChat
-from actors.sft_data import SFTSplit, bucketed_batches, collate, shard_batches
+from actors.sft_data import (SFTSplit, bucketed_batches, collate, collate_packed, packed_batches, packed_rows,
+                             shard_batches)
 from actors.zero_trainer import ZeroTrainer, balanced_share, run_rank, save_hf_model
 from jobs.config import Config
 from jobs.configlib import build
@@ -18,7 +19,8 @@ NO_LOGITS = torch.zeros(0, dtype=torch.long)
 
 
 def causal_lm_loss_sums(model, batch: dict, fused: bool = True, chunk_size: int = 4096) -> tuple[torch.Tensor, int]:
-    """(sum of token NLL over assistant tokens, number of those tokens) for one micro-batch.
+    """(sum of token NLL over assistant tokens, number of those tokens) for one micro-batch: padded rows
+    (`attention_mask`) or packed rows (`position_ids`, no mask; see actors.sft_data.collate_packed).
 
     With `fused`, when the model allows it (modeling.fused_loss_head), the loss runs from the final hidden
     states through the output projection in chunks: the model is asked for no logits at all. The call
@@ -26,13 +28,14 @@ def causal_lm_loss_sums(model, batch: dict, fused: bool = True, chunk_size: int 
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     head = modeling.fused_loss_head(model) if fused else None
+    inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
     if head is not None:
-        out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], output_hidden_states=True,
-                    use_cache=False, logits_to_keep=NO_LOGITS.to(batch["input_ids"].device))
+        out = model(**inputs, output_hidden_states=True, use_cache=False,
+                    logits_to_keep=NO_LOGITS.to(batch["input_ids"].device))
         hidden = out.hidden_states[-1][:, :-1]
         total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1), chunk_size)
         return total, int(mask.sum())
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logits = model(**inputs, use_cache=False).logits
     logits = logits[:, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),
                                             reduction="none").view_as(labels)
@@ -58,14 +61,24 @@ class SFTWorker(ZeroTrainer):
         return len(self.split.train)
 
     def epoch_batches(self, epoch: int) -> list:
-        batches = bucketed_batches(self.split.train, self.settings.micro_batch_size, self.cfg.run.seed, epoch)
+        """Micro-batches of sft.micro_batch_size sequences: single chats of similar length, or (data.packing)
+        rows of chats packed up to data.max_length tokens."""
+        size, seed = self.settings.micro_batch_size, self.cfg.run.seed
+        if self.cfg.data.packing:
+            batches = packed_batches(packed_rows(self.split.train, self.cfg.data.max_length, seed, epoch), size)
+        else:
+            batches = bucketed_batches(self.split.train, size, seed, epoch)
         return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
 
+    def _chats(self, batch) -> list[EncodedChat]:
+        return [ex for row in batch for ex in row] if self.cfg.data.packing else batch
+
     def count_units(self, batch) -> int:
-        return sum(sum(1 for label in ex.labels[1:] if label != -100) for ex in batch)
+        return sum(sum(1 for label in ex.labels[1:] if label != IGNORE_INDEX) for ex in self._chats(batch))
 
     def loss_sum(self, batch) -> torch.Tensor:
-        total, _ = causal_lm_loss_sums(self.engine, collate(batch, self.pad_id), self.cfg.model.fused_loss)
+        tensors = collate_packed(batch, self.pad_id) if self.cfg.data.packing else collate(batch, self.pad_id)
+        total, _ = causal_lm_loss_sums(self.engine, tensors, self.cfg.model.fused_loss)
         return total
 
     def evaluate(self) -> dict[str, float]:

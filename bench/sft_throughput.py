@@ -1,5 +1,6 @@
 """SFT training throughput on the tiny model: Ray Train + DeepSpeed ZeRO-2 and ZeRO-3 over 2 ranks vs a
-single eager PyTorch process on the same data, batch and sequence length. Not a test.
+single eager PyTorch process on the same data, batch and sequence length, and ZeRO-2 with packed rows
+(data.packing) vs one chat per row. Not a test.
 
     .venv/bin/python bench/sft_throughput.py [--steps 30]
 
@@ -48,13 +49,14 @@ def single_process(cfg, steps: int) -> float:
     return statistics.median(rates[5:])
 
 
-def ray_run(cfg, stage: int, steps: int, root: str) -> float:
+def ray_run(cfg, stage: int, steps: int, root: str, packing: bool = False) -> float:
     from jobs.metrics import read_jsonl
     from jobs.sft import run
 
-    run_cfg = replace(cfg, deepspeed=replace(cfg.deepspeed, stage=stage),
-                      sft=replace(cfg.sft, max_steps=steps, save_every=10_000, eval_every=10_000, export=False),
-                      run=replace(cfg.run, output_root=root, name=f"zero{stage}"))
+    run_cfg = replace(cfg, deepspeed=replace(cfg.deepspeed, stage=stage), data=replace(cfg.data, packing=packing),
+                      sft=replace(cfg.sft, max_steps=steps, epochs=100, save_every=10_000, eval_every=10_000,
+                                  export=False),
+                      run=replace(cfg.run, output_root=root, name=f"zero{stage}{'-packed' if packing else ''}"))
     result = run(run_cfg)
     rates = [r["tokens_per_s"] for r in read_jsonl(result.output_dir / "metrics.jsonl") if "tokens_per_s" in r]
     return statistics.median(rates[5:])
@@ -73,10 +75,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as root:
         for stage in (2, 3):
             results[f"zero{stage}_2ranks"] = ray_run(cfg, stage, args.steps, root)
+        results["zero2_2ranks_packed"] = ray_run(cfg, 2, args.steps, root, packing=True)
     base = results["single_process"]
-    print(f"{'setup':<16}{'tokens/s':>12}{'vs single':>11}")
+    print(f"{'setup':<22}{'tokens/s':>12}{'vs single':>11}")
     for name, rate in results.items():
-        print(f"{name:<16}{rate:>12,.0f}{rate / base:>10.2f}x")
+        print(f"{name:<22}{rate:>12,.0f}{rate / base:>10.2f}x")
+    print(f"packed rows vs one chat per row (ZeRO-2, 2 ranks): "
+          f"{results['zero2_2ranks_packed'] / results['zero2_2ranks']:.2f}x")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "sft_throughput.json").write_text(json.dumps(results, indent=2))
 

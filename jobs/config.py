@@ -90,7 +90,9 @@ class DataConfig:
     eval_fraction: float = param(0.05, "share of records held out for evaluation", ge=0.0, lt=1.0)
     max_length: int = param(256, "tokens per sequence; longer chats are truncated", gt=8)
     max_records: Optional[int] = param(None, "use at most this many records (unset: all)", gt=0)
-    packing: bool = param(True, "pack several chats into one sequence (no padding waste)")
+    packing: bool = param(False, "SFT: pack several chats into each row of max_length tokens (sft.micro_batch_size "
+                                 "rows per micro-batch), each attending only within itself; off: one chat per row, "
+                                 "batched with chats of similar length")
 
 
 @dataclass(frozen=True)
