@@ -71,6 +71,7 @@ def test_sft_under_ray_job_submit(head, tmp_path):
     assert (tmp_path / "tiny-cpu" / "sft" / "model" / "model.safetensors").is_file()
 
 
+@pytest.mark.slow  # ~40 s; test_sft_under_ray_job_submit joins the same token-auth cluster by default
 def test_sft_joins_a_running_cluster_with_address_flag(head, tmp_path):
     env = job_env()
     env.pop("RAY_AUTH_MODE", None)

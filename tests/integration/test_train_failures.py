@@ -4,6 +4,7 @@ with no restarts left, the job fails with one line naming the rank and the check
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -38,7 +39,16 @@ def latest_registered_checkpoint(out) -> str | None:
     return latest["checkpoint_dir_name"] if latest else None
 
 
-def killer_after_first_checkpoint(out, killed: list[int]) -> threading.Thread:
+def sft_config(tmp_path, max_failures: int):
+    return load_config(TINY_CPU, [f"run.output_root={tmp_path}", "sft.max_steps=12", "sft.save_every=3",
+                                  "sft.eval_every=6", f"sft.max_failures={max_failures}"])
+
+
+@contextlib.contextmanager
+def one_worker_killed_after_the_first_checkpoint(out):
+    """SIGKILL one Ray Train worker once the step-3 checkpoint is registered, while the block runs the job."""
+    killed: list[int] = []
+
     def kill_a_worker_after_a_checkpoint() -> None:
         # Ray Train's controller registers a reported checkpoint on its next health check (every 2 s); only a
         # registered one is restored, so wait until its snapshot names step 3.
@@ -50,18 +60,16 @@ def killer_after_first_checkpoint(out, killed: list[int]) -> threading.Thread:
 
     killer = threading.Thread(target=kill_a_worker_after_a_checkpoint, daemon=True)
     killer.start()
-    return killer
+    yield
+    killer.join(timeout=60)
+    assert killed, "no Ray Train worker was killed"
 
 
 def test_killed_sft_worker_restarts_from_the_latest_checkpoint(ray_session, tmp_path):
-    cfg = load_config(TINY_CPU, [f"run.output_root={tmp_path}", "sft.max_steps=12", "sft.save_every=3",
-                                 "sft.eval_every=6", "sft.max_failures=1"])
+    cfg = sft_config(tmp_path, max_failures=1)
     out = cfg.run.output_dir("sft")
-    killed: list[int] = []
-    killer = killer_after_first_checkpoint(out, killed)
-    result = run(cfg)
-    killer.join(timeout=60)
-    assert killed, "no Ray Train worker was killed"
+    with one_worker_killed_after_the_first_checkpoint(out):
+        result = run(cfg)
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 13))  # no step lost, none twice
     assert [r["step"] for r in rows].count(0) == 1  # the step-0 evaluation too
@@ -70,15 +78,10 @@ def test_killed_sft_worker_restarts_from_the_latest_checkpoint(ray_session, tmp_
 
 
 def test_a_worker_dying_past_max_failures_fails_the_job_with_one_message_naming_the_rank(ray_session, tmp_path):
-    cfg = load_config(TINY_CPU, [f"run.output_root={tmp_path}", "sft.max_steps=12", "sft.save_every=3",
-                                 "sft.eval_every=6", "sft.max_failures=0"])
+    cfg = sft_config(tmp_path, max_failures=0)
     out = cfg.run.output_dir("sft")
-    killed: list[int] = []
-    killer = killer_after_first_checkpoint(out, killed)
-    with pytest.raises(RunFailed) as failed:
+    with one_worker_killed_after_the_first_checkpoint(out), pytest.raises(RunFailed) as failed:
         run(cfg)
-    killer.join(timeout=60)
-    assert killed, "no Ray Train worker was killed"
     message = str(failed.value)
     assert message.startswith("sft training failed after 0 restart(s) of its worker group (sft.max_failures=0): rank ")
     assert "\n" not in message

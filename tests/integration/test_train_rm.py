@@ -79,6 +79,7 @@ def test_export_is_a_hugging_face_reward_model_that_reproduces_the_accuracy(tiny
     assert accuracy == pytest.approx(tiny.report["heldout"]["accuracy"], abs=1.5 / tiny.report["heldout"]["pairs"])
 
 
+@pytest.mark.slow  # ~35 s; SFT's SIGTERM test and DPO's re-run test cover the shared Ray Train resume by default
 def test_rerun_resumes_from_the_latest_checkpoint(tiny, tiny_root):
     # Step 30 was the last step (not checkpointed), so a longer re-run continues from the step-20 checkpoint.
     resumed = run(tiny_config(tiny_root, "reward_model.max_steps=36"))
