@@ -350,8 +350,7 @@ def fit(train_loop, payload: dict, settings, output_dir: Path, section: str) -> 
         try:
             trainer.fit()  # raises on failure
         except TrainingFailedError as exc:
-            raise RunFailed(f"{section} training failed after {settings.max_failures} restart(s) of its worker "
-                            f"group ({section}.max_failures={settings.max_failures}): {_worker_failures(exc)}; "
+            raise RunFailed(f"{section} training failed {_failure_summary(exc, section, settings.max_failures)}; "
                             f"re-run the same command to resume from the latest checkpoint in "
                             f"{output_dir / 'ray_train'}") from exc
     final = json.loads((output_dir / "final_metrics.json").read_text())
@@ -361,12 +360,14 @@ def fit(train_loop, payload: dict, settings, output_dir: Path, section: str) -> 
     return final
 
 
-def _worker_failures(exc: Exception) -> str:
-    """Which ranks failed and how, one line: Ray Train's own message is a traceback per worker."""
+def _failure_summary(exc: Exception, section: str, max_failures: int) -> str:
+    """Which ranks failed and how, in one line (Ray Train's own message is a traceback per worker); a failure of
+    Ray Train's controller rather than of the workers is named as such."""
     failures = getattr(exc, "worker_failures", None)
     if not failures:
-        return error_line(exc)
-    return "; ".join(f"rank {rank}: {error_line(error)}" for rank, error in sorted(failures.items()))
+        return f"in Ray Train's controller: {error_line(exc)}"
+    ranks = "; ".join(f"rank {rank}: {error_line(error)}" for rank, error in sorted(failures.items()))
+    return f"after {max_failures} restart(s) of its worker group ({section}.max_failures={max_failures}): {ranks}"
 
 
 @contextlib.contextmanager

@@ -27,7 +27,7 @@ class Preempted(Exception):
 
 class RunFailed(Exception):
     """A worker kept dying past the job's restart budget; the message names the role, what it was doing and
-    the checkpoint a re-run resumes from. The traceback of the worker's death is logged, not printed again."""
+    the checkpoint a re-run resumes from. Ray's log lines before it carry the workers' own tracebacks."""
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from ray.train import WorkerGroupError
+from ray.train import ControllerError, WorkerGroupError
 
-from actors.zero_trainer import _worker_failures
+from actors.zero_trainer import _failure_summary
 from jobs import cli
 from jobs.configlib import ConfigError
 
@@ -41,4 +41,8 @@ def test_ray_train_worker_failures_become_one_line_per_rank():
     remote = RuntimeError("Traceback (most recent call last):\n  File \"x.py\", line 3, in step\n"
                           "RuntimeError: Connection reset by peer\n")
     error = WorkerGroupError("rank 1 failed", {1: remote, 0: ValueError("loss is NaN at step 7")})
-    assert _worker_failures(error) == "rank 0: loss is NaN at step 7; rank 1: RuntimeError: Connection reset by peer"
+    assert _failure_summary(error, "dpo", 2) == ("after 2 restart(s) of its worker group (dpo.max_failures=2): "
+                                                 "rank 0: loss is NaN at step 7; rank 1: RuntimeError: Connection "
+                                                 "reset by peer")
+    assert _failure_summary(ControllerError(RuntimeError("placement group timed out")), "sft", 2) == \
+        "in Ray Train's controller: placement group timed out"
