@@ -138,8 +138,9 @@ def run_supervised(cfg, output_dir: Path):
                 if restarts >= cfg.ppo.max_restarts or preempted.is_set():
                     record_fault(output_dir, "gave_up", step=loop.step_index + 1, reason=str(failure),
                                  last_checkpoint=checkpoint, restarts=restarts, max_restarts=cfg.ppo.max_restarts)
-                    raise RunFailed(f"{failure}; gave up after {restarts} restart(s) (ppo.max_restarts="
-                                    f"{cfg.ppo.max_restarts}); {_resume_hint(checkpoint)}") from failure
+                    why = "no restart: SIGTERM had asked the run to stop" if preempted.is_set() else \
+                        f"gave up after {restarts} restart(s) (ppo.max_restarts={cfg.ppo.max_restarts})"
+                    raise RunFailed(f"{failure}; {why}; {_resume_hint(checkpoint)}") from failure
                 restarts += 1
                 record_fault(output_dir, "restart", step=loop.step_index + 1, reason=str(failure),
                              from_checkpoint=checkpoint, restart=restarts, max_restarts=cfg.ppo.max_restarts)
