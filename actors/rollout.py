@@ -73,6 +73,9 @@ class RolloutEngine(Located):
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
+        from cluster.quiet_logs import quiet_vllm_weight_push
+
+        quiet_vllm_weight_push()
         self.cfg = cfg
         kwargs = {}
         if torch.cuda.is_available():

@@ -129,6 +129,8 @@ def start(cfg: RayConfig) -> RuntimeInfo:
         info = _info("cluster", address)
     else:
         # address="local": always a fresh cluster, never one a `ray start` left running on this machine.
+        if not cfg.include_dashboard:
+            runtime_env["worker_process_setup_hook"] = "cluster.quiet_logs.quiet_embedded_cluster_workers"
         ray.init(address="local", num_cpus=cfg.num_cpus, namespace=cfg.namespace, runtime_env=runtime_env,
                  include_dashboard=cfg.include_dashboard, _node_ip_address="127.0.0.1",
                  logging_level=logging.WARNING, configure_logging=True)
