@@ -1,10 +1,10 @@
 """The PPO driver: owns the role actors and runs one step as eight numbered, timed phases.
 
-    1 rollout    vLLM engine actors sample one response per prompt
+    1 rollout    vLLM engine actors sample ppo.samples_per_prompt responses per prompt
     2 score      reward source (reward-model actor, HTTP service or programmatic) → preference scores
     3 reference  policy (old) and reference log-probs of the sampled tokens, in parallel
-    4 values     value actor
-    5 advantages mixed reward, per-token KL penalty, GAE, whitening — pure functions on the driver
+    4 values     value actor (skipped by the critic-free estimators: grpo, rloo, reinforce_baseline)
+    5 advantages mixed reward, per-token KL penalty, then GAE or a group baseline, whitening — pure functions
     6 train      policy and value ranks update in parallel (DeepSpeed ZeRO, ppo_epochs × mini-batches)
     7 sync       new policy weights → every vLLM engine through the object store (no disk round trip)
     8 monitor    metrics, training-health alarms and their actions, checkpoint
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from actors.algo import (ADVANTAGE_ESTIMATORS, kl_penalized_rewards, kl_per_token, make_kl_controller, masked_sum,
-                         masked_whiten)
+from actors.algo import (ADVANTAGE_ESTIMATORS, group_advantages, kl_penalized_rewards, kl_per_token,
+                         make_kl_controller, masked_sum, masked_whiten, per_token, zero_spread_share)
 from actors.algo.monitors import HealthMonitor, most_severe_action, response_metrics
 from actors.algo.rewards import RewardBatch, mix_rewards, reward_log
 from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, concat, shard
@@ -161,8 +161,9 @@ class PPOLoop:
         cpus, gpus = ppo.cpus_per_actor, ppo.gpus_per_actor
         separate_reference = ppo.reference == "copy" or not cfg.lora.enabled
         roles = [RoleResources("rollout", ppo.rollout.num_engines, cpus, gpus),
-                 RoleResources("policy", ppo.policy_workers, cpus, gpus),
-                 RoleResources("value", ppo.value_workers, cpus, gpus)]
+                 RoleResources("policy", ppo.policy_workers, cpus, gpus)]
+        if ppo.uses_value_model:
+            roles.append(RoleResources("value", ppo.value_workers, cpus, gpus))
         if separate_reference:
             roles.append(RoleResources("reference", 1, cpus, gpus))
         reward_actor = ppo.reward.rm_source == "model"
@@ -188,18 +189,21 @@ class PPOLoop:
                              (start_model, ppo.rollout, cfg.run.seed, max_len, cfg.model.dtype),
                              kind=engine_group(self))
         self.policy = group("policy", PolicyRole, ppo.policy_workers, (config,), distributed=True)
-        self.value = group("value", ValueRole, ppo.value_workers, (config,), distributed=True)
+        self.value = group("value", ValueRole, ppo.value_workers, (config,), distributed=True) \
+            if ppo.uses_value_model else None
         self.reference = group("reference", ReferenceModel, 1, (config,),
                                max_restarts=ppo.stateless_max_restarts) if separate_reference else None
         sizes = self.policy.call("setup")[0]
-        self.value.call("setup")
+        if self.value is not None:
+            self.value.call("setup")
         self.rollout.call("ping")
         if reward_actor:
             self.reward = make_reward_source(cfg, (self.placement["reward"], bundles["reward"][0]))
-        log.info("PPO roles up: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), value ×%d, reference %s, "
+        log.info("PPO roles up: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), %s, reference %s, "
                  "reward from %s", len(self.rollout), self.rollout_engine, len(self.policy), sizes["trainable_params"],
-                 sizes["total_params"], len(self.value), "actor" if self.reference else "adapters off",
-                 ppo.reward.rm_source)
+                 sizes["total_params"], f"value ×{len(self.value)}" if self.value is not None else
+                 f"no value model ({ppo.advantage_estimator}, {ppo.samples_per_prompt} samples per prompt)",
+                 "actor" if self.reference else "adapters off", ppo.reward.rm_source)
 
     # ---- the step --------------------------------------------------------------------------------------
     def step(self, step: int) -> StepResult:
@@ -230,9 +234,13 @@ class PPOLoop:
     def rollout_phase(self, step: int) -> Rollout:
         ppo = self.cfg.ppo
         picked = prompts_for_step(len(self.prompts), ppo.rollout_batch_size, step, self.cfg.run.seed)
+        picked = [i for i in picked for _ in range(ppo.samples_per_prompt)]  # each prompt's group is contiguous
         prompt_ids = [self.prompt_ids[i] for i in picked]
         per_engine = len(prompt_ids) // len(self.rollout)
-        chunks = [(prompt_ids[i * per_engine:(i + 1) * per_engine],) for i in range(len(self.rollout))]
+        # first_index: every response of the step gets its own seed, whichever engine samples it (a group split
+        # over two engines would otherwise draw the same answers twice).
+        chunks = [(prompt_ids[i * per_engine:(i + 1) * per_engine], None, None, i * per_engine)
+                  for i in range(len(self.rollout))]
         samples = [s for part in self.rollout.call("generate", per_rank=chunks) for s in part]
         responses = [self.tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
         tokens = TokenBatch.from_samples([s.prompt_ids for s in samples], [s.response_ids for s in samples],
@@ -261,6 +269,8 @@ class PPOLoop:
 
     # 4
     def value_phase(self, tokens: TokenBatch) -> torch.Tensor:
+        if self.value is None:  # critic-free estimators: nothing to ask
+            return torch.zeros(tokens.action_mask.shape, dtype=torch.float32)
         return torch.cat(self.value.call("values", per_rank=[(part,) for part in shard(tokens, len(self.value))]))
 
     # 5
@@ -276,13 +286,22 @@ class PPOLoop:
         token_rewards, _ = kl_penalized_rewards(mixed.terminal_reward, logps.old, logps.ref, mask,
                                                 coef=mixed.kl_coef_per_token if in_reward else 0.0,
                                                 estimator=ppo.kl.estimator)
-        advantages, returns = ADVANTAGE_ESTIMATORS.get("gae")(token_rewards, values, mask, ppo.gamma, ppo.lam)
-        if ppo.whiten_advantages:
+        group_metrics = {}
+        if ppo.uses_value_model:
+            advantages, returns = ADVANTAGE_ESTIMATORS.get("gae")(token_rewards, values, mask, ppo.gamma, ppo.lam)
+        else:  # one score per response (its whole return), judged against the other answers to its prompt
+            sequence_returns = masked_sum(token_rewards, mask, dim=-1)
+            advantages = per_token(group_advantages(sequence_returns, ppo.samples_per_prompt,
+                                                    ppo.advantage_estimator), mask)
+            returns = per_token(sequence_returns, mask)
+            group_metrics["advantage/zero_spread_groups"] = zero_spread_share(sequence_returns,
+                                                                               ppo.samples_per_prompt)
+        if ppo.whiten_advantages and ppo.advantage_estimator in ("gae", "reinforce_baseline"):
             advantages = masked_whiten(advantages, mask)
         self.controller.update(float(seq_kl.mean()), len(rollout.responses))
         seq_kl_k3 = float(masked_sum(kl_per_token(logps.old, logps.ref, "k3"), mask, dim=-1).mean())
         return Advantages(advantages, returns, token_rewards, seq_kl, seq_kl_k3, kl_coef,
-                          0.0 if in_reward else mixed.kl_coef_per_token, reward_log(mixed))
+                          0.0 if in_reward else mixed.kl_coef_per_token, {**reward_log(mixed), **group_metrics})
 
     # 6
     def train_phase(self, tokens: TokenBatch, logps: LogProbs, values: torch.Tensor, adv: Advantages,
@@ -293,13 +312,16 @@ class PPOLoop:
             advantages = torch.full_like(advantages, float("nan"))
         policy_batch = PolicyBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask, logps.old, logps.ref,
                                    advantages)
-        value_batch = ValueBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask, values, adv.returns)
         policy_refs = self.policy.submit("train", per_rank=[(part, seed, adv.kl_loss_coef)
                                                              for part in shard(policy_batch, len(self.policy))])
-        value_refs = self.value.submit("train", per_rank=[(part, seed)
-                                                           for part in shard(value_batch, len(self.value))])
+        value_refs = None
+        if self.value is not None:
+            value_batch = ValueBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask, values, adv.returns)
+            value_refs = self.value.submit("train", per_rank=[(part, seed)
+                                                               for part in shard(value_batch, len(self.value))])
         stats = self.policy.get(policy_refs, "train")[0]
-        stats.update(self.value.get(value_refs, "train")[0])
+        if value_refs is not None:
+            stats.update(self.value.get(value_refs, "train")[0])
         return stats
 
     # 7
@@ -380,7 +402,8 @@ class PPOLoop:
             shutil.rmtree(folder)
         folder.mkdir(parents=True)
         self.policy.call("save", str(folder))
-        self.value.call("save", str(folder))
+        if self.value is not None:
+            self.value.call("save", str(folder))
         state = {"step": step, "kl_scale": self.kl_scale, "policy_lr": self.policy_lr,
                  "controller_coef": getattr(self.controller, "coef", None),
                  "rollout_calls": step, "nan_streak": self.nan_streak}
@@ -393,7 +416,8 @@ class PPOLoop:
     def load_checkpoint(self, step: int) -> dict:
         folder = self.ckpt_dir / f"step_{step:06d}"
         self.policy.call("load", str(folder))
-        self.value.call("load", str(folder))
+        if self.value is not None:
+            self.value.call("load", str(folder))
         state = json.loads((folder / "state.json").read_text())
         self.sync_phase()
         self.rollout.call("set_calls", state["rollout_calls"])

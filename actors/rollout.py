@@ -95,13 +95,15 @@ class RolloutEngine(Located):
                               logprobs=0, seed=seed)
 
     def generate(self, prompts: list[list[int]], temperature: float | None = None,
-                 max_tokens: int | None = None) -> list[Sample]:
+                 max_tokens: int | None = None, first_index: int = 0) -> list[Sample]:
         """One response per prompt. Each call draws from a fresh seed stream so repeated prompts differ but a
-        resumed run with the same seed reproduces its samples."""
+        resumed run with the same seed reproduces its samples; first_index is the position of prompts[0] in the
+        step's whole batch, so no two responses of a step share a seed."""
         from vllm import TokensPrompt
 
         self.calls += 1
-        params = [self.sampling_params(temperature, max_tokens, seed=sample_seed(self.seed, self.calls, i))
+        params = [self.sampling_params(temperature, max_tokens,
+                                       seed=sample_seed(self.seed, self.calls, first_index + i))
                   for i in range(len(prompts))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         samples = []

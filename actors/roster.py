@@ -38,6 +38,7 @@ def write_roster(loop) -> Path:
     ppo = loop.cfg.ppo
     tmp.write_text(json.dumps({"run": loop.cfg.run.name, "updated": time.time(), "steps": ppo.steps,
                                "rollout_batch_size": ppo.rollout_batch_size,
+                               "sequences_per_step": ppo.sequences_per_step,
                                "rollout_engine": getattr(loop, "rollout_engine", None),
                                "actors": roster_entries(loop)},
                               indent=2))

@@ -246,17 +246,22 @@ def _ppo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
     ppo, gpus = cfg.ppo, cfg.ppo.gpus_per_actor
     tokens = ppo.rollout.max_prompt_tokens + ppo.rollout.max_new_tokens
     where = "colocated in one placement group" if ppo.colocate else f"own placement group ({ppo.placement_strategy})"
-    per_engine = math.ceil(ppo.rollout_batch_size / ppo.rollout.num_engines)
+    per_engine = math.ceil(ppo.sequences_per_step / ppo.rollout.num_engines)
     roles = [RolePlan("ppo", "rollout", ppo.rollout.num_engines, gpus,
                       rollout_memory(cfg, shape, per_engine, tokens), f"vLLM, {per_engine} sequences each; {where}"),
              RolePlan("ppo", "policy", ppo.policy_workers, gpus,
                       training_memory(cfg, shape, cfg.lora.enabled, ppo.policy_workers,
-                                      max(ppo.mini_batch_size // ppo.policy_workers, 1), tokens), where),
-             RolePlan("ppo", "value", ppo.value_workers, gpus,
-                      training_memory(cfg, shape, cfg.lora.enabled, ppo.value_workers,
-                                      max(ppo.mini_batch_size // ppo.value_workers, 1), tokens, logits=False), where)]
+                                      max(ppo.mini_batch_size // ppo.policy_workers, 1), tokens), where)]
+    if ppo.uses_value_model:
+        roles.append(RolePlan("ppo", "value", ppo.value_workers, gpus,
+                              training_memory(cfg, shape, cfg.lora.enabled, ppo.value_workers,
+                                              max(ppo.mini_batch_size // ppo.value_workers, 1), tokens, logits=False),
+                              where))
+    else:
+        roles.append(RolePlan("ppo", "value", 0, 0.0, None,
+                              f"none: {ppo.advantage_estimator} uses the other answers to each prompt as baseline"))
     if ppo.reference == "copy" or not cfg.lora.enabled:
-        chunk = min(INFERENCE_CHUNK, ppo.rollout_batch_size)
+        chunk = min(INFERENCE_CHUNK, ppo.sequences_per_step)
         roles.append(RolePlan("ppo", "reference", 1, gpus, inference_memory(cfg, shape, chunk, tokens), where))
     else:
         roles.append(RolePlan("ppo", "reference", 0, 0.0, None, "the policy ranks with adapters disabled"))

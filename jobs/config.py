@@ -360,9 +360,19 @@ class PPOConfig:
     value_clip_range: float = param(0.2, "value prediction clip", gt=0)
     dual_clip: Optional[float] = param(None, "dual-clip bound c > 1 for negative advantages (unset: off)", gt=1.0)
     max_grad_norm: float = param(0.5, "gradient clipping max norm", gt=0)
-    gamma: float = param(1.0, "discount", ge=0.0, le=1.0)
+    advantage_estimator: Literal["gae", "grpo", "rloo", "reinforce_baseline"] = param(
+        "gae", "gae: a value model (critic) and GAE, as in classic PPO; grpo / rloo / reinforce_baseline: no value "
+               "model, each response judged against the other samples_per_prompt - 1 answers to its prompt "
+               "(grpo: (R - group mean) / group std; rloo: R - mean of the others; reinforce_baseline: R - group "
+               "mean, then whitened)")
+    samples_per_prompt: int = param(1, "responses sampled per prompt each step (the group of grpo / rloo / "
+                                       "reinforce_baseline: at least 2); a step trains on rollout_batch_size x "
+                                       "this many sequences", gt=0)
+    gamma: float = param(1.0, "discount (gae; group estimators score the whole response)", ge=0.0, le=1.0)
     lam: float = param(0.95, "GAE lambda", ge=0.0, le=1.0)
-    whiten_advantages: bool = param(True, "normalise advantages to zero mean, unit variance per batch")
+    whiten_advantages: bool = param(True, "normalise advantages to zero mean, unit variance per batch (gae and "
+                                          "reinforce_baseline; grpo and rloo are normalised within each group "
+                                          "already)")
     init_model: Optional[str] = param(None, "starting policy folder (unset: model.path; the pipeline passes the "
                                             "SFT model)")
     reference: Literal["copy", "adapter_disabled"] = param(
@@ -402,17 +412,31 @@ class PPOConfig:
     monitor: MonitorConfig = section(MonitorConfig, "training-health monitors")
     placement: PlacementConfig = section(PlacementConfig, "where each role's actors go across nodes")
 
+    @property
+    def uses_value_model(self) -> bool:
+        return self.advantage_estimator == "gae"
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.rollout_batch_size * self.samples_per_prompt
+
     def check(self) -> None:
-        if self.rollout_batch_size % self.mini_batch_size:
-            raise ConfigError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
-                              f"mini_batch_size ({self.mini_batch_size})")
-        for role, ranks in (("policy_workers", self.policy_workers), ("value_workers", self.value_workers)):
+        if not self.uses_value_model and self.samples_per_prompt < 2:
+            raise ConfigError(f"advantage_estimator={self.advantage_estimator} compares the answers to one prompt "
+                              f"with each other: set samples_per_prompt to 2 or more (got {self.samples_per_prompt})")
+        batch = (f"rollout_batch_size x samples_per_prompt ({self.rollout_batch_size} x {self.samples_per_prompt})"
+                 if self.samples_per_prompt > 1 else f"rollout_batch_size ({self.rollout_batch_size})")
+        if self.sequences_per_step % self.mini_batch_size:
+            raise ConfigError(f"{batch} must be a multiple of mini_batch_size ({self.mini_batch_size})")
+        trained = [("policy_workers", self.policy_workers)]
+        if self.uses_value_model:
+            trained.append(("value_workers", self.value_workers))
+        for role, ranks in trained:
             if self.mini_batch_size % ranks:
                 raise ConfigError(f"mini_batch_size ({self.mini_batch_size}) must split evenly over {role} "
                                   f"({ranks})")
-        if self.rollout_batch_size % self.rollout.num_engines:
-            raise ConfigError(f"rollout_batch_size ({self.rollout_batch_size}) must split evenly over "
-                              f"rollout.num_engines ({self.rollout.num_engines})")
+        if self.sequences_per_step % self.rollout.num_engines:
+            raise ConfigError(f"{batch} must split evenly over rollout.num_engines ({self.rollout.num_engines})")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError("prompt_template must contain {prompt}")
 

@@ -66,7 +66,7 @@ def gather(run_dir: Path, address: str | None) -> dict:
     actors, live_error = _with_live_state(roster["actors"], address)
     return {"run_dir": str(run_dir), "run": roster.get("run"), "rollout_engine": roster.get("rollout_engine"),
             "progress": progress(run_dir, rows, roster),
-            "throughput": throughput(rows, roster.get("rollout_batch_size")), "faults": read_faults(run_dir),
+            "throughput": throughput(rows, roster.get("sequences_per_step", roster.get("rollout_batch_size"))), "faults": read_faults(run_dir),
             "actors": actors, "live_state": live_error or f"from the cluster at {address}"}
 
 
@@ -79,15 +79,15 @@ def progress(run_dir: Path, rows: list[dict], roster: dict) -> dict:
             "seconds_since_last_step": time.time() - metrics.stat().st_mtime if metrics.exists() else None}
 
 
-def throughput(rows: list[dict], rollout_batch_size: int | None) -> dict:
+def throughput(rows: list[dict], sequences_per_step: int | None) -> dict:
     recent = [row for row in rows[-THROUGHPUT_WINDOW:] if "time/step" in row]
     if not recent:
         return {}
     seconds = statistics.fmean(row["time/step"] for row in recent)
     result = {"seconds_per_step": seconds, "steps_per_hour": 3600.0 / seconds if seconds else None,
               "rollout_tokens_per_s": statistics.fmean(row.get("rollout_tokens_per_s", 0.0) for row in recent)}
-    if rollout_batch_size:
-        result["samples_per_s"] = rollout_batch_size / seconds if seconds else None
+    if sequences_per_step:
+        result["samples_per_s"] = sequences_per_step / seconds if seconds else None
     return result
 
 

@@ -5,6 +5,7 @@ reused without a cluster (tests/unit/test_algo_imports.py enforces it).
 """
 
 from actors.algo.advantages import ADVANTAGE_ESTIMATORS, gae, reinforce
+from actors.algo.group_baselines import GROUP_BASELINES, group_advantages, per_token, zero_spread_share
 from actors.algo.kl import (
     KL_CONTROLLERS,
     KL_ESTIMATORS,
@@ -33,6 +34,7 @@ from actors.algo.value_loss import clipped_value_loss
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
     "DPO_LOSSES",
+    "GROUP_BASELINES",
     "KL_CONTROLLERS",
     "KL_ESTIMATORS",
     "POLICY_LOSSES",
@@ -47,6 +49,7 @@ __all__ = [
     "dpo_loss",
     "entropy_from_logits",
     "gae",
+    "group_advantages",
     "kl_loss_term",
     "kl_penalized_rewards",
     "kl_per_token",
@@ -56,8 +59,10 @@ __all__ = [
     "masked_var",
     "masked_whiten",
     "pairwise_accuracy",
+    "per_token",
     "reinforce",
     "sequence_logprob",
+    "zero_spread_share",
     "shift_for_causal_lm",
     "token_logprobs",
 ]

@@ -77,6 +77,30 @@ def test_stronger_kl_coefficient_moves_the_policy_less(kl_005, kl_02):
     assert window_mean(strong, "reward/rm_mean", False) < window_mean(weak, "reward/rm_mean", False)
 
 
+@pytest.fixture(scope="module")
+def grpo(ray_session, tmp_path_factory):
+    """The same 32 sequences per step as the PPO runs above, as 8 prompts x 4 answers, and no value model."""
+    return ppo_rows(tmp_path_factory.mktemp("grpo"), "ppo.kl.coef=0.05", "ppo.advantage_estimator=grpo",
+                    "ppo.samples_per_prompt=4", "ppo.rollout_batch_size=8")
+
+
+def test_grpo_learns_with_no_value_model(grpo):
+    result, rows = grpo
+    before, after = window_mean(rows, "reward/rm_mean", True), window_mean(rows, "reward/rm_mean", False)
+    assert after > before + 0.1, (before, after)
+    roster = json.loads((result.output_dir / "roles.json").read_text())
+    assert sorted({a["role"] for a in roster["actors"]}) == ["policy", "reference", "rollout"]
+    assert roster["sequences_per_step"] == 32
+    checkpoint = result.output_dir / "checkpoints" / "step_000020"
+    assert sorted(p.name for p in checkpoint.iterdir()) == ["policy", "state.json"]
+    assert not any(key.startswith("value/") for row in rows for key in row)
+    # A group whose four answers scored the same teaches nothing. At step 1 the policy is the reference (KL 0),
+    # so only the sparse keyword separates answers and most groups have no spread (measured 7 of 8); once the
+    # policy moves, each answer's KL penalty differs and every group has some.
+    spread = [r["advantage/zero_spread_groups"] for r in rows]
+    assert spread[0] >= 0.5 and max(spread[1:]) < spread[0], spread
+
+
 def test_repeated_nan_steps_stop_the_run(tmp_path):
     loop = PPOLoop(load_config(TINY_CPU, ["ppo.max_nan_steps=2"]), tmp_path)
     loop._nan_guard({"policy/nan_skipped": 1})

@@ -83,6 +83,17 @@ def test_cross_field_checks():
         load_config(None, ["deepspeed.offload_param=true"])
     with pytest.raises(ConfigError, match=r"ppo.rollout_batch_size \(24\) must be a multiple of mini_batch_size"):
         load_config(None, ["ppo.rollout_batch_size=24"])
+    with pytest.raises(ConfigError, match=r"advantage_estimator=grpo compares .* samples_per_prompt to 2 or more"):
+        load_config(None, ["ppo.advantage_estimator=grpo"])
+    with pytest.raises(ConfigError, match=r"rollout_batch_size x samples_per_prompt \(8 x 3\) must be a multiple "
+                                          r"of mini_batch_size \(16\)"):
+        load_config(None, ["ppo.advantage_estimator=rloo", "ppo.samples_per_prompt=3", "ppo.rollout_batch_size=8"])
+    with pytest.raises(ConfigError, match=r"mini_batch_size \(16\) must split evenly over value_workers \(3\)"):
+        load_config(None, ["ppo.value_workers=3"])
+    # Without a value model its rank count is not checked; 8 prompts x 4 answers = two mini-batches of 16.
+    grpo = load_config(None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "ppo.rollout_batch_size=8",
+                              "ppo.value_workers=3"])
+    assert (grpo.ppo.sequences_per_step, grpo.ppo.uses_value_model) == (32, False)
     with pytest.raises(ConfigError, match="ppo.kl.schedule progress ends must increase and end at 1.0"):
         load_config(None, ["ppo.kl.schedule=[[0.5, 0.1], [0.9, 0.05]]"])
     with pytest.raises(ConfigError, match="curate.mix shares must sum to 1"):
