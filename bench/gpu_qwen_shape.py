@@ -200,6 +200,8 @@ def bench_train(args) -> list[dict]:
         "ds2-bigbucket": ("DeepSpeed ZeRO-2 bf16 + compile, 2e9 buckets, no contiguous grads", lambda: deepspeed_step(
             args, True, zero_extra={"reduce_bucket_size": int(2e9), "allgather_bucket_size": int(2e9),
                                     "contiguous_gradients": False})),
+        "ds2-noncontiguous": ("DeepSpeed ZeRO-2 bf16 + compile, no contiguous grads", lambda: deepspeed_step(
+            args, True, zero_extra={"contiguous_gradients": False})),
         "ds2-nocompile": ("DeepSpeed ZeRO-2 bf16, no compile", lambda: deepspeed_step(args, False)),
     }
     variants = dict(variants[key] for key in args.variants.split(","))

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the lent, offline GPU machine (../shared/docs/GPU.md): unpack the packages carried in .gpu/, then run the
 # GPU tests and/or the GPU benchmarks, logging under $OUT. Build .gpu/ first with tests/gpu/pack.sh.
-#   bash tests/gpu/device_run.sh tests|bench|all
+#   bash tests/gpu/device_run.sh tests|bench|all   (bench: gpu_qwen_shape.py, then deepspeed_overhead.py)
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-/tmp/rayalign-gpu-out}
@@ -21,5 +21,7 @@ if [[ "${1:-all}" == tests || "${1:-all}" == all ]]; then
 fi
 if [[ "${1:-all}" == bench || "${1:-all}" == all ]]; then
     timeout "${BENCH_TIMEOUT:-240}" python3 bench/gpu_qwen_shape.py ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log" \
+        | grep -v "^\[\|Warning\|warn"
+    timeout "${OVERHEAD_TIMEOUT:-120}" python3 bench/deepspeed_overhead.py 2>&1 | tee "$OUT/overhead.log" \
         | grep -v "^\[\|Warning\|warn"
 fi
