@@ -35,16 +35,19 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 RESULTS = REPO / "bench" / "results"
 
-# (stage, precision, zero_optimization extras)
+# DeepSpeed's torch_autocast mode: fp32 parameters (no separate master copy), matmuls in bf16 under autocast.
+AUTOCAST = {"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}
+# (stage, precision, zero_optimization extras, top-level config extras)
 VARIANTS = {
     "plain": None,
-    "zero0-fp32": (0, "fp32", {}),
-    "zero2-fp32": (2, "fp32", {}),
-    "zero3-fp32": (3, "fp32", {}),
-    "zero0-bf16": (0, "bf16", {}),
-    "zero1-bf16": (1, "bf16", {}),
-    "zero2-bf16": (2, "bf16", {}),
-    "zero2-bf16-noncontiguous": (2, "bf16", {"contiguous_gradients": False}),
+    "zero0-fp32": (0, "fp32", {}, {}),
+    "zero2-fp32": (2, "fp32", {}, {}),
+    "zero3-fp32": (3, "fp32", {}, {}),
+    "zero0-bf16": (0, "bf16", {}, {}),
+    "zero1-bf16": (1, "bf16", {}, {}),
+    "zero2-bf16": (2, "bf16", {}, {}),
+    "zero2-bf16-noncontiguous": (2, "bf16", {"contiguous_gradients": False}, {}),
+    "zero2-autocast-bf16": (2, "fp32", {}, AUTOCAST),
 }
 
 
@@ -76,7 +79,7 @@ def plain_step(model, batch, clip: float):
     return step
 
 
-def engine_step(model, batch, clip: float, stage: int, precision: str, extra: dict):
+def engine_step(model, batch, clip: float, stage: int, precision: str, extra: dict, top: dict):
     """rayalign's engine: zero.ds_config + zero.adamw + zero.initialize, exactly as the trained roles build it."""
     from actors import zero
     from actors.sft_worker import causal_lm_loss_sums
@@ -87,6 +90,7 @@ def engine_step(model, batch, clip: float, stage: int, precision: str, extra: di
     config = zero.ds_config(cfg, micro_batch=batch["input_ids"].shape[0], grad_accum=1, max_grad_norm=clip,
                             world_size=1)
     config["zero_optimization"].update(extra)
+    config.update(top)
     engine = zero.initialize(model, optimizer, None, config)
 
     def step():

@@ -135,7 +135,8 @@ def rayalign_step(args, compile_layers: bool, chunk: int = 4096):
     return model, step
 
 
-def deepspeed_step(args, compile_layers: bool, stage: int = 2, clip: float = 1.0, zero_extra: dict | None = None):
+def deepspeed_step(args, compile_layers: bool, stage: int = 2, clip: float = 1.0, zero_extra: dict | None = None,
+                   autocast: bool = False):
     """The SFT job's engine: DeepSpeed ZeRO bf16 (fp32 master weights in the optimizer), single rank."""
     from actors import modeling, zero
     from actors.sft_worker import causal_lm_loss_sums
@@ -145,10 +146,14 @@ def deepspeed_step(args, compile_layers: bool, stage: int = 2, clip: float = 1.0
     model = qwen_model(args, "sdpa")
     if compile_layers:
         modeling.compile_decoder_layers(model)
-    cfg = DeepSpeedConfig(stage=stage, precision="bf16")
+    cfg = DeepSpeedConfig(stage=stage, precision="fp32" if autocast else "bf16")
+    if autocast:  # fp32 parameters, bf16 matmuls under torch.autocast (DeepSpeed's torch_autocast mode)
+        model.float()
     optimizer = zero.adamw([p for p in model.parameters()], 1e-5, 0.0, cfg)
     config = zero.ds_config(cfg, args.batch, 1, clip, 1)
     config["zero_optimization"].update(zero_extra or {})
+    if autocast:
+        config["torch_autocast"] = {"enabled": True, "dtype": "bfloat16"}
     engine = zero.initialize(model, optimizer, None, config)
     batch = random_batch(args, model.config.vocab_size)
 
@@ -202,6 +207,8 @@ def bench_train(args) -> list[dict]:
                                     "contiguous_gradients": False})),
         "ds2-noncontiguous": ("DeepSpeed ZeRO-2 bf16 + compile, no contiguous grads", lambda: deepspeed_step(
             args, True, zero_extra={"contiguous_gradients": False})),
+        "ds2-autocast": ("DeepSpeed ZeRO-2 torch_autocast bf16 (fp32 params) + compile", lambda: deepspeed_step(
+            args, True, autocast=True)),
         "ds2-nocompile": ("DeepSpeed ZeRO-2 bf16, no compile", lambda: deepspeed_step(args, False)),
     }
     variants = dict(variants[key] for key in args.variants.split(","))
