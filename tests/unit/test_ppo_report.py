@@ -106,6 +106,10 @@ def test_report_content_and_markdown():
     assert "| 4 | rollback | instability:loss | restored the checkpoint of step 2" in text
     assert "| A \\| B? | b | (not recorded) |" in text
     assert "![report_kl.png](report_kl.png)" in text
+    assert "advantages from `gae` (with a value model, 1 answer per prompt)." in text
+    grpo = load_config(None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "ppo.rollout_batch_size=8"])
+    assert "advantages from `grpo` (no value model, 4 answers per prompt)." in render_markdown(
+        build_report(grpo, rows, ALARMS, answers, []))
 
 
 def test_answers_are_read_back_only_for_the_same_prompts(tmp_path):
