@@ -77,11 +77,13 @@ def test_stronger_kl_coefficient_moves_the_policy_less(kl_005, kl_02):
     assert window_mean(strong, "reward/rm_mean", False) < window_mean(weak, "reward/rm_mean", False)
 
 
+GRPO = ["ppo.kl.coef=0.05", "ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "ppo.rollout_batch_size=8"]
+
+
 @pytest.fixture(scope="module")
 def grpo(ray_session, tmp_path_factory):
     """The same 32 sequences per step as the PPO runs above, as 8 prompts x 4 answers, and no value model."""
-    return ppo_rows(tmp_path_factory.mktemp("grpo"), "ppo.kl.coef=0.05", "ppo.advantage_estimator=grpo",
-                    "ppo.samples_per_prompt=4", "ppo.rollout_batch_size=8")
+    return ppo_rows(tmp_path_factory.mktemp("grpo"), *GRPO)
 
 
 def test_grpo_learns_with_no_value_model(grpo):
@@ -99,6 +101,15 @@ def test_grpo_learns_with_no_value_model(grpo):
     # policy moves, each answer's KL penalty differs and every group has some.
     spread = [r["advantage/zero_spread_groups"] for r in rows]
     assert spread[0] >= 0.5 and max(spread[1:]) < spread[0], spread
+
+
+def test_grpo_run_resumes_from_its_last_checkpoint(grpo):
+    """Asked for 22 steps, the finished 20-step run resumes from its step-20 checkpoint (policy only) and keeps
+    its 20 logged steps as they were; a fresh start would have rewritten them."""
+    result, rows = grpo
+    _, longer = ppo_rows(result.output_dir.parent.parent, *GRPO, "ppo.steps=22")
+    assert [r["step"] for r in longer] == list(range(1, 23))
+    assert longer[:20] == rows
 
 
 def test_repeated_nan_steps_stop_the_run(tmp_path):
