@@ -108,6 +108,20 @@ def test_same_seed_and_call_count_reproduce_samples_and_the_next_call_differs(en
     assert other_seed.generate(prompts) != first
 
 
+def test_a_group_split_over_two_engines_draws_distinct_answers(prompts):
+    """GRPO's four answers to one prompt, two per engine: each engine is told where its share starts in the
+    step's batch, so the halves draw from different seeds; with the same start they would repeat each other."""
+    group = [prompts[1]] * 4
+    left, right = new_engine(), new_engine()
+    answers = [a.response_ids for a in left.generate(group[:2], first_index=0)
+               + right.generate(group[2:], first_index=2)]
+    assert answers[2:] != answers[:2]
+    whole = new_engine().generate(group)  # one engine sampling all four draws exactly the same answers
+    assert [a.response_ids for a in whole] == answers
+    same_start = new_engine().generate(group[2:], first_index=0)  # what both engines drew before first_index
+    assert [a.response_ids for a in same_start] == answers[:2]
+
+
 def test_auto_picks_vllm_where_it_imports():
     if not vllm_importable():
         pytest.skip("vLLM is not installed here")
