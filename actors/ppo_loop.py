@@ -97,6 +97,19 @@ def load_prompts(cfg: Config) -> list[list[dict]]:
     return prompts
 
 
+def hold_out(pool_size: int, held: int, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) prompt indices: a seeded choice of `held` prompts that training never sees, the
+    same on every resume of the run."""
+    if held >= pool_size:
+        from actors.sft_data import EmptyDatasetError
+
+        raise EmptyDatasetError(f"ppo.eval_prompts={held} would hold out all {pool_size} PPO prompts; lower it "
+                                f"or add prompts")
+    order = list(range(pool_size))
+    random.Random(seed * 4099 + 17).shuffle(order)
+    return sorted(order[held:]), sorted(order[:held])
+
+
 def prompts_for_step(pool_size: int, batch: int, step: int, seed: int) -> list[int]:
     """Indices of the step's prompts: a seeded reshuffle of the pool per pass, so a resumed run sees the
     same prompts at the same step."""
@@ -128,8 +141,12 @@ class PPOLoop:
         cfg = self.cfg
         start_model = str(resolve_path(cfg.ppo.init_model or cfg.model.path))
         self.tokenizer = modeling.load_tokenizer(start_model, cfg.model.chat_template)
-        self.prompts = load_prompts(cfg)
+        self.prompts, self.eval_prompts = load_prompts(cfg), []
+        if cfg.ppo.eval_every:
+            train, held = hold_out(len(self.prompts), cfg.ppo.eval_prompts, cfg.run.seed)
+            self.prompts, self.eval_prompts = [self.prompts[i] for i in train], [self.prompts[i] for i in held]
         self.prompt_ids = [self._encode_prompt(p) for p in self.prompts]
+        self.eval_prompt_ids = [self._encode_prompt(p) for p in self.eval_prompts]
         self.lexicon = Lexicon.load(resolve_path(cfg.ppo.reward.safety_lexicon_dir)) \
             if "safety" in cfg.ppo.reward.enabled_terms else None
         self.controller = make_kl_controller(cfg.ppo.kl.controller, coef=cfg.ppo.kl.coef,
@@ -227,8 +244,25 @@ class PPOLoop:
         with timed(timings, "monitor"):
             result = self.monitor_phase(step, rollout, rm_scores, adv, train_stats, timings)
         result.metrics["time/monitor"] = timings["monitor"]
+        if self.eval_prompts and (step % self.cfg.ppo.eval_every == 0 or step == self.cfg.ppo.steps):
+            with timed(timings, "eval"):
+                result.metrics.update(self.eval_phase())
+            result.metrics["time/eval"] = timings["eval"]
         result.metrics["time/step"] = sum(timings.values())
         return result
+
+    # held-out evaluation (every ppo.eval_every steps)
+    def eval_phase(self) -> dict:
+        """Greedy answers of the just-synced weights to prompts training never sees, scored by the reward source:
+        a rising training reward with a flat held-out one is memorisation, not learning. Greedy, so the sampling
+        seed stream (and with it a resumed run's rollouts) is left alone."""
+        ids = self.rollout.call_rank0("greedy", self.eval_prompt_ids, self.cfg.ppo.rollout.max_new_tokens)
+        responses = [self.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+        metrics = {"eval/response_chars_mean": sum(len(r) for r in responses) / len(responses)}
+        if "rm" in self.cfg.ppo.reward.enabled_terms:
+            scores = self.reward.score(self.eval_prompts, responses)
+            metrics["eval/rm_mean"] = sum(scores) / len(scores)
+        return metrics
 
     # 1
     def rollout_phase(self, step: int) -> Rollout:

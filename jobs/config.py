@@ -403,6 +403,11 @@ class PPOConfig:
                                       "fixed prompts the run report (report.md) answers greedily with the rollout "
                                       "engine before the first update and after the last; empty: no samples")
     report_max_new_tokens: int = param(48, "length cap of the report's greedy answers, in tokens", gt=0)
+    eval_every: Optional[int] = param(None, "every N steps (and at the last), answer the held-out prompts greedily "
+                                            "and log their preference score as eval/rm_mean (unset: no evaluation)",
+                                      gt=0)
+    eval_prompts: int = param(32, "prompts held out of training for eval_every (a seeded choice from the pool)",
+                              gt=0)
     inject_nan_at_step: Optional[int] = param(None, "fault injection for tests and demos: this step's advantages "
                                                     "become NaN, so the instability guard and its rollback can be "
                                                     "seen working (unset: off)", gt=0)

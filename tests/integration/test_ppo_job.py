@@ -77,7 +77,8 @@ def test_stronger_kl_coefficient_moves_the_policy_less(kl_005, kl_02):
     assert window_mean(strong, "reward/rm_mean", False) < window_mean(weak, "reward/rm_mean", False)
 
 
-GRPO = ["ppo.kl.coef=0.05", "ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "ppo.rollout_batch_size=8"]
+GRPO = ["ppo.kl.coef=0.05", "ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=4", "ppo.rollout_batch_size=8",
+        "ppo.eval_every=10", "ppo.eval_prompts=16"]
 
 
 @pytest.fixture(scope="module")
@@ -96,11 +97,14 @@ def test_grpo_learns_with_no_value_model(grpo):
     checkpoint = result.output_dir / "checkpoints" / "step_000020"
     assert sorted(p.name for p in checkpoint.iterdir()) == ["policy", "state.json"]
     assert not any(key.startswith("value/") for row in rows for key in row)
-    # A group whose four answers scored the same teaches nothing. At step 1 the policy is the reference (KL 0),
-    # so only the sparse keyword separates answers and most groups have no spread (measured 7 of 8); once the
-    # policy moves, each answer's KL penalty differs and every group has some.
+    # 16 prompts held out of training, answered greedily and scored every 10 steps.
+    assert [r["step"] for r in rows if "eval/rm_mean" in r] == [10, 20]
+    assert all(r["eval/rm_mean"] >= 0.0 and r["time/eval"] > 0.0 for r in rows if "eval/rm_mean" in r)
+    # A group whose four answers scored the same teaches nothing. While the policy is still the reference (KL 0)
+    # only the sparse keyword separates answers and most groups have no spread (measured 7 or 8 of 8 at step
+    # 1); once the policy has moved, each answer's KL penalty differs and every group has some.
     spread = [r["advantage/zero_spread_groups"] for r in rows]
-    assert spread[0] >= 0.5 and max(spread[1:]) < spread[0], spread
+    assert spread[0] >= 0.5 and spread[-1] == 0.0, spread
 
 
 def test_grpo_run_resumes_from_its_last_checkpoint(grpo):
@@ -110,6 +114,7 @@ def test_grpo_run_resumes_from_its_last_checkpoint(grpo):
     _, longer = ppo_rows(result.output_dir.parent.parent, *GRPO, "ppo.steps=22")
     assert [r["step"] for r in longer] == list(range(1, 23))
     assert longer[:20] == rows
+    assert "eval/rm_mean" in longer[-1]  # the last step is always evaluated
 
 
 def test_repeated_nan_steps_stop_the_run(tmp_path):

@@ -48,3 +48,20 @@ def test_each_pass_uses_every_prompt_once_and_a_resume_sees_the_same_prompts():
     # A pool smaller than the batch repeats prompts to fill it.
     small = prompts_for_step(3, 5, 0, seed=1)
     assert len(small) == 5 and set(small) == {0, 1, 2}
+
+
+def test_held_out_prompts_are_a_seeded_disjoint_share_of_the_pool():
+    from actors.ppo_loop import hold_out
+
+    train, held = hold_out(100, 16, seed=7)
+    assert len(held) == 16 and len(train) == 84 and sorted(train + held) == list(range(100))
+    assert hold_out(100, 16, seed=7) == (train, held)  # a resumed run holds out the same prompts
+    assert hold_out(100, 16, seed=8)[1] != held
+
+
+def test_holding_out_the_whole_pool_is_refused():
+    from actors.ppo_loop import hold_out
+    from actors.sft_data import EmptyDatasetError
+
+    with pytest.raises(EmptyDatasetError, match="ppo.eval_prompts=40 would hold out all 40 PPO prompts"):
+        hold_out(40, 40, seed=7)
