@@ -30,7 +30,7 @@ from actors.algo import (ADVANTAGE_ESTIMATORS, group_advantages, kl_penalized_re
                          make_kl_controller, masked_sum, masked_whiten, per_token, zero_spread_share)
 from actors.algo.monitors import HealthMonitor, most_severe_action, response_metrics
 from actors.algo.rewards import RewardBatch, mix_rewards, reward_log
-from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, concat, shard
+from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, shard
 from jobs.config import Config, resolve_path
 from jobs.configlib import to_dict
 

@@ -24,7 +24,7 @@ from jobs.config import Config
 log = logging.getLogger("rayalign.ppo")
 SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "ppo")
 PLOTTED = ["reward/rm_mean", "reward/total", "kl", "kl_coef", "policy/loss", "value/loss", "policy/entropy",
-           "response_tokens_mean", "advantage/zero_spread_groups", "eval/rm_mean"]  # absent keys are skipped (no value model, PPO)
+           "response_tokens_mean", "advantage/zero_spread_groups", "eval/rm_mean"]  # absent keys are skipped
 
 
 @dataclass(frozen=True)
