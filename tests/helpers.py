@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,16 +45,34 @@ def kill_tree(proc: subprocess.Popen) -> None:
     proc.wait(timeout=60)
 
 
-def kill_once_checkpointed(module: str, args: list[str], checkpoint: Path, log_path: Path,
+def kill_once_checkpointed(module: str, args: list[str], checkpoint: Path | Callable[[], bool], log_path: Path,
                            timeout: float = 300) -> None:
-    """Start a job, SIGKILL its whole tree (driver, embedded Ray, workers) as soon as `checkpoint` (the folder or
-    file a complete checkpoint leaves) exists; fails with the job's log if the job ended before that."""
+    """Start a job, SIGKILL its whole tree (driver, embedded Ray, workers) as soon as `checkpoint` (the file a
+    complete checkpoint leaves last, or a predicate saying a checkpoint is complete) is there; fails with the
+    job's log if the job ended before that."""
+    complete = checkpoint if callable(checkpoint) else checkpoint.exists
     proc = start_job(module, *args, log_path=log_path)
     try:
-        wait_for(lambda: checkpoint.exists() or proc.poll() is not None, timeout, what=f"checkpoint {checkpoint}")
+        wait_for(lambda: complete() or proc.poll() is not None, timeout, what=f"checkpoint {checkpoint}")
         assert proc.poll() is None, log_path.read_text()[-3000:]
     finally:
         kill_tree(proc)
+
+
+def ray_train_registered(run_dir: Path, step: int) -> Callable[[], bool]:
+    """Whether Ray Train has recorded a checkpoint of this step or a later one in its snapshot, the only
+    checkpoints a re-run resumes from. Its step_NNNNNN folder appears earlier, while the checkpoint is still
+    being written: a kill then leaves nothing to resume, and the re-run rightly starts over."""
+    snapshot = Path(run_dir) / "checkpoint_manager_snapshot.json"
+
+    def registered() -> bool:
+        try:
+            results = json.loads(snapshot.read_text())["checkpoint_results"]
+        except (OSError, ValueError, KeyError):  # not written yet, or caught mid-write
+            return False
+        return any(int(r.get("checkpoint_dir_name", "step_0").split("_")[-1]) >= step for r in results)
+
+    return registered
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition") -> None:

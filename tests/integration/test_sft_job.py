@@ -15,7 +15,7 @@ from jobs.config import load_config
 from jobs.metrics import read_jsonl
 from jobs.sft import run
 from tests.conftest import POLICY_PATH, TINY_CPU
-from tests.helpers import kill_once_checkpointed, run_job, wait_for
+from tests.helpers import kill_once_checkpointed, ray_train_registered, run_job, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 # lr 1e-3 moves the held-out loss far within 20 steps (the recipe's gentler 3e-4 is for the demo's fluency).
@@ -117,7 +117,7 @@ def test_lora_trains_the_expected_share_and_exports_merged(ray_session, tmp_path
 def test_resume_after_kill_finishes_with_same_steps_and_loss(zero2, tmp_path):
     args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", *STEPS, "sft.save_every=5"]
     out = tmp_path / "tiny-cpu" / "sft"
-    kill_once_checkpointed("jobs.sft", args, out / "ray_train" / "step_000010", tmp_path / "first.log")
+    kill_once_checkpointed("jobs.sft", args, ray_train_registered(out / "ray_train", 10), tmp_path / "first.log")
     steps_before = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert 10 <= max(steps_before) < 20
     second = run_job("jobs.sft", *args)

@@ -14,7 +14,7 @@ from jobs.config import load_config
 from jobs.metrics import read_jsonl
 from jobs.train_rm import prepare, run
 from tests.conftest import TINY_CPU
-from tests.helpers import kill_once_checkpointed, run_job
+from tests.helpers import kill_once_checkpointed, ray_train_registered, run_job
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 REPO_CONFIGS = TINY_CPU.parent
@@ -95,7 +95,7 @@ def test_resume_after_kill_finishes_with_the_uninterrupted_runs_accuracy(tiny, t
     command again resumes and ends where the uninterrupted `tiny` run (same config) ended."""
     args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", *TINY_STEPS]
     out = tmp_path / "tiny-cpu" / "reward_model"
-    kill_once_checkpointed("jobs.train_rm", args, out / "ray_train" / "step_000010", tmp_path / "first.log")
+    kill_once_checkpointed("jobs.train_rm", args, ray_train_registered(out / "ray_train", 10), tmp_path / "first.log")
     steps_before = [r["step"] for r in read_jsonl(out / "metrics.jsonl") if "loss" in r]
     assert 10 <= max(steps_before) < 30 and not (out / "report.json").exists()
     second = run_job("jobs.train_rm", *args)
