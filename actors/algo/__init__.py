@@ -62,7 +62,7 @@ __all__ = [
     "per_token",
     "reinforce",
     "sequence_logprob",
-    "zero_spread_share",
     "shift_for_causal_lm",
     "token_logprobs",
+    "zero_spread_share",
 ]
