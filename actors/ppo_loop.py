@@ -330,7 +330,7 @@ class PPOLoop:
             returns = per_token(sequence_returns, mask)
             group_metrics["advantage/zero_spread_groups"] = zero_spread_share(sequence_returns,
                                                                                ppo.samples_per_prompt)
-        if ppo.whiten_advantages and ppo.advantage_estimator in ("gae", "reinforce_baseline"):
+        if ppo.whitens_advantages:
             advantages = masked_whiten(advantages, mask)
         self.controller.update(float(seq_kl.mean()), len(rollout.responses))
         seq_kl_k3 = float(masked_sum(kl_per_token(logps.old, logps.ref, "k3"), mask, dim=-1).mean())

@@ -422,6 +422,11 @@ class PPOConfig:
         return self.advantage_estimator == "gae"
 
     @property
+    def whitens_advantages(self) -> bool:
+        """grpo and rloo advantages are normalised within each group already."""
+        return self.whiten_advantages and self.advantage_estimator in ("gae", "reinforce_baseline")
+
+    @property
     def sequences_per_step(self) -> int:
         return self.rollout_batch_size * self.samples_per_prompt
 

@@ -209,7 +209,8 @@ def build_report(cfg: Config, rows: Sequence[dict], alarms: Sequence[dict], answ
         "run": cfg.run.name, "steps": last_step, "planned_steps": cfg.ppo.steps,
         "stopped_early": bool(rows) and rows[-1].get("action") == "stop",
         "reward_terms": list(cfg.ppo.reward.enabled_terms), "rm_source": cfg.ppo.reward.rm_source,
-        "advantage_estimator": cfg.ppo.advantage_estimator, "samples_per_prompt": cfg.ppo.samples_per_prompt,
+        "advantage_estimator": cfg.ppo.advantage_estimator, "value_model": cfg.ppo.uses_value_model,
+        "samples_per_prompt": cfg.ppo.samples_per_prompt,
         "summary_window": n, "summary": summary, "final_metrics": rows[-1] if rows else {},
         "alarms": alarms, "actions": actions_taken(rows, alarms, mon.kl_raise_factor, mon.rollback_lr_factor),
         "samples": {"prompts": list(cfg.ppo.report_prompts), **answers},
@@ -221,7 +222,7 @@ def render_markdown(report: dict) -> str:
     n = report["summary_window"]
     stopped = " (stopped early by a monitor)" if report["stopped_early"] else ""
     answers = report["samples_per_prompt"]
-    critic = "with a value model" if report["advantage_estimator"] == "gae" else "no value model"
+    critic = "with a value model" if report["value_model"] else "no value model"
     lines = [f"# PPO run report: {report['run']}", "",
              f"{report['steps']} of {report['planned_steps']} steps{stopped}; reward terms "
              f"{', '.join(report['reward_terms'])}; preference score from `{report['rm_source']}`; advantages "

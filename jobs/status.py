@@ -66,7 +66,9 @@ def gather(run_dir: Path, address: str | None) -> dict:
     actors, live_error = _with_live_state(roster["actors"], address)
     return {"run_dir": str(run_dir), "run": roster.get("run"), "rollout_engine": roster.get("rollout_engine"),
             "progress": progress(run_dir, rows, roster),
-            "throughput": throughput(rows, roster.get("sequences_per_step", roster.get("rollout_batch_size"))), "faults": read_faults(run_dir),
+            # Rosters written before samples_per_prompt existed hold rollout_batch_size only (one answer each).
+            "throughput": throughput(rows, roster.get("sequences_per_step", roster.get("rollout_batch_size"))),
+            "faults": read_faults(run_dir),
             "actors": actors, "live_state": live_error or f"from the cluster at {address}"}
 
 
