@@ -26,11 +26,9 @@ from actors.algo.logprobs import shift_for_causal_lm, token_logprobs
 from actors.algo.preference import dpo_loss, sequence_logprob
 from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
 from actors.reward_trainer import wilson_interval
-from actors.sft_data import EmptyDatasetError, bucketed_batches, collate, shard_batches
-from actors.zero_trainer import ZeroTrainer, balanced_share, run_rank, save_hf_model
-from jobs.config import Config
-from jobs.configlib import build
-from jobs.records import RecordError
+from actors.sft_data import bucketed_batches, collate, shard_batches
+from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
+from common.errors import EmptyDatasetError, RecordError
 
 
 @dataclass(frozen=True)
@@ -151,8 +149,8 @@ class DPOTrainer(ZeroTrainer):
     section = "dpo"
     unit = "pairs"
 
-    def __init__(self, cfg: Config, split: DPOSplit, pad_id: int, output_dir: str, tokenizer_path: str):
-        super().__init__(cfg, cfg.dpo.lr, output_dir)
+    def __init__(self, cfg: TrainingSetup, split: DPOSplit, pad_id: int, output_dir: str, tokenizer_path: str):
+        super().__init__(cfg, cfg.settings.lr, output_dir)
         self.split, self.pad_id, self.tokenizer_path = split, pad_id, tokenizer_path
         self.step_tally = RewardTally()
 
@@ -198,7 +196,7 @@ class DPOTrainer(ZeroTrainer):
         return len(self.split.train)
 
     def epoch_batches(self, epoch: int) -> list:
-        batches = bucketed_batches(self.split.train, self.settings.micro_batch_size, self.cfg.run.seed, epoch,
+        batches = bucketed_batches(self.split.train, self.settings.micro_batch_size, self.cfg.seed, epoch,
                                    length=lambda pair: pair.length)
         return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
 
@@ -236,12 +234,10 @@ class DPOTrainer(ZeroTrainer):
 
 
 def train_loop(payload: dict) -> None:
-    """Ray Train worker entry (thin shell): rebuild the config, train, checkpoint, export."""
+    """Ray Train worker entry (thin shell): train, checkpoint, export."""
     import ray
 
-    from jobs.config import Config as ConfigClass
-
-    cfg = build(ConfigClass, payload["config"])
-    trainer = DPOTrainer(cfg, ray.get(payload["split_ref"]), payload["pad_id"], payload["output_dir"],
+    setup: TrainingSetup = payload["setup"]
+    trainer = DPOTrainer(setup, ray.get(payload["split_ref"]), payload["pad_id"], payload["output_dir"],
                          payload["tokenizer_path"])
-    run_rank(trainer, export=cfg.dpo.export)
+    run_rank(trainer, export=setup.settings.export)

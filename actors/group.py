@@ -14,9 +14,7 @@ from typing import Any
 
 import torch
 
-
-class RoleFailure(RuntimeError):
-    """A rank of a role died or raised; the message names the role, rank and method."""
+from common.errors import RoleFailure
 
 
 class Located:

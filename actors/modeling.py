@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
-from jobs.config import LoraConfig, ModelConfig, resolve_path
+from common.config import LoraConfig, ModelConfig
+from common.errors import ModelDirError, QuantizationUnavailable
+from common.model_dir import check_model_dir
 
 log = logging.getLogger("rayalign.modeling")
 
@@ -27,35 +29,7 @@ DEFAULT_CHAT_TEMPLATE = (
     "{% else %}Assistant: {{ m['content'] }}{{ eos_token }}\n{% endif %}"
     "{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
-WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelDirError(ValueError):
-    """A model folder is missing or incomplete."""
-
-
-class QuantizationUnavailable(RuntimeError):
-    """int8 / 4-bit loading was requested where bitsandbytes + CUDA cannot run."""
-
-
-def check_model_dir(path: str | Path, need_tokenizer: bool = True) -> Path:
-    folder = resolve_path(path)
-    if not folder.is_dir():
-        raise ModelDirError(f"model folder {folder} does not exist (set model.path to a local Hugging Face folder)")
-    config = folder / "config.json"
-    if not config.is_file():
-        raise ModelDirError(f"model folder {folder} has no config.json; is it a Hugging Face model folder?")
-    try:
-        json.loads(config.read_text())
-    except json.JSONDecodeError as exc:
-        raise ModelDirError(f"{config} is not valid JSON: {exc}") from None
-    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
-        raise ModelDirError(f"model folder {folder} has no weights (*.safetensors or pytorch_model*.bin)")
-    if need_tokenizer and not any((folder / name).is_file() for name in
-                                  ("tokenizer.json", "tokenizer.model", "vocab.txt", "tokenizer_config.json")):
-        raise ModelDirError(f"model folder {folder} has no tokenizer files (tokenizer.json / tokenizer.model)")
-    return folder
 
 
 def load_tokenizer(path: str | Path, chat_template: str | None = None):

@@ -44,14 +44,13 @@ class PolicyRole(TrainedRole):
     role = "policy"
 
     def setup(self) -> dict:
-        cfg = self.cfg
-        model = modeling.trainable_causal_lm(cfg.model, cfg.lora, cfg.ppo.init_model or cfg.model.path)
+        model = modeling.trainable_causal_lm(self.model_cfg, self.lora_cfg, self.start_model)
         trainable, total = modeling.count_parameters(model)
-        self._make_engine(model, cfg.ppo.lr)
+        self._make_engine(model, self.ppo.lr)
         return {"trainable_params": trainable, "total_params": total}
 
     def _temperature(self) -> float:
-        return self.cfg.ppo.rollout.temperature
+        return self.ppo.rollout.temperature
 
     def logprobs(self, batch: TokenBatch, disable_adapter: bool = False) -> torch.Tensor:
         """Old log-probs (or, adapters disabled, the reference's) for this rank's shard."""
@@ -71,7 +70,7 @@ class PolicyRole(TrainedRole):
 
     def train(self, batch: PolicyBatch, seed: int, kl_loss_coef: float = 0.0) -> dict:
         """ppo_epochs × mini-batches of clipped-surrogate updates on this rank's shard; global stats."""
-        ppo = self.cfg.ppo
+        ppo = self.ppo
         sums = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "tokens": 0.0}
         updates = skipped = 0
         grad_norms = []
@@ -122,7 +121,7 @@ class PolicyRole(TrainedRole):
         state = {name: tensor for name, tensor in hf_named_weights(self.engine.module, self.stage)}
         if self.rank != 0:
             return None
-        skeleton = modeling.load_causal_lm(self.cfg.model, self.cfg.ppo.init_model or self.cfg.model.path)
+        skeleton = modeling.load_causal_lm(self.model_cfg, self.start_model)
         skeleton.load_state_dict(state, strict=True)  # a name mismatch fails loudly here, not at load time
-        tokenizer = modeling.load_tokenizer(tokenizer_path, self.cfg.model.chat_template)
+        tokenizer = modeling.load_tokenizer(tokenizer_path, self.model_cfg.chat_template)
         return save_hf_model(skeleton, tokenizer, Path(target))

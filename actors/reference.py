@@ -8,20 +8,19 @@ from actors import modeling
 from actors.group import Located
 from actors.policy import sequence_logprobs
 from actors.protocol import TokenBatch, to_device
-from jobs.config import Config
-from jobs.configlib import build
+from common.config import ModelConfig, RolloutConfig
 
 
 class ReferenceModel(Located):
-    def __init__(self, config: dict):
-        self.cfg = build(Config, config)
-        self.model = modeling.load_causal_lm(self.cfg.model, self.cfg.ppo.init_model or self.cfg.model.path)
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, start_model: str):
+        self.rollout = rollout
+        self.model = modeling.load_causal_lm(model, start_model)
         self.model.eval().requires_grad_(False).to(modeling.device())
 
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:
         batch = to_device(batch, modeling.device())
-        return sequence_logprobs(self.model, batch, self.cfg.ppo.rollout.temperature).cpu()
+        return sequence_logprobs(self.model, batch, self.rollout.temperature).cpu()
 
     def ping(self) -> bool:
         return True

@@ -23,7 +23,8 @@ import torch
 from actors import modeling
 from actors.chat import render
 from actors.group import Located
-from jobs.config import Config, resolve_path
+from common.config import Config, resolve_path
+from common.errors import RewardModelTooLarge
 
 log = logging.getLogger("rayalign.reward")
 
@@ -40,9 +41,6 @@ def _minilm_path() -> str:
 # reward_model.backbone shorthands → functions returning the local folder.
 BACKBONE_SHORTHANDS = {"minilm": _minilm_path}
 
-
-class RewardModelTooLarge(ValueError):
-    """The reward model is much larger than the policy and the config says to refuse (SPEC §3)."""
 
 
 def check_size_match(rm_params: int, policy_params: int, ratio_warn: float = 1.5, refuse: bool = False) -> str | None:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import re
 
-from actors.algo.monitors import filler_density, phrase_tokens
+from actors.algo.response_stats import filler_density, phrase_tokens
 from actors.algo.registry import Registry
 from actors.algo.text import text_tokens
-from jobs.config import Config, resolve_path
+from common.config import PPOConfig, RewardModelConfig, ServeConfig, resolve_path
+from common.errors import ConfigError
 
 REWARD_SOURCES: Registry = Registry("reward source")
 
@@ -37,7 +38,7 @@ class KeywordReward:
 
 class FillerReward:
     """Score = tokens of a response that lie inside filler phrases, capped; tokens and matching as the
-    reward-hacking monitor's filler density (actors.algo.monitors), so English and Chinese count alike."""
+    reward-hacking monitor's filler density (actors.algo.response_stats), so English and Chinese count alike."""
 
     def __init__(self, phrases: list[str], cap: int):
         self.phrases = phrase_tokens(phrases)
@@ -57,7 +58,7 @@ class ActorReward:
     def score(self, prompts: list[list[dict]], responses: list[str]) -> list[float]:
         import ray
 
-        from actors.group import RoleFailure
+        from common.errors import RoleFailure
 
         try:
             return ray.get(self.actor.score.remote(prompts, responses))
@@ -66,23 +67,23 @@ class ActorReward:
 
 
 @REWARD_SOURCES.register("keyword")
-def _keyword(cfg: Config, placement=None) -> KeywordReward:
-    return KeywordReward(cfg.ppo.reward.rm_keyword, cfg.ppo.reward.rm_keyword_cap)
+def _keyword(ppo: PPOConfig, reward_model: RewardModelConfig, serve: ServeConfig, placement=None) -> KeywordReward:
+    return KeywordReward(ppo.reward.rm_keyword, ppo.reward.rm_keyword_cap)
 
 
 @REWARD_SOURCES.register("filler")
-def _filler(cfg: Config, placement=None) -> FillerReward:
-    return FillerReward(cfg.ppo.reward.rm_filler_phrases, cfg.ppo.reward.rm_filler_cap)
+def _filler(ppo: PPOConfig, reward_model: RewardModelConfig, serve: ServeConfig, placement=None) -> FillerReward:
+    return FillerReward(ppo.reward.rm_filler_phrases, ppo.reward.rm_filler_cap)
 
 
 @REWARD_SOURCES.register("http")
-def _http(cfg: Config, placement=None):
+def _http(ppo: PPOConfig, reward_model: RewardModelConfig, serve: ServeConfig, placement=None):
     import os
 
-    from serve.client import RewardClient
+    from actors.reward_client import RewardClient
 
-    reward = cfg.ppo.reward
-    token = os.environ.get(cfg.serve.auth_token_env) or None
+    reward = ppo.reward
+    token = os.environ.get(serve.auth_token_env) or None
     client = RewardClient(reward.reward_url, timeout_s=reward.reward_timeout_s, retries=reward.reward_retries,
                           token=token)
     client.check_reachable()
@@ -90,27 +91,28 @@ def _http(cfg: Config, placement=None):
 
 
 @REWARD_SOURCES.register("model")
-def _model(cfg: Config, placement=None) -> ActorReward:
+def _model(ppo: PPOConfig, reward_model: RewardModelConfig, serve: ServeConfig, placement=None) -> ActorReward:
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     from actors.reward import RewardModel
 
-    if not cfg.ppo.reward.rm_path:
-        raise ValueError("ppo.reward.rm_path must name a trained reward model folder when rm_source=model")
+    if not ppo.reward.rm_path:
+        raise ConfigError("ppo.reward.rm_path must name a trained reward model folder when ppo.reward.rm_source=model")
     # Frozen weights from the folder: Ray can rebuild a dead actor and retry the call without losing anything.
-    restarts = cfg.ppo.stateless_max_restarts
-    options = {"num_cpus": cfg.ppo.cpus_per_actor, "num_gpus": cfg.ppo.gpus_per_actor, "max_restarts": restarts,
+    restarts = ppo.stateless_max_restarts
+    options = {"num_cpus": ppo.cpus_per_actor, "num_gpus": ppo.gpus_per_actor, "max_restarts": restarts,
                "max_task_retries": restarts}
     if placement is not None:
         group, bundle = placement
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(group, bundle)
     # Truncation and batch size from reward_model, as the reward service reads them: both sources score alike.
-    actor = ray.remote(RewardModel).options(**options).remote(str(resolve_path(cfg.ppo.reward.rm_path)),
-                                                              cfg.reward_model.max_length,
-                                                              cfg.reward_model.score_batch_size)
+    actor = ray.remote(RewardModel).options(**options).remote(str(resolve_path(ppo.reward.rm_path)),
+                                                              reward_model.max_length, reward_model.score_batch_size)
     return ActorReward(actor)
 
 
-def make_reward_source(cfg: Config, placement=None):
-    return REWARD_SOURCES.get(cfg.ppo.reward.rm_source)(cfg, placement)
+def make_reward_source(ppo: PPOConfig, reward_model: RewardModelConfig, serve: ServeConfig, placement=None):
+    """The source ppo.reward.rm_source names, built from the sections it reads (reward_model: truncation and
+    batch size of the model's scoring; serve: the service's token)."""
+    return REWARD_SOURCES.get(ppo.reward.rm_source)(ppo, reward_model, serve, placement)

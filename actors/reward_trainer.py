@@ -14,11 +14,9 @@ import torch
 
 from actors import modeling, reward, zero
 from actors.algo.preference import bradley_terry_loss
-from actors.sft_data import EmptyDatasetError, bucketed_batches, shard_batches
-from actors.zero_trainer import ZeroTrainer, run_rank, save_hf_model
-from jobs.config import Config
-from jobs.configlib import ConfigError, build
-from jobs.records import RecordError
+from actors.sft_data import bucketed_batches, shard_batches
+from actors.zero_trainer import TrainingSetup, ZeroTrainer, run_rank, save_hf_model
+from common.errors import ConfigError, EmptyDatasetError, RecordError
 
 WILSON_Z95 = 1.959963984540054
 
@@ -112,8 +110,8 @@ class RewardTrainer(ZeroTrainer):
     title = "reward model"
     unit = "pairs"
 
-    def __init__(self, cfg: Config, split: PreferenceSplit, backbone: str, pad_id: int, output_dir: str):
-        super().__init__(cfg, cfg.reward_model.lr, output_dir)
+    def __init__(self, cfg: TrainingSetup, split: PreferenceSplit, backbone: str, pad_id: int, output_dir: str):
+        super().__init__(cfg, cfg.settings.lr, output_dir)
         self.split, self.backbone, self.pad_id = split, backbone, pad_id
 
     def build_model(self) -> torch.nn.Module:
@@ -127,7 +125,7 @@ class RewardTrainer(ZeroTrainer):
         return len(self.split.train)
 
     def epoch_batches(self, epoch: int) -> list:
-        batches = bucketed_batches(self.split.train, self.settings.micro_batch_size, self.cfg.run.seed, epoch,
+        batches = bucketed_batches(self.split.train, self.settings.micro_batch_size, self.cfg.seed, epoch,
                                    length=lambda pair: pair.length)
         return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
 
@@ -167,12 +165,10 @@ class RewardTrainer(ZeroTrainer):
 
 
 def train_loop(payload: dict) -> None:
-    """Ray Train worker entry (thin shell): rebuild the config, train, checkpoint, export."""
+    """Ray Train worker entry (thin shell): train, checkpoint, export."""
     import ray
 
-    from jobs.config import Config as ConfigClass
-
-    cfg = build(ConfigClass, payload["config"])
-    trainer = RewardTrainer(cfg, ray.get(payload["split_ref"]), payload["backbone"], payload["pad_id"],
+    setup: TrainingSetup = payload["setup"]
+    trainer = RewardTrainer(setup, ray.get(payload["split_ref"]), payload["backbone"], payload["pad_id"],
                             payload["output_dir"])
-    run_rank(trainer, export=cfg.reward_model.export)
+    run_rank(trainer, export=setup.settings.export)

@@ -14,33 +14,25 @@ from pathlib import Path
 ROSTER_FILE = "roles.json"
 
 
-def roster_entries(loop) -> list[dict]:
-    """One entry per actor of a started PPO loop: role, rank, name, actor id, node id, node IP, pid."""
+def roster_entries(groups: dict, reward_actor=None) -> list[dict]:
+    """One entry per actor of the started role groups (role → RoleGroup, or None for a role not started) and the
+    reward-model actor if any: role, rank, name, actor id, node id, node IP, pid."""
     import ray
 
-    entries = []
-    for name in ("rollout", "policy", "value", "reference"):
-        group = getattr(loop, name, None)
-        if group is not None:
-            entries.extend(group.roster())
-    reward_actor = getattr(loop.reward, "actor", None)  # only the reward-model source has an actor
+    entries = [entry for group in groups.values() if group is not None for entry in group.roster()]
     if reward_actor is not None:
-        entries.append({"role": "reward", "rank": 0, "name": None,
-                        **ray.get(reward_actor.placement_info.remote())})
+        entries.append({"role": "reward", "rank": 0, "name": None, **ray.get(reward_actor.placement_info.remote())})
     # The address each node registered with (loopback in tests), not whatever interface the actor sees first.
     node_ips = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
     return [{**entry, "node_ip": node_ips.get(entry["node_id"])} for entry in entries]
 
 
-def write_roster(loop) -> Path:
-    path = Path(loop.output_dir) / ROSTER_FILE
+def write_roster(output_dir: str | Path, run: dict, groups: dict, reward_actor=None) -> Path:
+    """roles.json: `run` (what the operator view shows about the run: name, steps, batch sizes, engine) and every
+    actor's entry; written atomically."""
+    path = Path(output_dir) / ROSTER_FILE
     tmp = path.with_name(f".{path.name}.tmp")
-    ppo = loop.cfg.ppo
-    tmp.write_text(json.dumps({"run": loop.cfg.run.name, "updated": time.time(), "steps": ppo.steps,
-                               "rollout_batch_size": ppo.rollout_batch_size,
-                               "sequences_per_step": ppo.sequences_per_step,
-                               "rollout_engine": getattr(loop, "rollout_engine", None),
-                               "actors": roster_entries(loop)},
+    tmp.write_text(json.dumps({**run, "updated": time.time(), "actors": roster_entries(groups, reward_actor)},
                               indent=2))
     tmp.replace(path)
     return path

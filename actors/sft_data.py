@@ -15,10 +15,7 @@ from typing import Any, Callable
 import torch
 
 from actors.chat import IGNORE_INDEX, EncodedChat, encode_chat
-
-
-class EmptyDatasetError(ValueError):
-    """Nothing is left to train on after reading and filtering."""
+from common.errors import EmptyDatasetError
 
 
 @dataclass(frozen=True)

@@ -10,9 +10,7 @@ from actors.algo.fused_ce import linear_cross_entropy_sum
 from actors.chat import IGNORE_INDEX, EncodedChat
 from actors.sft_data import (SFTSplit, bucketed_batches, collate, collate_packed, packed_batches, packed_rows,
                              shard_batches)
-from actors.zero_trainer import ZeroTrainer, balanced_share, run_rank, save_hf_model
-from jobs.config import Config
-from jobs.configlib import build
+from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
 
 # Transformers' `logits_to_keep` takes position indices; an empty index list makes the model skip its head.
 NO_LOGITS = torch.zeros(0, dtype=torch.long)
@@ -47,7 +45,7 @@ class SFTWorker(ZeroTrainer):
     title = "SFT"
     unit = "tokens"
 
-    def __init__(self, cfg: Config, split: SFTSplit, pad_id: int, lr: float, output_dir: str, tokenizer_path: str):
+    def __init__(self, cfg: TrainingSetup, split: SFTSplit, pad_id: int, lr: float, output_dir: str, tokenizer_path: str):
         super().__init__(cfg, lr, output_dir)
         self.split, self.pad_id, self.tokenizer_path = split, pad_id, tokenizer_path
 
@@ -63,7 +61,7 @@ class SFTWorker(ZeroTrainer):
     def epoch_batches(self, epoch: int) -> list:
         """Micro-batches of sft.micro_batch_size sequences: single chats of similar length, or (data.packing)
         rows of chats packed up to data.max_length tokens."""
-        size, seed = self.settings.micro_batch_size, self.cfg.run.seed
+        size, seed = self.settings.micro_batch_size, self.cfg.seed
         if self.cfg.data.packing:
             batches = packed_batches(packed_rows(self.split.train, self.cfg.data.max_length, seed, epoch), size)
         else:
@@ -103,12 +101,10 @@ class SFTWorker(ZeroTrainer):
 
 
 def train_loop(payload: dict) -> None:
-    """Ray Train worker entry (thin shell): rebuild the config, train, checkpoint, export."""
+    """Ray Train worker entry (thin shell): train, checkpoint, export."""
     import ray
 
-    from jobs.config import Config as ConfigClass
-
-    cfg = build(ConfigClass, payload["config"])
+    setup: TrainingSetup = payload["setup"]
     split = ray.get(payload["split_ref"]) if "split_ref" in payload else payload["split"]
-    worker = SFTWorker(cfg, split, payload["pad_id"], payload["lr"], payload["output_dir"], payload["tokenizer_path"])
-    run_rank(worker, export=cfg.sft.export)
+    worker = SFTWorker(setup, split, payload["pad_id"], payload["lr"], payload["output_dir"], payload["tokenizer_path"])
+    run_rank(worker, export=setup.settings.export)

@@ -17,8 +17,7 @@ import torch
 from actors import zero
 from actors.group import DistributedRole
 from actors.protocol import select
-from jobs.config import Config
-from jobs.configlib import build
+from common.config import DeepSpeedConfig, LoraConfig, ModelConfig, PPOConfig
 
 log = logging.getLogger("rayalign.ppo")
 CKPT_TAG = "zero"
@@ -27,9 +26,11 @@ CKPT_TAG = "zero"
 class TrainedRole(DistributedRole):
     role = "trained"
 
-    def __init__(self, config: dict):
-        self.cfg = build(Config, config)
-        self.stage = self.cfg.deepspeed.stage
+    def __init__(self, model: ModelConfig, lora: LoraConfig, deepspeed: DeepSpeedConfig, ppo: PPOConfig,
+                 start_model: str, seed: int):
+        self.model_cfg, self.lora_cfg, self.deepspeed, self.ppo = model, lora, deepspeed, ppo
+        self.start_model, self.seed = start_model, seed
+        self.stage = deepspeed.stage
         self.engine = None
 
     @property
@@ -41,11 +42,11 @@ class TrainedRole(DistributedRole):
         return zero.rank_and_world()[0]
 
     def _make_engine(self, model: torch.nn.Module, lr: float) -> None:
-        ppo = self.cfg.ppo
-        torch.manual_seed(self.cfg.run.seed)
+        ppo = self.ppo
+        torch.manual_seed(self.seed)
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = zero.adamw(params, lr, 0.0, self.cfg.deepspeed)
-        config = zero.ds_config(self.cfg.deepspeed, max(ppo.mini_batch_size // self.world, 1), 1,
+        optimizer = zero.adamw(params, lr, 0.0, self.deepspeed)
+        config = zero.ds_config(self.deepspeed, max(ppo.mini_batch_size // self.world, 1), 1,
                                 ppo.max_grad_norm, self.world)
         self.engine = zero.initialize(model, optimizer, None, config)
 
@@ -59,7 +60,7 @@ class TrainedRole(DistributedRole):
 
     def minibatches(self, batch, seed: int) -> Iterator:
         """ppo_epochs passes over this rank's shard in seeded random mini-batches of mini_batch_size/world."""
-        ppo = self.cfg.ppo
+        ppo = self.ppo
         size = batch.input_ids.shape[0]
         per_rank = max(ppo.mini_batch_size // self.world, 1)
         for epoch in range(ppo.ppo_epochs):

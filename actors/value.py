@@ -32,11 +32,11 @@ def action_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) 
     return model(input_ids, attention_mask)[:, :-1]
 
 
-def load_value_model(cfg, path: str) -> ValueModel:
+def load_value_model(path: str, dtype: str) -> ValueModel:
     from transformers import AutoModel
 
     folder = modeling.check_model_dir(path, need_tokenizer=False)
-    backbone = AutoModel.from_pretrained(str(folder), dtype=modeling.DTYPES[cfg.model.dtype])
+    backbone = AutoModel.from_pretrained(str(folder), dtype=modeling.DTYPES[dtype])
     return ValueModel(backbone, backbone.config.hidden_size)
 
 
@@ -44,9 +44,8 @@ class ValueRole(TrainedRole):
     role = "value"
 
     def setup(self) -> dict:
-        ppo = self.cfg.ppo
-        model = load_value_model(self.cfg, ppo.value_init or ppo.init_model or self.cfg.model.path)
-        self._make_engine(model, ppo.value_lr)
+        model = load_value_model(self.ppo.value_init or self.start_model, self.model_cfg.dtype)
+        self._make_engine(model, self.ppo.value_lr)
         return {"value_params": sum(p.numel() for p in model.parameters())}
 
     @torch.no_grad()
@@ -59,7 +58,7 @@ class ValueRole(TrainedRole):
         return torch.cat(parts).cpu()
 
     def train(self, batch: ValueBatch, seed: int) -> dict:
-        ppo = self.cfg.ppo
+        ppo = self.ppo
         sums = {"loss": 0.0, "clip_frac": 0.0, "tokens": 0.0}
         skipped = 0
         batch = to_device(batch, self.engine.device)

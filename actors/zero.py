@@ -12,7 +12,7 @@ from typing import Iterator
 
 import torch
 
-from jobs.config import DeepSpeedConfig
+from common.config import DeepSpeedConfig
 
 
 def ds_config(cfg: DeepSpeedConfig, micro_batch: int, grad_accum: int, max_grad_norm: float,

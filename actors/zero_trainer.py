@@ -2,11 +2,12 @@
 
 The skeleton owns everything that does not depend on what is trained: the engine (AdamW + cosine schedule
 with warm-up), the step loop with its eval / log / save cadence and progress bar, Ray Train checkpoints and
-resume (metrics after the resumed step are dropped so they are logged once), streaming export of the full
-weights, and the driver-side TorchTrainer launch. A role subclasses `ZeroTrainer`, names its config
-section (whose fields micro_batch_size, grad_accum, epochs, max_steps, warmup_ratio, weight_decay,
-max_grad_norm, eval_every, save_every, log_every, num_workers, use_gpu, cpus_per_worker and max_failures drive
-the loop and `fit`; see SFTConfig / RewardModelConfig) and fills in the hooks:
+resume (metrics after the resumed step are dropped so they are logged once), and streaming export of the full
+weights; the driver-side launch is actors/train_driver.py. A rank gets the config sections it reads as a
+TrainingSetup. A role subclasses `ZeroTrainer`, names its config section (whose fields micro_batch_size,
+grad_accum, epochs, max_steps, warmup_ratio, weight_decay, max_grad_norm, eval_every, save_every, log_every,
+num_workers, use_gpu, cpus_per_worker and max_failures drive the loop and `fit`; see SFTConfig /
+RewardModelConfig) and fills in the hooks:
 
     build_model()            the module to train (already LoRA-wrapped if wanted)
     train_size()             training examples available (for the 'too little data' message)
@@ -20,13 +21,11 @@ the loop and `fit`; see SFTConfig / RewardModelConfig) and fills in the hooks:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 import shutil
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,13 +33,29 @@ from pathlib import Path
 import torch
 
 from actors import modeling, zero
-from actors.group import error_line
-from jobs.cli import Preempted, RunFailed
-from jobs.config import Config
-from jobs.metrics import MetricsLogger
+from actors.train_driver import stop_flag
+from common.config import (Config, DataConfig, DeepSpeedConfig, DPOConfig, LoraConfig, ModelConfig, RewardModelConfig,
+                           SFTConfig)
+from common.metrics import MetricsLogger
 
 log = logging.getLogger("rayalign.train")
 CKPT_TAG = "zero"
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """The config sections a Ray Train rank reads, picked on the driver (frozen dataclasses pickle through Ray)."""
+    settings: SFTConfig | RewardModelConfig | DPOConfig  # the loop's own section (see the module docstring)
+    model: ModelConfig
+    lora: LoraConfig
+    deepspeed: DeepSpeedConfig
+    seed: int
+    data: DataConfig | None = None  # SFT only: packing and max_length
+
+    @classmethod
+    def of(cls, cfg: Config, section: str) -> TrainingSetup:
+        return cls(getattr(cfg, section), cfg.model, cfg.lora, cfg.deepspeed, cfg.run.seed,
+                   cfg.data if section == "sft" else None)
 
 
 @dataclass
@@ -57,9 +72,9 @@ class ZeroTrainer:
 
     preempted = False  # set when a stop request ended training early (after a checkpoint)
 
-    def __init__(self, cfg: Config, lr: float, output_dir: str):
+    def __init__(self, cfg: TrainingSetup, lr: float, output_dir: str):
         self.cfg, self.lr = cfg, lr
-        self.settings = getattr(cfg, self.section)
+        self.settings = cfg.settings
         self.output_dir = Path(output_dir)
         self.rank, self.world = zero.rank_and_world()
         self.progress = Progress()
@@ -97,7 +112,7 @@ class ZeroTrainer:
 
         zero.init_distributed()
         self.rank, self.world = zero.rank_and_world()
-        torch.manual_seed(self.cfg.run.seed)
+        torch.manual_seed(self.cfg.seed)
         model = self.build_model()
         self.trainable, self.total = modeling.count_parameters(model)
         params = [p for p in model.parameters() if p.requires_grad]
@@ -213,7 +228,7 @@ class ZeroTrainer:
 
         asked = 0.0
         if self.rank == 0:
-            flag = _stop_flag(self.output_dir)
+            flag = stop_flag(self.output_dir)
             asked = float(flag is not None and ray.get(flag.requested.remote()))
         return zero.all_reduce_sum([asked])[0] > 0
 
@@ -278,39 +293,6 @@ def write_json_atomically(path: Path, data: dict) -> None:
     tmp.replace(path)
 
 
-class StopFlag:
-    """A named actor the driver sets when SIGTERM arrives (ray job stop, an eviction); training ranks poll it
-    after every step. Ray Train workers are not the driver's children, so the signal cannot reach them."""
-
-    def __init__(self):
-        self.stop = False
-
-    def request(self) -> None:
-        self.stop = True
-
-    def requested(self) -> bool:
-        return self.stop
-
-
-def stop_flag_name(output_dir) -> str:
-    return f"rayalign-stop:{Path(output_dir).resolve()}"
-
-
-_FLAGS: dict = {}
-
-
-def _stop_flag(output_dir):
-    import ray
-
-    name = stop_flag_name(output_dir)
-    if name not in _FLAGS:
-        try:
-            _FLAGS[name] = ray.get_actor(name)
-        except ValueError:  # launched without a flag (a test calling the trainer directly): never stopped
-            _FLAGS[name] = None
-    return _FLAGS[name]
-
-
 def run_rank(trainer: ZeroTrainer, export: bool) -> None:
     """The body of every Ray Train worker: train (resuming if Ray Train has a checkpoint), export, and leave
     final_metrics.json for the driver."""
@@ -326,76 +308,6 @@ def run_rank(trainer: ZeroTrainer, export: bool) -> None:
                                **final})
     ray.train.report({"step": trainer.progress.step, "done": 1,
                       **{k: v for k, v in final.items() if isinstance(v, (int, float))}})
-
-
-def fit(train_loop, payload: dict, settings, output_dir: Path, section: str) -> dict:
-    """Driver side: run `train_loop(payload)` on settings.num_workers Ray Train workers with checkpoints under
-    <output_dir>/ray_train (re-running the same output folder resumes); returns rank 0's final metrics.
-    `section` is the config section of `settings`, named when the workers fail past settings.max_failures."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
-    from ray.train.torch import TorchConfig, TorchTrainer
-
-    trainer = TorchTrainer(
-        train_loop,
-        train_loop_config=payload,
-        scaling_config=ScalingConfig(num_workers=settings.num_workers, use_gpu=settings.use_gpu,
-                                     resources_per_worker={"CPU": settings.cpus_per_worker}),
-        torch_config=TorchConfig(backend="nccl" if settings.use_gpu else "gloo"),
-        run_config=RunConfig(name="ray_train", storage_path=str(output_dir),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2),
-                             # A dead worker restarts the group from the latest Ray Train checkpoint.
-                             failure_config=FailureConfig(max_failures=settings.max_failures)),
-    )
-    with stop_on_sigterm(output_dir):
-        try:
-            trainer.fit()  # raises on failure
-        except TrainingFailedError as exc:
-            raise RunFailed(f"{section} training failed {_failure_summary(exc, section, settings.max_failures)}; "
-                            f"re-run the same command to resume from the latest checkpoint in "
-                            f"{output_dir / 'ray_train'}") from exc
-    final = json.loads((output_dir / "final_metrics.json").read_text())
-    if final.get("preempted"):
-        raise Preempted(f"stopped by SIGTERM after step {final['step']} with a checkpoint in {output_dir}; "
-                        f"re-run the same command to resume")
-    return final
-
-
-def _failure_summary(exc: Exception, section: str, max_failures: int) -> str:
-    """Which ranks failed and how, in one line (Ray Train's own message is a traceback per worker); a failure of
-    Ray Train's controller rather than of the workers is named as such."""
-    failures = getattr(exc, "worker_failures", None)
-    if not failures:
-        return f"in Ray Train's controller: {error_line(exc)}"
-    ranks = "; ".join(f"rank {rank}: {error_line(error)}" for rank, error in sorted(failures.items()))
-    return f"after {max_failures} restart(s) of its worker group ({section}.max_failures={max_failures}): {ranks}"
-
-
-@contextlib.contextmanager
-def stop_on_sigterm(output_dir: Path):
-    """While Ray Train runs: a named StopFlag actor, and a relay that sets it when the driver gets SIGTERM, so
-    the ranks checkpoint after their current step and return (the driver then exits 143, resumable)."""
-    import ray
-
-    from actors.fault import sigterm_event
-
-    flag = ray.remote(num_cpus=0)(StopFlag).options(name=stop_flag_name(output_dir)).remote()
-    done = threading.Event()
-
-    def relay(stop: threading.Event) -> None:
-        while not done.is_set():
-            if stop.wait(0.2):
-                ray.get(flag.request.remote())
-                return
-
-    with sigterm_event() as stop:
-        thread = threading.Thread(target=relay, args=(stop,), daemon=True, name="sigterm-relay")
-        thread.start()
-        try:
-            yield
-        finally:
-            done.set()
-            thread.join(timeout=5)
-            ray.kill(flag)
 
 
 def balanced_share(items: list, rank: int, world: int) -> tuple[list, int]:

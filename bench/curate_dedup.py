@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.records import read_records
 from jobs.curation.dedup import encode, greedy_dedup, load_encoder
 from jobs.curation.rows import as_sft, embedding_text
-from jobs.records import read_records
 
 DATA = Path(__file__).resolve().parent.parent / ".." / "shared" / "data"
 SOURCES = ("sft/llms-from-scratch/instruction-data.json", "sft/self-instruct/seed_tasks.jsonl",

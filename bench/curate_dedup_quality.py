@@ -38,9 +38,9 @@ from pathlib import Path
 
 import numpy as np
 
+from common.records import normalise, read_records
 from jobs.curation.dedup import encode, load_encoder
 from jobs.curation.rows import embedding_text
-from jobs.records import normalise, read_records
 
 DATA = Path(__file__).resolve().parent.parent / ".." / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"

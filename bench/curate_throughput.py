@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from jobs.config import load_config, resolve_path, with_overrides
+from common.config import load_config, resolve_path, with_overrides
+from common.records import read_records
 from jobs.curation.dedup import Embedder, encode, greedy_dedup, load_encoder
 from jobs.curation.rows import SEQ_STRIDE, embedding_text, to_row
-from jobs.records import read_records
 
 RESULTS = Path(__file__).resolve().parent / "results"
 WORKERS = (1, 2)

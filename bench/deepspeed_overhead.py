@@ -83,7 +83,7 @@ def engine_step(model, batch, clip: float, stage: int, precision: str, extra: di
     """rayalign's engine: zero.ds_config + zero.adamw + zero.initialize, exactly as the trained roles build it."""
     from actors import zero
     from actors.sft_worker import causal_lm_loss_sums
-    from jobs.config import DeepSpeedConfig
+    from common.config import DeepSpeedConfig
 
     cfg = DeepSpeedConfig(stage=stage, precision=precision)
     optimizer = zero.adamw(list(model.parameters()), 1e-5, 0.0, cfg)

@@ -118,7 +118,7 @@ def rayalign_step(args, compile_layers: bool, chunk: int = 4096):
     """rayalign's step outside DeepSpeed: SDPA, fused chunked cross-entropy, fused AdamW (zero.adamw)."""
     from actors import modeling, zero
     from actors.sft_worker import causal_lm_loss_sums
-    from jobs.config import DeepSpeedConfig
+    from common.config import DeepSpeedConfig
 
     model = qwen_model(args, "sdpa")
     if compile_layers:
@@ -140,7 +140,7 @@ def deepspeed_step(args, compile_layers: bool, stage: int = 2, clip: float = 1.0
     """The SFT job's engine: DeepSpeed ZeRO bf16 (fp32 master weights in the optimizer), single rank."""
     from actors import modeling, zero
     from actors.sft_worker import causal_lm_loss_sums
-    from jobs.config import DeepSpeedConfig
+    from common.config import DeepSpeedConfig
 
     init_single_rank()
     model = qwen_model(args, "sdpa")

@@ -52,9 +52,9 @@ def bench_rollout(cfg, batch: int, new_tokens: int) -> dict:
 
     from actors.chat import encode_prompt
     from actors.modeling import load_tokenizer
-    from actors.rollout import RolloutEngine
     from actors.ppo_loop import load_prompts
-    from jobs.config import resolve_path
+    from actors.rollout.vllm_engine import RolloutEngine
+    from common.config import resolve_path
 
     path = str(resolve_path(cfg.model.path))
     tokenizer = load_tokenizer(path)
@@ -80,7 +80,7 @@ def bench_rollout(cfg, batch: int, new_tokens: int) -> dict:
 def bench_step(cfg, steps: int, output_root: str) -> dict:
     from dataclasses import replace
 
-    from jobs.metrics import read_jsonl
+    from common.metrics import read_jsonl
     from jobs.ppo import run
 
     ppo = replace(cfg.ppo, steps=steps, save_every=10_000, export=False,
@@ -110,10 +110,10 @@ def bench_sync(cfg, sizes_m: list[float]) -> list[dict]:
 
     from actors.group import RoleGroup
     from actors.policy import PolicyRole
-    from actors.rollout import RolloutEngine
+    from actors.ppo_roles import role_args
+    from actors.rollout.vllm_engine import RolloutEngine
     from cluster.placement import RoleResources, release, reserve
-    from jobs.config import resolve_path
-    from jobs.configlib import to_dict
+    from common.config import resolve_path
 
     rows = []
     shapes = {0.4: None, 8: (256, 8), 32: (512, 8), 100: (768, 14)}
@@ -127,7 +127,8 @@ def bench_sync(cfg, sizes_m: list[float]) -> list[dict]:
                 params = random_llama(Path(tmp), hidden, layers, str(resolve_path(cfg.model.path)))
             run_cfg = replace(cfg, model=replace(cfg.model, path=path))
             group, index = reserve([RoleResources("policy", 1, 1.0), RoleResources("rollout", 1, 1.0)])
-            policy = RoleGroup("policy", PolicyRole, 1, group, index["policy"], 1.0, 0, (to_dict(run_cfg),), True)
+            policy = RoleGroup("policy", PolicyRole, 1, group, index["policy"], 1.0, 0,
+                               role_args(run_cfg, path)["policy"], True)
             policy.call("setup")
             engine = RoleGroup("rollout", RolloutEngine, 1, group, index["rollout"], 1.0, 0,
                                (path, cfg.ppo.rollout, 0, 256))
@@ -147,7 +148,7 @@ def bench_sync(cfg, sizes_m: list[float]) -> list[dict]:
 
 def main() -> None:
     from cluster import runtime
-    from jobs.config import load_config
+    from common.config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=6)

@@ -59,7 +59,7 @@ def build_model_dir(backbone: str, folder: Path) -> str:
 
     from actors import reward
     from actors.zero_trainer import save_hf_model
-    from jobs.config import DEFAULT_POLICY, resolve_path
+    from common.config import DEFAULT_POLICY, resolve_path
 
     path = reward.BACKBONE_SHORTHANDS["minilm"]() if backbone == "minilm" else str(resolve_path(DEFAULT_POLICY))
     fmt = reward.read_input_format(path)
@@ -72,7 +72,7 @@ def deploy(model_dir: str, port: int, max_batch_size: int) -> dict[str, str]:
     """The batched and the unbatched application side by side (one 1-CPU replica each)."""
     from ray import serve
 
-    from jobs.config import load_config
+    from common.config import load_config
     from serve.reward_app import reward_application
 
     serve.start(http_options={"host": HOST, "port": port})
@@ -177,7 +177,7 @@ def main() -> int:
     from ray import serve
 
     from cluster import runtime
-    from jobs.config import RayConfig
+    from common.config import RayConfig
 
     runtime.start(RayConfig(num_cpus=args.num_cpus))
     try:

@@ -50,7 +50,7 @@ def single_process(cfg, steps: int) -> float:
 
 
 def ray_run(cfg, stage: int, steps: int, root: str, packing: bool = False) -> float:
-    from jobs.metrics import read_jsonl
+    from common.metrics import read_jsonl
     from jobs.sft import run
 
     run_cfg = replace(cfg, deepspeed=replace(cfg.deepspeed, stage=stage), data=replace(cfg.data, packing=packing),
@@ -64,7 +64,7 @@ def ray_run(cfg, stage: int, steps: int, root: str, packing: bool = False) -> fl
 
 def main() -> None:
     from cluster import runtime
-    from jobs.config import load_config
+    from common.config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30)

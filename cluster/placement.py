@@ -12,9 +12,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, replace
 
-
-class PlacementError(RuntimeError):
-    """A role's resources cannot be reserved on this cluster."""
+from common.errors import PlacementError
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-from jobs.config import RayConfig
+from common.config import RayConfig
+from common.errors import ClusterUnreachable
 
 log = logging.getLogger("rayalign.runtime")
 
@@ -31,9 +32,6 @@ WORKER_ENV = {
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
 }
 
-
-class ClusterUnreachable(ConnectionError):
-    """The configured Ray cluster address could not be reached in time."""
 
 
 @dataclass(frozen=True)

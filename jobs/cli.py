@@ -14,33 +14,10 @@ import sys
 import textwrap
 from typing import Callable
 
-from jobs.config import Config, load_config
-from jobs.configlib import ConfigError, describe, to_dict
-
-USER_ERRORS: tuple[type[BaseException], ...] = (ConfigError,)
-PREEMPTED_EXIT = 128 + 15  # the status of a process ended by SIGTERM: schedulers read it as "stopped, not done"
-
-
-class Preempted(Exception):
-    """The job stopped early on a signal after saving a checkpoint; re-running the same command resumes."""
-
-
-class RunFailed(Exception):
-    """A worker kept dying past the job's restart budget; the message names the role, what it was doing and
-    the checkpoint a re-run resumes from. Ray's log lines before it carry the workers' own tracebacks."""
-
-
-def user_errors() -> tuple[type[BaseException], ...]:
-    """Exception types whose message is the whole story for the user (no traceback)."""
-    from actors.modeling import ModelDirError, QuantizationUnavailable
-    from actors.reward import RewardModelTooLarge
-    from actors.sft_data import EmptyDatasetError
-    from cluster.placement import PlacementError
-    from cluster.runtime import ClusterUnreachable
-    from jobs.records import RecordError
-
-    return USER_ERRORS + (RecordError, ModelDirError, QuantizationUnavailable, EmptyDatasetError,
-                          ClusterUnreachable, RewardModelTooLarge, PlacementError)
+from common.config import Config, load_config
+from common.configlib import describe, to_dict
+from common.errors import USER_ERRORS, Preempted, RunFailed
+from common.signals import PREEMPTED_EXIT
 
 
 def config_help(sections: tuple[str, ...]) -> str:
@@ -97,7 +74,7 @@ def run_main(prog: str, main: Callable[[list[str] | None], object], argv: list[s
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:
         main(argv)
-    except user_errors() as exc:
+    except USER_ERRORS as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except Preempted as exc:

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.config import Config, resolve_path
 from jobs import cli
-from jobs.config import Config, resolve_path
-from jobs.configlib import ConfigError, to_dict
 
 if TYPE_CHECKING:
     from actors.dpo_trainer import DPOSplit
@@ -41,19 +40,13 @@ class DPOResult:
     report: dict
 
 
-def check_reference(cfg: Config) -> None:
-    if cfg.dpo.reference == "adapter_disabled" and not cfg.lora.enabled:
-        raise ConfigError("dpo.reference=adapter_disabled needs lora.enabled=true (without adapters there is "
-                          "nothing to disable); use dpo.reference=copy for full fine-tuning")
-
-
 def prepare(cfg: Config) -> tuple[object, DPOSplit]:
-    """Driver-side work that should fail fast: reference choice, model folder, tokenizer, preference rows."""
+    """Driver-side work that should fail fast: the config's DPO rules, model folder, tokenizer, preference rows."""
     from actors import modeling
     from actors.dpo_trainer import build_dpo_split
-    from jobs.records import read_many
+    from common.records import read_many
 
-    check_reference(cfg)
+    cfg.check_stage("dpo")
     tokenizer = modeling.load_tokenizer(cfg.model.path, cfg.model.chat_template)
     records = read_many(cfg.dpo.train_files, cfg.dpo.max_records)
     split = build_dpo_split(records, tokenizer, cfg.dpo.max_length, cfg.dpo.eval_fraction, cfg.run.seed)
@@ -85,15 +78,17 @@ def run(cfg: Config) -> DPOResult:
     import ray
 
     from actors.dpo_trainer import train_loop
-    from actors.zero_trainer import fit, write_json_atomically
+    from actors.train_driver import fit
+    from actors.zero_trainer import TrainingSetup, write_json_atomically
     from cluster import runtime
-    from jobs.metrics import plot_curves, read_jsonl
+    from common.metrics import read_jsonl
+    from jobs.plots import plot_curves
 
     tokenizer, split = prepare(cfg)
     output_dir = cfg.run.output_dir("dpo")
     output_dir.mkdir(parents=True, exist_ok=True)
     runtime.start(cfg.ray)
-    payload = {"config": to_dict(cfg), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
+    payload = {"setup": TrainingSetup.of(cfg, "dpo"), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
                "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
     final = fit(train_loop, payload, cfg.dpo, output_dir, "dpo")
     rows = read_jsonl(output_dir / "metrics.jsonl")

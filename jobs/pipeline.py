@@ -19,9 +19,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from common.config import Config
+from common.configlib import to_dict
 from jobs import cli
-from jobs.config import Config
-from jobs.configlib import to_dict
 
 log = logging.getLogger("rayalign.pipeline")
 SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "data", "sft", "reward_model", "ppo", "dpo", "curate",
@@ -30,6 +30,20 @@ SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "data", "sft", "reward_m
 STAGE_SECTIONS = {"curate": ("curate",), "sft": ("model", "lora", "deepspeed", "data", "sft"),
                   "reward_model": ("model", "lora", "deepspeed", "reward_model"),
                   "ppo": ("model", "lora", "deepspeed", "ppo"), "dpo": ("model", "lora", "deepspeed", "dpo")}
+
+
+# The inputs of later stages each stage produces (the keys of `outputs` that `wire` reads).
+PRODUCES = {"curate": ("curated",), "sft": ("sft_model",), "reward_model": ("reward_model",), "ppo": ("policy",),
+            "dpo": ("policy",)}
+
+
+def check_stages(cfg: Config) -> None:
+    """Every stage's own rules (Config.check_stage) before Ray starts, not when its turn comes after an hour of
+    earlier stages; an input an earlier stage will produce need not exist yet."""
+    wired: set[str] = set()
+    for stage in cfg.pipeline.stages:
+        cfg.check_stage(stage, wired)
+        wired.update(PRODUCES[stage])
 
 
 def wire(cfg: Config, stage: str, outputs: dict) -> Config:
@@ -134,6 +148,7 @@ def run(cfg: Config) -> dict:
     from cluster import runtime
     from jobs.pipeline_report import write_report
 
+    check_stages(cfg)
     run_dir = cfg.run.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     runtime.start(cfg.ray)

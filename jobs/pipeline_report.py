@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from jobs.config import Config, resolve_path
+from common.config import Config, resolve_path
 
 HEADLINES = {
     "curate_report": ("input", "curated", "dropped_by_rules", "review_queue", "dropped_by_diversity"),

@@ -5,7 +5,7 @@ rank needs (parameters, gradients, optimizer states, activations, KV cache) agai
     python -m jobs.plan --config configs/my-recipe.yaml [section.key=value ...]
 
 Prints the plan; a plan that cannot fit exits with status 2 and one line naming the stage, the role, the memory
-term that overflows and what to change. Profiles are the recipes under configs/ (cluster/profiles.py).
+term that overflows and what to change. Profiles are the recipes under configs/ (jobs/planning/profiles.py).
 """
 
 from __future__ import annotations
@@ -15,15 +15,16 @@ import sys
 import textwrap
 from typing import get_args
 
-from cluster import profiles
+from common.config import TaskType, load_config
+from common.errors import PlanRefused
 from jobs import cli
-from jobs.config import TaskType, load_config
+from jobs.planning import memory, profiles
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.plan", description=__doc__.split("\n\n")[0],
-                                epilog="memory model (cluster/profiles.py):\n" + textwrap.indent(
-                                    profiles.__doc__.split("\n\n", 1)[1], "  "),
+                                epilog="memory model (jobs/planning/memory.py):\n" + textwrap.indent(
+                                    memory.__doc__.split("\n\n", 1)[1], "  "),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--profile", choices=sorted(profiles.PROFILE_RECIPES), default="cpu",
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> profiles.Plan:
     plan = profiles.make_plan(cfg, args.model_size, args.task_type)
     print(profiles.format_plan(plan))
     if not plan.fits:
-        raise profiles.PlanRefused(plan.problems[0])
+        raise PlanRefused(plan.problems[0])
     return plan
 
 

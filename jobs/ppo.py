@@ -13,13 +13,14 @@ actions, greedy answers before and after training), is written at the end.
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.config import Config
 from jobs import cli
-from jobs.config import Config
 
 log = logging.getLogger("rayalign.ppo")
 SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "ppo")
@@ -35,27 +36,19 @@ class PPOResult:
     final_metrics: dict
 
 
-def check_reference(cfg: Config) -> None:
-    """adapter_disabled without LoRA would quietly become a copy; say so before any actor starts (as DPO does)."""
-    from jobs.configlib import ConfigError
-
-    if cfg.ppo.reference == "adapter_disabled" and not cfg.lora.enabled:
-        raise ConfigError("ppo.reference=adapter_disabled needs lora.enabled=true (without adapters there is "
-                          "nothing to disable); use ppo.reference=copy for full fine-tuning")
-
-
 def run(cfg: Config) -> PPOResult:
-    from actors.fault import run_supervised
+    from actors.ppo_supervisor import run_supervised
     from cluster import runtime
-    from jobs.metrics import plot_curves, read_jsonl
-    from jobs.ppo_report import write_report
+    from common.metrics import read_jsonl
+    from jobs.plots import plot_curves
+    from jobs.ppo_report import write_answers, write_report
 
-    check_reference(cfg)
+    cfg.check_stage("ppo")
     output_dir = cfg.run.output_dir("ppo")
     output_dir.mkdir(parents=True, exist_ok=True)
     runtime.start(cfg.ray)
     # Dead engines are replaced, dead training ranks resume from the last checkpoint, SIGTERM checkpoints.
-    loop, final, model_dir = run_supervised(cfg, output_dir)
+    loop, final, model_dir = run_supervised(cfg, output_dir, functools.partial(write_answers, output_dir))
     plot_curves(read_jsonl(output_dir / "metrics.jsonl"), PLOTTED, output_dir / "ppo.png", f"PPO {cfg.run.name}")
     write_report(cfg, output_dir)
     log.info("PPO done at step %d: rm %.3f, kl %.3f; model: %s", loop.step_index,

@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from common.config import Config, with_overrides
+from common.errors import ConfigError
 from jobs import cli
-from jobs.config import Config, with_overrides
-from jobs.configlib import ConfigError
-from jobs.metrics import save_figure
+from jobs.plots import save_figure
 from jobs.ppo import SECTIONS, run
 from jobs.ppo_report import latest_alarms, markdown_table, summary_window, window_mean, write_atomic
 
@@ -138,7 +138,7 @@ def plot_comparison(rows_by_run: dict[str, list[dict]], path: Path, title: str) 
 def run_ablation(cfg: Config, runs: Sequence[tuple[str, ...]], window: int | None = None) -> AblationResult:
     """Each run in turn through jobs.ppo.run on one Ray cluster, then the table and the plot."""
     from cluster import runtime
-    from jobs.metrics import read_jsonl, write_csv
+    from common.metrics import read_jsonl, write_csv
 
     check_runs(runs)
     folder = cfg.run.run_dir() / "ablation"

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from jobs.config import Config
-from jobs.metrics import save_figure
+from common.config import Config
+from jobs.plots import save_figure
 
 # Metrics summarised as first-window vs last-window means (absent ones are skipped).
 HEADLINE = ("reward/rm_mean", "reward/total", "kl", "kl_k3", "kl_coef", "policy/entropy", "response_chars_mean",
@@ -261,7 +261,7 @@ def markdown_table(header: Sequence[str], rows, empty: str | None = None) -> lis
 
 def write_report(cfg: Config, output_dir: Path) -> Path:
     """Plots, report.json and report.md in output_dir, each written to a temp path and renamed."""
-    from jobs.metrics import read_jsonl
+    from common.metrics import read_jsonl
 
     output_dir = Path(output_dir)
     rows = with_scheduled_coef(read_jsonl(output_dir / "metrics.jsonl"))

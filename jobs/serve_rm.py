@@ -14,8 +14,8 @@ from __future__ import annotations
 import sys
 import time
 
+from common.config import Config
 from jobs import cli
-from jobs.config import Config
 
 SECTIONS = ("run", "ray", "reward_model", "serve")
 
@@ -23,11 +23,12 @@ SECTIONS = ("run", "ray", "reward_model", "serve")
 def serve_forever(cfg: Config) -> None:
     from ray import serve
 
-    from actors.modeling import check_model_dir
     from cluster import runtime
+    from common.model_dir import check_model_dir
     from serve import reward_app
 
-    check_model_dir(reward_app.served_model_path(cfg))  # before Ray starts: a wrong path fails in a second
+    # Before Ray starts: a wrong path fails in a second.
+    check_model_dir(reward_app.served_model_path(cfg), what="serve.model_path")
     info = runtime.start(cfg.ray)
     try:
         url = reward_app.deploy(cfg)

@@ -14,9 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.config import Config, resolve_path, sft_learning_rate
 from jobs import cli
-from jobs.config import Config, resolve_path, sft_learning_rate
-from jobs.configlib import to_dict
 
 log = logging.getLogger("rayalign.sft")
 SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "data", "sft")
@@ -34,8 +33,9 @@ def prepare(cfg: Config):
     """Driver-side work that should fail fast: model folder, tokenizer, data rows, learning rate."""
     from actors import modeling
     from actors.sft_data import build_split
-    from jobs.records import read_many
+    from common.records import read_many
 
+    cfg.check_stage("sft")
     tokenizer = modeling.load_tokenizer(cfg.model.path, cfg.model.chat_template)
     records = read_many(cfg.data.train_files, cfg.data.max_records)
     split = build_split(records, tokenizer, cfg.data.max_length, cfg.data.eval_fraction, cfg.run.seed)
@@ -52,16 +52,18 @@ def run(cfg: Config) -> SFTResult:
     import ray
 
     from actors.sft_worker import train_loop
-    from actors.zero_trainer import fit
+    from actors.train_driver import fit
+    from actors.zero_trainer import TrainingSetup
     from cluster import runtime
-    from jobs.metrics import plot_curves, read_jsonl
+    from common.metrics import read_jsonl
+    from jobs.plots import plot_curves
 
     tokenizer, split, lr = prepare(cfg)
     output_dir = cfg.run.output_dir("sft")
     output_dir.mkdir(parents=True, exist_ok=True)
     runtime.start(cfg.ray)
-    payload = {"config": to_dict(cfg), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id, "lr": lr,
-               "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
+    payload = {"setup": TrainingSetup.of(cfg, "sft"), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
+               "lr": lr, "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
     final = fit(train_loop, payload, cfg.sft, output_dir, "sft")
     rows = read_jsonl(output_dir / "metrics.jsonl")
     plot_curves(rows, ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"], output_dir / "loss.png",

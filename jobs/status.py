@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
+from common.config import load_config
+from common.errors import ConfigError
 from jobs import cli
-from jobs.config import load_config
-from jobs.configlib import ConfigError
 
 THROUGHPUT_WINDOW = 5  # steps averaged for the throughput line
 
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> dict:
 def gather(run_dir: Path, address: str | None) -> dict:
     from actors.fault import read_faults
     from actors.roster import read_roster
-    from jobs.metrics import read_jsonl
+    from common.metrics import read_jsonl
 
     if not run_dir.is_dir():
         raise ConfigError(f"run folder {run_dir} does not exist; pass --run-dir or the run's --config")

@@ -17,9 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from common.config import Config
 from jobs import cli
-from jobs.config import Config
-from jobs.configlib import to_dict
 
 log = logging.getLogger("rayalign.train_rm")
 if TYPE_CHECKING:
@@ -60,8 +59,9 @@ def prepare(cfg: Config) -> Prepared:
     """Driver-side work that should fail fast: backbone folder, size match, preference rows, encoding."""
     from actors import reward
     from actors.reward_trainer import build_preference_split, check_lora_targets
-    from jobs.records import read_many
+    from common.records import read_many
 
+    cfg.check_stage("reward_model")
     rm = cfg.reward_model
     backbone = reward.backbone_path(cfg)
     fmt = reward.read_input_format(backbone)
@@ -104,16 +104,18 @@ def run(cfg: Config) -> RewardModelResult:
     import ray
 
     from actors.reward_trainer import train_loop
-    from actors.zero_trainer import fit, write_json_atomically
+    from actors.train_driver import fit
+    from actors.zero_trainer import TrainingSetup, write_json_atomically
     from cluster import runtime
-    from jobs.metrics import plot_curves, read_jsonl
+    from common.metrics import read_jsonl
+    from jobs.plots import plot_curves
 
     prepared = prepare(cfg)
     output_dir = cfg.run.output_dir("reward_model")
     output_dir.mkdir(parents=True, exist_ok=True)
     runtime.start(cfg.ray)
-    payload = {"config": to_dict(cfg), "split_ref": ray.put(prepared.split), "backbone": str(prepared.backbone),
-               "pad_id": prepared.pad_id, "output_dir": str(output_dir)}
+    payload = {"setup": TrainingSetup.of(cfg, "reward_model"), "split_ref": ray.put(prepared.split),
+               "backbone": str(prepared.backbone), "pad_id": prepared.pad_id, "output_dir": str(output_dir)}
     final = fit(train_loop, payload, cfg.reward_model, output_dir, "reward_model")
     rows = read_jsonl(output_dir / "metrics.jsonl")
     plot_curves(rows, ["loss", "eval_accuracy", "eval_margin", "lr", "grad_norm"], output_dir / "accuracy.png",

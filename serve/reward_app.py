@@ -35,10 +35,11 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.reward import Encoded, RewardModel
-from jobs.config import Config, resolve_path
-from jobs.configlib import ConfigError, build, parse_override, read_yaml
-from serve.schemas import (ErrorResponse, GetRewardRequest, GetRewardResponse, Health, ScoreRequest, ScoreResponse,
-                           Stats)
+from common.config import Config, resolve_path
+from common.configlib import apply_overrides, build, read_yaml
+from common.errors import ConfigError
+from common.model_dir import check_model_dir
+from serve.schemas import ErrorResponse, GetRewardRequest, GetRewardResponse, Health, ScoreRequest, ScoreResponse, Stats
 
 log = logging.getLogger("rayalign.serve")
 ERROR_RESPONSES = {code: {"model": ErrorResponse} for code in (400, 401, 413, 422)}
@@ -230,9 +231,7 @@ def deployment_options(cfg: Config) -> dict:
 def reward_application(cfg: Config):
     """The bound Serve application for `cfg` (fails here, on the caller's side, if the model folder or the
     token file is missing)."""
-    from actors.modeling import check_model_dir
-
-    check_model_dir(served_model_path(cfg))
+    check_model_dir(served_model_path(cfg), what="serve.model_path")
     settings = ReplicaSettings.from_config(cfg)
     if settings.auth_token_file and not Path(settings.auth_token_file).is_file():
         raise ConfigError(f"serve.auth_token_file {settings.auth_token_file} does not exist")
@@ -246,15 +245,9 @@ def config_from_args(args: dict) -> Config:
     args = dict(args)
     config_path = args.pop("config", None)
     data = read_yaml(resolve_path(config_path)) if config_path else {}
-    for key, value in args.items():
-        parts, parsed = parse_override(f"{key}={value}") if isinstance(value, str) else (key.split("."), value)
-        node = data
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"argument {key!r}: {part!r} is a value, not a section")
-        node[parts[-1]] = parsed
-    return build(Config, data)
+    typed = {key: value for key, value in args.items() if not isinstance(value, str)}
+    data = apply_overrides(data, [f"{key}={value}" for key, value in args.items() if key not in typed])
+    return build(Config, apply_overrides(data, typed))
 
 
 # Under `serve run` / `serve deploy` Serve's proxy is already bound (http_options of the Serve config file or

@@ -22,7 +22,7 @@ def ray_session():
 
     Logical CPUs exceed the 2 physical cores on purpose: PPO places several single-CPU actors at once."""
     from cluster import runtime
-    from jobs.config import RayConfig
+    from common.config import RayConfig
 
     info = runtime.start(RayConfig(num_cpus=8))
     yield info
@@ -32,7 +32,7 @@ def ray_session():
 @pytest.fixture
 def tiny_config(tmp_path):
     """Factory: the tiny CPU recipe with outputs under tmp_path plus any overrides."""
-    from jobs.config import load_config
+    from common.config import load_config
 
     def make(*overrides: str):
         return load_config(TINY_CPU, [f"run.output_root={tmp_path}", *overrides])

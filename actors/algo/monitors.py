@@ -19,7 +19,7 @@ Metric keys observe() reads from the step's metrics dict (missing keys skip thei
   per-token entropy (nats), "rm_reward" mean reward-model score, "gold_reward" held-out gold reward (optional).
 Every other float in the dict is still checked for NaN/Inf.
 
-Pure Python (stdlib + actors.algo.text): no torch needed for scalars.
+Pure Python (stdlib + actors.algo.response_stats): no torch needed for scalars.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ import math
 import statistics
 from collections import deque
 from dataclasses import asdict, dataclass
-from itertools import combinations
 from typing import Iterable, Mapping, Protocol, Sequence
 
-from actors.algo.text import distinct_n, ngrams, text_tokens
+from actors.algo.response_stats import (DISTINCT_1, DISTINCT_2, FILLER_DENSITY, MEAN_CHARS, PAIRWISE_SIMILARITY,
+                                        phrase_tokens, response_metrics)
 
 ACTIONS = ("warn", "raise_kl", "rollback", "stop")
 
@@ -41,11 +41,6 @@ KL = "kl"
 ENTROPY = "entropy"
 RM_REWARD = "rm_reward"
 GOLD_REWARD = "gold_reward"
-DISTINCT_1 = "distinct_1"
-DISTINCT_2 = "distinct_2"
-PAIRWISE_SIMILARITY = "pairwise_similarity"
-FILLER_DENSITY = "filler_density"
-MEAN_CHARS = "mean_chars"
 
 # 1.4826 × MAD estimates σ for Gaussian data; 1.2533 × mean absolute deviation is the fallback when over
 # half the window is identical (MAD = 0), as in Iglewicz & Hoaglin's modified z-score.
@@ -54,7 +49,7 @@ MEAN_AD_TO_SIGMA = 1.2533
 
 
 class MonitorSettings(Protocol):
-    """The fields of jobs.config.MonitorConfig the monitors read (duck-typed: algo must not import jobs)."""
+    """The fields of common.config.MonitorConfig the monitors read (duck-typed: algo imports only torch)."""
 
     window: int
     min_history: int
@@ -136,69 +131,6 @@ def fitted_line(values: Sequence[float]) -> tuple[float, float]:
     slope = sum((t - mean_t) * (v - mean_v) for t, v in enumerate(values)) / var_t if var_t else 0.0
     start = mean_v - slope * mean_t
     return start, start + slope * (n - 1)
-
-
-# --------------------------------------------------------------------------------------- response metrics
-
-def gram_set(text: str) -> set[tuple[str, ...]]:
-    """The set of unigrams and bigrams of `text` (unigrams keep one-word responses comparable)."""
-    tokens = text_tokens(text)
-    return set(ngrams(tokens, 1)) | set(ngrams(tokens, 2))
-
-
-def jaccard_similarity(a: str, b: str) -> float:
-    """|A ∩ B| / |A ∪ B| of the 1-2-gram sets; two texts with no tokens count as identical (1.0)."""
-    grams_a, grams_b = gram_set(a), gram_set(b)
-    union = grams_a | grams_b
-    return len(grams_a & grams_b) / len(union) if union else 1.0
-
-
-def mean_pairwise_similarity(responses_by_prompt: Mapping[str, Sequence[str]]) -> float | None:
-    """Mean Jaccard similarity over all pairs of responses that share a prompt; None if no prompt has two."""
-    similarities = [jaccard_similarity(a, b)
-                    for responses in responses_by_prompt.values() for a, b in combinations(responses, 2)]
-    return statistics.fmean(similarities) if similarities else None
-
-
-def phrase_tokens(phrases: Iterable[str]) -> list[tuple[str, ...]]:
-    """Phrases tokenised like responses (so '总而言之' is four tokens), longest first, empty ones dropped."""
-    tokenised = {tuple(text_tokens(phrase)) for phrase in phrases}
-    return sorted((p for p in tokenised if p), key=lambda p: (-len(p), p))
-
-
-def filler_density(text: str, phrases: Sequence[tuple[str, ...]]) -> float:
-    """Share of `text`'s tokens inside filler/jargon phrase occurrences (non-overlapping, longest phrase
-    first at each position), in [0, 1]; 0 for text without tokens. `phrases` from phrase_tokens()."""
-    tokens = text_tokens(text)
-    covered, i = 0, 0
-    while i < len(tokens):
-        match = next((p for p in phrases if tuple(tokens[i:i + len(p)]) == p), None)
-        if match:
-            covered += len(match)
-            i += len(match)
-        else:
-            i += 1
-    return covered / len(tokens) if tokens else 0.0
-
-
-def response_metrics(responses_by_prompt: Mapping[str, Sequence[str]],
-                     phrases: Sequence[tuple[str, ...]]) -> dict[str, float]:
-    """Diversity and quality-proxy metrics of one step's responses (prompt → its sampled responses):
-    distinct_1, distinct_2, filler_density (mean over responses), mean_chars, and pairwise_similarity when
-    some prompt has two or more responses. Empty input → {}."""
-    responses = [text for group in responses_by_prompt.values() for text in group]
-    if not responses:
-        return {}
-    metrics = {
-        DISTINCT_1: distinct_n(responses, 1),
-        DISTINCT_2: distinct_n(responses, 2),
-        FILLER_DENSITY: statistics.fmean(filler_density(text, phrases) for text in responses),
-        MEAN_CHARS: statistics.fmean(len(text) for text in responses),
-    }
-    similarity = mean_pairwise_similarity(responses_by_prompt)
-    if similarity is not None:
-        metrics[PAIRWISE_SIMILARITY] = similarity
-    return metrics
 
 
 # ------------------------------------------------------------------------------------------------ monitor

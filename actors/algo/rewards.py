@@ -69,7 +69,7 @@ class SafetyJudge(Protocol):
 
 
 class RewardSettings(Protocol):
-    """The fields of jobs.config.RewardMixConfig the terms read (duck-typed: algo must not import jobs)."""
+    """The fields of common.config.RewardMixConfig the terms read (duck-typed: algo imports only torch)."""
 
     enabled_terms: Sequence[str]
     rm_weight: float

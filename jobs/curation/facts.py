@@ -35,9 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from actors.algo.registry import Registry
-from jobs.config import CurateConfig, resolve_path
-from jobs.configlib import ConfigError
-from jobs.records import RecordError
+from common.config import CurateConfig, resolve_path
+from common.errors import ConfigError, RecordError
 
 MONTHS = {name: i for i, name in enumerate(
     ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import numpy as np
 
-from actors.sft_data import EmptyDatasetError
-from jobs.config import Config, CurateConfig, resolve_path
-from jobs.configlib import ConfigError, to_dict
+from common.config import Config, CurateConfig, resolve_path
+from common.configlib import to_dict
+from common.errors import ConfigError, EmptyDatasetError, RecordError
+from common.records import read_records
 from jobs.curation.dedup import DedupResult, Embedder, greedy_dedup
 from jobs.curation.mixing import plan_mix, sample_mix
 from jobs.curation.report import pair_entry, plot_lengths, render_markdown, rule_counts
 from jobs.curation.review import spot_check_sample
 from jobs.curation.rows import SEQ_STRIDE, error_row, record_of, to_row
 from jobs.curation.rules import Outcome, build_rules, evaluate
-from jobs.records import RecordError, read_records
 
 log = logging.getLogger("rayalign.curate")
 

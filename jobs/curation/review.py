@@ -11,7 +11,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from jobs.records import RecordError
+from common.errors import RecordError
 
 VERDICTS = ("accept", "reject")
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 
-from jobs.records import RecordError, SourceError, last_response
+from common.errors import RecordError, SourceError
+from common.records import last_response
 
 # seq = source index * SEQ_STRIDE + position in the source: one global order that follows the config's
 # source order, so the diversity filter's "first one wins" is reproducible however Ray schedules blocks.

@@ -16,16 +16,15 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from statistics import fmean
 
-from actors.algo.lexicon import (DEFAULT_ALLOW, DEFAULT_HIGH_SEVERITY, Lexicon, LexiconError,
-                                 verdict_of)
+from actors.algo.lexicon import DEFAULT_ALLOW, DEFAULT_HIGH_SEVERITY, Lexicon, LexiconError, verdict_of
 from actors.algo.registry import Registry
 from actors.algo.text import longest_repeated_span, unique_token_ratio
-from jobs.config import CurateConfig, resolve_path
-from jobs.configlib import ConfigError
+from common.config import CurateConfig, resolve_path
+from common.errors import ConfigError, RecordError
+from common.records import last_response
 from jobs.curation.facts import FactVerifier, extract_claims, load_verifier
 from jobs.curation.review import read_verdicts
 from jobs.curation.rows import assistant_text
-from jobs.records import RecordError, last_response
 
 
 @dataclass(frozen=True)

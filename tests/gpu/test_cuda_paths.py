@@ -13,7 +13,7 @@ import os
 import pytest
 import torch
 
-from jobs.config import load_config
+from common.config import load_config
 from tests.conftest import POLICY_PATH, TINY_CPU
 from tests.integration.test_ppo_job import LEARN, window_mean
 
@@ -120,7 +120,7 @@ def test_ppo_learns_with_every_role_on_the_gpu(tmp_path):
     pytest.importorskip("ray", reason="ray is not installed here")
     import json
 
-    from jobs.metrics import read_jsonl
+    from common.metrics import read_jsonl
     from jobs.ppo import run
 
     result = run(load_config(TINY_CPU, [f"run.output_root={tmp_path}", *LEARN, "ppo.gpus_per_actor=0.2",

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from jobs.config import Config
-from jobs.configlib import describe
+from common.config import Config
+from common.configlib import describe
 from jobs.sft import SECTIONS
 from tests.helpers import run_job
 
@@ -58,10 +58,22 @@ def test_missing_model_folder_is_named(tmp_path):
     assert result.returncode == 2 and f"model folder {tmp_path / 'nope'} does not exist" in result.stderr
 
 
+def test_ppo_without_a_reward_model_is_one_line_before_ray_starts(tmp_path):
+    result = run_job("jobs.ppo", "--config", "configs/tiny-cpu.yaml", f"run.output_root={tmp_path}", timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "jobs.ppo: error: ppo.reward.rm_path must name a trained reward model folder when ppo.reward.rm_source=model "
+        "(or score with rm_source=http, keyword or filler)")
+    assert "Traceback" not in result.stderr and "Ray" not in result.stderr + result.stdout
+    assert not (tmp_path / "tiny-cpu").exists()  # nothing written: the job stopped before its output folder
+
+
 def test_qlora_on_cpu_is_refused_with_the_reason(tmp_path):
-    from actors.modeling import QuantizationUnavailable, quantization_config
-    from jobs.config import load_config
     import torch
+
+    from actors.modeling import quantization_config
+    from common.config import load_config
+    from common.errors import QuantizationUnavailable
 
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA: QLoRA loading is checked in tests/gpu")

@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from jobs.config import load_config
+from common.config import load_config
+from common.metrics import read_jsonl
 from jobs.dpo import run
-from jobs.metrics import read_jsonl
 from tests.conftest import POLICY_PATH, TINY_CPU
 from tests.helpers import run_job
 

@@ -22,9 +22,9 @@ import ray
 
 from actors.fault import read_faults
 from actors.roster import read_roster
-from jobs.cli import Preempted, RunFailed
-from jobs.config import load_config
-from jobs.metrics import read_jsonl
+from common.config import load_config
+from common.errors import Preempted, RunFailed
+from common.metrics import read_jsonl
 from jobs.ppo import run
 from tests.conftest import TINY_CPU
 from tests.helpers import REPO, job_env, kill_tree, start_job, wait_for

@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from jobs.config import load_config
-from jobs.metrics import read_jsonl
+from common.config import load_config
+from common.metrics import read_jsonl
 from tests.conftest import TINY_CPU
 
 pytestmark = [pytest.mark.integration, pytest.mark.ray]

@@ -7,7 +7,7 @@ import csv
 
 import pytest
 
-from jobs.metrics import read_jsonl
+from common.metrics import read_jsonl
 from jobs.ppo_ablation import main
 from tests.conftest import TINY_CPU
 

@@ -15,8 +15,8 @@ import torch
 from actors.chat import encode_prompt
 from actors.ppo_loop import PPOLoop
 from actors.protocol import TokenBatch
-from jobs.config import load_config
-from jobs.metrics import read_jsonl
+from common.config import load_config
+from common.metrics import read_jsonl
 from jobs.ppo import run
 from tests.conftest import TINY_CPU
 
@@ -51,12 +51,12 @@ def test_injected_nan_rolls_back_to_the_last_healthy_checkpoint(ray_session, tmp
         probe = probe_tokens(loop)
         healthy = [loop.step(step) for step in (1, 2)]
         loop.save_checkpoint(2)
-        at_checkpoint = loop.policy.call("logprobs", probe)[0]
+        at_checkpoint = loop.roles.policy.call("logprobs", probe)[0]
         healthy.append(loop.step(3))
-        after_step_3 = loop.policy.call("logprobs", probe)[0]
+        after_step_3 = loop.roles.policy.call("logprobs", probe)[0]
         poisoned = loop.step(4)
-        restored = loop.policy.call("logprobs", probe)[0]
-        actor_lr = loop.policy.call("lr")[0]
+        restored = loop.roles.policy.call("logprobs", probe)[0]
+        actor_lr = loop.roles.policy.call("lr")[0]
         engine_synced = engine_agrees_with_policy(loop, probe)
     finally:
         loop.shutdown()
@@ -76,8 +76,8 @@ def engine_agrees_with_policy(loop: PPOLoop, probe: TokenBatch) -> bool:
     """The first vLLM engine and the policy give the probe response the same log-probs (temperature 1)."""
     start = int(probe.action_mask[0].nonzero()[0]) + 1
     ids = probe.input_ids[0].tolist()
-    engine = torch.tensor(loop.rollout.call_rank0("sequence_logprobs", ids[:start], ids[start:]))
-    policy = loop.policy.call("raw_logprobs", probe)[0][0, start - 1:]
+    engine = torch.tensor(loop.roles.rollout.call_rank0("sequence_logprobs", ids[:start], ids[start:]))
+    policy = loop.roles.policy.call("raw_logprobs", probe)[0][0, start - 1:]
     return torch.allclose(engine, policy, atol=1e-4)
 
 

@@ -10,8 +10,8 @@ import statistics
 import pytest
 
 from actors.ppo_loop import PPOLoop, TooManyNaNSteps
-from jobs.config import load_config
-from jobs.metrics import read_jsonl
+from common.config import load_config
+from common.metrics import read_jsonl
 from jobs.ppo import run
 from tests.conftest import TINY_CPU
 from tests.helpers import kill_once_checkpointed, run_job

@@ -13,10 +13,10 @@ import time
 import pytest
 import requests
 
-from jobs.config import load_config
-from jobs.metrics import read_jsonl
+from common.config import load_config
+from common.errors import RewardServiceError
+from common.metrics import read_jsonl
 from jobs.ppo import run
-from serve.client import RewardServiceError
 from tests.conftest import POLICY_PATH, TINY_CPU
 from tests.helpers import free_port
 from tests.reward_helpers import make_reward_dir

@@ -12,7 +12,7 @@ import requests
 import yaml
 
 from actors.reward import RewardModel
-from jobs.config import load_config
+from common.config import load_config
 from tests.conftest import TINY_CPU
 from tests.helpers import (HEAD_PORTS, REPO, VENV_BIN, free_port, job_env, kill_tree, run_job, start_job,
                            start_ray_node, stop_ray_node, wait_for)
@@ -33,7 +33,7 @@ def test_a_missing_model_folder_is_one_clear_line(tmp_path):
                      timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip() == f"jobs.serve_rm: error: model folder {tmp_path}/none does not exist " \
-                                    f"(set model.path to a local Hugging Face folder)"
+                                    f"(set serve.model_path to a local Hugging Face folder)"
 
 
 def serves(url: str) -> bool:

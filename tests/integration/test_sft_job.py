@@ -10,9 +10,9 @@ import threading
 
 import pytest
 
-from jobs.cli import Preempted
-from jobs.config import load_config
-from jobs.metrics import read_jsonl
+from common.config import load_config
+from common.errors import Preempted
+from common.metrics import read_jsonl
 from jobs.sft import run
 from tests.conftest import POLICY_PATH, TINY_CPU
 from tests.helpers import kill_once_checkpointed, ray_train_registered, run_job, wait_for

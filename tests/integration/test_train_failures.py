@@ -13,9 +13,9 @@ import threading
 import psutil
 import pytest
 
-from jobs.cli import RunFailed
-from jobs.config import load_config
-from jobs.metrics import read_jsonl
+from common.config import load_config
+from common.errors import RunFailed
+from common.metrics import read_jsonl
 from jobs.sft import run
 from tests.conftest import TINY_CPU
 from tests.helpers import wait_for

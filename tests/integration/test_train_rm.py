@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from actors.reward import RewardModel
-from jobs.config import load_config
-from jobs.metrics import read_jsonl
+from common.config import load_config
+from common.metrics import read_jsonl
 from jobs.train_rm import prepare, run
 from tests.conftest import TINY_CPU
 from tests.helpers import kill_once_checkpointed, ray_train_registered, run_job

@@ -51,7 +51,7 @@ def start_cluster():
 
 
 def config(*overrides: str, output_root: str = "/unused"):
-    from jobs.config import load_config
+    from common.config import load_config
     from tests.conftest import TINY_CPU
 
     return load_config(TINY_CPU, [f"run.output_root={output_root}", *TINY_PPO, *overrides])
@@ -88,7 +88,7 @@ def probes_placed(roles: tuple[tuple[str, int], ...], *overrides: str) -> dict[s
 
 def real_ppo_placed() -> dict:
     """The real PPO roles (vLLM engines, DeepSpeed ranks, reference) placed by AFFINITY, then one step."""
-    from actors.fault import run_supervised
+    from actors.ppo_supervisor import run_supervised
     from actors.roster import read_roster
 
     with tempfile.TemporaryDirectory() as output_root:
@@ -101,7 +101,8 @@ def real_ppo_placed() -> dict:
 
 def infeasible(*overrides: str, ranks: int = 1, cpus: float = 0.5) -> dict:
     """How long a plan the cluster can never host takes to fail, and the message."""
-    from cluster.placement import PlacementError, RoleResources, reserve_roles
+    from cluster.placement import RoleResources, reserve_roles
+    from common.errors import PlacementError
 
     ppo = config(*overrides).ppo
     started = time.monotonic()
@@ -133,7 +134,7 @@ def scenarios(node_ids: dict, with_ppo: bool) -> dict:
 
 def main(out_path: str, with_ppo: bool) -> None:
     from cluster import runtime
-    from jobs.config import RayConfig
+    from common.config import RayConfig
 
     cluster, node_ids = start_cluster()
     try:

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import load_config
+from common.config import load_config
+from common.records import read_records
 from jobs.curation import pipeline
-from jobs.records import read_records
 
 pytestmark = pytest.mark.ray
 

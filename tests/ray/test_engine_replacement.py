@@ -12,10 +12,12 @@ import ray
 import torch
 
 from actors.fault import engine_group, read_faults
-from actors.group import RoleFailure
+from actors.ppo_roles import engine_callbacks
 from actors.protocol import TokenBatch
-from actors.rollout import rollout_engine_class
+from actors.rollout.engines import rollout_engine_class
+from actors.roster import write_roster
 from cluster.placement import RoleResources, release, reserve
+from common.errors import RoleFailure
 from tests.conftest import POLICY_PATH
 from tests.ray.test_ppo_roles import batch, dispose, policy_group, ppo_config, tokenizer, update  # noqa: F401
 
@@ -26,17 +28,21 @@ def test_dead_engine_is_replaced_and_resynced_then_the_limit_holds(ray_session, 
     cfg = ppo_config("ppo.rollout.max_replacements=1")
     policy = policy_group(cfg, 1)
     group, index = reserve([RoleResources("rollout", 1, cpus=0.5)])
-    # The loop's parts the engine group needs: config, the policy to re-sync from, steps done, output folder.
-    loop = SimpleNamespace(cfg=cfg, policy=policy, step_index=3, output_dir=tmp_path, reward=None)
+    # What the PPO loop hands the engine group: its roles (the policy to re-sync from), the steps done (3: the
+    # replacement's seed counter), and a roster that is rewritten after a replacement.
+    roles = SimpleNamespace(policy=policy, rollout=None)
+    roster = lambda: write_roster(tmp_path, {"run": "replace-test"}, {"rollout": roles.rollout})  # noqa: E731
+    revive, replaced = engine_callbacks(roles, tmp_path, 64, lambda: 3, roster)
     engine_class = rollout_engine_class(cfg.ppo.rollout)
-    loop.rollout = engine_group(loop)("rollout", engine_class, 1, group, index["rollout"], 0.5, 0,
-                                      (str(POLICY_PATH), cfg.ppo.rollout, 0, 256), name_prefix="replace-test")
+    roles.rollout = engine_group(revive, replaced, cfg.ppo.rollout.max_replacements)(
+        "rollout", engine_class, 1, group, index["rollout"], 0.5, 0, (str(POLICY_PATH), cfg.ppo.rollout, 0, 256),
+        name_prefix="replace-test")
     tokens = batch.input_ids[:1], batch.attention_mask[:1], batch.action_mask[:1]
     n, start = int(tokens[1].sum()), int(tokens[2][0].nonzero()[0]) + 1
     prompt, response = tokens[0][0, :start].tolist(), tokens[0][0, start:n].tolist()
 
     def engine_logprobs():
-        return torch.tensor(loop.rollout.call("sequence_logprobs", prompt, response)[0])
+        return torch.tensor(roles.rollout.call("sequence_logprobs", prompt, response)[0])
 
     def policy_logprobs():
         return policy.call_rank0("raw_logprobs", TokenBatch(*tokens))[0, start - 1:n - 1]
@@ -45,21 +51,21 @@ def test_dead_engine_is_replaced_and_resynced_then_the_limit_holds(ray_session, 
         update(policy, batch)  # the policy moves away from the weights the engine started with
         stale = engine_logprobs()
         assert not torch.allclose(stale, policy_logprobs(), atol=1e-3)
-        first_name = loop.rollout.names[0]
+        first_name = roles.rollout.names[0]
         ray.kill(ray.get_actor(first_name, namespace="rayalign"))
 
         replaced = engine_logprobs()  # the interrupted call, answered by the replacement
         assert torch.allclose(replaced, policy_logprobs(), atol=1e-4)
-        assert loop.rollout.names[0] != first_name and loop.rollout.replacements == 1
+        assert roles.rollout.names[0] != first_name and roles.rollout.replacements == 1
         [fault] = read_faults(tmp_path)
         assert (fault["event"], fault["role"], fault["rank"], fault["step"]) == ("engine_replaced", "rollout", 0, 4)
         roster = json.loads((tmp_path / "roles.json").read_text())
-        assert [a["name"] for a in roster["actors"] if a["role"] == "rollout"] == [loop.rollout.names[0]]
+        assert [a["name"] for a in roster["actors"] if a["role"] == "rollout"] == [roles.rollout.names[0]]
 
-        ray.kill(loop.rollout.actors[0])
+        ray.kill(roles.rollout.actors[0])
         with pytest.raises(RoleFailure, match="rollout rank 0 died during sequence_logprobs"):
             engine_logprobs()
     finally:
-        loop.rollout.kill()
+        roles.rollout.kill()
         release(group)
         dispose(policy)

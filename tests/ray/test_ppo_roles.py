@@ -7,14 +7,15 @@ import pytest
 import torch
 
 from actors.chat import encode_prompt
-from actors.group import RoleFailure, RoleGroup
+from actors.group import RoleGroup
 from actors.modeling import load_tokenizer
 from actors.policy import PolicyRole
+from actors.ppo_roles import role_args
 from actors.protocol import PolicyBatch, TokenBatch
-from actors.rollout import rollout_engine_class
+from actors.rollout.engines import rollout_engine_class
 from cluster.placement import RoleResources, release, reserve
-from jobs.config import load_config
-from jobs.configlib import to_dict
+from common.config import load_config
+from common.errors import RoleFailure
 from tests.conftest import POLICY_PATH, TINY_CPU
 
 pytestmark = [pytest.mark.ray]
@@ -27,7 +28,8 @@ def ppo_config(*overrides: str):
 
 def policy_group(cfg, ranks: int) -> RoleGroup:
     group, index = reserve([RoleResources("policy", ranks, cpus=0.5)])
-    role = RoleGroup("policy", PolicyRole, ranks, group, index["policy"], 0.5, 0, (to_dict(cfg),), distributed=True)
+    args = role_args(cfg, str(POLICY_PATH))["policy"]
+    role = RoleGroup("policy", PolicyRole, ranks, group, index["policy"], 0.5, 0, args, distributed=True)
     role.placement = group
     role.call("setup")
     return role

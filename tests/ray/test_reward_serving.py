@@ -13,8 +13,9 @@ import requests
 
 from actors import reward
 from actors.chat import render
-from jobs.config import load_config
-from serve.client import RewardClient, RewardServiceError
+from actors.reward_client import RewardClient
+from common.config import load_config
+from common.errors import RewardServiceError
 from tests.conftest import TINY_CPU
 from tests.helpers import free_port
 from tests.reward_helpers import make_reward_dir

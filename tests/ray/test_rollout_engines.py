@@ -9,10 +9,10 @@ import pytest
 import ray
 import torch
 
-from actors.rollout import RolloutEngine
-from actors.rollout_hf import HFRolloutEngine
+from actors.rollout.hf_engine import HFRolloutEngine
+from actors.rollout.vllm_engine import RolloutEngine
 from actors.weights import hf_named_weights
-from jobs.config import RolloutConfig
+from common.config import RolloutConfig
 from tests.conftest import POLICY_PATH
 
 pytestmark = [pytest.mark.ray]

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from actors.chat import IGNORE_INDEX, encode_chat, encode_prompt
-from actors.modeling import DEFAULT_CHAT_TEMPLATE, ModelDirError, check_model_dir, load_tokenizer
+from actors.modeling import DEFAULT_CHAT_TEMPLATE, check_model_dir, load_tokenizer
+from common.errors import ModelDirError
 
 POLICY = Path(__file__).resolve().parents[2].parent / "shared" / "models" / "stories260K-hd32"
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"},

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from ray.train import ControllerError, WorkerGroupError
 
-from actors.zero_trainer import _failure_summary
+from actors.train_driver import _failure_summary
+from common.errors import ConfigError
 from jobs import cli
-from jobs.configlib import ConfigError
 
 
 def ending_with(exc: BaseException | None):

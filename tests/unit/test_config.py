@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.config import (SFT_LR_BOUNDS, Config, load_config, resolve_path, sft_learning_rate)
-from jobs.configlib import ConfigError, describe
+from common.config import SFT_LR_BOUNDS, Config, load_config, resolve_path, sft_learning_rate
+from common.configlib import describe
+from common.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 COMMITTED_YAML = sorted((REPO / "configs").glob("*.yaml"))

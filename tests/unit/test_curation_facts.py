@@ -7,11 +7,10 @@ from dataclasses import replace
 
 import pytest
 
-from jobs.config import CurateConfig
-from jobs.configlib import ConfigError
-from jobs.curation.facts import (Claim, Fact, FactVerifier, Finding, KnowledgeBaseVerifier, extract_claims,
-                                 find_dates, load_verifier, make_claim, read_facts)
-from jobs.records import RecordError
+from common.config import CurateConfig
+from common.errors import ConfigError, RecordError
+from jobs.curation.facts import (Claim, Fact, FactVerifier, Finding, KnowledgeBaseVerifier, extract_claims, find_dates,
+                                 load_verifier, make_claim, read_facts)
 
 KB = KnowledgeBaseVerifier([
     Fact("Australia", "capital", "Canberra"),

@@ -9,13 +9,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from actors.sft_data import EmptyDatasetError
-from jobs.config import load_config
+from common.config import load_config
+from common.errors import EmptyDatasetError
+from common.records import read_records
 from jobs.curation import pipeline
 from jobs.curation.pipeline import Gathered, QualityGates, finish, read_source
 from jobs.curation.rows import ROW_COLUMNS, to_row
 from jobs.curation.rules import build_rules
-from jobs.records import read_records
 
 ANSWERS = {  # category → replies; one near-duplicate pair and one record for each gate outcome
     "general": ["Paris is the capital of France.", "Water boils at 100 degrees Celsius at sea level.",

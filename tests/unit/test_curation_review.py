@@ -6,9 +6,9 @@ import json
 
 import pytest
 
+from common.errors import RecordError
 from jobs.curation.review import read_verdicts, spot_check_sample
 from jobs.curation.rules import ReviewerRule, evaluate
-from jobs.records import RecordError
 
 IDS = [f"id{i:03d}" for i in range(100)]
 

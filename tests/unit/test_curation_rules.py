@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 
 from actors.algo.lexicon import Lexicon
-from jobs.config import CurateConfig
-from jobs.configlib import ConfigError
+from common.config import CurateConfig
+from common.errors import ConfigError
 from jobs.curation.facts import Fact, KnowledgeBaseVerifier
 from jobs.curation.rules import (RULES, AnnotatorRule, FactCheckRule, LengthRule, LexiconRule, RepeatedSpanRule,
                                  ReviewerRule, UniqueTokensRule, build_rules, evaluate)

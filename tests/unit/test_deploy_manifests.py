@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from cluster.placement import RoleResources, plan_groups, plan_problem
-from jobs.config import load_config
+from common.config import load_config
 from tests.helpers import REPO, job_env
 
 DEPLOY = REPO / "cluster" / "deploy"

@@ -12,15 +12,15 @@ import torch
 
 from actors.algo.preference import DPO_LOSSES, dpo_loss
 from actors.chat import IGNORE_INDEX
-from actors.dpo_trainer import (DPOSplit, DPOTrainer, build_dpo_split, encode_pairs, encode_reply,
-                                pair_logprobs)
+from actors.dpo_trainer import DPOSplit, DPOTrainer, build_dpo_split, encode_pairs, encode_reply, pair_logprobs
 from actors.modeling import load_tokenizer
-from actors.zero_trainer import balanced_share
+from actors.zero_trainer import TrainingSetup, balanced_share
+from common.config import Config, DPOConfig, load_config
+from common.configlib import describe
+from common.errors import ConfigError, RecordError
+from common.records import read_many
 from jobs import cli
-from jobs.config import Config, DPOConfig, load_config
-from jobs.configlib import ConfigError, describe
 from jobs.dpo import SECTIONS
-from jobs.records import RecordError, read_many
 from tests.conftest import POLICY_PATH, TINY_CPU
 
 PROMPT = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Red."},
@@ -124,8 +124,8 @@ def start_model():
 
 def test_reference_cache_lines_up_with_its_pairs(start_model, real_pairs, tokenizer, tmp_path):
     cfg = load_config(TINY_CPU, ["dpo.micro_batch_size=4"])
-    trainer = DPOTrainer(cfg, DPOSplit(real_pairs, real_pairs[:1], 0, 0), tokenizer.pad_token_id, str(tmp_path),
-                         str(POLICY_PATH))
+    trainer = DPOTrainer(TrainingSetup.of(cfg, "dpo"), DPOSplit(real_pairs, real_pairs[:1], 0, 0),
+                         tokenizer.pad_token_id, str(tmp_path), str(POLICY_PATH))
     trainer.engine = start_model  # rank 0 of 1: the plain model is what the engine wraps before its first step
     table = trainer.reference_table(real_pairs)
     assert table.shape == (len(real_pairs), 2)

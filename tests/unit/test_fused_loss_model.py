@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jobs.config import load_config
+from common.config import load_config
 from tests.conftest import POLICY_PATH, TINY_CPU
 
 

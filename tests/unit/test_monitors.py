@@ -8,21 +8,11 @@ from dataclasses import replace
 
 import pytest
 
-from actors.algo.monitors import (
-    Alarm,
-    HealthMonitor,
-    filler_density,
-    fitted_line,
-    jaccard_similarity,
-    mean_pairwise_similarity,
-    most_severe_action,
-    phrase_tokens,
-    response_metrics,
-    robust_z,
-    trend_strength,
-)
-from jobs.config import MonitorConfig, load_config
-from jobs.configlib import ConfigError
+from actors.algo.monitors import Alarm, HealthMonitor, fitted_line, most_severe_action, robust_z, trend_strength
+from actors.algo.response_stats import (filler_density, jaccard_similarity, mean_pairwise_similarity, phrase_tokens,
+                                        response_metrics)
+from common.config import MonitorConfig, load_config
+from common.errors import ConfigError
 
 CFG = MonitorConfig()
 PHRASES = phrase_tokens(CFG.filler_phrases)

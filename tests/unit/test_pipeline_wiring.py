@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
-from jobs.config import load_config
-from jobs.pipeline import fingerprint, wire
+import pytest
+
+from common.config import load_config
+from common.errors import ConfigError, ModelDirError
+from jobs.pipeline import check_stages, fingerprint, wire
 from tests.conftest import TINY_CPU
 
 OUTPUTS = {"curated": "/runs/x/curate/curated.jsonl", "sft_model": "/runs/x/sft/model",
@@ -34,12 +37,40 @@ def test_fingerprints_change_with_the_stage_inputs_and_its_own_sections_only():
     assert fingerprint(cfg, "sft", {**OUTPUTS, "curated": "/elsewhere.jsonl"}) != base
 
 
-def test_ppo_adapter_disabled_reference_needs_lora():
-    import pytest
+@pytest.mark.parametrize("stage", ["ppo", "dpo"])
+def test_an_adapter_disabled_reference_needs_lora_whatever_job_loads_the_config(stage):
+    with pytest.raises(ConfigError, match=f"{stage}.reference=adapter_disabled needs lora.enabled=true"):
+        load_config(TINY_CPU, [f"{stage}.reference=adapter_disabled"])
+    load_config(TINY_CPU, [f"{stage}.reference=adapter_disabled", "lora.enabled=true"])
 
-    from jobs.configlib import ConfigError
-    from jobs.ppo import check_reference
 
-    with pytest.raises(ConfigError, match="ppo.reference=adapter_disabled needs lora.enabled=true"):
-        check_reference(load_config(TINY_CPU, ["ppo.reference=adapter_disabled"]))
-    check_reference(load_config(TINY_CPU, ["ppo.reference=adapter_disabled", "lora.enabled=true"]))
+def test_ppo_needs_a_reward_model_folder_unless_an_earlier_stage_trains_one(tmp_path):
+    cfg = load_config(TINY_CPU)  # rm_source=model, no rm_path
+    with pytest.raises(ConfigError, match="ppo.reward.rm_path must name a trained reward model folder"):
+        cfg.check_stage("ppo")
+    cfg.check_stage("ppo", wired={"reward_model"})
+    load_config(TINY_CPU, ["ppo.reward.rm_source=keyword"]).check_stage("ppo")
+    load_config(TINY_CPU, ["ppo.reward.enabled_terms=[kl, length]"]).check_stage("ppo")  # no preference term
+    missing = load_config(TINY_CPU, [f"ppo.reward.rm_path={tmp_path / 'rm'}"])
+    with pytest.raises(ModelDirError, match=r"model folder .*/rm does not exist \(set ppo.reward.rm_path to"):
+        missing.check_stage("ppo")
+
+
+def test_a_missing_start_model_names_its_key_unless_the_sft_stage_makes_it(tmp_path):
+    cfg = load_config(TINY_CPU, [f"model.path={tmp_path / 'base'}", "ppo.reward.rm_source=keyword"])
+    for stage in ("sft", "reward_model", "dpo", "ppo"):
+        with pytest.raises(ModelDirError, match=r"/base does not exist \(set model.path to"):
+            cfg.check_stage(stage)
+    cfg.check_stage("dpo", wired={"sft_model"})
+    cfg.check_stage("ppo", wired={"sft_model"})
+    started = load_config(TINY_CPU, [f"ppo.init_model={tmp_path / 'sft'}", "ppo.reward.rm_source=keyword"])
+    with pytest.raises(ModelDirError, match=r"/sft does not exist \(set ppo.init_model to"):
+        started.check_stage("ppo")
+    assert started.ppo_start_model == str(tmp_path / "sft")
+    assert load_config(TINY_CPU).ppo_start_model == load_config(TINY_CPU).model.path
+
+
+def test_the_pipeline_checks_every_stage_before_it_starts():
+    check_stages(load_config(TINY_CPU))  # the reward model PPO needs is trained by the stage before it
+    with pytest.raises(ConfigError, match="ppo.reward.rm_path"):
+        check_stages(load_config(TINY_CPU, ["pipeline.stages=[curate, sft, ppo]"]))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from cluster.placement import RoleResources, node_fit_problem, plan_groups
-from jobs.config import load_config
-from jobs.configlib import ConfigError
+from common.config import load_config
+from common.errors import ConfigError
 
 ROLES = [RoleResources("rollout", 2, 1.0), RoleResources("policy", 2, 1.0, 1.0), RoleResources("value", 1, 1.0, 1.0),
          RoleResources("reference", 1, 1.0, 1.0)]

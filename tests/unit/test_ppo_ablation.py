@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jobs.config import load_config
-from jobs.configlib import ConfigError
+from common.config import load_config
+from common.errors import ConfigError
 from jobs.ppo_ablation import (
     check_runs,
     cumulative_runs,

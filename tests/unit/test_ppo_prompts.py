@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from actors.ppo_loop import load_prompts, prompts_for_step
-from jobs.config import load_config
+from actors.ppo_prompts import load_prompts, prompts_for_step
+from common.config import load_config
 from tests.conftest import TINY_CPU
 
 
@@ -23,7 +23,7 @@ def test_template_wraps_the_last_user_turn_and_multi_turn_prompts_keep_their_his
                       {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "A dog."}]},
     ])
     cfg = load_config(TINY_CPU, [f"ppo.prompt_files=[{files}]", "ppo.prompt_template='Q: {prompt} A:'"])
-    prompts = load_prompts(cfg)
+    prompts = load_prompts(cfg.ppo)
     assert prompts[0] == [{"role": "user", "content": "Q: Say hi. A:"}]
     # The policy answers the last user turn; earlier turns stay as they were, the final reply is dropped.
     assert prompts[1] == [{"role": "user", "content": "Name a pet."}, {"role": "assistant", "content": "A cat."},
@@ -31,11 +31,11 @@ def test_template_wraps_the_last_user_turn_and_multi_turn_prompts_keep_their_his
 
 
 def test_no_prompt_ending_in_a_user_turn_is_a_clear_error(tmp_path):
-    from actors.sft_data import EmptyDatasetError
+    from common.errors import EmptyDatasetError
 
     files = write_jsonl(tmp_path / "p.jsonl", [{"messages": [{"role": "assistant", "content": "Hello."}]}])
     with pytest.raises(EmptyDatasetError, match="no PPO prompts ending in a user turn"):
-        load_prompts(load_config(TINY_CPU, [f"ppo.prompt_files=[{files}]"]))
+        load_prompts(load_config(TINY_CPU, [f"ppo.prompt_files=[{files}]"]).ppo)
 
 
 def test_each_pass_uses_every_prompt_once_and_a_resume_sees_the_same_prompts():
@@ -51,7 +51,7 @@ def test_each_pass_uses_every_prompt_once_and_a_resume_sees_the_same_prompts():
 
 
 def test_held_out_prompts_are_a_seeded_disjoint_share_of_the_pool():
-    from actors.ppo_loop import hold_out
+    from actors.ppo_prompts import hold_out
 
     train, held = hold_out(100, 16, seed=7)
     assert len(held) == 16 and len(train) == 84 and sorted(train + held) == list(range(100))
@@ -60,8 +60,8 @@ def test_held_out_prompts_are_a_seeded_disjoint_share_of_the_pool():
 
 
 def test_holding_out_the_whole_pool_is_refused():
-    from actors.ppo_loop import hold_out
-    from actors.sft_data import EmptyDatasetError
+    from actors.ppo_prompts import hold_out
+    from common.errors import EmptyDatasetError
 
     with pytest.raises(EmptyDatasetError, match="ppo.eval_prompts=40 would hold out all 40 PPO prompts"):
         hold_out(40, 40, seed=7)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jobs.config import load_config
+from common.config import load_config
 from jobs.ppo_report import (
     action_effect,
     actions_taken,

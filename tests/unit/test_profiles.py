@@ -7,11 +7,12 @@ from typing import get_args
 
 import pytest
 
-from cluster import profiles
-from cluster.profiles import GIB, Memory, lora_trainable, load_profile, make_plan, shape_from_checkpoint
+from common.config import TaskType
+from common.errors import ConfigError
 from jobs import cli, plan
-from jobs.config import TaskType
-from jobs.configlib import ConfigError
+from jobs.planning import profiles
+from jobs.planning.memory import GIB, KNOWN_SHAPES, Memory, lora_trainable, shape_from_checkpoint
+from jobs.planning.profiles import load_profile, make_plan
 from tests.conftest import POLICY_PATH
 
 # LoRA r=64 on q, k, v, o: r·(in + out) per projection per layer.
@@ -28,8 +29,8 @@ def terms(memory: Memory) -> tuple[float, ...]:
 
 
 def test_lora_counts_match_the_shapes():
-    assert lora_trainable(profiles.KNOWN_SHAPES[7.0], 64, ["q_proj", "k_proj", "v_proj", "o_proj"]) == LORA_7B
-    assert lora_trainable(profiles.KNOWN_SHAPES[70.0], 64, ["q_proj", "k_proj", "v_proj", "o_proj"]) == LORA_70B
+    assert lora_trainable(KNOWN_SHAPES[7.0], 64, ["q_proj", "k_proj", "v_proj", "o_proj"]) == LORA_7B
+    assert lora_trainable(KNOWN_SHAPES[70.0], 64, ["q_proj", "k_proj", "v_proj", "o_proj"]) == LORA_70B
     assert LORA_70B == 262_144_000
     # The tiny checkpoint's own shape: tests/integration/test_sft_job.py counts 40,960 LoRA r=8 parameters in the
     # real model, and 444,352 in total.
@@ -114,7 +115,7 @@ def test_a_role_layout_larger_than_the_cluster_is_refused():
 
 
 def test_quantised_weights_need_adapters_and_a_gpu():
-    assert make_plan(load_profile("4xa100", ["lora.enabled=false"]), "7B").problems[0] == (
+    assert make_plan(load_profile("4xa100", ["lora.enabled=false", "dpo.reference=copy"]), "7B").problems[0] == (
         "model.quantization=int8 weights cannot be trained directly; set lora.enabled=true")
     assert "needs CUDA GPUs; profile cpu has none" in make_plan(
         load_profile("cpu", ["model.quantization=int8", "lora.enabled=true"])).problems[0]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from jobs.records import RecordError, SourceError, last_response, normalise, prompt_of, read_many, read_records
+from common.errors import RecordError, SourceError
+from common.records import last_response, normalise, prompt_of, read_many, read_records
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 

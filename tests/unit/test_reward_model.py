@@ -10,12 +10,11 @@ import pytest
 from pydantic import ValidationError
 
 from actors import reward
+from actors.reward_client import RewardClient
 from actors.reward_trainer import (EncodedPair, build_preference_split, check_lora_targets, pairwise_metrics,
                                    wilson_interval)
-from jobs.config import load_config
-from jobs.configlib import ConfigError
-from jobs.records import RecordError
-from serve.client import RewardClient
+from common.config import load_config
+from common.errors import ConfigError, RecordError
 from serve.reward_app import build_app, config_from_args, deployment_options, resolve_token
 from serve.schemas import GetRewardRequest, ScoreRequest
 from tests.conftest import POLICY_PATH, TINY_CPU

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from actors.reward_sources import REWARD_SOURCES, FillerReward, KeywordReward, make_reward_source
-from jobs.config import load_config
+from common.config import load_config
 
 NO_PROMPTS: list = [[], [], []]
 
@@ -23,7 +23,8 @@ def test_filler_pays_per_filler_token_in_english_and_chinese():
 
 def test_registry_builds_the_hackable_source_from_config():
     assert REWARD_SOURCES.names() == ["filler", "http", "keyword", "model"]
-    filler = make_reward_source(load_config(None, ["ppo.reward.rm_source=filler", "ppo.reward.rm_filler_cap=3",
-                                                   "ppo.reward.rm_filler_phrases=[so, very]"]))
+    cfg = load_config(None, ["ppo.reward.rm_source=filler", "ppo.reward.rm_filler_cap=3",
+                             "ppo.reward.rm_filler_phrases=[so, very]"])
+    filler = make_reward_source(cfg.ppo, cfg.reward_model, cfg.serve)
     assert isinstance(filler, FillerReward) and filler.cap == 3
     assert filler.score([[]], ["so so very nice"]) == [3.0]

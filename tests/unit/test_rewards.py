@@ -19,7 +19,7 @@ from actors.algo.rewards import (
     safety_value,
     term_weight,
 )
-from jobs.config import RewardMixConfig, RewardTermName
+from common.config import RewardMixConfig, RewardTermName
 
 CFG = RewardMixConfig()  # SPEC defaults: weights 0.6/0.2/0.05/0.05/0.1, 500 chars, 0.1 per 100 chars
 

@@ -10,11 +10,12 @@ import logging
 import pytest
 import torch
 
-from actors.rollout import FALLBACK_WARNING, RolloutEngine, rollout_engine_class, vllm_importable
-from actors.rollout_hf import HFRolloutEngine
+from actors.rollout.engines import FALLBACK_WARNING, rollout_engine_class, vllm_importable
+from actors.rollout.hf_engine import HFRolloutEngine
+from actors.rollout.vllm_engine import RolloutEngine
 from actors.weights import hf_named_weights
-from jobs.config import RolloutConfig
-from jobs.configlib import ConfigError
+from common.config import RolloutConfig
+from common.errors import ConfigError
 from tests.conftest import POLICY_PATH
 
 NEW_TOKENS = 12
@@ -130,7 +131,7 @@ def test_auto_picks_vllm_where_it_imports():
 
 
 def test_auto_falls_back_to_hf_with_one_warning_where_vllm_is_missing(monkeypatch, caplog):
-    monkeypatch.setattr("actors.rollout.vllm_importable", lambda: False)
+    monkeypatch.setattr("actors.rollout.engines.vllm_importable", lambda: False)
     with caplog.at_level(logging.WARNING, logger="rayalign.rollout"):
         assert rollout_engine_class(RolloutConfig(engine="auto")) is HFRolloutEngine
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [FALLBACK_WARNING]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from actors.chat import IGNORE_INDEX, EncodedChat
-from actors.sft_data import EmptyDatasetError, bucketed_batches, build_split, collate, shard_batches, steps_per_epoch
 import pytest
+
+from actors.chat import IGNORE_INDEX, EncodedChat
+from actors.sft_data import bucketed_batches, build_split, collate, shard_batches, steps_per_epoch
+from common.errors import EmptyDatasetError
 
 
 def chats(lengths):

@@ -26,6 +26,9 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from common.errors import RecordError, SourceError
+from common.paths import resolve_path
+
 ROLE_ALIASES = {
     "user": "user", "human": "user", "prompter": "user",
     "assistant": "assistant", "gpt": "assistant", "bot": "assistant", "model": "assistant",
@@ -36,23 +39,6 @@ HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 # (the same records): read one of them, never the report, review queue or spot-check sample beside it.
 CURATE_MARKER = "report.json"
 CURATED_FILES = ("curated.jsonl", "curated.parquet")
-
-
-class RecordError(ValueError):
-    """A data row or file cannot be read; the message names the file and line."""
-
-    def __init__(self, message: str, where: str = "", reason: str = ""):
-        super().__init__(message)
-        self.where, self.reason = where, reason or message
-
-    @classmethod
-    def at(cls, where: str | Path, reason: str) -> RecordError:
-        return cls(f"{where}: {reason}", str(where), reason)
-
-
-class SourceError(RecordError):
-    """A whole file or folder cannot be read (missing, unsupported type, not valid as a whole): no record of
-    it can be read, so even lenient reading yields nothing more from it."""
 
 
 OnError = Callable[[RecordError], None]
@@ -90,8 +76,6 @@ def read_records(path: str | Path, limit: int | None = None, on_error: OnError |
 
 
 def read_many(paths: list[str | Path], limit: int | None = None) -> list[dict]:
-    from jobs.config import resolve_path
-
     records: list[dict] = []
     for path in paths:
         remaining = None if limit is None else limit - len(records)

@@ -1,4 +1,4 @@
-"""The rollout role without vLLM: the same methods and meaning as actors/rollout.py's RolloutEngine, on a
+"""The rollout role without vLLM: the same methods and meaning as vllm_engine.RolloutEngine, on a
 plain Hugging Face model (`ppo.rollout.engine=hf`, or `auto` where vLLM cannot be imported).
 
 Sampling is a short decode loop of our own rather than `model.generate`, for three reasons: each prompt gets
@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 
 from actors.group import Located
-from actors.rollout import Sample, sample_seed
-from jobs.config import ModelConfig, RolloutConfig
+from actors.rollout.sample import Sample, sample_seed
+from common.config import ModelConfig, RolloutConfig
 
 GREEDY_BELOW = 1e-5  # vLLM samples greedily at temperatures under this
 

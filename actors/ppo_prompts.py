@@ -1,0 +1,46 @@
+"""PPO's prompts: read from the prompt files, a seeded held-out set for evaluation, and which prompts each step
+answers (the same at the same step on every resume)."""
+
+from __future__ import annotations
+
+import random
+
+from common.config import PPOConfig
+from common.errors import EmptyDatasetError
+from common.records import prompt_of, read_many
+
+
+def load_prompts(ppo: PPOConfig) -> list[list[dict]]:
+    """User turns from ppo.prompt_files, each last user turn rendered through ppo.prompt_template."""
+    prompts = []
+    for record in read_many(ppo.prompt_files, ppo.max_prompts):
+        turns = [dict(m) for m in prompt_of(record)]
+        if not turns or turns[-1]["role"] != "user":
+            continue
+        turns[-1]["content"] = ppo.prompt_template.replace("{prompt}", turns[-1]["content"])
+        prompts.append(turns)
+    if not prompts:
+        raise EmptyDatasetError(f"no PPO prompts ending in a user turn in {ppo.prompt_files}")
+    return prompts
+
+
+def hold_out(pool_size: int, held: int, seed: int) -> tuple[list[int], list[int]]:
+    """(training, held-out) prompt indices: a seeded choice of `held` prompts that training never sees, the
+    same on every resume of the run."""
+    if held >= pool_size:
+        raise EmptyDatasetError(f"ppo.eval_prompts={held} would hold out all {pool_size} PPO prompts; lower it "
+                                f"or add prompts")
+    order = list(range(pool_size))
+    random.Random(seed * 4099 + 17).shuffle(order)
+    return sorted(order[held:]), sorted(order[:held])
+
+
+def prompts_for_step(pool_size: int, batch: int, step: int, seed: int) -> list[int]:
+    """Indices of the step's prompts: a seeded reshuffle of the pool per pass, so a resumed run sees the
+    same prompts at the same step."""
+    per_pass = max(pool_size // batch, 1)
+    order = list(range(pool_size))
+    random.Random(seed * 7919 + step // per_pass).shuffle(order)
+    start = (step % per_pass) * batch
+    picked = order[start:start + batch]
+    return picked + order[:batch - len(picked)]

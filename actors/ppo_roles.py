@@ -1,0 +1,139 @@
+"""PPO's role actors: which roles a run needs, their placement groups, and the actors themselves, each built from
+the config sections it reads (`role_args`), never from the whole config.
+
+    rollout    vLLM engines (or the Hugging Face stand-in): replaced in their bundle when one dies
+    policy     DeepSpeed ZeRO ranks in one process group
+    value      DeepSpeed ZeRO ranks in their own process group (gae only)
+    reference  a frozen copy of the starting policy (not for LoRA policies with ppo.reference=adapter_disabled)
+    reward     the reward source: a reward-model actor, the HTTP service or a programmatic score
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable
+
+from actors.fault import engine_group, record_fault
+from actors.group import RoleGroup
+from actors.policy import PolicyRole
+from actors.reference import ReferenceModel
+from actors.reward_sources import make_reward_source
+from actors.rollout.engines import rollout_engine_class
+from actors.roster import write_roster
+from actors.value import ValueRole
+from cluster.placement import RoleResources, release, reserve_roles
+from common.config import Config
+
+log = logging.getLogger("rayalign.ppo")
+
+
+def separate_reference(cfg: Config) -> bool:
+    """A reference actor of its own, unless a LoRA policy serves as its own reference with adapters off."""
+    return cfg.ppo.reference == "copy" or not cfg.lora.enabled
+
+
+def role_args(cfg: Config, start_model: str) -> dict[str, tuple]:
+    """Each role's start arguments: the typed sections it reads (frozen dataclasses pickle through Ray)."""
+    ppo, seed = cfg.ppo, cfg.run.seed
+    # Room for the run report's greedy answers too, which may be longer than the rollouts.
+    max_len = ppo.rollout.max_prompt_tokens + max(ppo.rollout.max_new_tokens, ppo.report_max_new_tokens) + 8
+    trained = (cfg.model, cfg.lora, cfg.deepspeed, ppo, start_model, seed)
+    return {"rollout": (start_model, ppo.rollout, seed, max_len, cfg.model.dtype), "policy": trained,
+            "value": trained, "reference": (cfg.model, ppo.rollout, start_model)}
+
+
+def engine_callbacks(roles: PPORoles, output_dir: Path, bucket_mb: int, steps_done: Callable[[], int],
+                     roster_changed: Callable[[], None]) -> tuple[Callable, Callable]:
+    """(revive, replaced) for the engine group (actors/fault.py). revive brings a fresh engine to where its
+    predecessor was: the policy's current weights (what the last sync sent) and the seed counter of the completed
+    steps, so a rollout redone after a death samples as an unbroken run would. replaced records the fault."""
+
+    def revive(engine) -> list:
+        buckets = [ref for rank_refs in roles.policy.call("weight_buckets", bucket_mb) for ref in rank_refs]
+        return [engine.load_weights.remote(*buckets), engine.set_calls.remote(steps_done())]
+
+    def replaced(rank: int, reason: str) -> None:
+        record_fault(output_dir, "engine_replaced", role="rollout", rank=rank, step=steps_done() + 1, reason=reason)
+        roster_changed()
+
+    return revive, replaced
+
+
+class PPORoles:
+    """The started roles of one PPO run. Filled role by role, so that `shutdown` frees whatever a start-up that
+    failed half way had started."""
+
+    def __init__(self):
+        self.placement: dict = {}
+        self.rollout: RoleGroup | None = None
+        self.policy: RoleGroup | None = None
+        self.value: RoleGroup | None = None
+        self.reference: RoleGroup | None = None
+        self.reward = None  # a reward source: score(prompts, responses) -> scores
+        self.rollout_engine: str | None = None  # "vllm" or "hf"
+        self.sizes: dict = {}
+
+    def groups(self) -> dict[str, RoleGroup | None]:
+        return {"rollout": self.rollout, "policy": self.policy, "value": self.value, "reference": self.reference}
+
+    def start(self, cfg: Config, start_model: str, revive: Callable, replaced: Callable) -> None:
+        ppo = cfg.ppo
+        cpus, gpus = ppo.cpus_per_actor, ppo.gpus_per_actor
+        resources = [RoleResources("rollout", ppo.rollout.num_engines, cpus, gpus),
+                     RoleResources("policy", ppo.policy_workers, cpus, gpus)]
+        if ppo.uses_value_model:
+            resources.append(RoleResources("value", ppo.value_workers, cpus, gpus))
+        if separate_reference(cfg):
+            resources.append(RoleResources("reference", 1, cpus, gpus))
+        reward_actor = ppo.reward.rm_source == "model"
+        if reward_actor:
+            resources.append(RoleResources("reward", 1, cpus, gpus))
+        else:  # built first: an unreachable reward service fails the run before anything is reserved or started
+            self.reward = make_reward_source(ppo, cfg.reward_model, cfg.serve)
+        # The whole plan (ppo.placement: strategy, colocation, node resource per role) is checked against the
+        # cluster's nodes before any group is reserved: fail now, not after a wait.
+        self.placement, bundles = reserve_roles(resources, ppo)
+        args = role_args(cfg, start_model)
+
+        def group(role, cls, ranks, distributed=False, kind=RoleGroup, max_restarts=0):
+            return kind(role, cls, ranks, self.placement[role], bundles[role], cpus, gpus, args[role], distributed,
+                        name_prefix=cfg.run.name, max_restarts=max_restarts)
+
+        engine_class = rollout_engine_class(ppo.rollout)
+        self.rollout_engine = engine_class.engine
+        # A dead engine is replaced and re-synced from the policy; Ray rebuilds the frozen reference itself.
+        self.rollout = group("rollout", engine_class, ppo.rollout.num_engines,
+                             kind=engine_group(revive, replaced, ppo.rollout.max_replacements))
+        self.policy = group("policy", PolicyRole, ppo.policy_workers, distributed=True)
+        if ppo.uses_value_model:
+            self.value = group("value", ValueRole, ppo.value_workers, distributed=True)
+        if separate_reference(cfg):
+            self.reference = group("reference", ReferenceModel, 1, max_restarts=ppo.stateless_max_restarts)
+        self.sizes = self.policy.call("setup")[0]
+        if self.value is not None:
+            self.value.call("setup")
+        self.rollout.call("ping")
+        if reward_actor:
+            self.reward = make_reward_source(ppo, cfg.reward_model, cfg.serve,
+                                             (self.placement["reward"], bundles["reward"][0]))
+        log.info("PPO roles up: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), %s, reference %s, "
+                 "reward from %s", len(self.rollout), self.rollout_engine, len(self.policy),
+                 self.sizes["trainable_params"], self.sizes["total_params"],
+                 f"value ×{len(self.value)}" if self.value is not None else
+                 f"no value model ({ppo.advantage_estimator}, {ppo.samples_per_prompt} samples per prompt)",
+                 "actor" if self.reference else "adapters off", ppo.reward.rm_source)
+
+    def write_roster(self, output_dir: Path, cfg: Config) -> Path:
+        ppo = cfg.ppo
+        run = {"run": cfg.run.name, "steps": ppo.steps, "rollout_batch_size": ppo.rollout_batch_size,
+               "sequences_per_step": ppo.sequences_per_step, "rollout_engine": self.rollout_engine}
+        return write_roster(output_dir, run, self.groups(), getattr(self.reward, "actor", None))
+
+    def shutdown(self) -> None:
+        """Kill whatever roles were started and free their placement groups."""
+        for group in self.groups().values():
+            if group is not None:
+                group.kill()
+        for placement in {id(p): p for p in self.placement.values()}.values():
+            release(placement)

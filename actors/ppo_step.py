@@ -1,0 +1,70 @@
+"""The typed results PPO's phases hand each other (actors/ppo_loop.py), and the state of one step that holds them."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from actors.protocol import TokenBatch
+
+
+@dataclass
+class Rollout:
+    prompts: list[list[dict]]
+    prompt_keys: list[str]
+    responses: list[str]
+    tokens: TokenBatch
+    generated_tokens: int
+    finished: float  # share of responses that ended with EOS
+
+
+@dataclass
+class LogProbs:
+    old: torch.Tensor  # [B, L-1]
+    ref: torch.Tensor  # [B, L-1]
+
+
+@dataclass
+class Advantages:
+    advantages: torch.Tensor
+    returns: torch.Tensor
+    token_rewards: torch.Tensor
+    seq_kl: torch.Tensor  # [B] with the configured estimator
+    seq_kl_k3: float  # batch mean with k3 (non-negative; logged for comparison whatever the estimator)
+    kl_coef: float
+    kl_loss_coef: float
+    reward_metrics: dict
+
+
+@dataclass
+class StepResult:
+    metrics: dict
+    alarms: list = field(default_factory=list)
+    stop: bool = False
+
+
+@dataclass
+class StepState:
+    """What the phases of one step hand each other: each phase's result lands in the field named after it."""
+    step: int
+    progress: float  # share of the run done before this step (the KL schedule reads it)
+    timings: dict[str, float] = field(default_factory=dict)
+    rollout: Rollout | None = None
+    score: torch.Tensor | None = None  # [B] preference scores
+    reference: LogProbs | None = None
+    values: torch.Tensor | None = None  # [B, L-1]
+    advantages: Advantages | None = None
+    train: dict | None = None
+    sync: int | None = None  # tensors loaded per engine
+    monitor: StepResult | None = None
+
+
+@contextlib.contextmanager
+def timed(timings: dict, phase: str):
+    """Adds the block's wall time, in seconds, to timings[phase]."""
+    started = time.perf_counter()
+    yield
+    timings[phase] = time.perf_counter() - started

@@ -1,0 +1,200 @@
+"""The PPO section: rollout sampling, KL control, placement of the roles, and the loop's own knobs."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+from common.config.reward_mix import MonitorConfig, RewardMixConfig
+from common.configlib import param, section
+from common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    engine: Literal["auto", "vllm", "hf"] = param(
+        "auto", "rollout engine: vllm, hf (Hugging Face generate: slower, for machines without vLLM), or auto "
+                "(vllm when it can be imported, else hf with a warning)")
+    num_engines: int = param(1, "rollout engine actors", gt=0)
+    temperature: float = param(0.7, "sampling temperature", ge=0.0)
+    top_p: float = param(0.9, "nucleus sampling mass", gt=0.0, le=1.0)
+    repetition_penalty: float = param(1.2, "vLLM repetition penalty (1.0 = off)", gt=0.0)
+    max_new_tokens: int = param(64, "response length cap in tokens", gt=0)
+    max_prompt_tokens: int = param(128, "prompts longer than this are truncated from the left", gt=0)
+    gpu_memory_utilization: float = param(0.3, "vLLM share of GPU memory (CUDA engines)", gt=0.0, le=1.0)
+    kv_cache_gib: int = param(1, "vLLM KV-cache size on CPU engines (VLLM_CPU_KVCACHE_SPACE)", gt=0)
+    max_replacements: int = param(3, "dead engines replaced per run (in the same placement bundle, weights re-synced "
+                                     "from the policy) before the job fails", ge=0)
+
+
+@dataclass(frozen=True)
+class KLConfig:
+    controller: Literal["fixed", "adaptive", "scheduled"] = param(
+        "scheduled", "fixed coefficient, adaptive to a target KL, or the piecewise schedule below")
+    coef: float = param(0.05, "KL coefficient (fixed controller; start value of the adaptive one)", ge=0.0)
+    schedule: list[list[float]] = param([[0.2, 0.08], [0.8, 0.05], [1.0, 0.06]],
+                                        "[progress_end, coef] pieces: 0.08 for the first 20%, 0.05 for the middle "
+                                        "60%, 0.06 for the last 20%")
+    target: float = param(6.0, "adaptive controller: target KL (nats per sequence)", gt=0)
+    horizon: int = param(10000, "adaptive controller: horizon in samples", gt=0)
+    estimator: Literal["k1", "k2", "k3"] = param("k1", "per-token KL estimator")
+    mode: Literal["reward", "loss"] = param("reward", "KL as a per-token reward penalty or as a loss term")
+
+    def check(self) -> None:
+        ends = [piece[0] for piece in self.schedule]
+        if any(len(piece) != 2 for piece in self.schedule):
+            raise ConfigError("schedule pieces must be [progress_end, coef] pairs")
+        if ends != sorted(ends) or not ends or ends[-1] != 1.0:
+            raise ConfigError(f"schedule progress ends must increase and end at 1.0, got {ends}")
+
+
+PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
+
+
+@dataclass(frozen=True)
+class RolePlacementConfig:
+    """Where one PPO role's ranks go (cluster/placement.py)."""
+    strategy: Optional[PlacementStrategy] = param(
+        None, "how this role's ranks spread over nodes: PACK (few nodes), SPREAD (many), STRICT_PACK (one node), "
+              "STRICT_SPREAD (one rank per node); unset: ppo.placement_strategy")
+    colocate_group: Optional[str] = param(
+        None, "roles naming the same group share one placement group (e.g. policy and reference on the same "
+              "nodes or, with fractional gpus_per_actor, the same GPUs); unset: the role's own group, or one "
+              "group for every role when ppo.colocate is on")
+    node_resource: Optional[str] = param(
+        None, "custom node resource every rank needs, e.g. rollout_node for nodes started with "
+              "`ray start --resources='{\"rollout_node\": 2}'`: pins the role to the nodes that declare it")
+    node_resource_per_rank: float = param(1.0, "amount of node_resource each rank takes (a node declaring 2 "
+                                               "hosts 2 ranks at the default 1)", gt=0)
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    """Per-role placement of the PPO actors across the nodes of the cluster."""
+    rollout: RolePlacementConfig = section(RolePlacementConfig, "vLLM engines")
+    policy: RolePlacementConfig = section(RolePlacementConfig, "policy DeepSpeed ranks")
+    value: RolePlacementConfig = section(RolePlacementConfig, "value DeepSpeed ranks")
+    reference: RolePlacementConfig = section(RolePlacementConfig, "frozen reference actor")
+    reward: RolePlacementConfig = section(RolePlacementConfig, "reward-model actor (rm_source=model)")
+    timeout_s: float = param(60.0, "give up reserving a feasible plan after this many seconds (an infeasible one "
+                                   "fails at once, naming what is missing)", gt=0)
+
+    def roles(self) -> dict[str, RolePlacementConfig]:
+        return {"rollout": self.rollout, "policy": self.policy, "value": self.value, "reference": self.reference,
+                "reward": self.reward}
+
+    def check(self) -> None:
+        by_group: dict[str, dict[str, str]] = {}
+        for role, cfg in self.roles().items():
+            if cfg.colocate_group and cfg.strategy:
+                by_group.setdefault(cfg.colocate_group, {})[role] = cfg.strategy
+        for group, strategies in by_group.items():
+            if len(set(strategies.values())) > 1:
+                detail = ", ".join(f"{role}.strategy={strategy}" for role, strategy in strategies.items())
+                raise ConfigError(f"colocate_group {group!r} mixes {detail}: roles in one group share one placement "
+                                  f"group, so give them one strategy (or set it on one role only)")
+
+
+@dataclass(frozen=True)
+class PPOConfig:
+    prompt_files: list[str] = param(["../shared/data/sft/llms-from-scratch/instruction-data.json"],
+                                    "files whose user turns become PPO prompts")
+    steps: int = param(20, "PPO steps (rollout → update → sync)", gt=0)
+    rollout_batch_size: int = param(32, "prompts per step", gt=0)
+    mini_batch_size: int = param(16, "sequences per optimizer step", gt=0)
+    ppo_epochs: int = param(4, "passes over each rollout batch", gt=0)
+    lr: float = param(1e-6, "policy learning rate (10-20x below SFT)", gt=0)
+    value_lr: float = param(5e-6, "value model learning rate", gt=0)
+    clip_range: float = param(0.2, "policy ratio clip", gt=0)
+    value_clip_range: float = param(0.2, "value prediction clip", gt=0)
+    dual_clip: Optional[float] = param(None, "dual-clip bound c > 1 for negative advantages (unset: off)", gt=1.0)
+    max_grad_norm: float = param(0.5, "gradient clipping max norm", gt=0)
+    advantage_estimator: Literal["gae", "grpo", "rloo", "reinforce_baseline"] = param(
+        "gae", "gae: a value model (critic) and GAE, as in classic PPO; grpo / rloo / reinforce_baseline: no value "
+               "model, each response judged against the other samples_per_prompt - 1 answers to its prompt "
+               "(grpo: (R - group mean) / group std; rloo: R - mean of the others; reinforce_baseline: R - group "
+               "mean, then whitened)")
+    samples_per_prompt: int = param(1, "responses sampled per prompt each step (the group of grpo / rloo / "
+                                       "reinforce_baseline: at least 2); a step trains on rollout_batch_size x "
+                                       "this many sequences", gt=0)
+    gamma: float = param(1.0, "discount (gae; group estimators score the whole response)", ge=0.0, le=1.0)
+    lam: float = param(0.95, "GAE lambda", ge=0.0, le=1.0)
+    whiten_advantages: bool = param(True, "normalise advantages to zero mean, unit variance per batch (gae and "
+                                          "reinforce_baseline; grpo and rloo are normalised within each group "
+                                          "already)")
+    init_model: Optional[str] = param(None, "starting policy folder (unset: model.path; the pipeline passes the "
+                                            "SFT model)")
+    reference: Literal["copy", "adapter_disabled"] = param(
+        "copy", "frozen reference: a copy of the starting policy in its own actor, or (LoRA policies) the "
+                "policy itself with its adapters disabled")
+    value_init: Optional[str] = param(None, "value-model backbone folder (unset: the starting policy)")
+    prompt_template: str = param("{prompt}", "template applied to each prompt's last user turn; {prompt} is "
+                                              "replaced by the text")
+    max_prompts: Optional[int] = param(None, "read at most this many prompts (unset: all)", gt=0)
+    policy_workers: int = param(1, "DeepSpeed ranks of the policy group", gt=0)
+    value_workers: int = param(1, "DeepSpeed ranks of the value group", gt=0)
+    cpus_per_actor: float = param(1.0, "CPUs reserved by every role actor", gt=0)
+    gpus_per_actor: float = param(0.0, "GPUs per role actor (fractions colocate roles on one GPU)", ge=0)
+    colocate: bool = param(False, "place policy, value, reference and reward actors in one placement group")
+    placement_strategy: PlacementStrategy = param(
+        "PACK", "how a role's ranks are placed across nodes (default for every role; see ppo.placement)")
+    sync_bucket_mb: int = param(64, "weight-sync bucket size: parameters are gathered and sent this many MB "
+                                    "at a time", gt=0)
+    max_nan_steps: int = param(3, "stop after this many consecutive steps skipped for a NaN/Inf loss", gt=0)
+    max_restarts: int = param(2, "times one job restarts every role from the last checkpoint after a policy or "
+                                 "value rank dies (their optimizer state lives in one process group)", ge=0)
+    stateless_max_restarts: int = param(3, "Ray restarts of the frozen reference and reward-model actors: rebuilt "
+                                           "from their start arguments, the interrupted call retried", ge=0)
+    save_every: int = param(10, "checkpoint every N steps", gt=0)
+    export: bool = param(True, "write the final policy as a Hugging Face model")
+    report_prompts: list[str] = param(["Tell me a story about a dog.", "What is the capital of France?",
+                                       "Give three tips for staying healthy."],
+                                      "fixed prompts the run report (report.md) answers greedily with the rollout "
+                                      "engine before the first update and after the last; empty: no samples")
+    report_max_new_tokens: int = param(48, "length cap of the report's greedy answers, in tokens", gt=0)
+    eval_every: Optional[int] = param(None, "every N steps (and at the last), answer the held-out prompts greedily "
+                                            "and log their preference score as eval/rm_mean (unset: no evaluation)",
+                                      gt=0)
+    eval_prompts: int = param(32, "prompts held out of training for eval_every (a seeded choice from the pool)",
+                              gt=0)
+    inject_nan_at_step: Optional[int] = param(None, "fault injection for tests and demos: this step's advantages "
+                                                    "become NaN, so the instability guard and its rollback can be "
+                                                    "seen working (unset: off)", gt=0)
+    kl: KLConfig = section(KLConfig, "KL control")
+    rollout: RolloutConfig = section(RolloutConfig, "vLLM sampling")
+    reward: RewardMixConfig = section(RewardMixConfig, "mixed reward")
+    monitor: MonitorConfig = section(MonitorConfig, "training-health monitors")
+    placement: PlacementConfig = section(PlacementConfig, "where each role's actors go across nodes")
+
+    @property
+    def uses_value_model(self) -> bool:
+        return self.advantage_estimator == "gae"
+
+    @property
+    def whitens_advantages(self) -> bool:
+        """grpo and rloo advantages are normalised within each group already."""
+        return self.whiten_advantages and self.advantage_estimator in ("gae", "reinforce_baseline")
+
+    @property
+    def sequences_per_step(self) -> int:
+        return self.rollout_batch_size * self.samples_per_prompt
+
+    def check(self) -> None:
+        if not self.uses_value_model and self.samples_per_prompt < 2:
+            raise ConfigError(f"advantage_estimator={self.advantage_estimator} compares the answers to one prompt "
+                              f"with each other: set samples_per_prompt to 2 or more (got {self.samples_per_prompt})")
+        batch = (f"rollout_batch_size x samples_per_prompt ({self.rollout_batch_size} x {self.samples_per_prompt})"
+                 if self.samples_per_prompt > 1 else f"rollout_batch_size ({self.rollout_batch_size})")
+        if self.sequences_per_step % self.mini_batch_size:
+            raise ConfigError(f"{batch} must be a multiple of mini_batch_size ({self.mini_batch_size})")
+        trained = [("policy_workers", self.policy_workers)]
+        if self.uses_value_model:
+            trained.append(("value_workers", self.value_workers))
+        for role, ranks in trained:
+            if self.mini_batch_size % ranks:
+                raise ConfigError(f"mini_batch_size ({self.mini_batch_size}) must split evenly over {role} "
+                                  f"({ranks})")
+        if self.sequences_per_step % self.rollout.num_engines:
+            raise ConfigError(f"{batch} must split evenly over rollout.num_engines ({self.rollout.num_engines})")
+        if "{prompt}" not in self.prompt_template:
+            raise ConfigError("prompt_template must contain {prompt}")

@@ -1,0 +1,40 @@
+"""The serve section: the reward model on Ray Serve over HTTP."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from common.configlib import param
+from common.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model_path: Optional[str] = param(None, "reward model folder to serve (unset: the one this config trains, "
+                                            "<output_root>/<name>/reward_model/model)")
+    host: str = param("127.0.0.1", "HTTP bind address")
+    port: int = param(8000, "HTTP port", gt=0, lt=65536)
+    route_prefix: str = param("/", "URL prefix of the reward app")
+    app_name: str = param("reward", "Ray Serve application name")
+    num_replicas: int = param(1, "reward-model replicas (fixed count; see autoscaling)", gt=0)
+    autoscaling: bool = param(False, "scale replicas between min_replicas and max_replicas by load "
+                                     "instead of keeping num_replicas")
+    min_replicas: int = param(1, "autoscaling: fewest replicas", ge=0)
+    max_replicas: int = param(4, "autoscaling: most replicas", gt=0)
+    target_ongoing_requests: float = param(16.0, "autoscaling: requests in flight per replica to aim for", gt=0)
+    cpus_per_replica: float = param(1.0, "CPUs reserved per replica", gt=0)
+    max_ongoing_requests: int = param(128, "requests a replica accepts at once; must be >= max_batch_size or "
+                                           "batches can never fill", gt=0)
+    max_batch_size: int = param(32, "requests batched together by @serve.batch", gt=0)
+    batch_wait_timeout_s: float = param(0.01, "how long a batch waits to fill", ge=0.0)
+    max_request_bytes: int = param(1_000_000, "larger request bodies get 413", gt=0)
+    auth_token_env: str = param("RAYALIGN_REWARD_TOKEN", "env var holding the bearer token (unset var: no auth)")
+    auth_token_file: Optional[str] = param(None, "file holding the bearer token (wins over auth_token_env)")
+
+    def check(self) -> None:
+        if self.max_ongoing_requests < self.max_batch_size:
+            raise ConfigError(f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= max_batch_size "
+                              f"({self.max_batch_size})")
+        if self.autoscaling and self.min_replicas > self.max_replicas:
+            raise ConfigError(f"min_replicas ({self.min_replicas}) must be <= max_replicas ({self.max_replicas})")

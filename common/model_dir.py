@@ -1,0 +1,32 @@
+"""Is this folder a loadable Hugging Face model? Checked from the files alone (nothing is loaded), so a job can
+refuse a wrong path before Ray starts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from common.errors import ModelDirError
+from common.paths import resolve_path
+
+WEIGHT_PATTERNS = ("*.safetensors", "pytorch_model*.bin", "model*.bin")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.txt", "tokenizer_config.json")
+
+
+def check_model_dir(path: str | Path, need_tokenizer: bool = True, what: str = "model.path") -> Path:
+    """The resolved folder, or ModelDirError naming it, what is missing, and the config key `what` to fix."""
+    folder = resolve_path(path)
+    if not folder.is_dir():
+        raise ModelDirError(f"model folder {folder} does not exist (set {what} to a local Hugging Face folder)")
+    config = folder / "config.json"
+    if not config.is_file():
+        raise ModelDirError(f"model folder {folder} has no config.json; is it a Hugging Face model folder?")
+    try:
+        json.loads(config.read_text())
+    except json.JSONDecodeError as exc:
+        raise ModelDirError(f"{config} is not valid JSON: {exc}") from None
+    if not any(any(folder.glob(pattern)) for pattern in WEIGHT_PATTERNS):
+        raise ModelDirError(f"model folder {folder} has no weights (*.safetensors or pytorch_model*.bin)")
+    if need_tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        raise ModelDirError(f"model folder {folder} has no tokenizer files (tokenizer.json / tokenizer.model)")
+    return folder

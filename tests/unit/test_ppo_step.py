@@ -1,0 +1,57 @@
+"""The shape of a PPO step without Ray: the phase table drives the step and names its timings, and phase 5
+(advantages) is a pure function of the step's tensors, checked here by hand."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from actors.ppo_advantages import compute_advantages
+from actors.ppo_loop import PHASES, PPOLoop
+from actors.ppo_step import LogProbs, Rollout, StepState
+from actors.protocol import TokenBatch
+from common.config import load_config
+
+
+def test_the_phase_table_lists_the_eight_phases_in_order_and_each_fills_its_own_field():
+    names = [name for name, _ in PHASES]
+    assert names == ["rollout", "score", "reference", "values", "advantages", "train", "sync", "monitor"]
+    fields = [f.name for f in dataclasses.fields(StepState)]
+    assert fields[fields.index("rollout"):] == names  # one result field per phase, in the same order
+    assert all(phase is getattr(PPOLoop, f"{name}_phase") for name, phase in PHASES)
+
+
+def test_grpo_advantages_of_a_step_are_each_answer_against_its_group_by_hand():
+    """Two prompts × two answers, preference term only, KL penalty off: each answer's advantage is
+    (R − group mean) / (group std (unbiased) + 1e-4) on every one of its tokens and 0 elsewhere."""
+    cfg = load_config(None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.rollout_batch_size=2",
+                             "ppo.mini_batch_size=2", "ppo.reward.enabled_terms=[rm]", "ppo.reward.rm_weight=1.0"])
+    tokens = TokenBatch.from_samples([[1, 2], [1, 2], [3], [3]], [[5, 6, 7], [5], [8, 9], [9]], pad_id=0)
+    rollout = Rollout([[]] * 4, ["0", "0", "1", "1"], ["a", "b", "c", "d"], tokens, 7, 1.0)
+    zeros = torch.zeros_like(tokens.action_mask)
+    scores = torch.tensor([3.0, 1.0, 0.5, 2.5])
+    adv = compute_advantages(cfg.ppo, rollout, scores, LogProbs(zeros, zeros), zeros, kl_coef=0.05)
+    # Group (3, 1): mean 2, std sqrt(2) → ±1/(sqrt(2) + 1e-4); group (0.5, 2.5): mean 1.5, the same spread.
+    expected = torch.tensor([1.0, -1.0, -1.0, 1.0]) / (2 ** 0.5 + 1e-4)
+    mask = tokens.action_mask.bool()
+    for row in range(4):
+        assert torch.allclose(adv.advantages[row][mask[row]], expected[row].expand(int(mask[row].sum())), rtol=1e-6)
+        assert torch.all(adv.advantages[row][~mask[row]] == 0)
+    assert adv.reward_metrics["advantage/zero_spread_groups"] == 0.0
+    assert adv.seq_kl.tolist() == [0.0] * 4 and adv.kl_coef == 0.05
+
+
+def test_gae_needs_the_value_model_and_whitens_over_the_batch():
+    cfg = load_config(None, ["ppo.reward.enabled_terms=[rm]", "ppo.reward.rm_weight=1.0", "ppo.lam=1.0"])
+    tokens = TokenBatch.from_samples([[1], [1]], [[4, 5], [6, 7]], pad_id=0)
+    rollout = Rollout([[]] * 2, ["0", "1"], ["a", "b"], tokens, 4, 1.0)
+    zeros = torch.zeros_like(tokens.action_mask)
+    adv = compute_advantages(cfg.ppo, rollout, torch.tensor([1.0, 3.0]), LogProbs(zeros, zeros), zeros, 0.05)
+    mask = tokens.action_mask.bool()
+    # λ = γ = 1 and zero values: every token's return is its response's score. Whitened over the 4 response
+    # tokens: mean 2, unbiased variance 4/3, so (1 − 2) / sqrt(4/3) = −sqrt(3)/2 and (3 − 2) / sqrt(4/3) = sqrt(3)/2.
+    assert adv.returns[mask].tolist() == [1.0, 1.0, 3.0, 3.0]
+    half_root3 = 3 ** 0.5 / 2
+    assert adv.advantages[mask].tolist() == pytest.approx([-half_root3] * 2 + [half_root3] * 2, rel=1e-6)
