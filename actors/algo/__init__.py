@@ -19,6 +19,7 @@ from actors.algo.kl import (
     make_kl_controller,
 )
 from actors.algo.logprobs import entropy_from_logits, shift_for_causal_lm, token_logprobs
+from actors.algo.loss_aggregation import LOSS_AGGREGATIONS, LossAggregation
 from actors.algo.masked import masked_mean, masked_sum, masked_var, masked_whiten
 from actors.algo.policy_loss import POLICY_LOSSES, clipped_policy_loss
 from actors.algo.preference import (
@@ -29,6 +30,12 @@ from actors.algo.preference import (
     sequence_logprob,
 )
 from actors.algo.registry import Registry
+from actors.algo.rollout_correction import (
+    ROLLOUT_CORRECTIONS,
+    RolloutCorrection,
+    behaviour_mismatch,
+    behaviour_ratio,
+)
 from actors.algo.value_loss import clipped_value_loss
 
 __all__ = [
@@ -37,12 +44,18 @@ __all__ = [
     "GROUP_BASELINES",
     "KL_CONTROLLERS",
     "KL_ESTIMATORS",
+    "LOSS_AGGREGATIONS",
     "POLICY_LOSSES",
+    "ROLLOUT_CORRECTIONS",
     "AdaptiveKL",
     "FixedKL",
     "KLController",
+    "LossAggregation",
     "Registry",
+    "RolloutCorrection",
     "ScheduledKL",
+    "behaviour_mismatch",
+    "behaviour_ratio",
     "bradley_terry_loss",
     "clipped_policy_loss",
     "clipped_value_loss",

@@ -1,7 +1,9 @@
 """PPO's clipped surrogate policy loss (Schulman et al. 2017), with optional dual clip (Ye et al. 2020).
 
 Inputs are per-token [B, T]: logp (current policy, carries the gradient), old_logp (the policy that
-sampled, no gradient), advantages, and mask (response tokens).
+sampled, no gradient), advantages, and mask (response tokens). How the per-token losses become one
+number is a loss aggregation (actors/algo/loss_aggregation.py); optional token weights carry a rollout
+correction (actors/algo/rollout_correction.py).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from actors.algo.loss_aggregation import LOSS_AGGREGATIONS
 from actors.algo.masked import masked_mean
 from actors.algo.registry import Registry
 
@@ -25,12 +28,22 @@ def clipped_policy_loss(
     clip_range: float = 0.2,
     dual_clip: float | None = None,
     normalizer: float | None = None,
+    *,
+    aggregation: str = "token-mean",
+    max_response_len: int | None = None,
+    token_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Masked mean of max(−A·r, −A·clip(r, 1−ε, 1+ε)) with r = exp(logp − old_logp) → (loss, stats).
+    """Aggregate of w·max(−A·r, −A·clip(r, 1−ε, 1+ε)) with r = exp(logp − old_logp) → (loss, stats).
 
     dual_clip (c > 1): for A < 0 the per-token loss is further capped at −c·A, so a token whose ratio
-    has exploded cannot produce an unbounded loss. normalizer: see masked_mean (pass the whole batch's
-    token count when computing on a shard).
+    has exploded cannot produce an unbounded loss.
+    aggregation: a LOSS_AGGREGATIONS name; the default token-mean is the masked mean over tokens.
+    normalizer: the aggregation's unit count (tokens for token-mean, sequences for the seq-mean modes)
+    over the whole batch, all shards together; None uses this call's own count. With it, the shard
+    losses sum to the whole-batch loss.
+    max_response_len: the constant L_max of seq-mean-token-sum-norm (Dr. GRPO).
+    token_weights w [B, T]: per-token multiplier of the loss after clipping, e.g. truncated importance
+    weights (rollout_correction.py); used detached, 1 when None.
 
     stats (detached 0-dim tensors, local to this call's tokens):
       clip_frac  share of response tokens where the clipped term was the one used (zero gradient)
@@ -48,7 +61,12 @@ def clipped_policy_loss(
         capped = torch.minimum(per_token, -dual_clip * advantages)
         per_token = torch.where(advantages < 0, capped, per_token)
 
-    loss = masked_mean(per_token, mask, normalizer=normalizer)
+    if token_weights is not None:
+        # 1 off the mask: a NaN/inf weight on padding would make that token's zero gradient NaN (0 · NaN).
+        weights = torch.where(mask.bool(), token_weights.detach(), torch.ones_like(per_token))
+        per_token = per_token * weights
+
+    loss = LOSS_AGGREGATIONS.get(aggregation).reduce(per_token, mask, normalizer, max_response_len)
     with torch.no_grad():
         stats = {
             "clip_frac": masked_mean((clipped > unclipped).to(logp.dtype), mask),

@@ -7,6 +7,7 @@ import torch
 
 from actors.algo.kl import kl_loss_term
 from actors.algo.logprobs import entropy_from_logits, shift_for_causal_lm, token_logprobs
+from actors.algo.loss_aggregation import LOSS_AGGREGATIONS
 from actors.algo.policy_loss import POLICY_LOSSES, clipped_policy_loss
 from actors.algo.value_loss import clipped_value_loss
 
@@ -210,6 +211,66 @@ def test_shard_means_without_normalizer_would_differ():
     whole = policy_loss_fn(batch, logp, slice(0, 6), None)
     naive = sum(policy_loss_fn(batch, logp, half, None) for half in (slice(0, 3), slice(3, 6))) / 2
     assert abs(naive.item() - whole.item()) > 1e-3
+
+
+# Loss aggregation modes and per-token weights in the policy loss (loss_aggregation.py, rollout_correction.py).
+
+
+def test_policy_loss_under_each_aggregation_hand_case():
+    # r = 1 everywhere, so each token's loss is −A. Row 0: A = 1, 2, 3; row 1: A = 4, then padding.
+    logp = torch.zeros(2, 3, dtype=F64)
+    advantages, mask = t([[1.0, 2.0, 3.0], [4.0, 9.0, 9.0]]), torch.tensor([[1, 1, 1], [1, 0, 0]])
+    expected = {
+        "token-mean": -10 / 4,
+        "seq-mean-token-mean": -(2 + 4) / 2,
+        "seq-mean-token-sum": -10 / 2,
+        "seq-mean-token-sum-norm": -10 / (2 * 5),
+    }
+    assert sorted(expected) == LOSS_AGGREGATIONS.names()
+    for aggregation, value in expected.items():
+        loss, _ = clipped_policy_loss(logp, logp, advantages, mask, aggregation=aggregation, max_response_len=5)
+        assert loss.item() == pytest.approx(value, rel=1e-12), aggregation
+
+
+def test_token_weights_scale_the_loss_detached_and_nan_weights_on_padding_are_harmless():
+    logp = t([[0.1, -0.2, 0.3]]).requires_grad_()
+    weights = t([[2.0, 0.5, math.nan]]).requires_grad_()
+    loss, _ = clipped_policy_loss(logp, torch.zeros_like(logp), t([[1.0, -1.0, 1.0]]), torch.tensor([[1, 1, 0]]),
+                                  0.5, token_weights=weights)
+    # Both ratios lie inside [0.5, 1.5]: loss = (2·(−e^0.1) + 0.5·e^−0.2) / 2.
+    assert loss.item() == pytest.approx((-2 * math.exp(0.1) + 0.5 * math.exp(-0.2)) / 2, rel=1e-12)
+    loss.backward()
+    torch.testing.assert_close(logp.grad, t([[-math.exp(0.1), 0.25 * math.exp(-0.2), 0.0]]), rtol=1e-12, atol=0)
+    assert weights.grad is None
+
+
+@pytest.mark.parametrize("aggregation", LOSS_AGGREGATIONS.names())
+def test_two_shards_summed_equal_the_whole_batch_for_every_aggregation_with_token_weights(aggregation):
+    batch = random_batch()
+    generator = torch.Generator().manual_seed(1)
+    weights = torch.rand(6, 7, dtype=F64, generator=generator) * 2
+    weights = torch.where(batch["mask"], weights, torch.full_like(weights, math.nan))
+    halves = (slice(0, 3), slice(3, 6))
+    global_units = sum(LOSS_AGGREGATIONS.get(aggregation).units(batch["mask"][rows]) for rows in halves)
+
+    def loss_fn(logp, rows, normalizer):
+        loss, _ = clipped_policy_loss(
+            logp[rows], batch["old_logp"][rows], batch["advantages"][rows], batch["mask"][rows],
+            clip_range=0.2, dual_clip=3.0, normalizer=normalizer,
+            aggregation=aggregation, max_response_len=7, token_weights=weights[rows],
+        )
+        return loss
+
+    whole_input = batch["logp"].clone().requires_grad_()
+    whole = loss_fn(whole_input, slice(0, 6), None)
+    whole.backward()
+    shard_input = batch["logp"].clone().requires_grad_()
+    sharded = sum(loss_fn(shard_input, rows, global_units) for rows in halves)
+    sharded.backward()
+
+    torch.testing.assert_close(sharded, whole, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(shard_input.grad, whole_input.grad, rtol=1e-12, atol=1e-12)
+    assert whole_input.grad.abs().sum() > 0
 
 
 # Log-probs
