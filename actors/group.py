@@ -58,7 +58,7 @@ class RoleGroup:
 
     def __init__(self, role: str, cls: type, ranks: int, placement_group, bundle_indices: list[int],
                  cpus: float, gpus: float, init_args: tuple = (), distributed: bool = False,
-                 name_prefix: str | None = None, max_restarts: int = 0):
+                 name_prefix: str | None = None, max_restarts: int = 0, connect: bool = True):
         import ray
 
         self.role = role
@@ -69,10 +69,18 @@ class RoleGroup:
                          "max_task_retries": max_restarts}
         self.names: list[str | None] = [None] * ranks
         self.actors = [self._spawn(rank) for rank in range(ranks)]
-        if distributed:
-            master_addr, master_port = self.call_rank0("rendezvous_address")
-            self.get([actor.init_process_group.remote(master_addr, master_port, rank, ranks)
-                      for rank, actor in enumerate(self.actors)], "init_process_group")
+        self.distributed = distributed and ranks > 1  # one rank needs no process group (its engine makes its own)
+        if connect:
+            self.connect()
+
+    def connect(self) -> None:
+        """Form the ranks' torch.distributed group (waits for the actors to be up). The constructor calls it
+        unless told not to, so that several roles' actors can start loading before any of them is waited for."""
+        if not self.distributed:
+            return
+        master_addr, master_port = self.call_rank0("rendezvous_address")
+        self.get([actor.init_process_group.remote(master_addr, master_port, rank, len(self.actors))
+                  for rank, actor in enumerate(self.actors)], "init_process_group")
 
     def __len__(self) -> int:
         return len(self.actors)

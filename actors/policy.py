@@ -1,8 +1,10 @@
 """The policy role: the model being trained with PPO, on its own DeepSpeed ZeRO ranks.
 
-It computes the log-probs of sampled responses (before the update: "old"), trains with the clipped
-surrogate loss, streams its weights to the rollout engines after each update, and exports the final model.
-With LoRA and `ppo.reference=adapter_disabled` it also serves as its own reference.
+It computes the log-probs of sampled responses (before the update: "old"; under the sampler's processed
+distribution or at the rollout temperature, ppo.trainer_logprobs), trains with the clipped surrogate loss
+(with an optional rollout correction against the engine's behaviour log-probs), streams its weights to the
+rollout engines after each update, and exports the final model. With LoRA and `ppo.reference=adapter_disabled`
+it also serves as its own reference.
 """
 
 from __future__ import annotations
@@ -13,25 +15,54 @@ from pathlib import Path
 
 import torch
 
-from actors import modeling
-from actors.algo import clipped_policy_loss, entropy_from_logits, kl_loss_term, masked_sum, token_logprobs
-from actors.protocol import PolicyBatch, TokenBatch, to_device
+from actors import modeling, zero
+from actors.algo import (
+    LOSS_AGGREGATIONS,
+    ROLLOUT_CORRECTIONS,
+    clipped_policy_loss,
+    entropy_from_logits,
+    kl_loss_term,
+    masked_sum,
+    token_logprobs,
+)
+from actors.algo.sampling import processed_logprobs
+from actors.protocol import PolicyBatch, TokenBatch, select, to_device
 from actors.trained_role import TrainedRole, reduce_stats
-from actors.weights import buckets, hf_named_weights
+from actors.weights import hf_named_weights
+from common.config import RolloutConfig
 
 log = logging.getLogger("rayalign.policy")
 
 
 def action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float) -> torch.Tensor:
     """Logits for positions 0..L-2 (each predicting the next token), divided by the sampling temperature so
-    log-probs are those of the distribution the rollout engine sampled from."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+    log-probs are those of the model's distribution at the rollout temperature (before top_p and the penalty)."""
+    return scaled(raw_action_logits(model, input_ids, attention_mask), temperature)
+
+
+def raw_action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """[B, L-1, V] float32 logits for positions 0..L-2, as the model gives them."""
+    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+
+
+def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     return logits / temperature if temperature > 0 else logits
+
+
+def ratio_logprobs(raw_logits: torch.Tensor, batch, rollout: RolloutConfig, mode: str) -> torch.Tensor:
+    """[B, L-1] log-probs PPO's ratio is taken under (ppo.trainer_logprobs): the sampler's processed distribution
+    (actors/algo/sampling.py; 0 off the response tokens), or the temperature-scaled one."""
+    if mode == "processed":
+        return processed_logprobs(raw_logits, batch.input_ids, rollout.temperature, rollout.top_p,
+                                  rollout.repetition_penalty, attention_mask=batch.attention_mask,
+                                  action_mask=batch.action_mask)
+    return token_logprobs(scaled(raw_logits, rollout.temperature), batch.input_ids[:, 1:])
 
 
 @torch.no_grad()
 def sequence_logprobs(model, batch: TokenBatch, temperature: float, chunk: int = 16) -> torch.Tensor:
-    """[B, L-1] log-prob of every next token (meaningful where action_mask is 1), in chunks of rows."""
+    """[B, L-1] log-prob of every next token at `temperature` (meaningful where action_mask is 1), in chunks
+    of rows: the distribution the KL to the reference compares."""
     parts = []
     for start in range(0, batch.input_ids.shape[0], chunk):
         ids = batch.input_ids[start:start + chunk]
@@ -46,20 +77,40 @@ class PolicyRole(TrainedRole):
     def setup(self) -> dict:
         model = modeling.trainable_causal_lm(self.model_cfg, self.lora_cfg, self.start_model)
         trainable, total = modeling.count_parameters(model)
-        self._make_engine(model, self.ppo.lr)
-        return {"trainable_params": trainable, "total_params": total}
+        engine = self._make_engine(model, self.ppo.lr)
+        return {"trainable_params": trainable, "total_params": total, "engine": engine}
 
     def _temperature(self) -> float:
         return self.ppo.rollout.temperature
 
     def logprobs(self, batch: TokenBatch, disable_adapter: bool = False) -> torch.Tensor:
-        """Old log-probs (or, adapters disabled, the reference's) for this rank's shard."""
+        """Temperature-scaled log-probs (the KL's distribution) for this rank's shard; with adapters disabled,
+        the reference's."""
+        self.threads.use("logprobs")
         self.engine.eval()
         context = self.engine.module.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with context:
             out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), self._temperature())
         self.engine.train()
         return out.cpu()
+
+    @torch.no_grad()
+    def old_logprobs(self, batch: TokenBatch, chunk: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ratio, kl) log-probs [B, L-1] of this rank's shard before the update, from one forward pass: the
+        ratio's under ppo.trainer_logprobs, the KL's at the rollout temperature (the same tensor when
+        trainer_logprobs=temperature)."""
+        self.threads.use("old_logprobs")
+        self.engine.eval()
+        batch = to_device(batch, self.engine.device)
+        ratio, kl = [], []
+        for start in range(0, batch.input_ids.shape[0], chunk):
+            part = select(batch, torch.arange(start, min(start + chunk, batch.input_ids.shape[0])))
+            raw = raw_action_logits(self.engine, part.input_ids, part.attention_mask)
+            kl.append(token_logprobs(scaled(raw, self._temperature()), part.input_ids[:, 1:]))
+            ratio.append(kl[-1] if self.ppo.trainer_logprobs == "temperature"
+                         else ratio_logprobs(raw, part, self.ppo.rollout, "processed"))
+        self.engine.train()
+        return torch.cat(ratio).cpu(), torch.cat(kl).cpu()
 
     def raw_logprobs(self, batch: TokenBatch) -> torch.Tensor:
         """Log-probs at temperature 1: what a vLLM engine holding the same weights reports."""
@@ -69,27 +120,50 @@ class PolicyRole(TrainedRole):
         return out.cpu()
 
     def train(self, batch: PolicyBatch, seed: int, kl_loss_coef: float = 0.0) -> dict:
-        """ppo_epochs × mini-batches of clipped-surrogate updates on this rank's shard; global stats."""
+        """ppo_epochs × mini-batches of clipped-surrogate updates on this rank's shard; global stats.
+
+        Each mini-batch: the rollout correction (ppo.rollout_correction) weights or masks its tokens, the loss is
+        aggregated by ppo.loss_aggregation with a normaliser counted over the whole mini-batch (all ranks), and
+        the KL-as-loss term (kl_loss_coef > 0) is a token mean over the temperature-scaled distributions."""
         ppo = self.ppo
-        sums = {"loss": 0.0, "clip_frac": 0.0, "approx_kl": 0.0, "entropy": 0.0, "tokens": 0.0}
+        self.threads.use("train")
+        aggregation = LOSS_AGGREGATIONS.get(ppo.loss_aggregation)
+        correct = ROLLOUT_CORRECTIONS.get(ppo.rollout_correction)
+        sums = {"clip_frac": 0.0, "approx_kl": 0.0, "dropped_share": 0.0, "entropy": 0.0, "correction_share": 0.0,
+                "tokens": 0.0}
+        loss_weighted = loss_units = 0.0
         updates = skipped = 0
         grad_norms = []
         batch = to_device(batch, self.engine.device)
         for mini in self.minibatches(batch, seed):
-            normalizer = self.global_tokens(mini.action_mask)
-            logits = action_logits(self.engine, mini.input_ids, mini.attention_mask, self._temperature())
-            logp = token_logprobs(logits, mini.input_ids[:, 1:])
-            loss, stats = clipped_policy_loss(logp, mini.old_logprobs, mini.advantages, mini.action_mask,
-                                              ppo.clip_range, ppo.dual_clip, normalizer=normalizer)
+            correction = correct(mini.old_logprobs, mini.behaviour_logprobs, mini.action_mask,
+                                 ppo.rollout_correction_cap)
+            mask = correction.mask
+            normalizer, tokens = zero.all_reduce_sum([aggregation.units(mask), float(mask.sum())])
+            raw = raw_action_logits(self.engine, mini.input_ids, mini.attention_mask)
+            logits = scaled(raw, self._temperature())
+            logp_kl = token_logprobs(logits, mini.input_ids[:, 1:])
+            logp = logp_kl if ppo.trainer_logprobs == "temperature" else \
+                ratio_logprobs(raw, mini, ppo.rollout, ppo.trainer_logprobs)
+            loss, stats = clipped_policy_loss(logp, mini.old_logprobs, mini.advantages, mask, ppo.clip_range,
+                                              ppo.dual_clip, normalizer=normalizer, aggregation=ppo.loss_aggregation,
+                                              max_response_len=ppo.rollout.max_new_tokens,
+                                              token_weights=correction.token_weights)
             if kl_loss_coef:
-                loss = loss + kl_loss_term(logp, mini.ref_logprobs, mini.action_mask, kl_loss_coef,
-                                           ppo.kl.estimator, normalizer=normalizer)
-            local = float(mini.action_mask.sum())
+                loss = loss + kl_loss_term(logp_kl, mini.ref_logprobs, mask, kl_loss_coef, ppo.kl.estimator,
+                                           normalizer=tokens)
+            local = float(mask.sum())
             with torch.no_grad():
-                sums["entropy"] += float(masked_sum(entropy_from_logits(logits), mini.action_mask))
-            sums["loss"] += float(loss.detach()) * normalizer
+                sums["entropy"] += float(masked_sum(entropy_from_logits(logits), mask))
+            # This rank's loss is its share of the mini-batch loss; weighting each share by the mini-batch's
+            # units (this rank's part of them) makes the reduced figure the units-weighted mean of mini-batch
+            # losses, the same number a single rank would report.
+            loss_weighted += float(loss.detach()) * normalizer
+            loss_units += normalizer / self.world
             sums["clip_frac"] += float(stats["clip_frac"]) * local
             sums["approx_kl"] += float(stats["approx_kl"]) * local
+            sums["dropped_share"] += float(stats["dropped_share"]) * local
+            sums["correction_share"] += float(correction.affected_share) * float(mini.action_mask.sum())
             sums["tokens"] += local
             if self.backward_step(loss):
                 updates += 1
@@ -97,22 +171,31 @@ class PolicyRole(TrainedRole):
             else:
                 skipped += 1
         out = reduce_stats(sums)
-        # Each rank added its share of the global loss × normaliser; the reduced mean is the mean of the
-        # mini-batch losses weighted by tokens, the same number a single rank would report.
-        out.update(updates=updates, nan_skipped=skipped,
+        loss_weighted, loss_units = zero.all_reduce_sum([loss_weighted, loss_units])
+        out.update(loss=loss_weighted / max(loss_units, 1e-12), updates=updates, nan_skipped=skipped,
                    grad_norm=max(grad_norms) if grad_norms else float("nan"))
         return {f"policy/{k}": v for k, v in out.items()}
 
     def weight_buckets(self, bucket_mb: int) -> list:
-        """Gather the full (LoRA-merged) weights bucket by bucket into Ray's object store; rank 0 returns the
-        refs, the other ranks only take part in the gathers."""
+        """Pack the full (LoRA-merged) weights bucket by bucket into Ray's object store (actors/weights.py,
+        PackedBucket); rank 0 returns the refs. Under ZeRO-3 the other ranks take part in the gathers; below it
+        rank 0 holds every weight and they have nothing to do."""
         import ray
 
-        refs = []
-        for bucket in buckets(hf_named_weights(self.engine.module, self.stage), bucket_mb * 2**20):
-            if self.rank == 0:
-                refs.append(ray.put(bucket))
-        return refs
+        from actors.weights import BucketPacker, borrowed_hf_weights, hf_tied_aliases
+
+        module = self.engine.module
+        if self.rank != 0:
+            if self.stage == 3:
+                for _ in borrowed_hf_weights(module, self.stage):
+                    pass
+            return []
+        packer = getattr(self, "_weight_packer", None)
+        if packer is None or packer.bucket_bytes != bucket_mb * 2**20:
+            packer = self._weight_packer = BucketPacker(bucket_mb * 2**20)  # its staging buffer is kept warm
+        # Below ZeRO-3 every weight outlives its bucket's put, so none is staged (BucketPacker, `stable`).
+        packed = packer.pack(borrowed_hf_weights(module, self.stage), hf_tied_aliases(module), self.stage != 3)
+        return [ray.put(bucket) for bucket in packed]
 
     def export(self, target: str, tokenizer_path: str) -> str | None:
         """The current policy as a Hugging Face model folder (written atomically by rank 0)."""

@@ -18,11 +18,11 @@ def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: torch.Tensor, l
     """Advantages and returns [B, L-1] of one step's responses; `kl_coef` is the controller's coefficient for this
     step, `safety_judge` the lexicon the safety term reads (None when that term is off)."""
     mask = rollout.tokens.action_mask
-    seq_kl = masked_sum(kl_per_token(logps.old, logps.ref, ppo.kl.estimator), mask, dim=-1)
+    seq_kl = masked_sum(kl_per_token(logps.kl_old, logps.ref, ppo.kl.estimator), mask, dim=-1)
     mixed = mix_rewards(RewardBatch(rollout.responses, scores, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge),
                         ppo.reward)
     in_reward = ppo.kl.mode == "reward"
-    token_rewards, _ = kl_penalized_rewards(mixed.terminal_reward, logps.old, logps.ref, mask,
+    token_rewards, _ = kl_penalized_rewards(mixed.terminal_reward, logps.kl_old, logps.ref, mask,
                                             coef=mixed.kl_coef_per_token if in_reward else 0.0,
                                             estimator=ppo.kl.estimator)
     group_metrics = {}
@@ -36,6 +36,6 @@ def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: torch.Tensor, l
         group_metrics["advantage/zero_spread_groups"] = zero_spread_share(sequence_returns, ppo.samples_per_prompt)
     if ppo.whitens_advantages:
         advantages = masked_whiten(advantages, mask)
-    seq_kl_k3 = float(masked_sum(kl_per_token(logps.old, logps.ref, "k3"), mask, dim=-1).mean())
+    seq_kl_k3 = float(masked_sum(kl_per_token(logps.kl_old, logps.ref, "k3"), mask, dim=-1).mean())
     return Advantages(advantages, returns, token_rewards, seq_kl, seq_kl_k3, kl_coef,
                       0.0 if in_reward else mixed.kl_coef_per_token, {**reward_log(mixed), **group_metrics})

@@ -26,10 +26,11 @@ from typing import Callable
 import torch
 
 from actors import modeling, ppo_checkpoints
-from actors.algo import make_kl_controller
+from actors.algo import behaviour_mismatch, make_kl_controller
 from actors.algo.lexicon import Lexicon
 from actors.algo.monitors import HealthMonitor, most_severe_action
 from actors.algo.response_stats import response_metrics
+from actors.algo.sampling import fill_dropped
 from actors.chat import encode_prompt
 from actors.ppo_advantages import compute_advantages
 from actors.ppo_prompts import hold_out, load_prompts, prompts_for_step
@@ -124,6 +125,7 @@ class PPOLoop:
                                          self.tokenizer.pad_token_id)
         return Rollout(prompts=[self.prompts[i] for i in picked], prompt_keys=[str(i) for i in picked],
                        responses=responses, tokens=tokens,
+                       behaviour=tokens.per_token([s.response_logprobs for s in samples]),
                        generated_tokens=sum(len(s.response_ids) for s in samples),
                        finished=sum(s.finish_reason == "stop" for s in samples) / len(samples))
 
@@ -137,12 +139,14 @@ class PPOLoop:
     def reference_phase(self, s: StepState) -> LogProbs:
         policy, tokens = self.roles.policy, s.rollout.tokens
         shards = [(part,) for part in shard(tokens, len(policy))]
-        old_refs = policy.submit("logprobs", per_rank=shards)
+        old_refs = policy.submit("old_logprobs", per_rank=shards)
         if self.roles.reference is not None:
             ref = self.roles.reference.call("logprobs", tokens)[0]
         else:
             ref = torch.cat(policy.call("logprobs", per_rank=[(part[0], True) for part in shards]))
-        return LogProbs(old=torch.cat(policy.get(old_refs, "logprobs")), ref=ref)
+        ratio_parts, kl_parts = zip(*policy.get(old_refs, "old_logprobs"))
+        old, dropped = fill_dropped(torch.cat(ratio_parts), s.rollout.behaviour, tokens.action_mask)
+        return LogProbs(old=old, ref=ref, kl_old=torch.cat(kl_parts), dropped_share=float(dropped))
 
     # 4
     def values_phase(self, s: StepState) -> torch.Tensor:
@@ -167,7 +171,7 @@ class PPOLoop:
         if s.step == self.cfg.ppo.inject_nan_at_step:  # fault injection: lets the NaN guard and rollback be shown
             advantages = torch.full_like(advantages, float("nan"))
         policy_batch = PolicyBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask, logps.old, logps.ref,
-                                   advantages)
+                                   advantages, s.rollout.behaviour)
         policy_refs = policy.submit("train", per_rank=[(part, seed, adv.kl_loss_coef)
                                                         for part in shard(policy_batch, len(policy))])
         value_refs = None
@@ -203,7 +207,7 @@ class PPOLoop:
                 sum(len(r) for r in rollout.responses) / len(rollout.responses),
             "finished_share": rollout.finished, **train,
             "rollout_tokens_per_s": rollout.generated_tokens / max(s.timings["rollout"], 1e-9),
-            "lr": self.policy_lr,
+            "lr": self.policy_lr, **self._sampler_gap(s),
         }
         by_prompt: dict[str, list[str]] = {}
         for key, text in zip(rollout.prompt_keys, rollout.responses):
@@ -217,6 +221,18 @@ class PPOLoop:
             else response_metrics(by_prompt, self.monitor.phrases)
         metrics.update({f"health/{name}": value for name, value in response_stats.items()})
         return StepResult(metrics, alarms)
+
+    @staticmethod
+    def _sampler_gap(s: StepState) -> dict:
+        """How far π_old is from the distribution that sampled (the engine's log-probs): the ratio's π_old, and the
+        temperature-only one for comparison (the gap ppo.trainer_logprobs=processed closes)."""
+        mask, behaviour = s.rollout.tokens.action_mask, s.rollout.behaviour
+        gap = {f"rollout/{k}": float(v) for k, v in behaviour_mismatch(s.reference.old, behaviour, mask).items()}
+        plain = behaviour_mismatch(s.reference.kl_old, behaviour, mask)
+        gap["rollout/behaviour_kl_temperature"] = float(plain["behaviour_kl"])
+        gap["rollout/ratio_outside_share_temperature"] = float(plain["ratio_outside_share"])
+        gap["rollout/nucleus_edge_share"] = s.reference.dropped_share
+        return gap
 
     # held-out evaluation (every ppo.eval_every steps and at the last)
     def evaluate(self) -> dict:

@@ -11,6 +11,7 @@ the config sections it reads (`role_args`), never from the whole config.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +22,7 @@ from actors.reference import ReferenceModel
 from actors.reward_sources import make_reward_source
 from actors.rollout.engines import rollout_engine_class
 from actors.roster import write_roster
+from actors.threads import ThreadPlan
 from actors.value import ValueRole
 from cluster.placement import RoleResources, release, reserve_roles
 from common.config import Config
@@ -33,14 +35,28 @@ def separate_reference(cfg: Config) -> bool:
     return cfg.ppo.reference == "copy" or not cfg.lora.enabled
 
 
+def thread_plans(cfg: Config) -> dict[str, ThreadPlan]:
+    """Each computing role's threads: ppo.role_threads, else the node's cores over the ranks busy at once in the
+    phase of each call (phase 3: policy old log-probs beside the reference's; phase 4: the value model alone;
+    phase 6: policy and value ranks train together)."""
+    ppo = cfg.ppo
+    value = ppo.value_workers if ppo.uses_value_model else 0
+    phase3 = ppo.policy_workers + (1 if separate_reference(cfg) else 0)
+    phase6 = ppo.policy_workers + value
+    sharing = {"policy": {"old_logprobs": phase3, "logprobs": phase3, "train": phase6},
+               "value": {"values": value, "train": phase6}, "reference": {"logprobs": phase3}}
+    return {role: ThreadPlan(methods, ppo.role_threads.get(role)) for role, methods in sharing.items()}
+
+
 def role_args(cfg: Config, start_model: str) -> dict[str, tuple]:
     """Each role's start arguments: the typed sections it reads (frozen dataclasses pickle through Ray)."""
-    ppo, seed = cfg.ppo, cfg.run.seed
+    ppo, seed, threads = cfg.ppo, cfg.run.seed, thread_plans(cfg)
     # Room for the run report's greedy answers too, which may be longer than the rollouts.
     max_len = ppo.rollout.max_prompt_tokens + max(ppo.rollout.max_new_tokens, ppo.report_max_new_tokens) + 8
     trained = (cfg.model, cfg.lora, cfg.deepspeed, ppo, start_model, seed)
-    return {"rollout": (start_model, ppo.rollout, seed, max_len, cfg.model.dtype), "policy": trained,
-            "value": trained, "reference": (cfg.model, ppo.rollout, start_model)}
+    return {"rollout": (start_model, ppo.rollout, seed, max_len, cfg.model.dtype),
+            "policy": (*trained, threads["policy"]), "value": (*trained, threads["value"]),
+            "reference": (cfg.model, ppo.rollout, start_model, threads["reference"])}
 
 
 def engine_callbacks(roles: PPORoles, output_dir: Path, bucket_mb: int, steps_done: Callable[[], int],
@@ -73,6 +89,7 @@ class PPORoles:
         self.reward = None  # a reward source: score(prompts, responses) -> scores
         self.rollout_engine: str | None = None  # "vllm" or "hf"
         self.sizes: dict = {}
+        self.startup_s = 0.0
 
     def groups(self) -> dict[str, RoleGroup | None]:
         return {"rollout": self.rollout, "policy": self.policy, "value": self.value, "reference": self.reference}
@@ -98,8 +115,11 @@ class PPORoles:
 
         def group(role, cls, ranks, distributed=False, kind=RoleGroup, max_restarts=0):
             return kind(role, cls, ranks, self.placement[role], bundles[role], cpus, gpus, args[role], distributed,
-                        name_prefix=cfg.run.name, max_restarts=max_restarts)
+                        name_prefix=cfg.run.name, max_restarts=max_restarts, connect=False)
 
+        # Every actor is spawned before any is waited for, so the engine loads vLLM while the trainers import
+        # DeepSpeed and load their models: start-up takes the longest role, not the sum.
+        started = time.perf_counter()
         engine_class = rollout_engine_class(ppo.rollout)
         self.rollout_engine = engine_class.engine
         # A dead engine is replaced and re-synced from the policy; Ray rebuilds the frozen reference itself.
@@ -110,19 +130,30 @@ class PPORoles:
             self.value = group("value", ValueRole, ppo.value_workers, distributed=True)
         if separate_reference(cfg):
             self.reference = group("reference", ReferenceModel, 1, max_restarts=ppo.stateless_max_restarts)
-        self.sizes = self.policy.call("setup")[0]
-        if self.value is not None:
-            self.value.call("setup")
-        self.rollout.call("ping")
         if reward_actor:
             self.reward = make_reward_source(ppo, cfg.reward_model, cfg.serve,
                                              (self.placement["reward"], bundles["reward"][0]))
-        log.info("PPO roles up: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), %s, reference %s, "
-                 "reward from %s", len(self.rollout), self.rollout_engine, len(self.policy),
-                 self.sizes["trainable_params"], self.sizes["total_params"],
+        for trained in (self.policy, self.value):
+            if trained is not None:
+                trained.connect()
+        setups = {"policy": self.policy.submit("setup")}
+        if self.value is not None:
+            setups["value"] = self.value.submit("setup")
+        waits = [(self.rollout, self.rollout.submit("ping"), "ping")]
+        if self.reference is not None:
+            waits.append((self.reference, self.reference.submit("ping"), "ping"))
+        self.sizes = self.policy.get(setups["policy"], "setup")[0]
+        value_sizes = self.value.get(setups["value"], "setup")[0] if self.value is not None else {}
+        for group_, refs, method in waits:
+            group_.get(refs, method)
+        self.startup_s = time.perf_counter() - started
+        engines = f"policy {self.sizes['engine']}" + (f", value {value_sizes['engine']}" if value_sizes else "")
+        log.info("PPO roles up in %.1f s: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), %s, reference %s, "
+                 "reward from %s; training engines: %s", self.startup_s, len(self.rollout), self.rollout_engine,
+                 len(self.policy), self.sizes["trainable_params"], self.sizes["total_params"],
                  f"value ×{len(self.value)}" if self.value is not None else
                  f"no value model ({ppo.advantage_estimator}, {ppo.samples_per_prompt} samples per prompt)",
-                 "actor" if self.reference else "adapters off", ppo.reward.rm_source)
+                 "actor" if self.reference else "adapters off", ppo.reward.rm_source, engines)
 
     def write_roster(self, output_dir: Path, cfg: Config) -> Path:
         ppo = cfg.ppo

@@ -17,14 +17,17 @@ class Rollout:
     prompt_keys: list[str]
     responses: list[str]
     tokens: TokenBatch
+    behaviour: torch.Tensor  # [B, L-1] the engine's log-prob of each sampled token under the distribution that drew it
     generated_tokens: int
     finished: float  # share of responses that ended with EOS
 
 
 @dataclass
 class LogProbs:
-    old: torch.Tensor  # [B, L-1]
-    ref: torch.Tensor  # [B, L-1]
+    old: torch.Tensor  # [B, L-1] the policy before the update, as PPO's ratio takes it (ppo.trainer_logprobs)
+    ref: torch.Tensor  # [B, L-1] the frozen reference at the rollout temperature
+    kl_old: torch.Tensor  # [B, L-1] the policy before the update at the rollout temperature: the KL's side
+    dropped_share: float = 0.0  # response tokens whose processed π_old fell outside the trainer's top-p cut
 
 
 @dataclass

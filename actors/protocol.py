@@ -68,6 +68,17 @@ class TokenBatch:
             actions[row, len(prompt) - 1:len(seq) - 1] = 1.0
         return cls(ids, attention, actions)
 
+    def per_token(self, response_values: list[list[float]]) -> torch.Tensor:
+        """[B, L-1] float32 with each row's per-response-token values (one per response token, in order) at its
+        action positions, 0 elsewhere: e.g. the engine's log-probs of the sampled tokens."""
+        out = torch.zeros(self.action_mask.shape, dtype=torch.float32)
+        for row, values in enumerate(response_values):
+            positions = self.action_mask[row].nonzero().squeeze(-1)
+            if len(values) != len(positions):
+                raise ValueError(f"row {row}: {len(values)} values for {len(positions)} response tokens")
+            out[row, positions] = torch.tensor(values, dtype=torch.float32)
+        return out
+
 
 @dataclass
 class PolicyBatch:
@@ -76,9 +87,10 @@ class PolicyBatch:
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
     action_mask: torch.Tensor
-    old_logprobs: torch.Tensor  # [B, L-1] from the policy before this step's update
+    old_logprobs: torch.Tensor  # [B, L-1] from the policy before this step's update (ppo.trainer_logprobs)
     ref_logprobs: torch.Tensor  # [B, L-1] frozen reference (used when KL is a loss term)
     advantages: torch.Tensor  # [B, L-1] whitened over the whole step batch
+    behaviour_logprobs: torch.Tensor  # [B, L-1] the engine's: under the distribution that sampled each token
 
 
 @dataclass

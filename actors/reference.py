@@ -8,17 +8,20 @@ from actors import modeling
 from actors.group import Located
 from actors.policy import sequence_logprobs
 from actors.protocol import TokenBatch, to_device
+from actors.threads import ThreadPlan
 from common.config import ModelConfig, RolloutConfig
 
 
 class ReferenceModel(Located):
-    def __init__(self, model: ModelConfig, rollout: RolloutConfig, start_model: str):
-        self.rollout = rollout
+    def __init__(self, model: ModelConfig, rollout: RolloutConfig, start_model: str,
+                 threads: ThreadPlan = ThreadPlan()):
+        self.rollout, self.threads = rollout, threads
         self.model = modeling.load_causal_lm(model, start_model)
         self.model.eval().requires_grad_(False).to(modeling.device())
 
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:
+        self.threads.use("logprobs")
         batch = to_device(batch, modeling.device())
         return sequence_logprobs(self.model, batch, self.rollout.temperature).cpu()
 

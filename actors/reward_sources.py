@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import re
 
-from actors.algo.response_stats import filler_density, phrase_tokens
 from actors.algo.registry import Registry
+from actors.algo.response_stats import filler_density, phrase_tokens
 from actors.algo.text import text_tokens
 from common.config import PPOConfig, RewardModelConfig, ServeConfig, resolve_path
 from common.errors import ConfigError

@@ -1,5 +1,6 @@
-"""What the PPO policy and value roles share: a DeepSpeed engine over their own ranks, mini-batch iteration
-with a global token normaliser, NaN-safe optimizer steps, and checkpoints.
+"""What the PPO policy and value roles share: a DeepSpeed engine over their own ranks (one rank in fp32: the plain
+engine with the same interface), the threads each call computes with, mini-batch iteration with a global
+normaliser, NaN-safe optimizer steps, and checkpoints.
 
 Loss scaling: each rank's loss is its tokens' loss sum divided by the token count of the whole mini-batch
 across ranks, times the world size (DeepSpeed averages gradients over ranks). The result equals the
@@ -14,9 +15,11 @@ from typing import Iterator
 
 import torch
 
-from actors import zero
+from actors import modeling, zero
 from actors.group import DistributedRole
+from actors.plain_engine import PlainEngine
 from actors.protocol import select
+from actors.threads import ThreadPlan
 from common.config import DeepSpeedConfig, LoraConfig, ModelConfig, PPOConfig
 
 log = logging.getLogger("rayalign.ppo")
@@ -27,9 +30,9 @@ class TrainedRole(DistributedRole):
     role = "trained"
 
     def __init__(self, model: ModelConfig, lora: LoraConfig, deepspeed: DeepSpeedConfig, ppo: PPOConfig,
-                 start_model: str, seed: int):
+                 start_model: str, seed: int, threads: ThreadPlan = ThreadPlan()):
         self.model_cfg, self.lora_cfg, self.deepspeed, self.ppo = model, lora, deepspeed, ppo
-        self.start_model, self.seed = start_model, seed
+        self.start_model, self.seed, self.threads = start_model, seed, threads
         self.stage = deepspeed.stage
         self.engine = None
 
@@ -41,14 +44,27 @@ class TrainedRole(DistributedRole):
     def rank(self) -> int:
         return zero.rank_and_world()[0]
 
-    def _make_engine(self, model: torch.nn.Module, lr: float) -> None:
-        ppo = self.ppo
+    def _make_engine(self, model: torch.nn.Module, lr: float) -> str:
+        """The role's training engine; returns which: "plain" (one rank, fp32, no offload, and
+        deepspeed.single_rank=plain: actors/plain_engine.py) or "deepspeed"."""
+        ppo, ds = self.ppo, self.deepspeed
         torch.manual_seed(self.seed)
+        plain = zero.plain_engine_fits(ds, self.world)
+        if plain:
+            model.to(modeling.device())
         params = [p for p in model.parameters() if p.requires_grad]
-        optimizer = zero.adamw(params, lr, 0.0, self.deepspeed)
-        config = zero.ds_config(self.deepspeed, max(ppo.mini_batch_size // self.world, 1), 1,
-                                ppo.max_grad_norm, self.world)
+        optimizer = zero.adamw(params, lr, 0.0, ds)
+        if plain:
+            self.engine = PlainEngine(model, optimizer, ppo.max_grad_norm)
+            self.stage = 0  # nothing is partitioned: weight sync and export read the parameters as they are
+            return "plain"
+        zero.init_single_rank()
+        config = zero.ds_config(ds, max(ppo.mini_batch_size // self.world, 1), 1, ppo.max_grad_norm, self.world)
         self.engine = zero.initialize(model, optimizer, None, config)
+        return "deepspeed"
+
+    def engine_kind(self) -> str:
+        return "plain" if isinstance(self.engine, PlainEngine) else "deepspeed"
 
     def set_lr(self, lr: float) -> None:
         for group in self.engine.optimizer.param_groups:

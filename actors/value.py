@@ -45,11 +45,12 @@ class ValueRole(TrainedRole):
 
     def setup(self) -> dict:
         model = load_value_model(self.ppo.value_init or self.start_model, self.model_cfg.dtype)
-        self._make_engine(model, self.ppo.value_lr)
-        return {"value_params": sum(p.numel() for p in model.parameters())}
+        engine = self._make_engine(model, self.ppo.value_lr)
+        return {"value_params": sum(p.numel() for p in model.parameters()), "engine": engine}
 
     @torch.no_grad()
     def values(self, batch: TokenBatch, chunk: int = 16) -> torch.Tensor:
+        self.threads.use("values")
         self.engine.eval()
         batch = to_device(batch, self.engine.device)
         parts = [action_values(self.engine, batch.input_ids[s:s + chunk], batch.attention_mask[s:s + chunk])
@@ -59,6 +60,7 @@ class ValueRole(TrainedRole):
 
     def train(self, batch: ValueBatch, seed: int) -> dict:
         ppo = self.ppo
+        self.threads.use("train")
         sums = {"loss": 0.0, "clip_frac": 0.0, "tokens": 0.0}
         skipped = 0
         batch = to_device(batch, self.engine.device)

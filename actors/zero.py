@@ -45,6 +45,13 @@ def ds_config(cfg: DeepSpeedConfig, micro_batch: int, grad_accum: int, max_grad_
     return config
 
 
+def plain_engine_fits(cfg: DeepSpeedConfig, world_size: int) -> bool:
+    """Whether one rank trains on the plain engine (actors/plain_engine.py) instead of DeepSpeed's: one rank,
+    where ZeRO partitions nothing, in fp32 without offload, unless deepspeed.single_rank says deepspeed."""
+    return (cfg.single_rank == "plain" and world_size == 1 and cfg.precision == "fp32" and not cfg.offload_optimizer
+            and not cfg.offload_param)
+
+
 def adamw(params, lr: float, weight_decay: float, cfg: DeepSpeedConfig) -> torch.optim.AdamW:
     """The client optimizer of every trained role. On CUDA (optimizer states on the GPU) torch's fused AdamW
     updates all parameters in a few kernels instead of a dozen launches per tensor."""
@@ -58,6 +65,23 @@ def init_distributed() -> None:
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False)
+
+
+def init_single_rank() -> None:
+    """A process group of one for a rank that no group was formed for (DeepSpeed's engine needs one)."""
+    import socket
+
+    import deepspeed
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0",
+                      LOCAL_WORLD_SIZE="1")
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo", auto_mpi_discovery=False,
+                               rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{port}")
 
 
 def initialize(model, optimizer, scheduler, config: dict):

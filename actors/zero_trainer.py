@@ -33,6 +33,8 @@ from pathlib import Path
 import torch
 
 from actors import modeling, zero
+from actors.plain_engine import PlainEngine
+from actors.threads import node_cores
 from actors.train_driver import stop_flag
 from common.config import (Config, DataConfig, DeepSpeedConfig, DPOConfig, LoraConfig, ModelConfig, RewardModelConfig,
                            SFTConfig)
@@ -112,6 +114,8 @@ class ZeroTrainer:
 
         zero.init_distributed()
         self.rank, self.world = zero.rank_and_world()
+        # Ray Train gives each worker OMP_NUM_THREADS=cpus_per_worker; the ranks of one node share its cores.
+        torch.set_num_threads(max(1, node_cores() // _local_world_size()))
         torch.manual_seed(self.cfg.seed)
         model = self.build_model()
         self.trainable, self.total = modeling.count_parameters(model)
@@ -120,9 +124,15 @@ class ZeroTrainer:
         self.total_steps = self._total_steps()
         warmup = int(self.total_steps * self.settings.warmup_ratio)
         scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, self.total_steps)
-        config = zero.ds_config(self.cfg.deepspeed, self.settings.micro_batch_size, self.settings.grad_accum,
-                                self.settings.max_grad_norm, self.world)
-        self.engine = zero.initialize(model, optimizer, scheduler, config)
+        if zero.plain_engine_fits(self.cfg.deepspeed, self.world):
+            model.to(modeling.device())
+            self.engine = PlainEngine(model, optimizer, self.settings.max_grad_norm, self.settings.grad_accum,
+                                      scheduler)
+            self.stage = 0  # nothing is partitioned: the export reads the parameters as they are
+        else:
+            config = zero.ds_config(self.cfg.deepspeed, self.settings.micro_batch_size, self.settings.grad_accum,
+                                    self.settings.max_grad_norm, self.world)
+            self.engine = zero.initialize(model, optimizer, scheduler, config)
         self.metrics = MetricsLogger(self.output_dir) if self.rank == 0 else None
 
     def _total_steps(self) -> int:
@@ -261,6 +271,12 @@ class ZeroTrainer:
     def finish(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
+
+
+def _local_world_size() -> int:
+    import ray.train
+
+    return ray.train.get_context().get_local_world_size()
 
 
 def _tied_parameter_names(model: torch.nn.Module) -> set[str]:

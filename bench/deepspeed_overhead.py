@@ -40,6 +40,7 @@ AUTOCAST = {"torch_autocast": {"enabled": True, "dtype": "bfloat16"}}
 # (stage, precision, zero_optimization extras, top-level config extras)
 VARIANTS = {
     "plain": None,
+    "plain-engine": "plain-engine",  # rayalign's one-rank engine (deepspeed.single_rank=plain), as the roles build it
     "zero0-fp32": (0, "fp32", {}, {}),
     "zero2-fp32": (2, "fp32", {}, {}),
     "zero3-fp32": (3, "fp32", {}, {}),
@@ -75,6 +76,23 @@ def plain_step(model, batch, clip: float):
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def plain_engine_step(model, batch, clip: float):
+    """actors/plain_engine.py with zero.adamw, as a one-rank PPO role or Ray Train worker builds it."""
+    from actors import zero
+    from actors.plain_engine import PlainEngine
+    from actors.sft_worker import causal_lm_loss_sums
+    from common.config import DeepSpeedConfig
+
+    engine = PlainEngine(model, zero.adamw(list(model.parameters()), 1e-5, 0.0, DeepSpeedConfig()), clip)
+
+    def step():
+        total, tokens = causal_lm_loss_sums(engine, batch, fused=True)
+        engine.backward(total / tokens)
+        engine.step()
 
     return step
 
@@ -161,7 +179,12 @@ def main() -> None:
     for name in names:
         model = tiny_qwen(args.layers, device)
         spec = VARIANTS[name]
-        step = plain_step(model, batch, args.clip) if spec is None else engine_step(model, batch, args.clip, *spec)
+        if spec is None:
+            step = plain_step(model, batch, args.clip)
+        elif spec == "plain-engine":
+            step = plain_engine_step(model, batch, args.clip)
+        else:
+            step = engine_step(model, batch, args.clip, *spec)
         rows[name] = measure(step, device, args.warmup, args.steps)
         rows[name]["tensors"] = sum(1 for _ in model.parameters())
     base = rows.get("plain")

@@ -1,13 +1,16 @@
 """PPO speed on this machine, each figure next to a baseline measured in the same run. Not a test.
 
     .venv/bin/python bench/ppo_step.py [--steps 6] [--batch 64] [--new-tokens 64] [--sync-sizes 0.4,8,32]
+                                       [--sync-engines vllm,hf] [--sections rollout,step,sync]
 
 1. rollout: tokens/s of the vLLM engine actor vs Hugging Face `generate` (same model, batch, sampling
    settings, max new tokens; both in a Ray actor with one CPU) → ratio.
 2. step: per-phase seconds of a short PPO run on the tiny CPU config (keyword reward), steps after the
    first averaged (the first includes engine warm-up).
-3. sync: weight gather + push into a running vLLM engine vs parameter count (random Llama models built in
-   code, no download), as seconds and as effective GB/s.
+3. sync: weight gather + push into a running rollout engine (vLLM, and the Hugging Face engine for the
+   transport's own cost) vs parameter count (random Llama models built in code, no download), as seconds,
+   effective GB/s (model bytes / seconds) and share of the one-thread memory-copy bandwidth measured in the
+   same run.
 Writes bench/results/ppo_step.json.
 """
 
@@ -52,13 +55,13 @@ def bench_rollout(cfg, batch: int, new_tokens: int) -> dict:
 
     from actors.chat import encode_prompt
     from actors.modeling import load_tokenizer
-    from actors.ppo_loop import load_prompts
+    from actors.ppo_prompts import load_prompts
     from actors.rollout.vllm_engine import RolloutEngine
     from common.config import resolve_path
 
     path = str(resolve_path(cfg.model.path))
     tokenizer = load_tokenizer(path)
-    prompts = [encode_prompt(tokenizer, p, 96) for p in load_prompts(cfg)[:batch]]
+    prompts = [encode_prompt(tokenizer, p, 96) for p in load_prompts(cfg.ppo)[:batch]]
     rollout = cfg.ppo.rollout
     engine = ray.remote(num_cpus=1)(RolloutEngine).remote(path, rollout, 0, 256)
     ray.get(engine.generate.remote(prompts[:2], None, 4))  # warm-up
@@ -104,17 +107,44 @@ def random_llama(folder: Path, hidden: int, layers: int, tokenizer_from: str) ->
     return sum(p.numel() for p in model.parameters())
 
 
-def bench_sync(cfg, sizes_m: list[float]) -> list[dict]:
-    """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one vLLM engine."""
+def copy_bandwidth(nbytes: int = 110_000_000, reps: int = 7) -> float:
+    """GB/s of one thread copying an `nbytes` tensor into warm (already written) memory: the copy limit a weight
+    sync is compared with. Fresh memory would be slower (page faults), so this is the harder baseline."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    source, target = torch.randn(nbytes // 4), torch.empty(nbytes // 4)
+    times = []
+    for _ in range(reps + 2):
+        started = time.perf_counter()
+        target.copy_(source)
+        times.append(time.perf_counter() - started)
+    torch.set_num_threads(threads)
+    return nbytes / statistics.median(times[2:]) / 1e9
+
+
+def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, reps: int = 5, warmup: int = 3,
+               pause_s: float = 0.5) -> list[dict]:
+    """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one rollout engine: the sync
+    phase's two calls (weight_buckets on the policy: gather, pack, ray.put; load_weights on the engine), timed
+    apart, medians of `reps` after `warmup` syncs. The first syncs write into object-store memory the policy has
+    never touched and pay a page fault per 4 KiB (measured at 27.5M: 10-27k faults, 0.12-0.34 s per put; from
+    the fourth on ~100 faults, 12 ms). Syncs are `pause_s` apart, as a PPO step separates them: back to back,
+    the store has not yet freed the last sync's buckets and the new ones land in untouched memory again.
+
+    engine "vllm" loads through vLLM's reload_weights, which on CPU repacks every linear weight into oneDNN's
+    blocked layout; "hf" (the Hugging Face engine) copies each weight into its parameter, so its figure is the
+    transport's own cost plus one copy."""
     from dataclasses import replace
 
     from actors.group import RoleGroup
     from actors.policy import PolicyRole
     from actors.ppo_roles import role_args
+    from actors.rollout.hf_engine import HFRolloutEngine
     from actors.rollout.vllm_engine import RolloutEngine
     from cluster.placement import RoleResources, release, reserve
     from common.config import resolve_path
 
+    engine_classes = {"vllm": RolloutEngine, "hf": HFRolloutEngine}
     rows = []
     shapes = {0.4: None, 8: (256, 8), 32: (512, 8), 100: (768, 14)}
     for size in sizes_m:
@@ -126,23 +156,34 @@ def bench_sync(cfg, sizes_m: list[float]) -> list[dict]:
                 path = tmp
                 params = random_llama(Path(tmp), hidden, layers, str(resolve_path(cfg.model.path)))
             run_cfg = replace(cfg, model=replace(cfg.model, path=path))
+            nbytes = params * torch.empty(0, dtype=getattr(torch, cfg.model.dtype)).element_size()
             group, index = reserve([RoleResources("policy", 1, 1.0), RoleResources("rollout", 1, 1.0)])
             policy = RoleGroup("policy", PolicyRole, 1, group, index["policy"], 1.0, 0,
                                role_args(run_cfg, path)["policy"], True)
             policy.call("setup")
-            engine = RoleGroup("rollout", RolloutEngine, 1, group, index["rollout"], 1.0, 0,
-                               (path, cfg.ppo.rollout, 0, 256))
-            times = []
-            for _ in range(3):
-                started = time.perf_counter()
-                refs = policy.call_rank0("weight_buckets", cfg.ppo.sync_bucket_mb)
-                engine.call_rank0("load_weights", *refs)
-                times.append(time.perf_counter() - started)
+            for name in engines:
+                engine = RoleGroup("rollout", engine_classes[name], 1, group, index["rollout"], 1.0, 0,
+                                   (path, cfg.ppo.rollout, 0, 256, cfg.model.dtype))
+                engine.call_rank0("ping")  # the engine has started: its start-up is not sync time
+                policy_s, engine_s = [], []
+                for _ in range(warmup + reps):
+                    time.sleep(pause_s)
+                    started = time.perf_counter()
+                    refs = policy.call_rank0("weight_buckets", cfg.ppo.sync_bucket_mb)
+                    packed = time.perf_counter()
+                    engine.call_rank0("load_weights", *refs)
+                    policy_s.append(packed - started)
+                    engine_s.append(time.perf_counter() - packed)
+                    del refs
+                engine.kill()
+                policy_s, engine_s = policy_s[warmup:], engine_s[warmup:]
+                total = [p + e for p, e in zip(policy_s, engine_s)]
+                seconds = statistics.median(total)
+                rows.append({"engine": name, "params": params, "bytes": nbytes, "seconds": seconds,
+                             "policy_s": statistics.median(policy_s), "engine_s": statistics.median(engine_s),
+                             "gb_per_s": nbytes / seconds / 1e9, "copy_share": nbytes / seconds / 1e9 / copy_gb_s})
             policy.kill()
-            engine.kill()
             release(group)
-            seconds = statistics.median(times)
-            rows.append({"params": params, "seconds": seconds, "gb_per_s": params * 4 / seconds / 1e9})
     return rows
 
 
@@ -154,26 +195,40 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--sync-sizes", default="0.4,8,32", help="parameter counts in millions")
+    parser.add_argument("--sync-sizes", default="0.4,8,32", help="parameter counts in millions (0.4, 8, 32, 100)")
+    parser.add_argument("--sync-engines", default="vllm,hf", help="rollout engines the sync loads into")
+    parser.add_argument("--sections", default="rollout,step,sync",
+                        help="which sections to run; the others keep their last results in the JSON")
     args = parser.parse_args()
+    sections = set(args.sections.split(","))
     cfg = load_config(REPO / "configs" / "tiny-cpu.yaml")
     runtime.start(cfg.ray)
-    results = {"machine": f"{torch.get_num_threads()} torch threads, CPU"}
-    results["rollout"] = bench_rollout(cfg, args.batch, args.new_tokens)
-    print(f"rollout  vLLM {results['rollout']['vllm_tokens_per_s']:,.0f} tok/s  vs  HF generate "
-          f"{results['rollout']['hf_tokens_per_s']:,.0f} tok/s  → ×{results['rollout']['ratio']:.1f}")
-    with tempfile.TemporaryDirectory() as tmp:
-        results["step"] = bench_step(cfg, args.steps, tmp)
-    print("PPO step phases (s, mean of steps 2..n):")
-    for key, value in results["step"].items():
-        if key.startswith("time/"):
-            print(f"  {key[5:]:<11} {value:7.3f}")
-    results["sync"] = bench_sync(cfg, [float(s) for s in args.sync_sizes.split(",")])
-    print("weight sync (gather + push into vLLM):")
-    for row in results["sync"]:
-        print(f"  {row['params'] / 1e6:7.2f} M params  {row['seconds']:7.3f} s  {row['gb_per_s']:6.2f} GB/s")
+    out = RESULTS / "ppo_step.json"
+    results = json.loads(out.read_text()) if out.exists() and sections != {"rollout", "step", "sync"} else {}
+    results["machine"] = f"{torch.get_num_threads()} torch threads, CPU"
+    if "rollout" in sections:
+        results["rollout"] = bench_rollout(cfg, args.batch, args.new_tokens)
+        print(f"rollout  vLLM {results['rollout']['vllm_tokens_per_s']:,.0f} tok/s  vs  HF generate "
+              f"{results['rollout']['hf_tokens_per_s']:,.0f} tok/s  → ×{results['rollout']['ratio']:.1f}")
+    if "step" in sections:
+        with tempfile.TemporaryDirectory() as tmp:
+            results["step"] = bench_step(cfg, args.steps, tmp)
+        print("PPO step phases (s, mean of steps 2..n):")
+        for key, value in results["step"].items():
+            if key.startswith("time/"):
+                print(f"  {key[5:]:<11} {value:7.3f}")
+    if "sync" in sections:
+        results["copy_gb_per_s"] = copy_bandwidth()
+        results["sync"] = bench_sync(cfg, [float(s) for s in args.sync_sizes.split(",")],
+                                     args.sync_engines.split(","), results["copy_gb_per_s"])
+        print(f"weight sync (policy: gather + pack + put; engine: load) vs one-thread copy "
+              f"{results['copy_gb_per_s']:.1f} GB/s:")
+        for row in results["sync"]:
+            print(f"  {row['engine']:<4} {row['params'] / 1e6:7.2f} M params  {row['seconds']:7.3f} s (policy "
+                  f"{row['policy_s']:.3f}, engine {row['engine_s']:.3f})  {row['gb_per_s']:6.2f} GB/s  "
+                  f"{100 * row['copy_share']:5.1f}% of copy")
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ppo_step.json").write_text(json.dumps(results, indent=2))
+    out.write_text(json.dumps(results, indent=2))
 
 
 if __name__ == "__main__":

@@ -112,6 +112,7 @@ def start(cfg: RayConfig) -> RuntimeInfo:
 
     if ray.is_initialized():
         return _info("cluster" if _resolved_address(cfg) else "embedded", _resolved_address(cfg) or "local")
+    started = time.perf_counter()
     address = _resolved_address(cfg)
     runtime_env = {"env_vars": {k: os.environ[k] for k in WORKER_ENV}}
     if address:
@@ -133,7 +134,8 @@ def start(cfg: RayConfig) -> RuntimeInfo:
                  include_dashboard=cfg.include_dashboard, _node_ip_address="127.0.0.1",
                  logging_level=logging.WARNING, configure_logging=True)
         info = _info("embedded", "local")
-    log.info("Ray %s at %s: %.0f CPUs, %.0f GPUs", info.mode, info.address, info.num_cpus, info.num_gpus)
+    log.info("Ray %s at %s in %.1f s: %.0f CPUs, %.0f GPUs", info.mode, info.address, time.perf_counter() - started,
+             info.num_cpus, info.num_gpus)
     return info
 
 

@@ -36,6 +36,7 @@ from actors.algo.rollout_correction import (
     behaviour_mismatch,
     behaviour_ratio,
 )
+from actors.algo.sampling import process_next_token_logits, processed_logprobs
 from actors.algo.value_loss import clipped_value_loss
 
 __all__ = [
@@ -73,6 +74,8 @@ __all__ = [
     "masked_whiten",
     "pairwise_accuracy",
     "per_token",
+    "process_next_token_logits",
+    "processed_logprobs",
     "reinforce",
     "sequence_logprob",
     "shift_for_causal_lm",

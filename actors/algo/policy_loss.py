@@ -47,7 +47,10 @@ def clipped_policy_loss(
 
     stats (detached 0-dim tensors, local to this call's tokens):
       clip_frac  share of response tokens where the clipped term was the one used (zero gradient)
-      approx_kl  masked mean of ½(logp − old_logp)², the k2 estimate of KL(old ‖ new)
+      approx_kl  masked mean of ½(logp − old_logp)², the k2 estimate of KL(old ‖ new), over the tokens whose
+                 log-ratio is finite
+      dropped_share  share of tokens with logp = −inf: a truncated (top_p) distribution of the updated policy
+                 no longer holds them. Their ratio is 0 and their loss finite, with no gradient.
       ratio_mean masked mean of r
     """
     if dual_clip is not None and dual_clip <= 1.0:
@@ -68,9 +71,11 @@ def clipped_policy_loss(
 
     loss = LOSS_AGGREGATIONS.get(aggregation).reduce(per_token, mask, normalizer, max_response_len)
     with torch.no_grad():
+        finite = torch.isfinite(log_ratio)
         stats = {
             "clip_frac": masked_mean((clipped > unclipped).to(logp.dtype), mask),
-            "approx_kl": masked_mean(0.5 * log_ratio**2, mask),
+            "approx_kl": masked_mean(0.5 * torch.where(finite, log_ratio, 0.0) ** 2, mask.bool() & finite),
+            "dropped_share": masked_mean(torch.isneginf(logp).to(logp.dtype), mask),
             "ratio_mean": masked_mean(ratio, mask),
         }
     return loss, stats

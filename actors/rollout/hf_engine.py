@@ -3,20 +3,19 @@ plain Hugging Face model (`ppo.rollout.engine=hf`, or `auto` where vLLM cannot b
 
 Sampling is a short decode loop of our own rather than `model.generate`, for three reasons: each prompt gets
 its own torch.Generator seeded like a vLLM request (so samples do not depend on batch composition and a
-resumed run reproduces them), the reported log-probs come from the raw logits before any processing (what
-vLLM's default `raw_logprobs` mode reports), and the repetition penalty sees only real tokens, never the
-left padding.
+resumed run reproduces them), the logits are processed exactly as vLLM's sampler does (actors/algo/sampling.py:
+repetition penalty, temperature, top_p) and the reported log-probs are those of the processed distribution
+(vLLM's `processed_logprobs`), and the repetition penalty sees only real tokens, never the left padding.
 """
 
 from __future__ import annotations
 
 import torch
 
+from actors.algo.sampling import GREEDY_BELOW, process_next_token_logits
 from actors.group import Located
 from actors.rollout.sample import Sample, sample_seed
 from common.config import ModelConfig, RolloutConfig
-
-GREEDY_BELOW = 1e-5  # vLLM samples greedily at temperatures under this
 
 
 class HFRolloutEngine(Located):
@@ -65,13 +64,19 @@ class HFRolloutEngine(Located):
 
     @torch.no_grad()
     def load_weights(self, *buckets) -> int:
-        """Copy weight buckets (lists of (hf_name, tensor)) into the model; returns tensors loaded."""
+        """Copy weight buckets (iterables of (hf_name, tensor): the sync's PackedBuckets, or lists of pairs) into
+        the model; returns the names loaded. A tied weight comes under both names as the same memory and is
+        copied once."""
         count = 0
+        loaded_from: dict[int, tuple] = {}  # id(parameter) -> the source it was last copied from in this call
         for bucket in buckets:
             for name, tensor in bucket:
                 if name not in self.params:
                     raise KeyError(f"weight {name!r} is not a parameter of the rollout model")
-                self.params[name].copy_(tensor)
+                param, source = self.params[name], (tensor.data_ptr(), tensor.shape, tensor.stride())
+                if loaded_from.get(id(param)) != source:
+                    param.copy_(tensor)
+                    loaded_from[id(param)] = source
                 count += 1
         return count
 
@@ -109,9 +114,11 @@ class HFRolloutEngine(Located):
             out = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                              past_key_values=cache, use_cache=True)
             cache, logits = out.past_key_values, out.logits[:, -1].float()
-            tokens = self._pick(logits, seen, temperature, generators)
-            raw = logits.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
-            for row, (token, logprob) in enumerate(zip(tokens.tolist(), raw.tolist())):
+            processed = process_next_token_logits(logits, seen, temperature, self.cfg.top_p,
+                                                  self.cfg.repetition_penalty)
+            tokens = self._pick(processed, temperature, generators)
+            behaviour = processed.log_softmax(-1).gather(-1, tokens[:, None]).squeeze(-1)
+            for row, (token, logprob) in enumerate(zip(tokens.tolist(), behaviour.tolist())):
                 if reasons[row] is not None:
                     continue
                 responses[row].append(token)
@@ -126,19 +133,10 @@ class HFRolloutEngine(Located):
             positions = positions[:, -1:] + 1
         return [Sample(list(p), r, lp, reason) for p, r, lp, reason in zip(prompts, responses, logprobs, reasons)]
 
-    def _pick(self, logits: torch.Tensor, seen: torch.Tensor, temperature: float,
-              generators: list[torch.Generator | None]) -> torch.Tensor:
-        """Next token per row, processed in vLLM's order: repetition penalty, temperature, top-p, sample."""
-        penalty = self.cfg.repetition_penalty
-        logits = torch.where(seen, torch.where(logits > 0, logits / penalty, logits * penalty), logits)
+    @staticmethod
+    def _pick(processed: torch.Tensor, temperature: float, generators: list[torch.Generator | None]) -> torch.Tensor:
+        """Next token per row from the processed logits: argmax when greedy, else a draw from their softmax."""
         if temperature < GREEDY_BELOW:
-            return logits.argmax(-1)
-        logits = logits / temperature
-        if self.cfg.top_p < 1.0:
-            # Drop the least likely tokens whose total mass stays within 1 - top_p; the likeliest always stays.
-            sorted_logits, order = logits.sort(-1)
-            drop = sorted_logits.softmax(-1).cumsum(-1) <= 1 - self.cfg.top_p
-            drop[:, -1] = False
-            logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-        probs = logits.softmax(-1)
+            return processed.argmax(-1)
+        probs = processed.softmax(-1)
         return torch.cat([torch.multinomial(row, 1, generator=gen) for row, gen in zip(probs, generators)])

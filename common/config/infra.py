@@ -71,6 +71,10 @@ class DeepSpeedConfig:
     offload_optimizer: bool = param(False, "keep optimizer states in CPU memory (ZeRO-Offload)")
     offload_param: bool = param(False, "keep parameters in CPU memory (ZeRO-3 only)")
     precision: Literal["fp32", "bf16", "fp16"] = param("fp32", "training precision")
+    single_rank: Literal["plain", "deepspeed"] = param(
+        "plain", "a PPO policy or value group of one rank, where ZeRO partitions nothing: plain trains it with a "
+                 "PyTorch AdamW step behind DeepSpeed's interface (actors/plain_engine.py), without DeepSpeed's "
+                 "per-tensor cost; deepspeed keeps the DeepSpeed engine. bf16/fp16 and offload always use DeepSpeed")
 
     def check(self) -> None:
         if self.offload_param and self.stage != 3:

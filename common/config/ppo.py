@@ -95,6 +95,9 @@ class PlacementConfig:
                                   f"group, so give them one strategy (or set it on one role only)")
 
 
+THREADED_ROLES = ("policy", "value", "reference")
+
+
 @dataclass(frozen=True)
 class PPOConfig:
     prompt_files: list[str] = param(["../shared/data/sft/llms-from-scratch/instruction-data.json"],
@@ -108,6 +111,23 @@ class PPOConfig:
     clip_range: float = param(0.2, "policy ratio clip", gt=0)
     value_clip_range: float = param(0.2, "value prediction clip", gt=0)
     dual_clip: Optional[float] = param(None, "dual-clip bound c > 1 for negative advantages (unset: off)", gt=1.0)
+    trainer_logprobs: Literal["processed", "temperature"] = param(
+        "processed", "the distribution the policy's log-probs (old and new, for the PPO ratio) are taken under: "
+                     "processed: the sampler's own (repetition penalty, temperature, top_p, as vLLM's processed "
+                     "log-probs), so the ratio starts at exactly 1; temperature: logits / temperature only, which "
+                     "ignores what top_p and the penalty do to the sampled tokens. The KL to the reference is always "
+                     "taken between the temperature-only distributions")
+    rollout_correction: Literal["none", "tis", "mask"] = param(
+        "none", "importance-sampling correction for the gap between pi_old (the trainer's) and the distribution "
+                "that sampled (the engine's log-probs): tis weights each token's loss by min(pi_old/pi_behaviour, "
+                "rollout_correction_cap); mask drops tokens whose ratio lies outside [1/cap, cap]; none: no weight")
+    rollout_correction_cap: float = param(2.0, "C of rollout_correction (> 1)", gt=1.0)
+    loss_aggregation: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum",
+                              "seq-mean-token-sum-norm"] = param(
+        "token-mean", "how the policy loss averages: over all response tokens of the mini-batch (token-mean), per "
+                      "response then over responses (seq-mean-token-mean, the original GRPO), response sums over "
+                      "responses (seq-mean-token-sum), or response sums over responses x rollout.max_new_tokens "
+                      "(seq-mean-token-sum-norm, Dr. GRPO's constant normaliser)")
     max_grad_norm: float = param(0.5, "gradient clipping max norm", gt=0)
     advantage_estimator: Literal["gae", "grpo", "rloo", "reinforce_baseline"] = param(
         "gae", "gae: a value model (critic) and GAE, as in classic PPO; grpo / rloo / reinforce_baseline: no value "
@@ -134,6 +154,11 @@ class PPOConfig:
     policy_workers: int = param(1, "DeepSpeed ranks of the policy group", gt=0)
     value_workers: int = param(1, "DeepSpeed ranks of the value group", gt=0)
     cpus_per_actor: float = param(1.0, "CPUs reserved by every role actor", gt=0)
+    role_threads: dict[str, int] = param({}, "torch threads per role, e.g. {policy: 2, reference: 1}; a role not "
+                                             "named gets the node's cores divided by the ranks that compute at the "
+                                             "same time as it in its busiest phase (policy and reference in phase 3, "
+                                             "policy and value in phase 6), so overlapping phases never "
+                                             "oversubscribe the cores")
     gpus_per_actor: float = param(0.0, "GPUs per role actor (fractions colocate roles on one GPU)", ge=0)
     colocate: bool = param(False, "place policy, value, reference and reward actors in one placement group")
     placement_strategy: PlacementStrategy = param(
@@ -198,3 +223,7 @@ class PPOConfig:
             raise ConfigError(f"{batch} must split evenly over rollout.num_engines ({self.rollout.num_engines})")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError("prompt_template must contain {prompt}")
+        unknown = sorted(set(self.role_threads) - set(THREADED_ROLES))
+        if unknown or any(n < 1 for n in self.role_threads.values()):
+            raise ConfigError(f"role_threads takes positive thread counts for {list(THREADED_ROLES)}, got "
+                              f"{dict(self.role_threads)}")

@@ -9,8 +9,10 @@ import statistics
 
 import pytest
 
-from actors.ppo_loop import PPOLoop, TooManyNaNSteps
+from actors.ppo_loop import PPOLoop
+from actors.rollout.engines import vllm_importable
 from common.config import load_config
+from common.errors import TooManyNaNSteps
 from common.metrics import read_jsonl
 from jobs.ppo import run
 from tests.conftest import TINY_CPU
@@ -31,6 +33,13 @@ LEARN = ["ppo.steps=20", "ppo.rollout_batch_size=32", "ppo.mini_batch_size=16", 
 def ppo_rows(tmp_path, *overrides):
     result = run(load_config(TINY_CPU, [f"run.output_root={tmp_path}", *LEARN, *overrides]))
     return result, read_jsonl(result.output_dir / "metrics.jsonl")
+
+
+def assert_rollouts_ran_on_vllm(output_dir) -> None:
+    """Where vLLM imports, the rollouts must have come from it: engine=auto falling back to Hugging Face would
+    otherwise turn every "real vLLM" test here into a Hugging Face run without a word."""
+    roster = json.loads((output_dir / "roles.json").read_text())
+    assert roster["rollout_engine"] == ("vllm" if vllm_importable() else "hf"), roster["rollout_engine"]
 
 
 def window_mean(rows, key, first: bool, n: int = 5) -> float:
@@ -60,6 +69,7 @@ def test_reward_goes_up_while_kl_stays_bounded(kl_005):
     for phase in ("rollout", "score", "reference", "values", "advantages", "train", "sync", "monitor"):
         assert rows[-1][f"time/{phase}"] >= 0.0
     assert rows[-1]["rollout_tokens_per_s"] > 0 and (result.output_dir / "ppo.png").is_file()
+    assert_rollouts_ran_on_vllm(result.output_dir)
     # The same scalars for TensorBoard and a spreadsheet.
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -93,6 +103,7 @@ def test_grpo_learns_with_no_value_model(grpo):
     assert after > before + 0.1, (before, after)
     roster = json.loads((result.output_dir / "roles.json").read_text())
     assert sorted({a["role"] for a in roster["actors"]}) == ["policy", "reference", "rollout"]
+    assert_rollouts_ran_on_vllm(result.output_dir)
     assert roster["sequences_per_step"] == 32
     checkpoint = result.output_dir / "checkpoints" / "step_000020"
     assert sorted(p.name for p in checkpoint.iterdir()) == ["policy", "state.json"]

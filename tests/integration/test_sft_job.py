@@ -83,6 +83,25 @@ def test_zero3_gives_the_same_loss_trajectory(zero2, tmp_path):
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5
 
 
+def test_one_worker_trains_on_the_plain_engine_to_the_same_bar(zero2, tmp_path):
+    """One Ray Train worker in fp32: ZeRO partitions nothing, so the rank steps with the plain engine
+    (actors/plain_engine.py) and all the node's cores; 8 chats × 2 micro-batches make the 16 of a ZeRO-2 step."""
+    one = sft(tmp_path, "sft.num_workers=1", "sft.grad_accum=2")
+    evals = eval_losses(one)
+    assert sorted(evals) == [0, 10, 20] and evals[20] < 0.8 * evals[0], evals
+    assert evals[0] == pytest.approx(eval_losses(zero2)[0], rel=1e-5)
+    assert read_jsonl(one.output_dir / "metrics.jsonl")[-1]["tokens_seen"] > 0
+
+
+@pytest.mark.slow  # the default tier checks the plain engine against DeepSpeed on PPO's policy rank
+def test_one_worker_plain_engine_takes_deepspeeds_steps(ray_session, tmp_path):
+    plain = sft(tmp_path / "plain", "sft.num_workers=1", "sft.max_steps=10")
+    deepspeed = sft(tmp_path / "ds", "sft.num_workers=1", "sft.max_steps=10", "deepspeed.single_rank=deepspeed")
+    a, b = losses(plain), losses(deepspeed)
+    assert sorted(a) == sorted(b) == list(range(1, 11))
+    assert max(abs(a[s] - b[s]) for s in a) < 1e-5
+
+
 def test_packed_rows_learn_as_well_and_carry_several_chats_per_row(zero2, tmp_path):
     # The 570 training chats (82 tokens on average) pack into 262 rows of 192 tokens: 16 steps per epoch of
     # 8 rows × 2 ranks, so two epochs give the same 20 steps as one chat per row.

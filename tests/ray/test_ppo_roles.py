@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from actors.algo import behaviour_mismatch
+from actors.algo.sampling import fill_dropped
 from actors.chat import encode_prompt
 from actors.group import RoleGroup
 from actors.modeling import load_tokenizer
@@ -22,8 +24,11 @@ pytestmark = [pytest.mark.ray]
 
 
 def ppo_config(*overrides: str):
+    # The fixed batch below is written by hand, not sampled: many of its tokens lie outside the policy's top_p
+    # nucleus, where the sampler's processed log-probs are −inf. These tests are about ranks, stages and syncs, so
+    # they take the temperature-only log-probs; the processed ones are checked on sampled tokens.
     return load_config(TINY_CPU, ["ppo.mini_batch_size=8", "ppo.rollout_batch_size=8", "ppo.ppo_epochs=1",
-                                  "ppo.lr=1e-2", *overrides])
+                                  "ppo.lr=1e-2", "ppo.trainer_logprobs=temperature", *overrides])
 
 
 def policy_group(cfg, ranks: int) -> RoleGroup:
@@ -58,13 +63,15 @@ def batch(tokenizer) -> PolicyBatch:
     tokens = TokenBatch.from_samples(prompts, responses, tokenizer.pad_token_id)
     advantages = torch.linspace(-1.0, 1.0, 8).unsqueeze(1).expand_as(tokens.action_mask) * tokens.action_mask
     zeros = torch.zeros_like(tokens.action_mask)
-    return PolicyBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask, zeros, zeros, advantages)
+    return PolicyBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask, zeros, zeros, advantages, zeros)
 
 
 def with_old_logprobs(group: RoleGroup, batch: PolicyBatch) -> PolicyBatch:
     tokens = TokenBatch(batch.input_ids, batch.attention_mask, batch.action_mask)
-    old = torch.cat(group.call("logprobs", per_rank=[(part,) for part in _shards(tokens, len(group))]))
-    return PolicyBatch(batch.input_ids, batch.attention_mask, batch.action_mask, old, old, batch.advantages)
+    # The ratio's old log-probs (ppo.trainer_logprobs), which are the behaviour's too: no rollout correction.
+    parts = group.call("old_logprobs", per_rank=[(part,) for part in _shards(tokens, len(group))])
+    old = torch.cat([ratio for ratio, _ in parts])
+    return PolicyBatch(batch.input_ids, batch.attention_mask, batch.action_mask, old, old, batch.advantages, old)
 
 
 def _shards(batch, n):
@@ -90,6 +97,7 @@ EQUIVALENCE_LR = "ppo.lr=1e-4"
 @pytest.fixture(scope="module")
 def one_rank_update(ray_session, batch):
     group = policy_group(ppo_config("deepspeed.stage=2", EQUIVALENCE_LR), 1)
+    assert group.call_rank0("engine_kind") == "plain"
     result = update(group, batch)
     dispose(group)
     return result
@@ -106,6 +114,20 @@ def test_two_ranks_give_the_same_update_as_one(one_rank_update, batch):
     assert stats1["policy/updates"] == stats2["policy/updates"] == 1
     mask = batch.action_mask.bool()
     assert torch.allclose(after1[mask], after2[mask], atol=1e-5)
+
+
+def test_one_rank_trains_alike_with_the_plain_engine_and_with_deepspeed(one_rank_update, batch):
+    """The one-rank fixture ran on the plain engine (deepspeed.single_rank=plain, the default); DeepSpeed's own
+    engine on one rank (its own process group of one) takes the same step."""
+    group = policy_group(ppo_config("deepspeed.stage=2", EQUIVALENCE_LR, "deepspeed.single_rank=deepspeed"), 1)
+    assert group.call_rank0("engine_kind") == "deepspeed"
+    stats_ds, _, after_ds = update(group, batch)
+    dispose(group)
+    stats1, _, after1 = one_rank_update
+    assert stats_ds["policy/loss"] == pytest.approx(stats1["policy/loss"], abs=1e-6)
+    assert stats_ds["policy/grad_norm"] == pytest.approx(stats1["policy/grad_norm"], rel=1e-5)
+    mask = batch.action_mask.bool()
+    assert torch.allclose(after1[mask], after_ds[mask], atol=1e-5)
 
 
 def test_zero3_gives_the_same_update_as_zero2_and_its_gathered_weights_are_that_policy(one_rank_update, batch):
@@ -139,7 +161,7 @@ def test_zero3_gives_the_same_update_as_zero2_and_its_gathered_weights_are_that_
 def test_nan_advantages_skip_the_step_and_leave_weights_alone(ray_session, batch):
     group = policy_group(ppo_config(), 1)
     bad = PolicyBatch(batch.input_ids, batch.attention_mask, batch.action_mask, batch.old_logprobs,
-                      batch.ref_logprobs, torch.full_like(batch.advantages, float("nan")))
+                      batch.ref_logprobs, torch.full_like(batch.advantages, float("nan")), batch.behaviour_logprobs)
     tokens = TokenBatch(batch.input_ids, batch.attention_mask, batch.action_mask)
     before = group.call("logprobs", tokens)[0]
     stats = group.call("train", with_old_logprobs(group, bad), 0, 0.0)[0]
@@ -147,6 +169,37 @@ def test_nan_advantages_skip_the_step_and_leave_weights_alone(ray_session, batch
     dispose(group)
     assert stats["policy/nan_skipped"] == 1 and stats["policy/updates"] == 0
     assert torch.equal(before, after)
+
+
+def test_old_logprobs_are_the_engines_processed_logprobs(ray_session, tokenizer):
+    """ppo.trainer_logprobs=processed: the policy's π_old is the distribution vLLM sampled from (repetition
+    penalty, temperature 0.7, top_p 0.9), so PPO's ratio starts at 1; the temperature-only log-probs miss it."""
+    cfg = ppo_config("ppo.trainer_logprobs=processed")
+    policy = policy_group(cfg, 1)
+    group, index = reserve([RoleResources("rollout", 1, cpus=0.5)])
+    engine = RoleGroup("rollout", rollout_engine_class(cfg.ppo.rollout), 1, group, index["rollout"], 0.5, 0,
+                       (str(POLICY_PATH), cfg.ppo.rollout, 0, 256))
+    texts = ["Tell me a story.", "What is a cat?", "Say hello.", "Name a color.", "Who is Lily?", "Count to three."]
+    prompts = [encode_prompt(tokenizer, [{"role": "user", "content": text}]) for text in texts * 4]
+    try:
+        samples = engine.call_rank0("generate", prompts)
+        tokens = TokenBatch.from_samples(prompts, [s.response_ids for s in samples], tokenizer.pad_token_id)
+        ratio, temperature_only = policy.call_rank0("old_logprobs", tokens)
+    finally:
+        engine.kill()
+        release(group)
+        dispose(policy)
+    behaviour = tokens.per_token([s.response_logprobs for s in samples])
+    mask = tokens.action_mask
+    old, edge = fill_dropped(ratio, behaviour, mask)
+    gap = (old - behaviour)[mask.bool()].abs()
+    # Two float32 forwards (vLLM's and DeepSpeed's) differ by ~1e-5 after the temperature; a token within that of
+    # the top-p cut can land on the other side of it (~0.3% of tokens), which renormalises its row a little.
+    assert float(edge) < 0.02 and float((gap > 5e-5).float().mean()) < 0.02, (float(edge), gap.max())
+    assert float(gap.median()) < 5e-6
+    assert float(behaviour_mismatch(old, behaviour, mask)["behaviour_kl"]) < 1e-3
+    plain = behaviour_mismatch(temperature_only, behaviour, mask)
+    assert float(plain["behaviour_kl"]) > 0.05 and float(plain["ratio_outside_share"]) > 0.05, plain
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])

@@ -99,6 +99,23 @@ def test_policy_loss_on_an_all_masked_batch_is_zero_not_nan():
     assert (logp.grad == 0).all()
 
 
+def test_a_token_the_updated_nucleus_drops_has_ratio_zero_no_gradient_and_no_nan():
+    """Processed (top_p) log-probs: a sampled token the updated policy's nucleus no longer holds has logp = −inf.
+    Its ratio is 0; with A = 1 the unclipped −A·0 = 0 is the larger term, with A = −1 the clipped 0.8·|A| is: both
+    finite, neither with a gradient. approx_kl is taken over the finite tokens and the dropped share is counted."""
+    logp = torch.tensor([[math.log(1.1), -math.inf], [0.0, -math.inf]], dtype=torch.float64, requires_grad=True)
+    old = torch.zeros(2, 2, dtype=torch.float64)
+    advantages = torch.tensor([[1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)
+    mask = torch.ones(2, 2, dtype=torch.float64)
+    loss, stats = clipped_policy_loss(logp, old, advantages, mask)
+    # Per token: −1.1, 0 (ratio 0, A = 1), −1, 0.8 (clipped, A = −1) → mean −1.3 / 4.
+    assert loss.item() == pytest.approx(-1.3 / 4, rel=1e-12)
+    loss.backward()
+    assert torch.isfinite(logp.grad).all() and logp.grad[:, 1].tolist() == [0.0, 0.0]
+    assert stats["approx_kl"].item() == pytest.approx(0.5 * math.log(1.1) ** 2 / 2, rel=1e-12)
+    assert stats["dropped_share"].item() == 0.5
+
+
 def test_policy_loss_registry():
     assert POLICY_LOSSES.get("ppo_clip") is clipped_policy_loss
     with pytest.raises(KeyError, match="'ppo_clip'"):

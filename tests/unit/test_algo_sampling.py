@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from actors.algo.logprobs import token_logprobs
-from actors.algo.sampling import process_next_token_logits, processed_logprobs
+from actors.algo.sampling import fill_dropped, process_next_token_logits, processed_logprobs
 
 F64 = torch.float64
 LN2, LN3, LN4 = math.log(2.0), math.log(3.0), math.log(4.0)
@@ -221,3 +221,15 @@ def test_low_precision_logits_are_processed_in_float32():
 def test_misaligned_input_ids_are_refused_with_the_expected_shape():
     with pytest.raises(ValueError, match=r"input_ids must be \[B, T\+1\] = \[2, 4\].*got \[2, 3\]"):
         processed_logprobs(torch.zeros(2, 3, 5), torch.zeros(2, 3, dtype=torch.long), 1.0)
+
+
+def test_fill_dropped_takes_the_behaviour_log_prob_only_where_pi_old_lost_a_response_token():
+    inf = float("inf")
+    old = torch.tensor([[-0.5, -inf, -1.0], [-inf, -2.0, 0.0]], dtype=torch.float64)
+    behaviour = torch.tensor([[-0.6, -3.0, -1.1], [-4.0, -2.1, -9.0]], dtype=torch.float64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    filled, share = fill_dropped(old, behaviour, mask)
+    # Row 0, token 1 was cut by the trainer's top-p: the engine's -3.0. Row 1, token 0 is off the mask: left alone.
+    assert filled.tolist() == [[-0.5, -3.0, -1.0], [-inf, -2.0, 0.0]]
+    assert share.item() == pytest.approx(1 / 4, rel=1e-12)
+    assert fill_dropped(old[:, :0], behaviour[:, :0], mask[:, :0])[1].item() == 0.0

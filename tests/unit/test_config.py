@@ -61,6 +61,13 @@ def test_yaml_then_overrides(tmp_path):
     ("model.dtype=float8", "model.dtype must be one of ['float32', 'bfloat16', 'float16'], got 'float8'"),
     ("sft.epochs=two", "sft.epochs must be an integer, got 'two'"),
     ("lora.enabled=maybe", "lora.enabled must be true or false, got 'maybe'"),
+    ("ppo.rollout_correction=tsi", "ppo.rollout_correction must be one of ['none', 'tis', 'mask'], got 'tsi' "
+                                   "(did you mean 'tis'?)"),
+    ("ppo.loss_aggregation=seq-mean-token-sum-nrom",
+     "ppo.loss_aggregation must be one of ['token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum', "
+     "'seq-mean-token-sum-norm'], got 'seq-mean-token-sum-nrom' (did you mean 'seq-mean-token-sum-norm'?)"),
+    ("ppo.rollout_correction_cap=1", "ppo.rollout_correction_cap must be > 1.0, got 1.0"),
+    ("ppo.trainer_logprobs=raw", "ppo.trainer_logprobs must be one of ['processed', 'temperature'], got 'raw'"),
 ])
 def test_bad_values_name_field_and_range(override, message):
     with pytest.raises(ConfigError) as err:

@@ -29,10 +29,10 @@ def test_grpo_advantages_of_a_step_are_each_answer_against_its_group_by_hand():
     cfg = load_config(None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.rollout_batch_size=2",
                              "ppo.mini_batch_size=2", "ppo.reward.enabled_terms=[rm]", "ppo.reward.rm_weight=1.0"])
     tokens = TokenBatch.from_samples([[1, 2], [1, 2], [3], [3]], [[5, 6, 7], [5], [8, 9], [9]], pad_id=0)
-    rollout = Rollout([[]] * 4, ["0", "0", "1", "1"], ["a", "b", "c", "d"], tokens, 7, 1.0)
     zeros = torch.zeros_like(tokens.action_mask)
+    rollout = Rollout([[]] * 4, ["0", "0", "1", "1"], ["a", "b", "c", "d"], tokens, zeros, 7, 1.0)
     scores = torch.tensor([3.0, 1.0, 0.5, 2.5])
-    adv = compute_advantages(cfg.ppo, rollout, scores, LogProbs(zeros, zeros), zeros, kl_coef=0.05)
+    adv = compute_advantages(cfg.ppo, rollout, scores, LogProbs(zeros, zeros, zeros), zeros, kl_coef=0.05)
     # Group (3, 1): mean 2, std sqrt(2) → ±1/(sqrt(2) + 1e-4); group (0.5, 2.5): mean 1.5, the same spread.
     expected = torch.tensor([1.0, -1.0, -1.0, 1.0]) / (2 ** 0.5 + 1e-4)
     mask = tokens.action_mask.bool()
@@ -46,12 +46,37 @@ def test_grpo_advantages_of_a_step_are_each_answer_against_its_group_by_hand():
 def test_gae_needs_the_value_model_and_whitens_over_the_batch():
     cfg = load_config(None, ["ppo.reward.enabled_terms=[rm]", "ppo.reward.rm_weight=1.0", "ppo.lam=1.0"])
     tokens = TokenBatch.from_samples([[1], [1]], [[4, 5], [6, 7]], pad_id=0)
-    rollout = Rollout([[]] * 2, ["0", "1"], ["a", "b"], tokens, 4, 1.0)
     zeros = torch.zeros_like(tokens.action_mask)
-    adv = compute_advantages(cfg.ppo, rollout, torch.tensor([1.0, 3.0]), LogProbs(zeros, zeros), zeros, 0.05)
+    rollout = Rollout([[]] * 2, ["0", "1"], ["a", "b"], tokens, zeros, 4, 1.0)
+    adv = compute_advantages(cfg.ppo, rollout, torch.tensor([1.0, 3.0]), LogProbs(zeros, zeros, zeros), zeros, 0.05)
     mask = tokens.action_mask.bool()
     # λ = γ = 1 and zero values: every token's return is its response's score. Whitened over the 4 response
-    # tokens: mean 2, unbiased variance 4/3, so (1 − 2) / sqrt(4/3) = −sqrt(3)/2 and (3 − 2) / sqrt(4/3) = sqrt(3)/2.
+    # tokens: mean 2, unbiased variance 4/3, so (1 − 2) / sqrt(4/3) = −sqrt(3)/2 and (3 − 2) / sqrt(4/3) =
+    # sqrt(3)/2.
     assert adv.returns[mask].tolist() == [1.0, 1.0, 3.0, 3.0]
     half_root3 = 3 ** 0.5 / 2
     assert adv.advantages[mask].tolist() == pytest.approx([-half_root3] * 2 + [half_root3] * 2, rel=1e-6)
+
+
+def test_each_role_gets_the_cores_its_busiest_phase_leaves_it_and_a_fixed_count_wins():
+    from actors.ppo_roles import thread_plans
+
+    gae = thread_plans(load_config(None))  # policy, value and reference: one rank each
+    # Phase 3: policy and reference at once; phase 4: the value model alone; phase 6: policy and value at once.
+    assert [gae["policy"].threads(m, cores=8) for m in ("old_logprobs", "train")] == [4, 4]
+    assert [gae["value"].threads(m, cores=8) for m in ("values", "train")] == [8, 4]
+    assert gae["reference"].threads("logprobs", cores=8) == 4
+    grpo = thread_plans(load_config(None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2",
+                                           "ppo.policy_workers=2", "ppo.role_threads={reference: 3}"]))
+    assert grpo["policy"].threads("train", cores=8) == 4  # two policy ranks and no value model
+    assert grpo["policy"].threads("old_logprobs", cores=2) == 1  # never fewer than one
+    assert grpo["reference"].threads("logprobs", cores=8) == 3
+
+
+def test_role_threads_names_only_known_roles():
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="role_threads takes positive thread counts for"):
+        load_config(None, ["ppo.role_threads={rollout: 2}"])
+    with pytest.raises(ConfigError, match="role_threads"):
+        load_config(None, ["ppo.role_threads={policy: 0}"])

@@ -10,6 +10,7 @@ import logging
 import pytest
 import torch
 
+from actors.algo.sampling import processed_logprobs
 from actors.rollout.engines import FALLBACK_WARNING, rollout_engine_class, vllm_importable
 from actors.rollout.hf_engine import HFRolloutEngine
 from actors.rollout.vllm_engine import RolloutEngine
@@ -54,16 +55,26 @@ def teacher_forced(model, prompt: list[int], response: list[int]) -> torch.Tenso
     return logprobs.gather(-1, ids[0, len(prompt):, None]).squeeze(-1)
 
 
-def test_sampled_logprobs_are_the_raw_model_logprobs_of_the_sampled_tokens(engine, model, prompts):
+def test_sampled_logprobs_are_those_of_the_distribution_that_sampled(engine, model, prompts):
+    """What vLLM reports with logprobs_mode=processed_logprobs: each sampled token's log-prob after the
+    repetition penalty (prompt and response so far), the temperature and top_p, not the raw model's."""
+    cfg = engine.cfg
     samples = engine.generate(prompts)
     for prompt, sample in zip(prompts, samples):
         assert sample.prompt_ids == prompt
         # The tiny policy never emits EOS in a few tokens, so every row runs to the cap.
         assert len(sample.response_ids) == len(sample.response_logprobs) == NEW_TOKENS
         assert sample.finish_reason == "length"
-        # Temperature 0.7, top-p and the repetition penalty change what is drawn, not the reported log-prob.
-        expected = teacher_forced(model, prompt, sample.response_ids)
-        assert torch.allclose(torch.tensor(sample.response_logprobs), expected, atol=1e-4)
+        ids = torch.tensor([prompt + sample.response_ids])
+        responses = torch.zeros(1, ids.shape[1] - 1)
+        responses[0, len(prompt) - 1:] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[:, :-1]
+        expected = processed_logprobs(logits, ids, cfg.temperature, cfg.top_p, cfg.repetition_penalty,
+                                      action_mask=responses)[0, len(prompt) - 1:]
+        reported = torch.tensor(sample.response_logprobs)
+        assert torch.allclose(reported, expected, atol=1e-4)
+        assert not torch.allclose(reported, teacher_forced(model, prompt, sample.response_ids), atol=1e-2)
 
 
 def test_greedy_matches_hugging_face_generate(engine, model, prompts):
