@@ -9,18 +9,20 @@ import torch
 from actors.algo import (ADVANTAGE_ESTIMATORS, group_advantages, kl_penalized_rewards, kl_per_token, masked_sum,
                          masked_whiten, per_token, zero_spread_share)
 from actors.algo.rewards import RewardBatch, mix_rewards, reward_log
-from actors.ppo_step import Advantages, LogProbs, Rollout
+from actors.ppo_step import Advantages, LogProbs, Rollout, Scores
 from common.config import PPOConfig
 
 
-def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: torch.Tensor, logps: LogProbs, values: torch.Tensor,
+def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: Scores, logps: LogProbs, values: torch.Tensor,
                        kl_coef: float, safety_judge=None) -> Advantages:
     """Advantages and returns [B, L-1] of one step's responses; `kl_coef` is the controller's coefficient for this
     step, `safety_judge` the lexicon the safety term reads (None when that term is off)."""
     mask = rollout.tokens.action_mask
     seq_kl = masked_sum(kl_per_token(logps.kl_old, logps.ref, ppo.kl.estimator), mask, dim=-1)
-    mixed = mix_rewards(RewardBatch(rollout.responses, scores, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge),
-                        ppo.reward)
+    weights = {function.term: function.weight for function in ppo.reward.functions}
+    extra = {name: (term, weights[name]) for name, term in scores.functions.items()}
+    mixed = mix_rewards(RewardBatch(rollout.responses, scores.rm, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge,
+                                    extra_terms=extra), ppo.reward)
     in_reward = ppo.kl.mode == "reward"
     token_rewards, _ = kl_penalized_rewards(mixed.terminal_reward, logps.kl_old, logps.ref, mask,
                                             coef=mixed.kl_coef_per_token if in_reward else 0.0,

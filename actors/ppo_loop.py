@@ -26,16 +26,17 @@ from typing import Callable
 import torch
 
 from actors import modeling, ppo_checkpoints
-from actors.algo import behaviour_mismatch, make_kl_controller
+from actors.algo import make_kl_controller
 from actors.algo.lexicon import Lexicon
 from actors.algo.monitors import HealthMonitor, most_severe_action
 from actors.algo.response_stats import response_metrics
 from actors.algo.sampling import fill_dropped
 from actors.chat import encode_prompt
 from actors.ppo_advantages import compute_advantages
+from actors.ppo_metrics import step_metrics
 from actors.ppo_prompts import hold_out, load_prompts, prompts_for_step
 from actors.ppo_roles import PPORoles, engine_callbacks
-from actors.ppo_step import Advantages, LogProbs, Rollout, StepResult, StepState, timed
+from actors.ppo_step import Advantages, LogProbs, Rollout, Scores, StepResult, StepState, timed
 from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, shard
 from common.config import Config, resolve_path
 from common.errors import TooManyNaNSteps
@@ -68,8 +69,8 @@ class PPOLoop:
         if ppo.eval_every:
             train, held = hold_out(len(self.prompts), ppo.eval_prompts, cfg.run.seed)
             self.prompts, self.eval_prompts = [self.prompts[i] for i in train], [self.prompts[i] for i in held]
-        self.prompt_ids = [self._encode_prompt(p) for p in self.prompts]
-        self.eval_prompt_ids = [self._encode_prompt(p) for p in self.eval_prompts]
+        self.prompt_ids = [self._encode_prompt(p.turns) for p in self.prompts]
+        self.eval_prompt_ids = [self._encode_prompt(p.turns) for p in self.eval_prompts]
         self.lexicon = Lexicon.load(resolve_path(ppo.reward.safety_lexicon_dir)) \
             if "safety" in ppo.reward.enabled_terms else None
         self.controller = make_kl_controller(ppo.kl.controller, coef=ppo.kl.coef, schedule=ppo.kl.schedule,
@@ -82,6 +83,8 @@ class PPOLoop:
         self.resume()
         if self.step_index == 0:
             self.record_answers("before")
+            if self.eval_prompts:  # the held-out score before any update: what evaluation is measured against
+                self.metrics.log(0, self.evaluate())
 
     def _encode_prompt(self, messages: list[dict]) -> list[int]:
         return encode_prompt(self.tokenizer, messages, self.cfg.ppo.rollout.max_prompt_tokens)
@@ -123,17 +126,27 @@ class PPOLoop:
         responses = [self.tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
         tokens = TokenBatch.from_samples([s.prompt_ids for s in samples], [s.response_ids for s in samples],
                                          self.tokenizer.pad_token_id)
-        return Rollout(prompts=[self.prompts[i] for i in picked], prompt_keys=[str(i) for i in picked],
+        return Rollout(prompts=[self.prompts[i].turns for i in picked], prompt_keys=[str(i) for i in picked],
                        responses=responses, tokens=tokens,
                        behaviour=tokens.per_token([s.response_logprobs for s in samples]),
                        generated_tokens=sum(len(s.response_ids) for s in samples),
-                       finished=sum(s.finish_reason == "stop" for s in samples) / len(samples))
+                       finished=sum(s.finish_reason == "stop" for s in samples) / len(samples),
+                       columns=[self.prompts[i].columns for i in picked],
+                       sources=[self.prompts[i].source for i in picked])
 
     # 2
-    def score_phase(self, s: StepState) -> torch.Tensor:
-        if "rm" not in self.cfg.ppo.reward.enabled_terms:
-            return torch.zeros(len(s.rollout.responses))
-        return torch.tensor(self.roles.reward.score(s.rollout.prompts, s.rollout.responses), dtype=torch.float32)
+    def score_phase(self, s: StepState) -> Scores:
+        return self._score(s.rollout.prompts, s.rollout.responses, s.rollout.columns, s.rollout.sources)
+
+    def _score(self, prompts: list[list[dict]], responses: list[str], columns: list[dict],
+               sources: list[str]) -> Scores:
+        """The preference score (when the rm term is on) and every plug-in reward function's."""
+        rm = torch.zeros(len(responses))
+        if "rm" in self.cfg.ppo.reward.enabled_terms:
+            rm = torch.tensor(self.roles.reward.score(prompts, responses), dtype=torch.float32)
+        if self.roles.functions is None:
+            return Scores(rm)
+        return Scores(rm, *self.roles.functions.score(prompts, responses, columns, sources))
 
     # 3
     def reference_phase(self, s: StepState) -> LogProbs:
@@ -196,24 +209,12 @@ class PPOLoop:
 
     # 8
     def monitor_phase(self, s: StepState) -> StepResult:
-        rollout, adv, train = s.rollout, s.advantages, s.train
-        mask = rollout.tokens.action_mask
-        metrics = {
-            "reward/rm_mean": float(s.score.mean()), "reward/rm_std": float(s.score.std(unbiased=False)),
-            **adv.reward_metrics, "kl": float(adv.seq_kl.mean()), "kl_coef": adv.kl_coef,
-            "kl_scale": self.kl_scale, "kl_k3": adv.seq_kl_k3,
-            "kl_per_token": float(adv.seq_kl.sum() / max(float(mask.sum()), 1.0)),
-            "response_tokens_mean": float(mask.sum(-1).mean()), "response_chars_mean":
-                sum(len(r) for r in rollout.responses) / len(rollout.responses),
-            "finished_share": rollout.finished, **train,
-            "rollout_tokens_per_s": rollout.generated_tokens / max(s.timings["rollout"], 1e-9),
-            "lr": self.policy_lr, **self._sampler_gap(s),
-        }
+        metrics = step_metrics(s, self.kl_scale, self.policy_lr)
         by_prompt: dict[str, list[str]] = {}
-        for key, text in zip(rollout.prompt_keys, rollout.responses):
+        for key, text in zip(s.rollout.prompt_keys, s.rollout.responses):
             by_prompt.setdefault(key, []).append(text)
-        health = {"loss": train["policy/loss"], "grad_norm": train["policy/grad_norm"], "kl": metrics["kl"],
-                  "entropy": train["policy/entropy"], "rm_reward": metrics["reward/rm_mean"]}
+        health = {"loss": s.train["policy/loss"], "grad_norm": s.train["policy/grad_norm"], "kl": metrics["kl"],
+                  "entropy": s.train["policy/entropy"], "rm_reward": metrics["reward/rm_mean"]}
         monitored = self.cfg.ppo.monitor.enabled
         alarms = self.monitor.observe(s.step, health, by_prompt) if monitored else []
         # Logged with the monitors off too, so monitored and unmonitored runs (ablations) stay comparable.
@@ -221,18 +222,6 @@ class PPOLoop:
             else response_metrics(by_prompt, self.monitor.phrases)
         metrics.update({f"health/{name}": value for name, value in response_stats.items()})
         return StepResult(metrics, alarms)
-
-    @staticmethod
-    def _sampler_gap(s: StepState) -> dict:
-        """How far π_old is from the distribution that sampled (the engine's log-probs): the ratio's π_old, and the
-        temperature-only one for comparison (the gap ppo.trainer_logprobs=processed closes)."""
-        mask, behaviour = s.rollout.tokens.action_mask, s.rollout.behaviour
-        gap = {f"rollout/{k}": float(v) for k, v in behaviour_mismatch(s.reference.old, behaviour, mask).items()}
-        plain = behaviour_mismatch(s.reference.kl_old, behaviour, mask)
-        gap["rollout/behaviour_kl_temperature"] = float(plain["behaviour_kl"])
-        gap["rollout/ratio_outside_share_temperature"] = float(plain["ratio_outside_share"])
-        gap["rollout/nucleus_edge_share"] = s.reference.dropped_share
-        return gap
 
     # held-out evaluation (every ppo.eval_every steps and at the last)
     def evaluate(self) -> dict:
@@ -242,9 +231,11 @@ class PPOLoop:
         ids = self.roles.rollout.call_rank0("greedy", self.eval_prompt_ids, self.cfg.ppo.rollout.max_new_tokens)
         responses = [self.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
         metrics = {"eval/response_chars_mean": sum(len(r) for r in responses) / len(responses)}
+        held = self.eval_prompts
+        scores = self._score([p.turns for p in held], responses, [p.columns for p in held], [p.source for p in held])
         if "rm" in self.cfg.ppo.reward.enabled_terms:
-            scores = self.roles.reward.score(self.eval_prompts, responses)
-            metrics["eval/rm_mean"] = sum(scores) / len(scores)
+            metrics["eval/rm_mean"] = float(scores.rm.mean())
+        metrics.update({f"eval/{name}_mean": float(values.mean()) for name, values in scores.functions.items()})
         return metrics
 
     # ---- what the monitor's alarms call for ------------------------------------------------------------
@@ -306,7 +297,7 @@ class PPOLoop:
     def resume(self) -> None:
         steps = self.checkpoint_steps()
         if not steps:
-            self.metrics.truncate_after(0)  # a run that died before its first checkpoint starts over
+            self.metrics.truncate_after(-1)  # a run that died before its first checkpoint starts over
             return
         state = self.load_checkpoint(steps[-1])
         self.step_index = state["step"]

@@ -1,24 +1,33 @@
-"""PPO's prompts: read from the prompt files, a seeded held-out set for evaluation, and which prompts each step
-answers (the same at the same step on every resume)."""
+"""PPO's prompts: read from the prompt files (with each record's other fields, for reward functions), a seeded
+held-out set for evaluation, and which prompts each step answers (the same at the same step on every resume)."""
 
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass, field
 
 from common.config import PPOConfig
 from common.errors import EmptyDatasetError
 from common.records import prompt_of, read_many
 
 
-def load_prompts(ppo: PPOConfig) -> list[list[dict]]:
-    """User turns from ppo.prompt_files, each last user turn rendered through ppo.prompt_template."""
+@dataclass(frozen=True)
+class Prompt:
+    turns: list[dict]  # the chat to answer, its last user turn rendered through ppo.prompt_template
+    columns: dict = field(default_factory=dict)  # the record's other fields, for plug-in reward functions
+    source: str = ""  # file:line, named when a reward function fails on it
+
+
+def load_prompts(ppo: PPOConfig) -> list[Prompt]:
+    """Prompts from ppo.prompt_files: records whose turns end with a user turn, that turn rendered through
+    ppo.prompt_template."""
     prompts = []
     for record in read_many(ppo.prompt_files, ppo.max_prompts):
         turns = [dict(m) for m in prompt_of(record)]
         if not turns or turns[-1]["role"] != "user":
             continue
         turns[-1]["content"] = ppo.prompt_template.replace("{prompt}", turns[-1]["content"])
-        prompts.append(turns)
+        prompts.append(Prompt(turns, record.get("columns", {}), record["source"]))
     if not prompts:
         raise EmptyDatasetError(f"no PPO prompts ending in a user turn in {ppo.prompt_files}")
     return prompts

@@ -6,6 +6,7 @@ the config sections it reads (`role_args`), never from the whole config.
     value      DeepSpeed ZeRO ranks in their own process group (gae only)
     reference  a frozen copy of the starting policy (not for LoRA policies with ppo.reference=adapter_disabled)
     reward     the reward source: a reward-model actor, the HTTP service or a programmatic score
+    functions  plug-in reward functions (ppo.reward.functions), in a worker of their own
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from actors.fault import engine_group, record_fault
 from actors.group import RoleGroup
 from actors.policy import PolicyRole
 from actors.reference import ReferenceModel
+from actors.reward_functions import RewardFunctions
 from actors.reward_sources import make_reward_source
 from actors.rollout.engines import rollout_engine_class
 from actors.roster import write_roster
@@ -87,6 +89,7 @@ class PPORoles:
         self.value: RoleGroup | None = None
         self.reference: RoleGroup | None = None
         self.reward = None  # a reward source: score(prompts, responses) -> scores
+        self.functions: RewardFunctions | None = None  # plug-in reward functions, in a worker of their own
         self.rollout_engine: str | None = None  # "vllm" or "hf"
         self.sizes: dict = {}
         self.startup_s = 0.0
@@ -103,10 +106,11 @@ class PPORoles:
             resources.append(RoleResources("value", ppo.value_workers, cpus, gpus))
         if separate_reference(cfg):
             resources.append(RoleResources("reference", 1, cpus, gpus))
-        reward_actor = ppo.reward.rm_source == "model"
+        scores_preference = "rm" in ppo.reward.enabled_terms  # else no reward source at all (functions alone)
+        reward_actor = scores_preference and ppo.reward.rm_source == "model"
         if reward_actor:
             resources.append(RoleResources("reward", 1, cpus, gpus))
-        else:  # built first: an unreachable reward service fails the run before anything is reserved or started
+        elif scores_preference:  # built first: an unreachable reward service fails the run before anything starts
             self.reward = make_reward_source(ppo, cfg.reward_model, cfg.serve)
         # The whole plan (ppo.placement: strategy, colocation, node resource per role) is checked against the
         # cluster's nodes before any group is reserved: fail now, not after a wait.
@@ -133,6 +137,10 @@ class PPORoles:
         if reward_actor:
             self.reward = make_reward_source(ppo, cfg.reward_model, cfg.serve,
                                              (self.placement["reward"], bundles["reward"][0]))
+        if ppo.reward.functions:
+            # Light Python scoring beside the heavy roles: it reserves no CPU of the placement plan.
+            self.functions = RewardFunctions(ppo.reward.functions, ppo.reward.function_timeout_s,
+                                             ppo.reward.function_errors, {"num_cpus": 0})
         for trained in (self.policy, self.value):
             if trained is not None:
                 trained.connect()
@@ -146,6 +154,8 @@ class PPORoles:
         value_sizes = self.value.get(setups["value"], "setup")[0] if self.value is not None else {}
         for group_, refs, method in waits:
             group_.get(refs, method)
+        if self.functions is not None:
+            self.functions.ready()
         self.startup_s = time.perf_counter() - started
         engines = f"policy {self.sizes['engine']}" + (f", value {value_sizes['engine']}" if value_sizes else "")
         log.info("PPO roles up in %.1f s: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), %s, reference %s, "
@@ -166,5 +176,7 @@ class PPORoles:
         for group in self.groups().values():
             if group is not None:
                 group.kill()
+        if self.functions is not None:
+            self.functions.kill()
         for placement in {id(p): p for p in self.placement.values()}.values():
             release(placement)

@@ -20,6 +20,15 @@ class Rollout:
     behaviour: torch.Tensor  # [B, L-1] the engine's log-prob of each sampled token under the distribution that drew it
     generated_tokens: int
     finished: float  # share of responses that ended with EOS
+    columns: list[dict] = field(default_factory=list)  # each prompt record's other fields (reward functions)
+    sources: list[str] = field(default_factory=list)  # each prompt's file:line
+
+
+@dataclass
+class Scores:
+    rm: torch.Tensor  # [B] preference scores (zeros when the rm term is off)
+    functions: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] per plug-in reward term
+    errors: dict[str, int] = field(default_factory=dict)  # records a function failed on, scored 0 (errors=zero)
 
 
 @dataclass
@@ -56,7 +65,7 @@ class StepState:
     progress: float  # share of the run done before this step (the KL schedule reads it)
     timings: dict[str, float] = field(default_factory=dict)
     rollout: Rollout | None = None
-    score: torch.Tensor | None = None  # [B] preference scores
+    score: Scores | None = None
     reference: LogProbs | None = None
     values: torch.Tensor | None = None  # [B, L-1]
     advantages: Advantages | None = None

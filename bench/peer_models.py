@@ -128,7 +128,7 @@ def trl_grpo(cfg, spec: dict) -> dict:
     ppo, rollout = cfg.ppo, cfg.ppo.rollout
     path = model_path(cfg)
     tokenizer = load_tokenizer(path, cfg.model.chat_template)
-    pool = load_prompts(ppo)
+    pool = [prompt.turns for prompt in load_prompts(ppo)]
     picked = [i for step in range(1, ppo.steps + 1)
               for i in prompts_for_step(len(pool), ppo.rollout_batch_size, step, cfg.run.seed)]
     prompts = [pool[i] for i in picked]

@@ -231,11 +231,13 @@ def compare_dpo(steps: int, root: Path) -> dict:
     before training for every train and held-out pair, dpo.lr with the same cosine schedule and warm-up, clipping
     1.0, AdamW (0.9, 0.95); held-out implicit-reward accuracy at step 0, every dpo.eval_every steps and at the end.
     Not matched: rayalign drops pairs whose two replies encode identically (TRL would keep them; they are not in
-    either side's data here)."""
+    either side's data here); the 1-worker run (8 pairs x 2 accumulation) takes its pairs in its own order."""
     overrides = [f"dpo.max_steps={steps}", f"dpo.save_every={NEVER}", "dpo.export=false"]
     check_overrides(overrides)
     out = {"steps": steps, "pairs_per_step": 16}
     out["rayalign_2_workers"] = training_side(*rayalign("dpo", overrides, root, "dpo-rayalign"), "pairs")
+    one = overrides + ["dpo.num_workers=1", "dpo.grad_accum=2"]  # the plain engine; its own pair order
+    out["rayalign_1_worker"] = training_side(*rayalign("dpo", one, root, "dpo-rayalign-1"), "pairs")
     peer_wall, result = trl("dpo", overrides, root, "dpo-trl", workers=2)
     pairs = [result["pairs_per_step"]] * len(result["step_seconds"])
     out["trl"] = trl_training_side(peer_wall, result, "pairs", pairs)

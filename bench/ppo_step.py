@@ -61,7 +61,7 @@ def bench_rollout(cfg, batch: int, new_tokens: int) -> dict:
 
     path = str(resolve_path(cfg.model.path))
     tokenizer = load_tokenizer(path)
-    prompts = [encode_prompt(tokenizer, p, 96) for p in load_prompts(cfg.ppo)[:batch]]
+    prompts = [encode_prompt(tokenizer, p.turns, 96) for p in load_prompts(cfg.ppo)[:batch]]
     rollout = cfg.ppo.rollout
     engine = ray.remote(num_cpus=1)(RolloutEngine).remote(path, rollout, 0, 256)
     ray.get(engine.generate.remote(prompts[:2], None, 4))  # warm-up

@@ -59,9 +59,14 @@ class PlacementError(RuntimeError):
     """A role's resources cannot be reserved on this cluster."""
 
 
+class RewardFunctionError(ValueError):
+    """A plug-in reward function raised, timed out, or returned something that is not one number per response;
+    the message names the function and the first bad record."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, RecordError, ModelDirError, QuantizationUnavailable, EmptyDatasetError, ClusterUnreachable,
-    RewardModelTooLarge, PlacementError)
+    RewardModelTooLarge, PlacementError, RewardFunctionError)
 
 
 # ---- how a run ended early -------------------------------------------------------------------------------

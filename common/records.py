@@ -6,12 +6,15 @@ A record is a plain dict:
     chosen, rejected : str            preference data only: the better / worse assistant reply
     ratings  : [float]                optional human ratings (annotator gate)
     category : str                    optional mixing category (set by curation sources)
+    columns  : {field: value}         the row's fields no format reads (e.g. a reference answer), when it has
+                                      any: what plug-in reward functions receive beside the prompt
     source   : "file:line"            where the record came from, for error messages and review queues
 
 Formats recognised per row: instruction/input/output (Alpaca, with optional chosen/rejected), self-instruct
 (instruction + instances), `messages` (OpenAI), `conversations` (ShareGPT from/value, with optional
 chosen/rejected turns), KdConv (`messages` of {"message": ...}, alternating user/assistant),
-HH-RLHF transcripts ("\n\nHuman: ... \n\nAssistant: ..."), and prompt/response or prompt/chosen/rejected.
+HH-RLHF transcripts ("\n\nHuman: ... \n\nAssistant: ..."), and prompt/response, prompt/chosen/rejected or a
+prompt alone (a record to answer: PPO prompts).
 Files: .jsonl, .json (a list, or a mapping holding one), .parquet, a `datasets.save_to_disk` folder, a folder
 of such files, or a jobs.curate output folder (its curated file only).
 
@@ -237,6 +240,12 @@ def _hh_turns(transcript: str, where: str) -> list[dict]:
             for speaker, text in zip(parts[1::2], parts[2::2])]
 
 
+# The fields the formats above read; anything else in a row travels along as the record's columns.
+FORMAT_FIELDS = frozenset({"instruction", "input", "output", "instances", "messages", "conversations", "prompt",
+                           "response", "completion", "chosen", "rejected", "ratings", "annotator_ratings",
+                           "category"})
+
+
 def _extras(row: dict, record: dict, where: str) -> dict:
     ratings = row.get("ratings", row.get("annotator_ratings"))
     if ratings is not None:
@@ -247,6 +256,9 @@ def _extras(row: dict, record: dict, where: str) -> dict:
             raise RecordError.at(where, f"ratings must be numbers, got {ratings!r}") from None
     if row.get("category") is not None:
         record["category"] = str(row["category"])
+    columns = {key: value for key, value in row.items() if key not in FORMAT_FIELDS}
+    if columns:
+        record["columns"] = columns
     return record
 
 
@@ -299,6 +311,8 @@ def _normalise(row: dict, where: str) -> list[dict]:
             return [{"messages": messages, "chosen": _text(row["chosen"], where, "chosen"),
                      "rejected": _text(row["rejected"], where, "rejected")}]
         response = row.get("response", row.get("completion"))
+        if response is None:  # a prompt to answer (PPO), with no reply yet
+            return [{"messages": messages}]
         return [{"messages": messages + [{"role": "assistant", "content": _text(response, where, "response")}]}]
     if "chosen" in row and "rejected" in row:
         chosen = _hh_turns(_text(row["chosen"], where, "chosen"), where)

@@ -95,6 +95,8 @@ class RewardBatch:
     seq_kl: [B] per-sequence KL, the sum of per-token KL estimates over response tokens; needed for "kl".
     kl_coef: the KL controller's current coefficient; needed for "kl".
     safety_judge: classifies each response; needed for "safety".
+    extra_terms: name → ([B] scores, weight) of terms computed elsewhere (plug-in reward functions), mixed in
+        beside the enabled built-in terms.
     """
 
     responses: list[str]
@@ -102,10 +104,12 @@ class RewardBatch:
     seq_kl: torch.Tensor | None = None
     kl_coef: float | None = None
     safety_judge: SafetyJudge | None = None
+    extra_terms: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("rm_scores", "seq_kl"):
-            value = getattr(self, name)
+        shaped = {name: getattr(self, name) for name in ("rm_scores", "seq_kl")}
+        shaped.update({f"extra_terms[{name!r}]": values for name, (values, _) in self.extra_terms.items()})
+        for name, value in shaped.items():
             if value is not None and tuple(value.shape) != (len(self.responses),):
                 raise ValueError(f"RewardBatch.{name} must have shape [{len(self.responses)}] (one per response), "
                                  f"got {list(value.shape)}")
@@ -222,6 +226,10 @@ def mix_rewards(batch: RewardBatch, cfg: RewardSettings) -> MixedReward:
     check_term_names(cfg.enabled_terms)
     terms = {name: REWARD_TERMS.get(name)(batch, cfg) for name in cfg.enabled_terms}
     weighted = {name: term_weight(cfg, name) * value for name, value in terms.items()}
+    for name, (values, weight) in batch.extra_terms.items():
+        if name in terms:
+            raise ValueError(f"extra reward term {name!r} has the name of a built-in term")
+        terms[name], weighted[name] = values, weight * values
     terminal = torch.zeros(len(batch.responses), dtype=torch.float32)
     for name, value in weighted.items():
         if name != KL_TERM:

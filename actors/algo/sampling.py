@@ -38,6 +38,7 @@ from __future__ import annotations
 import torch
 
 GREEDY_BELOW = 1e-5  # vLLM samples greedily (argmax of the penalised logits) at temperatures under this
+CHUNK_ELEMENTS = 2 ** 24  # logits per batched pass of processed_logprobs (64 MiB of float32)
 
 
 def process_next_token_logits(
@@ -111,9 +112,9 @@ def processed_logprobs(
     that sampled it) gets −inf: PPO's ratio is 0 there and the clipped loss has no gradient for it, but
     (logp − old)² is inf; clamp before statistics that square a log-ratio.
 
-    Memory: rows are processed one at a time; per row the extra tensors are a few [T, V] copies (the sort
-    keeps int64 indices: 8 bytes per entry) and the seen set is built from each token's first position
-    ([V] int64), never as a [B, T, V] tensor.
+    Memory: rows go through in chunks of at most CHUNK_ELEMENTS logits; per chunk the extra tensors are a few
+    copies of its [c, T, V] logits (the sort keeps int64 indices: 8 bytes per entry) and the seen set, built from
+    each token's first position ([V] int64 per row).
     """
     batch, positions, vocab = logits.shape
     if input_ids.shape != (batch, positions + 1):
@@ -124,13 +125,19 @@ def processed_logprobs(
     # Padding may hold ids outside the vocabulary (e.g. −100); gather needs a valid index there.
     targets = torch.where(selected, input_ids[:, 1:], torch.zeros_like(input_ids[:, 1:]))
     step = torch.arange(positions, device=input_ids.device)
-    rows = []
-    for row_logits, row_ids, row_valid, row_targets in zip(logits, input_ids, valid, targets):
-        first = _first_positions(row_ids, row_valid, vocab)
-        seen = first[None, :] <= step[:, None]  # [T, V]: seen by position t iff first occurrence ≤ t
-        z = process_next_token_logits(row_logits, seen, temperature, top_p, repetition_penalty, top_k)
-        rows.append(z.log_softmax(dim=-1).gather(-1, row_targets[:, None].long()).squeeze(-1))
-    out = torch.stack(rows)
+    # Rows go through in chunks of at most CHUNK_ELEMENTS logits: one batched pass where the vocabulary is small
+    # (Python per row would cost more than the arithmetic), bounded memory where it is large.
+    rows_per_chunk = max(1, CHUNK_ELEMENTS // max(positions * vocab, 1))
+    parts = []
+    for start in range(0, batch, rows_per_chunk):
+        end = min(start + rows_per_chunk, batch)
+        first = torch.stack([_first_positions(input_ids[i], valid[i], vocab) for i in range(start, end)])
+        seen = first[:, None, :] <= step[None, :, None]  # [c, T, V]: seen by position t iff first occurrence ≤ t
+        z = process_next_token_logits(logits[start:end].reshape(-1, vocab), seen.reshape(-1, vocab), temperature,
+                                      top_p, repetition_penalty, top_k)
+        picked = z.log_softmax(dim=-1).gather(-1, targets[start:end].reshape(-1, 1).long())
+        parts.append(picked.view(end - start, positions))
+    out = torch.cat(parts)
     return torch.where(selected, out, torch.zeros_like(out))
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from common.configlib import param
 from common.errors import ConfigError
@@ -17,6 +17,28 @@ DEFAULT_FILLER_PHRASES = [
 
 
 RewardTermName = Literal["rm", "kl", "length", "repetition", "safety"]
+BUILT_IN_TERMS = ("rm", "kl", "length", "repetition", "safety")
+
+
+@dataclass(frozen=True)
+class RewardFunctionConfig:
+    """A reward term the user plugs in (actors/reward_functions.py)."""
+    callable: str = param("", "'package.module:function' or 'path/to/file.py:function', called as fn(prompts, "
+                              "responses, **columns, **kwargs) -> one number per response; prompts are each "
+                              "record's chat turns, columns the prompt file's other fields (e.g. a reference "
+                              "answer)")
+    weight: float = param(1.0, "weight of the term in the mixed reward", ge=0.0)
+    name: Optional[str] = param(None, "the term's name in the metrics (reward/<name>); unset: the function's name")
+    kwargs: dict[str, Any] = param({}, "fixed keyword arguments passed on every call (e.g. a regex pattern)")
+
+    @property
+    def term(self) -> str:
+        return self.name or self.callable.rpartition(":")[2]
+
+    def check(self) -> None:
+        if ":" not in self.callable:
+            raise ConfigError(f"callable must look like 'package.module:function' or 'path/to/file.py:function', "
+                              f"got {self.callable!r}")
 
 
 @dataclass(frozen=True)
@@ -59,12 +81,26 @@ class RewardMixConfig:
     reward_url: Optional[str] = param(None, "score with the HTTP reward service at this URL instead of an actor")
     reward_timeout_s: float = param(30.0, "HTTP reward request timeout", gt=0)
     reward_retries: int = param(3, "HTTP reward retries with exponential backoff", ge=0)
+    functions: list[RewardFunctionConfig] = param(
+        [], "plug-in reward terms beside the built-in ones, each {callable, weight, name, kwargs}; they run in a Ray "
+            "worker, each term is logged raw (reward/<name>) and weighted and added to the mixed reward")
+    function_timeout_s: float = param(60.0, "a reward function's call on one batch must return within this many "
+                                            "seconds", gt=0)
+    function_errors: Literal["fail", "zero"] = param(
+        "fail", "a reward function that raises, or returns a wrong length, NaN or a non-number: fail the step with "
+                "one line naming the function and the first bad record, or score the bad records 0 and count them "
+                "(reward/<name>_errors)")
 
     def check(self) -> None:
         if self.rm_source == "http" and "rm" in self.enabled_terms and not self.reward_url:
             raise ConfigError("reward_url must be set when rm_source=http")
-        if not self.enabled_terms:
-            raise ConfigError("enabled_terms must name at least one reward term")
+        if not self.enabled_terms and not self.functions:
+            raise ConfigError("enabled_terms must name at least one reward term (or give reward functions)")
+        names = [function.term for function in self.functions]
+        clashing = sorted({name for name in names if names.count(name) > 1 or name in BUILT_IN_TERMS})
+        if clashing:
+            raise ConfigError(f"functions: term name(s) {clashing} repeat or clash with a built-in term "
+                              f"{list(BUILT_IN_TERMS)}; give each function its own name")
         repeated = sorted({name for name in self.enabled_terms if self.enabled_terms.count(name) > 1})
         if repeated:
             raise ConfigError(f"enabled_terms lists {', '.join(repeated)} more than once")

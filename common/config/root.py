@@ -19,6 +19,7 @@ from common.config.training import DataConfig, DPOConfig, RewardModelConfig, SFT
 from common.configlib import apply_overrides, build, read_yaml, section
 from common.errors import ConfigError
 from common.model_dir import check_model_dir
+from common.plugins import check_reward_functions
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class Config:
                 check_model_dir(reward.rm_path, what="ppo.reward.rm_path")
             if "sft_model" not in wired:
                 check_model_dir(self.ppo_start_model, what="ppo.init_model" if self.ppo.init_model else "model.path")
+            check_reward_functions(self.ppo)
         elif stage in ("sft", "reward_model") or (stage == "dpo" and "sft_model" not in wired):
             check_model_dir(self.model.path, what="model.path")
 

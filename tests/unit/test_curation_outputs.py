@@ -165,12 +165,13 @@ def test_bad_input_is_skipped_counted_and_listed_while_the_rest_is_curated(tmp_p
 
 def test_nothing_readable_is_the_nothing_left_error_and_writes_nothing(tmp_path):
     mixed = tmp_path / "all_bad.jsonl"
-    mixed.write_text("{not json\n" + json.dumps({"prompt": "q"}) + "\n")
+    mixed.write_text("{not json\n" + json.dumps({"prompt": "q", "response": 7}) + "\n")
     sources = [{"path": str(mixed), "category": "general"}, {"path": str(tmp_path / "gone"), "category": "edge"}]
     read_rows = [row for i in range(len(sources)) for row in read_source({"index": i}, sources)]
     cfg = config(tmp_path)
     with pytest.raises(EmptyDatasetError, match=rf"nothing left to curate: .*2 malformed records, 1 unreadable "
-                                                rf"sources; first: {mixed}:1: invalid JSON .*{mixed}:2: missing "
-                                                rf"field 'response'; {tmp_path / 'gone'}: no such data file"):
+                                                rf"sources; first: {mixed}:1: invalid JSON .*{mixed}:2: field "
+                                                rf"'response' must be text, got int; {tmp_path / 'gone'}: no such "
+                                                rf"data file"):
         finish(cfg, build_rules(cfg.curate), gathered(cfg, answers={}, read_rows=read_rows), {})
     assert not (tmp_path / "t").exists()

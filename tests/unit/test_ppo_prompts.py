@@ -24,10 +24,18 @@ def test_template_wraps_the_last_user_turn_and_multi_turn_prompts_keep_their_his
     ])
     cfg = load_config(TINY_CPU, [f"ppo.prompt_files=[{files}]", "ppo.prompt_template='Q: {prompt} A:'"])
     prompts = load_prompts(cfg.ppo)
-    assert prompts[0] == [{"role": "user", "content": "Q: Say hi. A:"}]
+    assert prompts[0].turns == [{"role": "user", "content": "Q: Say hi. A:"}]
     # The policy answers the last user turn; earlier turns stay as they were, the final reply is dropped.
-    assert prompts[1] == [{"role": "user", "content": "Name a pet."}, {"role": "assistant", "content": "A cat."},
-                          {"role": "user", "content": "Q: Another? A:"}]
+    assert prompts[1].turns == [{"role": "user", "content": "Name a pet."}, {"role": "assistant", "content": "A cat."},
+                                {"role": "user", "content": "Q: Another? A:"}]
+    assert prompts[1].source == f"{files}:2" and prompts[1].columns == {}
+
+
+def test_a_prompt_keeps_its_other_fields_for_reward_functions(tmp_path):
+    files = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Tell me a story about a fox.", "animal": "fox"}])
+    [prompt] = load_prompts(load_config(TINY_CPU, [f"ppo.prompt_files=[{files}]"]).ppo)
+    assert prompt.turns == [{"role": "user", "content": "Tell me a story about a fox."}]
+    assert prompt.columns == {"animal": "fox"} and prompt.source == f"{files}:1"
 
 
 def test_no_prompt_ending_in_a_user_turn_is_a_clear_error(tmp_path):

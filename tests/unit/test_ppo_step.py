@@ -10,7 +10,7 @@ import torch
 
 from actors.ppo_advantages import compute_advantages
 from actors.ppo_loop import PHASES, PPOLoop
-from actors.ppo_step import LogProbs, Rollout, StepState
+from actors.ppo_step import LogProbs, Rollout, Scores, StepState
 from actors.protocol import TokenBatch
 from common.config import load_config
 
@@ -32,7 +32,7 @@ def test_grpo_advantages_of_a_step_are_each_answer_against_its_group_by_hand():
     zeros = torch.zeros_like(tokens.action_mask)
     rollout = Rollout([[]] * 4, ["0", "0", "1", "1"], ["a", "b", "c", "d"], tokens, zeros, 7, 1.0)
     scores = torch.tensor([3.0, 1.0, 0.5, 2.5])
-    adv = compute_advantages(cfg.ppo, rollout, scores, LogProbs(zeros, zeros, zeros), zeros, kl_coef=0.05)
+    adv = compute_advantages(cfg.ppo, rollout, Scores(scores), LogProbs(zeros, zeros, zeros), zeros, kl_coef=0.05)
     # Group (3, 1): mean 2, std sqrt(2) → ±1/(sqrt(2) + 1e-4); group (0.5, 2.5): mean 1.5, the same spread.
     expected = torch.tensor([1.0, -1.0, -1.0, 1.0]) / (2 ** 0.5 + 1e-4)
     mask = tokens.action_mask.bool()
@@ -43,12 +43,29 @@ def test_grpo_advantages_of_a_step_are_each_answer_against_its_group_by_hand():
     assert adv.seq_kl.tolist() == [0.0] * 4 and adv.kl_coef == 0.05
 
 
+def test_a_plug_in_reward_term_is_weighted_into_the_return_and_logged_raw_and_weighted():
+    cfg = load_config(None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.rollout_batch_size=1",
+                             "ppo.mini_batch_size=2", "ppo.reward.enabled_terms=[rm]", "ppo.reward.rm_weight=1.0",
+                             "ppo.reward.functions=[{callable: 'actors.reward_library:mentions_answer', "
+                             "name: named, weight: 2.0}]"])
+    tokens = TokenBatch.from_samples([[1], [1]], [[4, 5], [6, 7]], pad_id=0)
+    zeros = torch.zeros_like(tokens.action_mask)
+    rollout = Rollout([[]] * 2, ["0", "0"], ["a", "b"], tokens, zeros, 4, 1.0)
+    scores = Scores(torch.tensor([1.0, 1.0]), {"named": torch.tensor([1.0, 0.0])})
+    adv = compute_advantages(cfg.ppo, rollout, scores, LogProbs(zeros, zeros, zeros), zeros, 0.05)
+    # Returns: rm 1 + 2 × named → 3 and 1, so the group's advantages are ±(3 − 2) / (sqrt(2) + 1e-4).
+    assert adv.returns[tokens.action_mask.bool()].tolist() == [3.0, 3.0, 1.0, 1.0]
+    assert adv.reward_metrics["reward/named"] == 0.5 and adv.reward_metrics["reward/named_weighted"] == 1.0
+    assert adv.advantages[0, 0].item() == pytest.approx(1 / (2 ** 0.5 + 1e-4), rel=1e-6)
+
+
 def test_gae_needs_the_value_model_and_whitens_over_the_batch():
     cfg = load_config(None, ["ppo.reward.enabled_terms=[rm]", "ppo.reward.rm_weight=1.0", "ppo.lam=1.0"])
     tokens = TokenBatch.from_samples([[1], [1]], [[4, 5], [6, 7]], pad_id=0)
     zeros = torch.zeros_like(tokens.action_mask)
     rollout = Rollout([[]] * 2, ["0", "1"], ["a", "b"], tokens, zeros, 4, 1.0)
-    adv = compute_advantages(cfg.ppo, rollout, torch.tensor([1.0, 3.0]), LogProbs(zeros, zeros, zeros), zeros, 0.05)
+    adv = compute_advantages(cfg.ppo, rollout, Scores(torch.tensor([1.0, 3.0])), LogProbs(zeros, zeros, zeros),
+                             zeros, 0.05)
     mask = tokens.action_mask.bool()
     # λ = γ = 1 and zero values: every token's return is its response's score. Whitened over the 4 response
     # tokens: mean 2, unbiased variance 4/3, so (1 − 2) / sqrt(4/3) = −sqrt(3)/2 and (3 − 2) / sqrt(4/3) =

@@ -122,6 +122,14 @@ def test_strict_reading_for_training_jobs_stops_at_the_first_bad_row(tmp_path):
         read_many([path])
 
 
+def test_a_prompt_alone_is_a_record_to_answer_and_unread_fields_travel_as_columns():
+    [record] = normalise({"prompt": "Tell me a story about a fox.", "animal": "fox", "id": 3}, "f:2")
+    assert record == {"messages": [{"role": "user", "content": "Tell me a story about a fox."}], "source": "f:2",
+                      "columns": {"animal": "fox", "id": 3}}
+    [plain] = normalise({"instruction": "q", "output": "a"}, "f:3")
+    assert "columns" not in plain  # every field was read
+
+
 @pytest.mark.parametrize("row, reason", [
     ({"instruction": "q", "output": "a", "ratings": "high"}, "field 'ratings' must be a list, got str"),
     ({"instruction": "q", "output": "a", "ratings": [4, "x"]}, "ratings must be numbers, got [4, 'x']"),
@@ -129,7 +137,7 @@ def test_strict_reading_for_training_jobs_stops_at_the_first_bad_row(tmp_path):
     ({"instruction": "q", "instances": ["a"]}, "every item of 'instances' must be an object"),
     ({"instruction": 7, "instances": [{"output": "a"}]}, "field 'instruction' must be text, got int"),
     ({"messages": [{"message": "hi"}, "hello"]}, "a turn must be an object, got str"),
-    ({"prompt": "q"}, "missing field 'response'"),
+    ({"prompt": "q", "response": 7}, "field 'response' must be text, got int"),
 ])
 def test_wrong_types_are_record_errors_not_crashes(row, reason):
     with pytest.raises(RecordError) as info:

@@ -1,0 +1,37 @@
+"""What one PPO step logs (metrics.jsonl, TensorBoard): rewards by term, KL, lengths, the train phase's figures,
+rollout speed and how far the ratio's π_old is from the distribution that sampled. Pure: read from the step's
+typed results, so it needs no actor."""
+
+from __future__ import annotations
+
+from actors.algo import behaviour_mismatch
+from actors.ppo_step import StepState
+
+
+def step_metrics(s: StepState, kl_scale: float, lr: float) -> dict:
+    rollout, adv = s.rollout, s.advantages
+    mask = rollout.tokens.action_mask
+    return {
+        "reward/rm_mean": float(s.score.rm.mean()), "reward/rm_std": float(s.score.rm.std(unbiased=False)),
+        **{f"reward/{name}_errors": count for name, count in s.score.errors.items()},
+        **adv.reward_metrics, "kl": float(adv.seq_kl.mean()), "kl_coef": adv.kl_coef,
+        "kl_scale": kl_scale, "kl_k3": adv.seq_kl_k3,
+        "kl_per_token": float(adv.seq_kl.sum() / max(float(mask.sum()), 1.0)),
+        "response_tokens_mean": float(mask.sum(-1).mean()),
+        "response_chars_mean": sum(len(r) for r in rollout.responses) / len(rollout.responses),
+        "finished_share": rollout.finished, **s.train,
+        "rollout_tokens_per_s": rollout.generated_tokens / max(s.timings["rollout"], 1e-9),
+        "lr": lr, **sampler_gap(s),
+    }
+
+
+def sampler_gap(s: StepState) -> dict:
+    """How far π_old is from the distribution that sampled (the engine's log-probs): the ratio's π_old, and the
+    temperature-only one for comparison (the gap ppo.trainer_logprobs=processed closes)."""
+    mask, behaviour = s.rollout.tokens.action_mask, s.rollout.behaviour
+    gap = {f"rollout/{k}": float(v) for k, v in behaviour_mismatch(s.reference.old, behaviour, mask).items()}
+    plain = behaviour_mismatch(s.reference.kl_old, behaviour, mask)
+    gap["rollout/behaviour_kl_temperature"] = float(plain["behaviour_kl"])
+    gap["rollout/ratio_outside_share_temperature"] = float(plain["ratio_outside_share"])
+    gap["rollout/nucleus_edge_share"] = s.reference.dropped_share
+    return gap

@@ -1,0 +1,62 @@
+"""Write a verifiable prompt set as JSONL (a prompt and the reference answer a reward function checks), in the
+format PPO reads (`ppo.prompt_files`), made by code so that anyone can regenerate it.
+
+    python -m jobs.make_task animals --out data/animals.jsonl [--repeats 8] [--seed 0]
+
+animals: "Tell me a story about a {animal}." with the animal in an `animal` column; a story that names it earns
+1 from configs/rewards/names_the_animal.py. The tiny TinyStories policy knows these animals, and names the asked-for
+one in only some of its stories before training: something it can learn within a few GRPO steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+from pathlib import Path
+
+from jobs import cli
+
+ANIMALS = ("dog", "cat", "bird", "fish", "bear", "bunny", "frog", "duck", "cow", "horse", "lion", "mouse", "pig",
+           "sheep", "fox", "owl")
+TEMPLATES = ("Tell me a story about a {animal}.", "Write a short story about a {animal}.",
+             "Can you tell a story about a little {animal}?", "Tell a bedtime story about a {animal}.")
+
+
+def animal_rows(repeats: int, seed: int) -> list[dict]:
+    """Every animal in every template, `repeats` times, shuffled with `seed`."""
+    rows = [{"prompt": template.format(animal=animal), "animal": animal}
+            for _ in range(repeats) for template in TEMPLATES for animal in ANIMALS]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+TASKS = {"animals": animal_rows}
+
+
+def write_jsonl(rows: list[dict], out: Path) -> Path:
+    """Written to a temp file beside `out`, then renamed: a reader never sees half a file."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.replace(out)
+    return out
+
+
+def main(argv: list[str] | None = None) -> Path:
+    parser = argparse.ArgumentParser(prog="python -m jobs.make_task", description=__doc__.split("\n\n")[0])
+    parser.add_argument("task", choices=sorted(TASKS), help="which prompt set to write")
+    parser.add_argument("--out", required=True, type=Path, help="the JSONL file to write")
+    parser.add_argument("--repeats", type=int, default=8, help="how many times each prompt appears (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the order (default 0)")
+    args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    path = write_jsonl(TASKS[args.task](args.repeats, args.seed), args.out)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main("jobs.make_task", main))
