@@ -45,10 +45,14 @@ class RewardClient:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def check_reachable(self) -> None:
-        """Fail now, naming the URL, when nothing answers there (after the same retries with backoff as a
-        score): a run checks this before it starts its roles. Any HTTP answer counts as reachable."""
-        self._request("GET", "/healthz", retry_status=frozenset())
+    def check_authorized(self) -> None:
+        """Fail now, naming the URL, when nothing answers there (after the same retries with backoff as a score)
+        or when the service refuses this client's token: a run checks this before it starts its roles. /stats
+        needs the token whenever the service has one, so a wrong or missing token shows here."""
+        response = self._request("GET", "/stats", retry_status=frozenset())
+        if response.status_code in (401, 403):
+            raise RewardServiceError(f"reward service at {self.url} refused the token (HTTP {response.status_code}: "
+                                     f"{_error_text(response)})")
 
     def _post(self, path: str, payload: dict) -> dict:
         response = self._request("POST", path, json=payload)

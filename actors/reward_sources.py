@@ -2,7 +2,8 @@
 
   model    the trained reward model in its own Ray actor (actors/reward.py)
   http     the reward service over HTTP (serve/reward_app.py), with timeouts and retries; checked when
-           built, so an unreachable URL fails the run before its roles start
+           built with an authenticated call, so an unreachable URL or a refused token fails the run (exit 2)
+           before its roles start
   keyword  a programmatic score, the count of a chosen word: a real, cheap reward for demos and for tests
            that must show learning without a trained reward model
   filler   DELIBERATELY HACKABLE: pays for filler/jargon phrases (tokens inside them, capped), the way a
@@ -19,8 +20,9 @@ import re
 from actors.algo.registry import Registry
 from actors.algo.response_stats import filler_density, phrase_tokens
 from actors.algo.text import text_tokens
+from common.auth import resolve_token
 from common.config import PPOConfig, RewardModelConfig, ServeConfig, resolve_path
-from common.errors import ConfigError
+from common.errors import ConfigError, RewardServiceError
 
 REWARD_SOURCES: Registry = Registry("reward source")
 
@@ -78,15 +80,16 @@ def _filler(ppo: PPOConfig, reward_model: RewardModelConfig, serve: ServeConfig,
 
 @REWARD_SOURCES.register("http")
 def _http(ppo: PPOConfig, reward_model: RewardModelConfig, serve: ServeConfig, placement=None):
-    import os
-
     from actors.reward_client import RewardClient
 
     reward = ppo.reward
-    token = os.environ.get(serve.auth_token_env) or None
+    # The token the service itself would read: serve.auth_token_file, else the variable serve.auth_token_env names.
     client = RewardClient(reward.reward_url, timeout_s=reward.reward_timeout_s, retries=reward.reward_retries,
-                          token=token)
-    client.check_reachable()
+                          token=resolve_token(serve.auth_token_env, serve.auth_token_file))
+    try:
+        client.check_authorized()
+    except RewardServiceError as exc:
+        raise ConfigError(f"ppo.reward.reward_url: {exc}") from None
     return client
 
 

@@ -27,8 +27,9 @@ def serve_forever(cfg: Config) -> None:
     from common.model_dir import check_model_dir
     from serve import reward_app
 
-    # Before Ray starts: a wrong path fails in a second.
+    # Before Ray starts: a wrong path, or an open service on a reachable host, fails in a second.
     check_model_dir(reward_app.served_model_path(cfg), what="serve.model_path")
+    reward_app.check_exposure(cfg)
     info = runtime.start(cfg.ray)
     try:
         url = reward_app.deploy(cfg)

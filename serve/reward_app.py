@@ -9,8 +9,11 @@
 
 Concurrent requests are merged by @serve.batch into one model pass (max_batch_size / batch_wait_timeout_s
 from ServeConfig); tokenisation happens per request, before batching, so a bad request fails alone.
-Scoring routes need `Authorization: Bearer <token>` when a token is configured (ServeConfig.auth_token_file
-or the env var named by auth_token_env, read on the replica). Bodies over max_request_bytes get 413, invalid
+Scoring routes and /stats need `Authorization: Bearer <token>` when a token is configured
+(ServeConfig.auth_token_file, or the env var named by auth_token_env where the service is started); the token
+travels with the deployment (its runtime environment), so a replica on any node of a cluster enforces it, and a
+service on a host other machines can reach refuses to start without one (unless serve.allow_unauthenticated).
+/healthz answers without a token and names no paths; a 5xx body carries a request id the log has the detail for. Bodies over max_request_bytes get 413, invalid
 requests 400/422 with a readable "error"; nothing a client sends produces a bare 500.
 
 Started by `python -m jobs.serve_rm --config ...`, or `serve run serve/serve_config.yaml` / `serve deploy`,
@@ -23,6 +26,7 @@ import asyncio
 import hmac
 import logging
 import os
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +39,7 @@ from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.reward import Encoded, RewardModel
+from common.auth import LOOPBACK_HOSTS, resolve_token
 from common.config import Config, resolve_path
 from common.configlib import apply_overrides, build, read_yaml
 from common.errors import ConfigError
@@ -54,32 +59,19 @@ class ReplicaSettings:
     max_batch_size: int
     batch_wait_timeout_s: float
     max_request_bytes: int
-    auth_token_env: str
-    auth_token_file: str | None
+    auth_token_env: str  # the replica reads its token here: the deployment's runtime environment sets it
 
     @classmethod
     def from_config(cls, cfg: Config) -> "ReplicaSettings":
-        token_file = cfg.serve.auth_token_file
         return cls(model_path=str(served_model_path(cfg)), max_length=cfg.reward_model.max_length,
                    score_batch_size=cfg.reward_model.score_batch_size, max_batch_size=cfg.serve.max_batch_size,
                    batch_wait_timeout_s=cfg.serve.batch_wait_timeout_s,
-                   max_request_bytes=cfg.serve.max_request_bytes, auth_token_env=cfg.serve.auth_token_env,
-                   auth_token_file=str(resolve_path(token_file)) if token_file else None)
+                   max_request_bytes=cfg.serve.max_request_bytes, auth_token_env=cfg.serve.auth_token_env)
 
 
 def served_model_path(cfg: Config) -> Path:
     """serve.model_path, else the reward model this config trains (<output_root>/<name>/reward_model/model)."""
     return resolve_path(cfg.serve.model_path) if cfg.serve.model_path else cfg.run.output_dir("reward_model") / "model"
-
-
-def resolve_token(env_name: str, token_file: str | None) -> str | None:
-    """The bearer token: the file's contents when a file is configured, else the env var; None means no auth."""
-    if token_file:
-        token = Path(token_file).read_text().strip()
-        if not token:
-            raise ValueError(f"auth token file {token_file} is empty")
-        return token
-    return os.environ.get(env_name) or None
 
 
 class BodySizeLimit:
@@ -127,8 +119,11 @@ async def _validation_error(request: Request, exc: RequestValidationError) -> JS
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("reward service failed on %s", request.url.path)
-    return JSONResponse({"error": f"internal error: {type(exc).__name__}: {exc}"}, status_code=500)
+    """No exception text leaves the service (it can name files or data); the request id finds it in the log."""
+    request_id = uuid.uuid4().hex[:12]
+    log.exception("reward service failed on %s (request %s)", request.url.path, request_id)
+    return JSONResponse({"error": "internal error; the service log has the details", "request_id": request_id},
+                        status_code=500)
 
 
 async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -162,9 +157,10 @@ def build_http_app(service: "RewardService") -> FastAPI:
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
-        return Health(status="ok", model=service.settings.model_path, input_format=service.model.input_format)
+        return Health(status="ok", model=Path(service.settings.model_path).name,
+                      input_format=service.model.input_format)
 
-    @app.get("/stats", response_model=Stats)
+    @app.get("/stats", response_model=Stats, dependencies=authorized, responses=ERROR_RESPONSES)
     async def stats() -> Stats:
         return Stats(requests=service.requests, batches=sum(service.batch_sizes.values()),
                      batch_sizes=dict(service.batch_sizes))
@@ -188,10 +184,9 @@ class RewardService:
     def __init__(self, settings: dict):
         self.settings = ReplicaSettings(**settings)
         self.model = RewardModel(self.settings.model_path, self.settings.max_length, self.settings.score_batch_size)
-        self.token = resolve_token(self.settings.auth_token_env, self.settings.auth_token_file)
+        self.token = os.environ.get(self.settings.auth_token_env) or None
         if self.token is None:
-            log.warning("reward service runs without authentication (no token in %s or a token file)",
-                        self.settings.auth_token_env)
+            log.warning("reward service runs without authentication (no token in %s)", self.settings.auth_token_env)
         self.score_batched.set_max_batch_size(self.settings.max_batch_size)
         self.score_batched.set_batch_wait_timeout_s(self.settings.batch_wait_timeout_s)
         self.requests = 0
@@ -230,12 +225,25 @@ def deployment_options(cfg: Config) -> dict:
 
 def reward_application(cfg: Config):
     """The bound Serve application for `cfg` (fails here, on the caller's side, if the model folder or the
-    token file is missing)."""
+    token file is missing). The token is read here, where the service is started, and travels in every
+    replica's runtime environment, whichever node the replica lands on."""
     check_model_dir(served_model_path(cfg), what="serve.model_path")
     settings = ReplicaSettings.from_config(cfg)
-    if settings.auth_token_file and not Path(settings.auth_token_file).is_file():
-        raise ConfigError(f"serve.auth_token_file {settings.auth_token_file} does not exist")
-    return RewardService.options(**deployment_options(cfg)).bind(asdict(settings))
+    options = deployment_options(cfg)
+    token = resolve_token(cfg.serve.auth_token_env, cfg.serve.auth_token_file)
+    if token is not None:
+        options["ray_actor_options"]["runtime_env"] = {"env_vars": {cfg.serve.auth_token_env: token}}
+    return RewardService.options(**options).bind(asdict(settings))
+
+
+def check_exposure(cfg: Config) -> None:
+    """A service other machines can reach must require a token, unless the config says otherwise."""
+    if cfg.serve.host in LOOPBACK_HOSTS or cfg.serve.allow_unauthenticated:
+        return
+    if resolve_token(cfg.serve.auth_token_env, cfg.serve.auth_token_file) is None:
+        raise ConfigError(f"serve.host={cfg.serve.host} lets other machines reach the reward service, and no token is "
+                          f"set: set serve.auth_token_file (or the {cfg.serve.auth_token_env} variable), or "
+                          f"serve.allow_unauthenticated=true to serve it open")
 
 
 def config_from_args(args: dict) -> Config:
@@ -267,6 +275,7 @@ def build_app(args: dict):
 
 def deploy(cfg: Config) -> str:
     """Start Serve's HTTP proxy on serve.host:serve.port, deploy the app, return its base URL."""
+    check_exposure(cfg)
     serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
     serve.run(reward_application(cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     return f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"

@@ -22,7 +22,8 @@ class RolloutEngine(Located):
     engine = "vllm"
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32"):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cfg.kv_cache_gib))
+        # The config decides, not the worker default the runtime exports for every Ray worker (cluster/runtime.py).
+        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM
 
@@ -100,6 +101,11 @@ class RolloutEngine(Located):
 
     def ping(self) -> bool:
         return True
+
+    def kv_cache_tokens(self) -> int:
+        """Tokens the engine's KV cache holds (blocks × block size): what ppo.rollout.kv_cache_gib buys on CPU."""
+        cache = self.llm.llm_engine.vllm_config.cache_config
+        return cache.num_gpu_blocks * cache.block_size
 
     def set_calls(self, calls: int) -> None:
         """Restore the sampling-seed counter on resume (samples after a resume match an unbroken run)."""

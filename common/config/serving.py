@@ -31,6 +31,8 @@ class ServeConfig:
     max_request_bytes: int = param(1_000_000, "larger request bodies get 413", gt=0)
     auth_token_env: str = param("RAYALIGN_REWARD_TOKEN", "env var holding the bearer token (unset var: no auth)")
     auth_token_file: Optional[str] = param(None, "file holding the bearer token (wins over auth_token_env)")
+    allow_unauthenticated: bool = param(False, "start on a host other machines can reach (serve.host not loopback) "
+                                               "without a token; off: that is refused")
 
     def check(self) -> None:
         if self.max_ongoing_requests < self.max_batch_size:

@@ -14,7 +14,7 @@ import pytest
 import requests
 
 from common.config import load_config
-from common.errors import RewardServiceError
+from common.errors import ConfigError
 from common.metrics import read_jsonl
 from jobs.ppo import run
 from tests.conftest import POLICY_PATH, TINY_CPU
@@ -108,7 +108,8 @@ def test_export_loads_and_differs_from_the_start(model_run):
 def test_unreachable_reward_url_fails_fast_naming_it(ray_session, tmp_path):
     url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     started = time.monotonic()
-    with pytest.raises(RewardServiceError, match=re.escape(f"reward service at {url}/healthz failed after 2 attempts")):
+    with pytest.raises(ConfigError, match=re.escape(f"ppo.reward.reward_url: reward service at {url}/stats failed "
+                                                  f"after 2 attempts")):
         ppo(tmp_path, "ppo.reward.rm_source=http", f"ppo.reward.reward_url={url}", "ppo.reward.reward_retries=1",
             "ppo.export=false")
     # Checked before any role is reserved or started (those take minutes here), after one 0.5 s backoff.

@@ -15,7 +15,7 @@ from actors import reward
 from actors.chat import render
 from actors.reward_client import RewardClient
 from common.config import load_config
-from common.errors import RewardServiceError
+from common.errors import ConfigError, RewardServiceError
 from tests.conftest import TINY_CPU
 from tests.helpers import free_port
 from tests.reward_helpers import make_reward_dir
@@ -64,6 +64,10 @@ def url(ray_session, reward_dir, tmp_path_factory):
 def post(url: str, path: str, body=None, token: str | None = TOKEN, **kwargs) -> requests.Response:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return requests.post(f"{url}{path}", json=body, headers=headers, timeout=60, **kwargs)
+
+
+def stats(url: str) -> dict:
+    return requests.get(f"{url}/stats", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
 
 
 def test_scores_over_http_equal_the_in_process_model(url, local_model):
@@ -129,7 +133,9 @@ def test_missing_or_wrong_token_gets_401(url):
     assert missing.headers["WWW-Authenticate"] == "Bearer"
     wrong = post(url, "/get_reward", {"query": ["a"]}, token="not-the-token")
     assert wrong.status_code == 401 and "invalid bearer token" in wrong.json()["error"]
-    assert requests.get(f"{url}/healthz", timeout=30).json()["status"] == "ok"
+    assert requests.get(f"{url}/stats", timeout=30).status_code == 401  # what it has served is not public either
+    health = requests.get(f"{url}/healthz", timeout=30).json()  # liveness needs no token, and names no path
+    assert health["status"] == "ok" and "/" not in health["model"]
 
 
 def test_openapi_schema_documents_the_endpoints_and_auth(url):
@@ -140,7 +146,7 @@ def test_openapi_schema_documents_the_endpoints_and_auth(url):
 
 
 def test_concurrent_requests_are_batched(url):
-    before = requests.get(f"{url}/stats", timeout=30).json()
+    before = stats(url)
     clients = 2 * MAX_BATCH
     start = threading.Barrier(clients)
     statuses: list[int] = []
@@ -155,7 +161,7 @@ def test_concurrent_requests_are_batched(url):
         thread.start()
     for thread in threads:
         thread.join()
-    after = requests.get(f"{url}/stats", timeout=30).json()
+    after = stats(url)
     assert statuses == [200] * clients
     new_batches = {int(size): count - before["batch_sizes"].get(size, 0)
                    for size, count in after["batch_sizes"].items() if count > before["batch_sizes"].get(size, 0)}
@@ -189,3 +195,23 @@ def test_client_retries_with_backoff_then_names_the_url():
     assert time.monotonic() - started >= 0.2 + 0.4  # two backoffs: 0.2 s then 0.4 s
     assert f"reward service at {closed}/score failed after 3 attempts (2 retries" in str(failure.value)
     assert "ConnectionError" in str(failure.value)
+
+
+def test_ppo_reads_the_token_as_the_service_does_and_a_refused_one_stops_it_before_its_roles(url, tmp_path):
+    """The PPO client takes serve.auth_token_file like the service, and its start-up check is an authenticated
+    call: a wrong token is one ConfigError (exit 2) before any role is reserved or started."""
+    from actors.reward_sources import make_reward_source
+
+    right, wrong = tmp_path / "right", tmp_path / "wrong"
+    right.write_text(TOKEN + "\n")
+    wrong.write_text("not-the-token")
+
+    def source(token_file):
+        cfg = load_config(TINY_CPU, ["ppo.reward.rm_source=http", f"ppo.reward.reward_url={url}",
+                                     "ppo.reward.reward_retries=0", f"serve.auth_token_file={token_file}"])
+        return make_reward_source(cfg.ppo, cfg.reward_model, cfg.serve)
+
+    assert len(source(right).score([[{"role": "user", "content": "a"}]], ["b"])) == 1
+    with pytest.raises(ConfigError, match=rf"^ppo.reward.reward_url: reward service at {url} refused the token "
+                                          rf"\(HTTP 401: invalid bearer token\)$"):
+        source(wrong)

@@ -65,3 +65,14 @@ def test_after_the_same_weight_sync_both_engines_stop_at_eos_alike(engines, prom
     assert min(len(s.response_ids) for s in ours) > 1  # stopped part-way, not at once
     for a, b in zip(ours, theirs):
         assert torch.allclose(torch.tensor(a.response_logprobs), torch.tensor(b.response_logprobs), atol=1e-4)
+
+
+def test_the_kv_cache_size_follows_the_config(engines):
+    """ppo.rollout.kv_cache_gib reaches the engine, though every Ray worker starts with the runtime's default."""
+    vllm, _ = engines
+    bigger = ray.remote(num_cpus=0.5)(RolloutEngine).remote(str(POLICY_PATH), RolloutConfig(kv_cache_gib=2), 0, 256)
+    try:
+        one, two = ray.get(vllm.kv_cache_tokens.remote()), ray.get(bigger.kv_cache_tokens.remote())
+    finally:
+        ray.kill(bigger)
+    assert one > 0 and two == pytest.approx(2 * one, rel=1e-3)  # whole blocks: within one block of 2x

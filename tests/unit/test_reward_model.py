@@ -13,9 +13,10 @@ from actors import reward
 from actors.reward_client import RewardClient
 from actors.reward_trainer import (EncodedPair, build_preference_split, check_lora_targets, pairwise_metrics,
                                    wilson_interval)
+from common.auth import resolve_token
 from common.config import load_config
 from common.errors import ConfigError, RecordError
-from serve.reward_app import build_app, config_from_args, deployment_options, resolve_token
+from serve.reward_app import build_app, config_from_args, deployment_options
 from serve.schemas import GetRewardRequest, ScoreRequest
 from tests.conftest import POLICY_PATH, TINY_CPU
 
@@ -207,3 +208,36 @@ def test_client_backoff_doubles_and_is_capped():
     client = RewardClient("http://127.0.0.1:1", backoff_s=0.5, max_backoff_s=3.0)
     assert [client.backoff(n) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
     assert math.isclose(sum(client.backoff(n) for n in range(1, 4)), 3.5)
+
+
+def test_a_service_other_machines_can_reach_needs_a_token_unless_told_otherwise(tmp_path, monkeypatch):
+    from serve.reward_app import check_exposure
+
+    monkeypatch.delenv("RAYALIGN_REWARD_TOKEN", raising=False)
+    check_exposure(load_config(None, ["serve.host=127.0.0.1"]))  # loopback: only this machine
+    with pytest.raises(ConfigError, match=r"^serve.host=0.0.0.0 lets other machines reach the reward service, and no "
+                                          r"token is set: set serve.auth_token_file"):
+        check_exposure(load_config(None, ["serve.host=0.0.0.0"]))
+    check_exposure(load_config(None, ["serve.host=0.0.0.0", "serve.allow_unauthenticated=true"]))
+    monkeypatch.setenv("RAYALIGN_REWARD_TOKEN", "t")
+    check_exposure(load_config(None, ["serve.host=0.0.0.0"]))
+
+
+def test_a_500_names_a_request_id_not_the_exception(caplog):
+    import asyncio
+    import json
+
+    from starlette.requests import Request
+
+    from serve.reward_app import _unexpected_error
+
+    request = Request({"type": "http", "method": "POST", "path": "/score", "headers": [], "query_string": b""})
+    with caplog.at_level("ERROR", logger="rayalign.serve"):
+        try:
+            raise RuntimeError("/secret/path/model.bin is corrupt")
+        except RuntimeError as exc:
+            response = asyncio.run(_unexpected_error(request, exc))
+    body = json.loads(response.body)
+    assert response.status_code == 500 and "secret" not in response.body.decode()
+    assert body["error"] == "internal error; the service log has the details" and len(body["request_id"]) == 12
+    assert body["request_id"] in caplog.text and "/secret/path/model.bin is corrupt" in caplog.text
