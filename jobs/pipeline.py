@@ -37,11 +37,30 @@ PRODUCES = {"curate": ("curated",), "sft": ("sft_model",), "reward_model": ("rew
             "dpo": ("policy",)}
 
 
-def check_stages(cfg: Config) -> None:
+def stages_for_task(cfg: Config) -> tuple[list[str], str | None]:
+    """(the stages to run, the line that says why they differ from pipeline.stages, or None). SPEC §4: a
+    formatted-output task (code, extraction) needs SFT only, so its RLHF stages are skipped unless
+    pipeline.force_rlhf asks for them."""
+    from jobs.planning.profiles import FORMATTED_OUTPUT_TASKS, RLHF_STAGES, recommend_alignment
+
+    task = cfg.pipeline.task_type or cfg.profile.task_type
+    stages = list(cfg.pipeline.stages)
+    rlhf = [stage for stage in stages if stage in RLHF_STAGES]
+    if task not in FORMATTED_OUTPUT_TASKS or not rlhf:
+        return stages, None
+    if cfg.pipeline.force_rlhf:
+        return stages, (f"pipeline.force_rlhf=true: running {', '.join(rlhf)} for a {task} task, which SPEC §4 "
+                        f"would train with SFT only")
+    why = recommend_alignment(task, stages).reason
+    return [stage for stage in stages if stage not in RLHF_STAGES], (f"skipping {', '.join(rlhf)}: {why} "
+                                                                     f"(pipeline.force_rlhf=true runs them)")
+
+
+def check_stages(cfg: Config, stages: list[str]) -> None:
     """Every stage's own rules (Config.check_stage) before Ray starts, not when its turn comes after an hour of
     earlier stages; an input an earlier stage will produce need not exist yet."""
     wired: set[str] = set()
-    for stage in cfg.pipeline.stages:
+    for stage in stages:
         cfg.check_stage(stage, wired)
         wired.update(PRODUCES[stage])
 
@@ -148,13 +167,16 @@ def run(cfg: Config) -> dict:
     from cluster import runtime
     from jobs.pipeline_report import write_report
 
-    check_stages(cfg)
+    stages, why = stages_for_task(cfg)
+    if why:
+        log.warning(why)
+    check_stages(cfg, stages)
     run_dir = cfg.run.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     runtime.start(cfg.ray)
     outputs: dict = {}
     seconds: dict[str, float] = {}
-    for stage in cfg.pipeline.stages:
+    for stage in stages:
         started = time.monotonic()
         outputs.update(run_stage(cfg, run_dir, stage, outputs))
         seconds[stage] = time.monotonic() - started

@@ -50,6 +50,10 @@ class PipelineConfig:
                                        "Give three tips for staying healthy."],
                                       "fixed prompts answered by the base and the final model in the report")
     sample_max_new_tokens: int = param(48, "length of the report's sample answers (greedy)", gt=0)
+    task_type: Optional[TaskType] = param(None, "what the model is for (unset: profile.task_type): for a "
+                                                "formatted-output task (code, extraction) the pipeline skips its RLHF "
+                                                "stages and says why (SPEC §4)")
+    force_rlhf: bool = param(False, "run the RLHF stages even for a formatted-output task (the log says so)")
 
     def check(self) -> None:
         if not self.stages:

@@ -6,7 +6,7 @@ import pytest
 
 from common.config import load_config
 from common.errors import ConfigError, ModelDirError
-from jobs.pipeline import check_stages, fingerprint, wire
+from jobs.pipeline import check_stages, fingerprint, stages_for_task, wire
 from tests.conftest import TINY_CPU
 
 OUTPUTS = {"curated": "/runs/x/curate/curated.jsonl", "sft_model": "/runs/x/sft/model",
@@ -71,6 +71,22 @@ def test_a_missing_start_model_names_its_key_unless_the_sft_stage_makes_it(tmp_p
 
 
 def test_the_pipeline_checks_every_stage_before_it_starts():
-    check_stages(load_config(TINY_CPU))  # the reward model PPO needs is trained by the stage before it
+    cfg = load_config(TINY_CPU)
+    check_stages(cfg, cfg.pipeline.stages)  # the reward model PPO needs is trained by the stage before it
+    short = load_config(TINY_CPU, ["pipeline.stages=[curate, sft, ppo]"])
     with pytest.raises(ConfigError, match="ppo.reward.rm_path"):
-        check_stages(load_config(TINY_CPU, ["pipeline.stages=[curate, sft, ppo]"]))
+        check_stages(short, short.pipeline.stages)
+
+
+def test_a_formatted_output_task_skips_rlhf_and_says_why_unless_forced():
+    assert stages_for_task(load_config(TINY_CPU)) == (["curate", "sft", "reward_model", "ppo"], None)  # assistant
+    stages, why = stages_for_task(load_config(TINY_CPU, ["pipeline.task_type=code"]))
+    assert stages == ["curate", "sft"]
+    assert why.startswith("skipping reward_model, ppo: code is a formatted-output task") and "force_rlhf" in why
+    stages, why = stages_for_task(load_config(TINY_CPU, ["profile.task_type=extraction", "pipeline.force_rlhf=true"]))
+    assert stages == ["curate", "sft", "reward_model", "ppo"]
+    assert why == ("pipeline.force_rlhf=true: running reward_model, ppo for a extraction task, which SPEC §4 would "
+                   "train with SFT only")
+    # The skipped stages are not checked either: a code task needs no reward model for PPO.
+    skipped = load_config(TINY_CPU, ["pipeline.task_type=code", "pipeline.stages=[curate, sft, ppo]"])
+    check_stages(skipped, stages_for_task(skipped)[0])
