@@ -22,7 +22,7 @@ def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: Scores, logps: 
     weights = {function.term: function.weight for function in ppo.reward.functions}
     extra = {name: (term, weights[name]) for name, term in scores.functions.items()}
     mixed = mix_rewards(RewardBatch(rollout.responses, scores.rm, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge,
-                                    extra_terms=extra), ppo.reward)
+                                    extra_terms=extra, group_size=ppo.samples_per_prompt), ppo.reward)
     in_reward = ppo.kl.mode == "reward"
     token_rewards, _ = kl_penalized_rewards(mixed.terminal_reward, logps.kl_old, logps.ref, mask,
                                             coef=mixed.kl_coef_per_token if in_reward else 0.0,

@@ -84,6 +84,9 @@ class RewardSettings(Protocol):
     repetition_unique_share: float
     safe_bonus: float
     unsafe_penalty: float
+    term_normalization: str
+    term_clip: Sequence[float] | None
+    total_clip: Sequence[float] | None
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class RewardBatch:
     safety_judge: classifies each response; needed for "safety".
     extra_terms: name → ([B] scores, weight) of terms computed elsewhere (plug-in reward functions), mixed in
         beside the enabled built-in terms.
+    group_size: answers per prompt, each prompt's contiguous in the batch; needed for term_normalization=group.
     """
 
     responses: list[str]
@@ -105,6 +109,7 @@ class RewardBatch:
     kl_coef: float | None = None
     safety_judge: SafetyJudge | None = None
     extra_terms: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)
+    group_size: int = 1
 
     def __post_init__(self) -> None:
         shaped = {name: getattr(self, name) for name in ("rm_scores", "seq_kl")}
@@ -221,19 +226,46 @@ def check_term_names(names: Sequence[str]) -> None:
             raise ValueError(exc.args[0]) from None
 
 
+NORMALIZE_EPS = 1e-4  # as TRL's normalize_then_sum: a term that is constant over the batch (or group) becomes 0
+
+
+def normalized(values: torch.Tensor, how: str, group_size: int = 1) -> torch.Tensor:
+    """(x − mean) / (std + 1e-4), std unbiased, over the whole batch (how="batch") or over each contiguous group
+    of `group_size` answers to one prompt ("group"); "none" returns x. A single value has std 0."""
+    if how == "none":
+        return values
+    grouped = values.view(-1, group_size) if how == "group" else values.view(1, -1)
+    if how not in ("batch", "group"):
+        raise ValueError(f"term normalization must be none, batch or group, got {how!r}")
+    std = grouped.std(dim=1, keepdim=True) if grouped.shape[1] > 1 else torch.zeros_like(grouped[:, :1])
+    return ((grouped - grouped.mean(dim=1, keepdim=True)) / (std + NORMALIZE_EPS)).reshape(-1)
+
+
 def mix_rewards(batch: RewardBatch, cfg: RewardSettings) -> MixedReward:
-    """Compute every enabled term and mix them by weight; see the module docstring for the KL split."""
+    """Compute every enabled term, normalise and clip them as configured (never the KL term, which PPO charges
+    per token), and mix them by weight; the weighted sum of the non-KL terms is clipped to total_clip. See the
+    module docstring for the KL split."""
     check_term_names(cfg.enabled_terms)
     terms = {name: REWARD_TERMS.get(name)(batch, cfg) for name in cfg.enabled_terms}
-    weighted = {name: term_weight(cfg, name) * value for name, value in terms.items()}
     for name, (values, weight) in batch.extra_terms.items():
         if name in terms:
             raise ValueError(f"extra reward term {name!r} has the name of a built-in term")
-        terms[name], weighted[name] = values, weight * values
+        terms[name] = values
+    weights = {name: term_weight(cfg, name) for name in cfg.enabled_terms}
+    weights.update({name: weight for name, (_, weight) in batch.extra_terms.items()})
+    weighted = {}
+    for name, value in terms.items():
+        if name != KL_TERM:
+            value = normalized(value, cfg.term_normalization, batch.group_size)
+            if cfg.term_clip is not None:
+                value = value.clamp(*cfg.term_clip)
+        weighted[name] = weights[name] * value
     terminal = torch.zeros(len(batch.responses), dtype=torch.float32)
     for name, value in weighted.items():
         if name != KL_TERM:
             terminal = terminal + value
+    if cfg.total_clip is not None:
+        terminal = terminal.clamp(*cfg.total_clip)
     kl_enabled = KL_TERM in weighted
     return MixedReward(
         terminal_reward=terminal,

@@ -221,6 +221,9 @@ class PPOConfig:
                                   f"({ranks})")
         if self.sequences_per_step % self.rollout.num_engines:
             raise ConfigError(f"{batch} must split evenly over rollout.num_engines ({self.rollout.num_engines})")
+        if self.reward.term_normalization == "group" and self.samples_per_prompt < 2:
+            raise ConfigError(f"reward.term_normalization=group normalises over the answers to each prompt: set "
+                              f"samples_per_prompt to 2 or more (got {self.samples_per_prompt})")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError("prompt_template must contain {prompt}")
         unknown = sorted(set(self.role_threads) - set(THREADED_ROLES))

@@ -81,6 +81,15 @@ class RewardMixConfig:
     reward_url: Optional[str] = param(None, "score with the HTTP reward service at this URL instead of an actor")
     reward_timeout_s: float = param(30.0, "HTTP reward request timeout", gt=0)
     reward_retries: int = param(3, "HTTP reward retries with exponential backoff", ge=0)
+    term_normalization: Literal["none", "batch", "group"] = param(
+        "none", "normalise each term before weighting (normalise-then-sum, as TRL's multi_objective_aggregation="
+                "normalize_then_sum): batch: (x - mean) / (std + 1e-4) over the step's responses; group: over the "
+                "samples_per_prompt answers to each prompt (GDPO); none: the raw term. The KL term is never "
+                "normalised: PPO charges it per token")
+    term_clip: Optional[list[float]] = param(None, "[low, high]: clip every term (after normalisation) to this range "
+                                                  "before weighting (unset: no clip; never the KL term)")
+    total_clip: Optional[list[float]] = param(None, "[low, high]: clip the weighted sum of the terms PPO pays at the "
+                                                   "end of a response (unset: no clip)")
     functions: list[RewardFunctionConfig] = param(
         [], "plug-in reward terms beside the built-in ones, each {callable, weight, name, kwargs}; they run in a Ray "
             "worker, each term is logged raw (reward/<name>) and weighted and added to the mixed reward")
@@ -92,6 +101,10 @@ class RewardMixConfig:
                 "(reward/<name>_errors)")
 
     def check(self) -> None:
+        for key in ("term_clip", "total_clip"):
+            bounds = getattr(self, key)
+            if bounds is not None and (len(bounds) != 2 or not bounds[0] < bounds[1]):
+                raise ConfigError(f"{key} must be [low, high] with low < high, got {bounds}")
         if self.rm_source == "http" and "rm" in self.enabled_terms and not self.reward_url:
             raise ConfigError("reward_url must be set when rm_source=http")
         if not self.enabled_terms and not self.functions:

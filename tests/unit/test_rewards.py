@@ -14,6 +14,7 @@ from actors.algo.rewards import (
     REWARD_TERMS,
     RewardBatch,
     mix_rewards,
+    normalized,
     repetition_score,
     reward_log,
     safety_value,
@@ -235,3 +236,59 @@ def test_reward_log_has_every_term_raw_and_weighted():
     assert row["reward/total"] == pytest.approx((0.51 + 0.97875) / 2)
     assert row["reward/kl_coef_per_token"] == pytest.approx(0.05)
     assert {"reward/kl", "reward/length", "reward/repetition", "reward/safety", "reward/terminal"} <= set(row)
+
+
+# ------------------------------------------------------------------------------ normalise-then-sum, clipping
+
+def test_normalized_is_a_z_score_over_the_batch_or_each_group():
+    values = torch.tensor([1.0, 3.0, 10.0, 10.0], dtype=torch.float64)
+    # Batch: mean 6, unbiased std sqrt(((-5)^2 + (-3)^2 + 4^2 + 4^2) / 3) = sqrt(22).
+    expected = (values - 6.0) / (22 ** 0.5 + 1e-4)
+    torch.testing.assert_close(normalized(values, "batch"), expected, rtol=1e-12, atol=0)
+    # Groups of 2: (1, 3) → mean 2, std sqrt(2); (10, 10) → std 0, so both become 0.
+    root2 = 2 ** 0.5 + 1e-4
+    torch.testing.assert_close(normalized(values, "group", 2),
+                               torch.tensor([-1 / root2, 1 / root2, 0.0, 0.0], dtype=torch.float64), rtol=1e-12, atol=0)
+    assert normalized(values, "none") is values
+
+
+def test_normalise_then_sum_keeps_the_weights_meaning_across_scales_and_never_touches_kl():
+    """An rm score in the hundreds and a length penalty near zero: summed raw, rm alone decides; normalised
+    first, each moves the total by its weight."""
+    batch = RewardBatch(["short", "x" * 700], rm_scores=torch.tensor([300.0, 100.0]), seq_kl=torch.tensor([2.0, 4.0]),
+                        kl_coef=0.05)
+    cfg = only("rm", "length", "kl", term_normalization="batch", rm_weight=0.6, length_weight=0.05)
+    mixed = mix_rewards(batch, cfg)
+    # Two values a, b: each lies d = |a − b| / 2 from their mean and the unbiased std is sqrt(2)·d, so each
+    # becomes ±d / (sqrt(2)·d + 1e-4). rm: d = 100; length: 0 and −0.1 × 200 / 100 = −0.2, so d = 0.1.
+    z_rm, z_length = 100 / (2 ** 0.5 * 100 + 1e-4), 0.1 / (2 ** 0.5 * 0.1 + 1e-4)
+    torch.testing.assert_close(mixed.weighted_terms["rm"], torch.tensor([0.6 * z_rm, -0.6 * z_rm]))
+    torch.testing.assert_close(mixed.weighted_terms["length"], torch.tensor([0.05 * z_length, -0.05 * z_length]))
+    torch.testing.assert_close(mixed.terminal_reward, torch.tensor([0.6 * z_rm + 0.05 * z_length,
+                                                                    -0.6 * z_rm - 0.05 * z_length]))
+    torch.testing.assert_close(mixed.terms["kl"], torch.tensor([-0.1, -0.2]))  # raw, as PPO charges it per token
+    assert mixed.kl_coef_per_token == pytest.approx(0.05)
+    torch.testing.assert_close(mixed.terms["rm"], torch.tensor([300.0, 100.0]))  # logged raw
+
+
+def test_terms_and_the_total_are_clipped_to_their_ranges():
+    batch = RewardBatch(["a", "b", "c"], rm_scores=torch.tensor([-5.0, 0.5, 5.0]))
+    mixed = mix_rewards(batch, only("rm", rm_weight=2.0, term_clip=[-1.0, 1.0]))
+    torch.testing.assert_close(mixed.terminal_reward, torch.tensor([-2.0, 1.0, 2.0]))
+    mixed = mix_rewards(batch, only("rm", rm_weight=2.0, term_clip=[-1.0, 1.0], total_clip=[-1.5, 1.5]))
+    torch.testing.assert_close(mixed.terminal_reward, torch.tensor([-1.5, 1.0, 1.5]))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("ppo.reward.term_clip=[1, 0]", "ppo.reward.term_clip must be [low, high] with low < high, got [1.0, 0.0]"),
+    ("ppo.reward.total_clip=[1]", "ppo.reward.total_clip must be [low, high] with low < high, got [1.0]"),
+    ("ppo.reward.term_normalization=group", "ppo.reward.term_normalization=group normalises over the answers to each "
+                                            "prompt: set samples_per_prompt to 2 or more (got 1)"),
+])
+def test_bad_normalisation_and_clip_settings_are_refused_on_load(override, message):
+    from common.config import load_config
+    from common.errors import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        load_config(None, [override])
+    assert str(info.value) == message
