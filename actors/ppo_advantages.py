@@ -8,7 +8,7 @@ import torch
 
 from actors.algo import (ADVANTAGE_ESTIMATORS, group_advantages, kl_penalized_rewards, kl_per_token, masked_sum,
                          masked_whiten, per_token, zero_spread_share)
-from actors.algo.rewards import RewardBatch, mix_rewards, reward_log
+from actors.algo.rewards import MixedReward, RewardBatch, mix_rewards, reward_log
 from actors.ppo_step import Advantages, LogProbs, Rollout, Scores
 from common.config import PPOConfig
 
@@ -19,10 +19,7 @@ def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: Scores, logps: 
     step, `safety_judge` the lexicon the safety term reads (None when that term is off)."""
     mask = rollout.tokens.action_mask
     seq_kl = masked_sum(kl_per_token(logps.kl_old, logps.ref, ppo.kl.estimator), mask, dim=-1)
-    weights = {function.term: function.weight for function in ppo.reward.functions}
-    extra = {name: (term, weights[name]) for name, term in scores.functions.items()}
-    mixed = mix_rewards(RewardBatch(rollout.responses, scores.rm, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge,
-                                    extra_terms=extra, group_size=ppo.samples_per_prompt), ppo.reward)
+    mixed = _mixed(ppo, rollout.responses, scores, seq_kl, kl_coef, safety_judge)
     in_reward = ppo.kl.mode == "reward"
     token_rewards, _ = kl_penalized_rewards(mixed.terminal_reward, logps.kl_old, logps.ref, mask,
                                             coef=mixed.kl_coef_per_token if in_reward else 0.0,
@@ -41,3 +38,17 @@ def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: Scores, logps: 
     seq_kl_k3 = float(masked_sum(kl_per_token(logps.kl_old, logps.ref, "k3"), mask, dim=-1).mean())
     return Advantages(advantages, returns, token_rewards, seq_kl, seq_kl_k3, kl_coef,
                       0.0 if in_reward else mixed.kl_coef_per_token, {**reward_log(mixed), **group_metrics})
+
+
+def rewards_before_kl(ppo: PPOConfig, responses: list[str], scores: Scores, safety_judge=None) -> torch.Tensor:
+    """[B] what each response earns at its end, the KL penalty aside: the reward whose spread within a group
+    dynamic sampling looks at (the KL is not known before phase 3 and is no task signal)."""
+    return _mixed(ppo, responses, scores, torch.zeros(len(responses)), 0.0, safety_judge).terminal_reward
+
+
+def _mixed(ppo: PPOConfig, responses: list[str], scores: Scores, seq_kl: torch.Tensor, kl_coef: float,
+           safety_judge) -> MixedReward:
+    weights = {function.term: function.weight for function in ppo.reward.functions}
+    extra = {name: (term, weights[name]) for name, term in scores.functions.items()}
+    return mix_rewards(RewardBatch(responses, scores.rm, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge,
+                                   extra_terms=extra, group_size=ppo.samples_per_prompt), ppo.reward)

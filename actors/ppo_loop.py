@@ -1,7 +1,9 @@
 """The PPO driver: owns the role actors (actors/ppo_roles.py) and runs one step as eight numbered, timed phases.
 
     1 rollout    vLLM engine actors sample ppo.samples_per_prompt responses per prompt
-    2 score      reward source (reward-model actor, HTTP service or programmatic) → preference scores
+    2 score      reward source (reward-model actor, HTTP service or programmatic) → preference scores, and the
+                 plug-in reward functions
+   2b dynamic    (ppo.dynamic_sampling, group estimators) groups that all scored alike dropped, more sampled
     3 reference  policy (old) and reference log-probs of the sampled tokens, in parallel
     4 values     value actor (skipped by the critic-free estimators: grpo, rloo, reinforce_baseline)
     5 advantages mixed reward, per-token KL penalty, then GAE or a group baseline, whitening — pure functions
@@ -26,18 +28,19 @@ from typing import Callable
 import torch
 
 from actors import modeling, ppo_checkpoints
-from actors.algo import make_kl_controller
+from actors.algo import make_kl_controller, mean_pass_at_k, spread_groups
 from actors.algo.lexicon import Lexicon
 from actors.algo.monitors import HealthMonitor, most_severe_action
 from actors.algo.response_stats import response_metrics
 from actors.algo.sampling import fill_dropped
 from actors.chat import encode_prompt
-from actors.ppo_advantages import compute_advantages
+from actors.ppo_advantages import compute_advantages, rewards_before_kl
 from actors.ppo_metrics import step_metrics
-from actors.ppo_prompts import hold_out, load_prompts, prompts_for_step
+from actors.ppo_prompts import hold_out, load_prompts, prompts_for_extra_round, prompts_for_step
 from actors.ppo_roles import PPORoles, engine_callbacks
-from actors.ppo_step import Advantages, LogProbs, Rollout, Scores, StepResult, StepState, timed
+from actors.ppo_step import Advantages, DynamicSampling, LogProbs, Rollout, Scores, StepResult, StepState, timed
 from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, shard
+from actors.rollout.sample import eval_draw, extra_round_draw
 from common.config import Config, resolve_path
 from common.errors import TooManyNaNSteps
 from common.metrics import MetricsLogger
@@ -84,7 +87,7 @@ class PPOLoop:
         if self.step_index == 0:
             self.record_answers("before")
             if self.eval_prompts:  # the held-out score before any update: what evaluation is measured against
-                self.metrics.log(0, self.evaluate())
+                self.metrics.log(0, self.evaluate(0))
 
     def _encode_prompt(self, messages: list[dict]) -> list[int]:
         return encode_prompt(self.tokenizer, messages, self.cfg.ppo.rollout.max_prompt_tokens)
@@ -105,7 +108,7 @@ class PPOLoop:
             self.act(step, result)
         if self.eval_prompts and (step % self.cfg.ppo.eval_every == 0 or step == self.cfg.ppo.steps):
             with timed(state.timings, "eval"):
-                result.metrics.update(self.evaluate())
+                result.metrics.update(self.evaluate(step))
         result.metrics.update({f"time/{name}": seconds for name, seconds in state.timings.items()})
         result.metrics["time/step"] = sum(state.timings.values())
         return result
@@ -113,26 +116,36 @@ class PPOLoop:
     # 1
     def rollout_phase(self, s: StepState) -> Rollout:
         ppo = self.cfg.ppo
-        picked = prompts_for_step(len(self.prompts), ppo.rollout_batch_size, s.step, self.cfg.run.seed)
-        picked = [i for i in picked for _ in range(ppo.samples_per_prompt)]  # each prompt's group is contiguous
-        prompt_ids = [self.prompt_ids[i] for i in picked]
-        engines = self.roles.rollout
-        per_engine = len(prompt_ids) // len(engines)
-        # first_index: every response of the step gets its own seed, whichever engine samples it (a group split
-        # over two engines would otherwise draw the same answers twice).
-        chunks = [(prompt_ids[i * per_engine:(i + 1) * per_engine], None, None, i * per_engine)
-                  for i in range(len(engines))]
-        samples = [sample for part in engines.call("generate", per_rank=chunks) for sample in part]
-        responses = [self.tokenizer.decode(s.response_ids, skip_special_tokens=True) for s in samples]
-        tokens = TokenBatch.from_samples([s.prompt_ids for s in samples], [s.response_ids for s in samples],
+        return self._rollout(prompts_for_step(len(self.prompts), ppo.rollout_batch_size, s.step, self.cfg.run.seed))
+
+    def _rollout(self, prompts: list[int], draw: int | None = None) -> Rollout:
+        """samples_per_prompt sampled answers to each of the training prompts `prompts`, from the training seed
+        stream or from `draw` (actors/rollout/sample.py)."""
+        picked = [i for i in prompts for _ in range(self.cfg.ppo.samples_per_prompt)]  # each group is contiguous
+        samples = self._sample([self.prompt_ids[i] for i in picked], draw)
+        return self._assemble(picked, samples,
+                              [self.tokenizer.decode(x.response_ids, skip_special_tokens=True) for x in samples])
+
+    def _assemble(self, picked: list[int], samples: list, responses: list[str]) -> Rollout:
+        """The rollout of these samples (row i answers training prompt picked[i], decoded as responses[i])."""
+        tokens = TokenBatch.from_samples([x.prompt_ids for x in samples], [x.response_ids for x in samples],
                                          self.tokenizer.pad_token_id)
         return Rollout(prompts=[self.prompts[i].turns for i in picked], prompt_keys=[str(i) for i in picked],
                        responses=responses, tokens=tokens,
-                       behaviour=tokens.per_token([s.response_logprobs for s in samples]),
-                       generated_tokens=sum(len(s.response_ids) for s in samples),
-                       finished=sum(s.finish_reason == "stop" for s in samples) / len(samples),
+                       behaviour=tokens.per_token([x.response_logprobs for x in samples]),
+                       generated_tokens=sum(len(x.response_ids) for x in samples),
+                       finished=sum(x.finish_reason == "stop" for x in samples) / len(samples),
                        columns=[self.prompts[i].columns for i in picked],
-                       sources=[self.prompts[i].source for i in picked])
+                       sources=[self.prompts[i].source for i in picked], samples=samples, picked=picked)
+
+    def _sample(self, prompt_ids: list[list[int]], draw: int | None = None) -> list:
+        """One sampled answer per prompt, the prompts split over the engines in contiguous runs. first_index: every
+        response gets its own seed, whichever engine samples it (a group split over two engines would otherwise
+        draw the same answers twice)."""
+        engines = self.roles.rollout
+        cuts = [len(prompt_ids) * i // len(engines) for i in range(len(engines) + 1)]
+        chunks = [(prompt_ids[cuts[i]:cuts[i + 1]], None, None, cuts[i], draw) for i in range(len(engines))]
+        return [sample for part in engines.call("generate", per_rank=chunks) for sample in part]
 
     # 2
     def score_phase(self, s: StepState) -> Scores:
@@ -147,6 +160,40 @@ class PPOLoop:
         if self.roles.functions is None:
             return Scores(rm)
         return Scores(rm, *self.roles.functions.score(prompts, responses, columns, sources))
+
+    # 2b
+    def dynamic_phase(self, s: StepState) -> DynamicSampling | None:
+        """DAPO's dynamic sampling (ppo.dynamic_sampling): keep the groups whose answers earned different rewards,
+        sample rollout_batch_size more prompts round after round until that many such groups are in hand (or
+        max_rounds is reached, when dropped groups fill the rest), then put the kept groups in place of the step's
+        rollout and scores."""
+        ppo = self.cfg.ppo
+        if not ppo.dynamic_sampling.enabled:
+            return None
+        size, wanted = ppo.samples_per_prompt, ppo.rollout_batch_size
+        rounds = [(s.rollout, s.score)]
+        kept, dropped = [], []  # (round, group)
+        while True:
+            rollout, scores = rounds[-1]
+            spread = spread_groups(rewards_before_kl(ppo, rollout.responses, scores, self.lexicon), size)
+            for group, has_spread in enumerate(spread.tolist()):
+                (kept if has_spread else dropped).append((len(rounds) - 1, group))
+            if len(kept) >= wanted or len(rounds) == ppo.dynamic_sampling.max_rounds:
+                break
+            prompts = prompts_for_extra_round(len(self.prompts), wanted, s.step, len(rounds), self.cfg.run.seed)
+            rollout = self._rollout(prompts, draw=extra_round_draw(s.step, len(rounds)))
+            rounds.append((rollout, self.score_phase(StepState(s.step, s.progress, rollout=rollout))))
+        filled = dropped[:max(wanted - len(kept), 0)]
+        rows = [(r, group * size + j) for r, group in kept[:wanted] + filled for j in range(size)]
+        taken = [(rounds[r][0], row) for r, row in rows]
+        s.rollout = self._assemble([source.picked[row] for source, row in taken],
+                                   [source.samples[row] for source, row in taken],
+                                   [source.responses[row] for source, row in taken])
+        s.rollout.generated_tokens = rounds[0][0].generated_tokens  # the extra rounds' are logged on their own
+        s.score = Scores.gather([scores for _, scores in rounds], rows)
+        return DynamicSampling(rounds=len(rounds), groups_sampled=len(kept) + len(dropped),
+                               groups_kept=min(len(kept), wanted), groups_filled=len(filled),
+                               extra_tokens=sum(r.generated_tokens for r, _ in rounds[1:]))
 
     # 3
     def reference_phase(self, s: StepState) -> LogProbs:
@@ -224,10 +271,11 @@ class PPOLoop:
         return StepResult(metrics, alarms)
 
     # held-out evaluation (every ppo.eval_every steps and at the last)
-    def evaluate(self) -> dict:
+    def evaluate(self, step: int) -> dict:
         """Greedy answers of the just-synced weights to prompts training never sees, scored by the reward source:
         a rising training reward with a flat held-out one is memorisation, not learning. Greedy, so the sampling
-        seed stream (and with it a resumed run's rollouts) is left alone."""
+        seed stream (and with it a resumed run's rollouts) is left alone; with ppo.eval_samples = k > 1, also k
+        answers per prompt at the rollout temperature, from a seed stream of their own."""
         ids = self.roles.rollout.call_rank0("greedy", self.eval_prompt_ids, self.cfg.ppo.rollout.max_new_tokens)
         responses = [self.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
         metrics = {"eval/response_chars_mean": sum(len(r) for r in responses) / len(responses)}
@@ -236,6 +284,27 @@ class PPOLoop:
         if "rm" in self.cfg.ppo.reward.enabled_terms:
             metrics["eval/rm_mean"] = float(scores.rm.mean())
         metrics.update({f"eval/{name}_mean": float(values.mean()) for name, values in scores.functions.items()})
+        if self.cfg.ppo.eval_samples > 1:
+            metrics.update(self._evaluate_sampled(step, self.cfg.ppo.eval_samples))
+        return metrics
+
+    def _evaluate_sampled(self, step: int, k: int) -> dict:
+        """mean@k of every term over k sampled answers per held-out prompt, and pass@1 / pass@k of the reward
+        functions that say what success is (success_at)."""
+        held = [p for p in self.eval_prompts for _ in range(k)]
+        samples = self._sample([ids for ids in self.eval_prompt_ids for _ in range(k)], draw=eval_draw(step))
+        responses = [self.tokenizer.decode(x.response_ids, skip_special_tokens=True) for x in samples]
+        scores = self._score([p.turns for p in held], responses, [p.columns for p in held], [p.source for p in held])
+        metrics = {}
+        if "rm" in self.cfg.ppo.reward.enabled_terms:
+            metrics[f"eval/rm_mean@{k}"] = float(scores.rm.mean())
+        for function in self.cfg.ppo.reward.functions:
+            values = scores.functions[function.term].view(-1, k)  # one row per prompt
+            metrics[f"eval/{function.term}_mean@{k}"] = float(values.mean())
+            if function.success_at is not None:
+                solved = values >= function.success_at
+                metrics[f"eval/{function.term}_pass@1"] = mean_pass_at_k(solved, 1)
+                metrics[f"eval/{function.term}_pass@{k}"] = mean_pass_at_k(solved, k)
         return metrics
 
     # ---- what the monitor's alarms call for ------------------------------------------------------------
@@ -376,6 +445,7 @@ class PPOLoop:
 PHASES: tuple[tuple[str, Callable[[PPOLoop, StepState], object]], ...] = (
     ("rollout", PPOLoop.rollout_phase),
     ("score", PPOLoop.score_phase),
+    ("dynamic", PPOLoop.dynamic_phase),
     ("reference", PPOLoop.reference_phase),
     ("values", PPOLoop.values_phase),
     ("advantages", PPOLoop.advantages_phase),

@@ -21,7 +21,7 @@ def step_metrics(s: StepState, kl_scale: float, lr: float) -> dict:
         "response_chars_mean": sum(len(r) for r in rollout.responses) / len(rollout.responses),
         "finished_share": rollout.finished, **s.train,
         "rollout_tokens_per_s": rollout.generated_tokens / max(s.timings["rollout"], 1e-9),
-        "lr": lr, **sampler_gap(s),
+        "lr": lr, **sampler_gap(s), **(s.dynamic.metrics() if s.dynamic else {}),
     }
 
 

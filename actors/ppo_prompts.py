@@ -53,3 +53,11 @@ def prompts_for_step(pool_size: int, batch: int, step: int, seed: int) -> list[i
     start = (step % per_pass) * batch
     picked = order[start:start + batch]
     return picked + order[:batch - len(picked)]
+
+
+def prompts_for_extra_round(pool_size: int, batch: int, step: int, round_index: int, seed: int) -> list[int]:
+    """Indices of the prompts dynamic sampling adds in round `round_index` (1, 2, ...) of `step`: a seeded draw
+    without repeats (repeating only once the pool is used up), the same on every resume."""
+    order = list(range(pool_size))
+    random.Random((seed * 7919 + step) * 104_729 + round_index).shuffle(order)
+    return [order[i % pool_size] for i in range(batch)]

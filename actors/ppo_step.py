@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from actors.protocol import TokenBatch
+from actors.rollout.sample import Sample
 
 
 @dataclass
@@ -22,6 +23,8 @@ class Rollout:
     finished: float  # share of responses that ended with EOS
     columns: list[dict] = field(default_factory=list)  # each prompt record's other fields (reward functions)
     sources: list[str] = field(default_factory=list)  # each prompt's file:line
+    samples: list[Sample] = field(default_factory=list)  # what the engines returned, row by row
+    picked: list[int] = field(default_factory=list)  # each row's prompt index in the training pool
 
 
 @dataclass
@@ -29,6 +32,35 @@ class Scores:
     rm: torch.Tensor  # [B] preference scores (zeros when the rm term is off)
     functions: dict[str, torch.Tensor] = field(default_factory=dict)  # [B] per plug-in reward term
     errors: dict[str, int] = field(default_factory=dict)  # records a function failed on, scored 0 (errors=zero)
+
+    @staticmethod
+    def gather(parts: list["Scores"], rows: list[tuple[int, int]]) -> "Scores":
+        """The scores of the given (part, row) pairs in order, e.g. the groups dynamic sampling kept from each of
+        its rounds; errors are counted over every part."""
+        def pick(tensors: list[torch.Tensor]) -> torch.Tensor:
+            return torch.stack([tensors[part][row] for part, row in rows])
+
+        errors: dict[str, int] = {}
+        for part in parts:
+            for name, count in part.errors.items():
+                errors[name] = errors.get(name, 0) + count
+        return Scores(pick([p.rm for p in parts]),
+                      {name: pick([p.functions[name] for p in parts]) for name in parts[0].functions}, errors)
+
+
+@dataclass
+class DynamicSampling:
+    """What DAPO's dynamic sampling did in one step (ppo.dynamic_sampling)."""
+    rounds: int  # sampling rounds, the first included
+    groups_sampled: int
+    groups_kept: int  # with a reward spread, in the batch
+    groups_filled: int  # without one, put in because max_rounds ran out
+    extra_tokens: int  # response tokens generated after the first round
+
+    def metrics(self) -> dict:
+        return {"dynamic/rounds": self.rounds, "dynamic/kept_share": self.groups_kept / self.groups_sampled,
+                "dynamic/filled_groups": self.groups_filled, "dynamic/extra_tokens": self.extra_tokens,
+                "dynamic/groups_sampled": self.groups_sampled}
 
 
 @dataclass
@@ -66,6 +98,7 @@ class StepState:
     timings: dict[str, float] = field(default_factory=dict)
     rollout: Rollout | None = None
     score: Scores | None = None
+    dynamic: DynamicSampling | None = None  # None unless ppo.dynamic_sampling is on
     reference: LogProbs | None = None
     values: torch.Tensor | None = None  # [B, L-1]
     advantages: Advantages | None = None

@@ -2,10 +2,12 @@
 run repeated with the mixed reward's terms switched on one at a time, compared in one table and one plot.
 
     python -m jobs.ppo_ablation --config configs/tiny-cpu.yaml [--order rm,kl,length,repetition,safety]
-                                [--runs rm,rm+kl,rm+length] [--window N] [section.key=value ...]
+                                [--runs rm,rm+kl,rm+length] [--normalizations none,batch] [--window N]
+                                [section.key=value ...]
 
-Every run is jobs.ppo.run on the same config (seed included) except ppo.reward.enabled_terms. Its outputs
-(metrics, run report, checkpoints) go to <run.output_root>/<run.name>/ablation/<terms>/ppo/, so re-running
+Every run is jobs.ppo.run on the same config (seed included) except ppo.reward.enabled_terms (and, with
+--normalizations, ppo.reward.term_normalization: each set of terms summed as is and normalised then summed). Its
+outputs (metrics, run report, checkpoints) go to <run.output_root>/<run.name>/ablation/<label>/ppo/, so re-running
 the command resumes each run where it stopped; all runs share one Ray cluster. The comparison (means over
 each run's last steps of the reward terms, KL, response length, distinct-n, filler density and entropy)
 goes to <run.output_root>/<run.name>/ablation/: ablation.md, ablation.csv and ablation.png.
@@ -17,11 +19,12 @@ import argparse
 import dataclasses
 import logging
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from common.config import Config, with_overrides
+from common.config import Config, RewardMixConfig, with_overrides
 from common.errors import ConfigError
 from jobs import cli
 from jobs.plots import save_figure
@@ -30,6 +33,7 @@ from jobs.ppo_report import latest_alarms, markdown_table, summary_window, windo
 
 log = logging.getLogger("rayalign.ablation")
 DEFAULT_ORDER = ("rm", "kl", "length", "repetition", "safety")
+NORMALIZATIONS = typing.get_args(typing.get_type_hints(RewardMixConfig)["term_normalization"])
 # (column, metrics key): what the table compares, each as a mean over the last `window` steps of a run.
 COMPARED = (
     ("rm score", "reward/rm_mean"), ("total reward", "reward/total"),
@@ -87,21 +91,43 @@ def check_runs(runs: Sequence[tuple[str, ...]]) -> None:
         raise ConfigError(f"ablation runs repeat {', '.join(repeated)}")
 
 
-def run_label(terms: Sequence[str]) -> str:
-    return "+".join(terms)
+def run_label(terms: Sequence[str], normalization: str | None = None) -> str:
+    """'rm+kl', or 'rm+kl@batch' for a run under ppo.reward.term_normalization=batch."""
+    return "+".join(terms) + (f"@{normalization}" if normalization else "")
 
 
-def run_config(cfg: Config, terms: Sequence[str], folder: Path) -> Config:
-    """`cfg` with only the reward terms changed, writing to <folder>/<label>/ppo/."""
-    reward = dataclasses.replace(cfg.ppo.reward, enabled_terms=list(terms))
-    return with_overrides(cfg, run=dataclasses.replace(cfg.run, output_root=str(folder), name=run_label(terms)),
+def parse_normalizations(text: str | None, cfg: Config) -> list[str | None]:
+    """'none,batch' → ['none', 'batch']; no option → [None] (the config's own setting, unlabelled)."""
+    if not text:
+        return [None]
+    names = parse_order(text)
+    for name in names:
+        if name not in NORMALIZATIONS:
+            raise ConfigError(f"--normalizations: unknown term normalization {name!r}; known: "
+                              f"{', '.join(NORMALIZATIONS)}")
+    if "group" in names and cfg.ppo.samples_per_prompt < 2:
+        raise ConfigError("--normalizations: group normalises over the answers to each prompt: set "
+                          "ppo.samples_per_prompt to 2 or more")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--normalizations names one twice: {text}")
+    return names
+
+
+def run_config(cfg: Config, terms: Sequence[str], folder: Path, normalization: str | None = None) -> Config:
+    """`cfg` with only the reward terms (and the term normalization, when given) changed, writing to
+    <folder>/<label>/ppo/."""
+    reward = dataclasses.replace(cfg.ppo.reward, enabled_terms=list(terms),
+                                 term_normalization=normalization or cfg.ppo.reward.term_normalization)
+    name = run_label(terms, normalization)
+    return with_overrides(cfg, run=dataclasses.replace(cfg.run, output_root=str(folder), name=name),
                           ppo=dataclasses.replace(cfg.ppo, reward=reward))
 
 
 # ---- comparison (pure) -----------------------------------------------------------------------------------
-def summarize(terms: Sequence[str], rows: Sequence[dict], alarms: int, window: int) -> dict:
+def summarize(terms: Sequence[str], rows: Sequence[dict], alarms: int, window: int,
+              normalization: str | None = None) -> dict:
     """One table row: the run, its length and alarms, and each compared metric's last-`window` mean."""
-    row = {"run": run_label(terms), "steps": rows[-1]["step"] if rows else 0, "alarms": alarms}
+    row = {"run": run_label(terms, normalization), "steps": rows[-1]["step"] if rows else 0, "alarms": alarms}
     row.update({column: window_mean(rows, key, True, window) for column, key in COMPARED})
     return row
 
@@ -135,8 +161,10 @@ def plot_comparison(rows_by_run: dict[str, list[dict]], path: Path, title: str) 
 
 
 # ---- the runs --------------------------------------------------------------------------------------------
-def run_ablation(cfg: Config, runs: Sequence[tuple[str, ...]], window: int | None = None) -> AblationResult:
-    """Each run in turn through jobs.ppo.run on one Ray cluster, then the table and the plot."""
+def run_ablation(cfg: Config, runs: Sequence[tuple[str, ...]], window: int | None = None,
+                 normalizations: Sequence[str | None] = (None,)) -> AblationResult:
+    """Each run (under each term normalization) in turn through jobs.ppo.run on one Ray cluster, then the table
+    and the plot."""
     from cluster import runtime
     from common.metrics import read_jsonl, write_csv
 
@@ -146,13 +174,15 @@ def run_ablation(cfg: Config, runs: Sequence[tuple[str, ...]], window: int | Non
     window = window or summary_window(cfg.ppo.steps)
     runtime.start(cfg.ray)
     rows_by_run, summaries = {}, []
-    for i, terms in enumerate(runs, 1):
-        log.info("ablation run %d of %d: reward terms %s", i, len(runs), run_label(terms))
-        result = run(run_config(cfg, terms, folder))
+    plan = [(terms, normalization) for terms in runs for normalization in normalizations]
+    for i, (terms, normalization) in enumerate(plan, 1):
+        label = run_label(terms, normalization)
+        log.info("ablation run %d of %d: %s", i, len(plan), label)
+        result = run(run_config(cfg, terms, folder, normalization))
         rows = read_jsonl(result.output_dir / "metrics.jsonl")
         alarms = latest_alarms(read_jsonl(result.output_dir / "alarms.jsonl"), rows[-1]["step"] if rows else 0)
-        rows_by_run[run_label(terms)] = rows
-        summaries.append(summarize(terms, rows, len(alarms), window))
+        rows_by_run[label] = rows
+        summaries.append(summarize(terms, rows, len(alarms), window, normalization))
     write_csv(summaries, folder / "ablation.csv")
     write_atomic(folder / "ablation.md", table_markdown(summaries, window) + "\n![ablation](ablation.png)\n")
     plot_comparison(rows_by_run, folder / "ablation.png", f"reward-term ablation: {cfg.run.name}")
@@ -167,6 +197,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", metavar="RUNS",
                         help="explicit runs instead of --order: comma-separated, terms joined by '+', e.g. "
                              "'rm,rm+kl,rm+kl+length' (a run may leave out any term)")
+    parser.add_argument("--normalizations", metavar="NAMES",
+                        help="run every set of terms under each of these ppo.reward.term_normalization values, "
+                             "comma-separated (none, batch, group), e.g. 'none,batch' compares sum with "
+                             "normalise-then-sum; runs are labelled <terms>@<name> (default: the config's own "
+                             "setting, one run per set of terms)")
     parser.add_argument("--window", type=int, metavar="N",
                         help="compare the means over each run's last N steps (default: a quarter of ppo.steps, "
                              "between 1 and 5)")
@@ -176,9 +211,10 @@ def main(argv: list[str] | None = None) -> AblationResult:
     cfg, args = cli.parse("python -m jobs.ppo_ablation", __doc__, SECTIONS, argv,
                           extend=add_options)
     runs = parse_runs(args.runs) if args.runs else cumulative_runs(parse_order(args.order))
+    normalizations = parse_normalizations(args.normalizations, cfg)
     if args.window is not None and args.window < 1:
         raise ConfigError(f"--window must be at least 1, got {args.window}")
-    return run_ablation(cfg, runs, args.window)
+    return run_ablation(cfg, runs, args.window, normalizations)
 
 
 if __name__ == "__main__":

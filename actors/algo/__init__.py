@@ -5,7 +5,13 @@ reused without a cluster (tests/unit/test_algo_imports.py enforces it).
 """
 
 from actors.algo.advantages import ADVANTAGE_ESTIMATORS, gae, reinforce
-from actors.algo.group_baselines import GROUP_BASELINES, group_advantages, per_token, zero_spread_share
+from actors.algo.group_baselines import (
+    GROUP_BASELINES,
+    group_advantages,
+    per_token,
+    spread_groups,
+    zero_spread_share,
+)
 from actors.algo.kl import (
     KL_CONTROLLERS,
     KL_ESTIMATORS,
@@ -21,6 +27,7 @@ from actors.algo.kl import (
 from actors.algo.logprobs import entropy_from_logits, shift_for_causal_lm, token_logprobs
 from actors.algo.loss_aggregation import LOSS_AGGREGATIONS, LossAggregation
 from actors.algo.masked import masked_mean, masked_sum, masked_var, masked_whiten
+from actors.algo.pass_at_k import mean_pass_at_k, pass_at_k
 from actors.algo.policy_loss import POLICY_LOSSES, clipped_policy_loss
 from actors.algo.preference import (
     DPO_LOSSES,
@@ -72,13 +79,16 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "mean_pass_at_k",
     "pairwise_accuracy",
+    "pass_at_k",
     "per_token",
     "process_next_token_logits",
     "processed_logprobs",
     "reinforce",
     "sequence_logprob",
     "shift_for_causal_lm",
+    "spread_groups",
     "token_logprobs",
     "zero_spread_share",
 ]

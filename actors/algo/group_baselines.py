@@ -65,6 +65,13 @@ def zero_spread_share(returns: torch.Tensor, group_size: int) -> float:
     return float((groups.max(dim=1).values == groups.min(dim=1).values).float().mean())
 
 
+def spread_groups(returns: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[n_groups] bool: True where the group's answers did not all score the same, the groups DAPO's dynamic
+    sampling keeps (exact equality: a reward differing in the last bit still ranks the answers)."""
+    groups = _grouped(returns, group_size)
+    return groups.max(dim=1).values != groups.min(dim=1).values
+
+
 def per_token(sequence_values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Each row's value on every response token of that row, 0 on padding: [B] → [B, T]."""
     column = sequence_values[:, None]

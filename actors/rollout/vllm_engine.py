@@ -17,6 +17,8 @@ from actors.group import Located
 from actors.rollout.sample import Sample, sample_seed
 from common.config import RolloutConfig
 
+UNCHUNKED_TOKEN_BUDGET = 4096  # vLLM's own default budget of tokens per scheduler step
+
 
 class RolloutEngine(Located):
     engine = "vllm"
@@ -34,6 +36,12 @@ class RolloutEngine(Located):
         kwargs = {}
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
+        else:
+            # A prompt the scheduler splits over two steps (chunked prefill, once a batch's prompts pass its token
+            # budget) rewinds the request's seeded generator, which the CPU generator cannot do: vLLM 0.32 fails
+            # with "CPU Generator does not use offset". Unchunked, such a prompt waits for the next step instead.
+            kwargs["enable_chunked_prefill"] = False
+            kwargs["max_num_batched_tokens"] = max(max_model_len, UNCHUNKED_TOKEN_BUDGET)
         self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=True,
                        enable_prefix_caching=False, logprobs_mode="processed_logprobs", **kwargs)
         self.seed = seed
@@ -49,15 +57,20 @@ class RolloutEngine(Located):
                               logprobs=0, seed=seed)
 
     def generate(self, prompts: list[list[int]], temperature: float | None = None,
-                 max_tokens: int | None = None, first_index: int = 0) -> list[Sample]:
+                 max_tokens: int | None = None, first_index: int = 0, draw: int | None = None) -> list[Sample]:
         """One response per prompt. Each call draws from a fresh seed stream so repeated prompts differ but a
         resumed run with the same seed reproduces its samples; first_index is the position of prompts[0] in the
-        step's whole batch, so no two responses of a step share a seed."""
+        step's whole batch, so no two responses of a step share a seed. draw: sample from this stream instead
+        (actors/rollout/sample.py), leaving the counter alone."""
         from vllm import TokensPrompt
 
-        self.calls += 1
+        if draw is None:
+            self.calls += 1
+        if not prompts:  # more engines than prompts (a small sampled evaluation)
+            return []
         params = [self.sampling_params(temperature, max_tokens,
-                                       seed=sample_seed(self.seed, self.calls, first_index + i))
+                                       seed=sample_seed(self.seed, self.calls if draw is None else draw,
+                                                        first_index + i))
                   for i in range(len(prompts))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         samples = []

@@ -48,6 +48,18 @@ class KLConfig:
             raise ConfigError(f"schedule progress ends must increase and end at 1.0, got {ends}")
 
 
+@dataclass(frozen=True)
+class DynamicSamplingConfig:
+    """DAPO's dynamic sampling (Yu et al. 2025): groups whose answers all scored alike teach a group estimator
+    nothing, so they are dropped and more prompts are sampled until the batch is full."""
+    enabled: bool = param(False, "with grpo / rloo / reinforce_baseline: drop the groups whose answers all earned "
+                                 "the same reward (before the KL penalty) and sample rollout_batch_size more prompts, "
+                                 "round after round, until rollout_batch_size groups with a spread are kept")
+    max_rounds: int = param(3, "sampling rounds per step at most, the first included; a batch still short after "
+                               "them is filled with the dropped groups (logged as dynamic/filled_groups) so the step "
+                               "keeps its shape", gt=0)
+
+
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
 
 
@@ -180,6 +192,10 @@ class PPOConfig:
     eval_every: Optional[int] = param(None, "every N steps (and at the last), answer the held-out prompts greedily "
                                             "and log their preference score as eval/rm_mean (unset: no evaluation)",
                                       gt=0)
+    eval_samples: int = param(1, "answers sampled per held-out prompt at the rollout temperature besides the greedy "
+                                 "one; above 1, every reward function with success_at logs eval/<name>_pass@1, "
+                                 "eval/<name>_pass@<k> (the unbiased estimator of Chen et al. 2021) and "
+                                 "eval/<name>_mean@<k>", gt=0)
     eval_prompts: int = param(32, "prompts held out of training for eval_every (a seeded choice from the pool)",
                               gt=0)
     inject_nan_at_step: Optional[int] = param(None, "fault injection for tests and demos: this step's advantages "
@@ -190,6 +206,8 @@ class PPOConfig:
     reward: RewardMixConfig = section(RewardMixConfig, "mixed reward")
     monitor: MonitorConfig = section(MonitorConfig, "training-health monitors")
     placement: PlacementConfig = section(PlacementConfig, "where each role's actors go across nodes")
+    dynamic_sampling: DynamicSamplingConfig = section(DynamicSamplingConfig, "drop groups with no reward spread "
+                                                                             "and sample more (DAPO)")
 
     @property
     def uses_value_model(self) -> bool:
@@ -224,6 +242,12 @@ class PPOConfig:
         if self.reward.term_normalization == "group" and self.samples_per_prompt < 2:
             raise ConfigError(f"reward.term_normalization=group normalises over the answers to each prompt: set "
                               f"samples_per_prompt to 2 or more (got {self.samples_per_prompt})")
+        if self.dynamic_sampling.enabled and self.uses_value_model:
+            raise ConfigError("dynamic_sampling drops groups of answers that all scored alike: it needs a group "
+                              "estimator (advantage_estimator=grpo, rloo or reinforce_baseline), not gae")
+        if self.eval_samples > 1 and not self.eval_every:
+            raise ConfigError(f"eval_samples={self.eval_samples} samples answers to the held-out prompts: set "
+                              f"eval_every too")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError("prompt_template must contain {prompt}")
         unknown = sorted(set(self.role_threads) - set(THREADED_ROLES))

@@ -30,6 +30,9 @@ class RewardFunctionConfig:
     weight: float = param(1.0, "weight of the term in the mixed reward", ge=0.0)
     name: Optional[str] = param(None, "the term's name in the metrics (reward/<name>); unset: the function's name")
     kwargs: dict[str, Any] = param({}, "fixed keyword arguments passed on every call (e.g. a regex pattern)")
+    success_at: Optional[float] = param(None, "a response scoring at least this counts as solved: with "
+                                              "ppo.eval_samples > 1 the held-out evaluation logs pass@k for this "
+                                              "term (unset: no pass@k; 1.0 for the shipped 0/1 checkers)")
 
     @property
     def term(self) -> str:

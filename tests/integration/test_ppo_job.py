@@ -67,7 +67,7 @@ def test_reward_goes_up_while_kl_stays_bounded(kl_005):
     assert after > before + 0.1, (before, after)
     # KL to the reference (k3, per sequence of ≤ 24 tokens) stayed under ~14 nats in those runs.
     assert max(r["kl_k3"] for r in rows) < 25.0
-    for phase in ("rollout", "score", "reference", "values", "advantages", "train", "sync", "monitor"):
+    for phase in ("rollout", "score", "dynamic", "reference", "values", "advantages", "train", "sync", "monitor"):
         assert rows[-1][f"time/{phase}"] >= 0.0
     assert rows[-1]["rollout_tokens_per_s"] > 0 and (result.output_dir / "ppo.png").is_file()
     assert_rollouts_ran_on_vllm(result.output_dir)

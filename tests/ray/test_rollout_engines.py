@@ -76,3 +76,16 @@ def test_the_kv_cache_size_follows_the_config(engines):
     finally:
         ray.kill(bigger)
     assert one > 0 and two == pytest.approx(2 * one, rel=1e-3)  # whole blocks: within one block of 2x
+
+
+def test_a_batch_past_the_schedulers_token_budget_samples_with_its_seeds(engines, prompts):
+    """80 prompts of 61 tokens (4880 > vLLM's 4096 per scheduler step): chunked, a seeded request crashed the CPU
+    engine ("CPU Generator does not use offset"). The same draw gives the same answers and leaves the training
+    seed stream alone."""
+    vllm, _ = engines
+    long = [(prompts[i % len(prompts)] * 16)[:61] for i in range(80)]
+    first = ray.get(vllm.generate.remote(long, None, 4, 0, 123))
+    again = ray.get(vllm.generate.remote(long, None, 4, 0, 123))
+    assert len(first) == 80 and all(len(s.response_ids) == len(s.response_logprobs) == 4 for s in first)
+    assert [s.response_ids for s in first] == [s.response_ids for s in again]
+    assert len({tuple(s.response_ids) for s in first}) > 1  # each row its own seed

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from actors.algo.group_baselines import GROUP_BASELINES, group_advantages, per_token, zero_spread_share
+from actors.algo.group_baselines import (GROUP_BASELINES, group_advantages, per_token, spread_groups,
+                                        zero_spread_share)
 
 F64 = torch.float64
 
@@ -60,6 +61,12 @@ def test_share_of_groups_that_teach_nothing():
     assert zero_spread_share(RETURNS, 4) == 0.5
     assert zero_spread_share(RETURNS, 2) == 0.5  # (1,2) (3,6) differ; (0.5,0.5) twice
     assert zero_spread_share(t([1.0, 1.0, 1.0, 1.0]), 2) == 1.0
+
+
+def test_dynamic_sampling_keeps_exactly_the_groups_with_a_spread():
+    assert spread_groups(RETURNS, 4).tolist() == [True, False]
+    assert spread_groups(RETURNS, 2).tolist() == [True, True, False, False]
+    assert spread_groups(t([0.0, 0.0, 1e-12, 0.0]), 2).tolist() == [False, True]  # the smallest difference ranks
 
 
 def test_sequence_advantage_lands_on_every_response_token_and_nowhere_else():

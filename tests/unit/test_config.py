@@ -106,6 +106,11 @@ def test_cross_field_checks():
         load_config(None, ["ppo.kl.schedule=[[0.5, 0.1], [0.9, 0.05]]"])
     with pytest.raises(ConfigError, match="curate.mix shares must sum to 1"):
         load_config(None, ["curate.mix={general: 0.5, domain: 0.6}"])
+    with pytest.raises(ConfigError, match=r"ppo.dynamic_sampling drops groups .* needs a group estimator"):
+        load_config(None, ["ppo.dynamic_sampling.enabled=true"])
+    with pytest.raises(ConfigError, match="ppo.eval_samples=4 samples answers to the held-out prompts: set "
+                                          "eval_every too"):
+        load_config(None, ["ppo.eval_samples=4"])
 
 
 def test_bad_yaml_file_is_named(tmp_path):

@@ -63,7 +63,7 @@ def test_help_explains_every_option(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--order", "--runs", "--window", "--config", "ppo.reward.enabled_terms"):
+    for option in ("--order", "--runs", "--normalizations", "--window", "--config", "ppo.reward.enabled_terms"):
         assert option in text
 
 
@@ -72,3 +72,20 @@ def test_unknown_term_fails_before_any_run(tmp_path):
 
     assert cli.run_main("jobs.ppo_ablation", main, ["--runs", "rm,rm+lenght", f"run.output_root={tmp_path}"]) == 2
     assert not (tmp_path / "rayalign" / "ablation" / "rm").exists()
+
+
+def test_sum_against_normalise_then_sum_runs_each_set_of_terms_both_ways(tmp_path):
+    from jobs.ppo_ablation import parse_normalizations
+
+    cfg = load_config(None, ["ppo.reward.term_normalization=none"])
+    assert parse_normalizations(None, cfg) == [None]
+    assert parse_normalizations("none, batch", cfg) == ["none", "batch"]
+    run = run_config(cfg, ("rm", "length"), tmp_path, "batch")
+    assert run.ppo.reward.term_normalization == "batch" and run.ppo.reward.enabled_terms == ["rm", "length"]
+    assert run.run.output_dir("ppo") == tmp_path / "rm+length@batch" / "ppo"
+    assert run_config(cfg, ("rm",), tmp_path).ppo.reward.term_normalization == "none"
+    assert summarize(("rm",), [{"step": 1}], alarms=0, window=1, normalization="batch")["run"] == "rm@batch"
+    with pytest.raises(ConfigError, match="unknown term normalization 'btach'; known: none, batch, group"):
+        parse_normalizations("none,btach", cfg)
+    with pytest.raises(ConfigError, match="group normalises over the answers to each prompt"):
+        parse_normalizations("group", cfg)

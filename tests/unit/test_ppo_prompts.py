@@ -73,3 +73,13 @@ def test_holding_out_the_whole_pool_is_refused():
 
     with pytest.raises(EmptyDatasetError, match="ppo.eval_prompts=40 would hold out all 40 PPO prompts"):
         hold_out(40, 40, seed=7)
+
+
+def test_dynamic_samplings_extra_rounds_draw_seeded_prompts_without_repeats():
+    from actors.ppo_prompts import prompts_for_extra_round
+
+    first, second = prompts_for_extra_round(10, 4, 3, 1, seed=7), prompts_for_extra_round(10, 4, 3, 2, seed=7)
+    assert len(set(first)) == 4 and first != second  # each round its own draw
+    assert prompts_for_extra_round(10, 4, 3, 1, seed=7) == first  # a resumed run draws the same
+    assert prompts_for_extra_round(10, 4, 4, 1, seed=7) != first
+    assert sorted(prompts_for_extra_round(3, 5, 0, 1, seed=1)[:3]) == [0, 1, 2]  # the pool first, then repeats

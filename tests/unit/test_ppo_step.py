@@ -15,9 +15,9 @@ from actors.protocol import TokenBatch
 from common.config import load_config
 
 
-def test_the_phase_table_lists_the_eight_phases_in_order_and_each_fills_its_own_field():
+def test_the_phase_table_lists_the_phases_in_order_and_each_fills_its_own_field():
     names = [name for name, _ in PHASES]
-    assert names == ["rollout", "score", "reference", "values", "advantages", "train", "sync", "monitor"]
+    assert names == ["rollout", "score", "dynamic", "reference", "values", "advantages", "train", "sync", "monitor"]
     fields = [f.name for f in dataclasses.fields(StepState)]
     assert fields[fields.index("rollout"):] == names  # one result field per phase, in the same order
     assert all(phase is getattr(PPOLoop, f"{name}_phase") for name, phase in PHASES)

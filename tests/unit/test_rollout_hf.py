@@ -120,6 +120,15 @@ def test_same_seed_and_call_count_reproduce_samples_and_the_next_call_differs(en
     assert other_seed.generate(prompts) != first
 
 
+def test_a_draw_of_its_own_leaves_the_training_seed_stream_alone(prompts):
+    """Dynamic sampling's extra rounds and sampled evaluation pass `draw`: the same draw repeats itself, and the
+    next training call samples what it would have without the draw in between."""
+    engine, untouched = new_engine(), new_engine()
+    drawn = engine.generate(prompts, draw=1_000_001)
+    assert engine.generate(prompts, draw=1_000_001) == drawn
+    assert engine.generate(prompts) == untouched.generate(prompts) != drawn
+
+
 def test_a_group_split_over_two_engines_draws_distinct_answers(prompts):
     """GRPO's four answers to one prompt, two per engine: each engine is told where its share starts in the
     step's batch, so the halves draw from different seeds; with the same start they would repeat each other."""
