@@ -1,5 +1,6 @@
-"""Plan a run on a hardware profile: which stages run for the task, where every role sits, and the memory each
-rank needs (parameters, gradients, optimizer states, activations, KV cache) against what the GPUs offer.
+"""Plan a run on a hardware profile: which stages run for the task, where every role sits, the memory each rank
+needs (parameters, gradients, optimizer states, activations, KV cache) against what the GPUs offer, and what each
+stage costs in hours, GPU-hours and dollars.
 
     python -m jobs.plan --profile 4xa100 --model-size 7B [--task-type assistant|code|extraction|creative|safety]
     python -m jobs.plan --config configs/my-recipe.yaml [section.key=value ...]
@@ -18,13 +19,15 @@ from typing import get_args
 from common.config import TaskType, load_config
 from common.errors import PlanRefused
 from jobs import cli
-from jobs.planning import memory, profiles
+from jobs.planning import costs, memory, profiles
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m jobs.plan", description=__doc__.split("\n\n")[0],
                                 epilog="memory model (jobs/planning/memory.py):\n" + textwrap.indent(
-                                    memory.__doc__.split("\n\n", 1)[1], "  "),
+                                    memory.__doc__.split("\n\n", 1)[1], "  ")
+                                + "\n\ntime and cost model (jobs/planning/costs.py):\n" + textwrap.indent(
+                                    costs.__doc__.split("\n\n", 1)[1], "  "),
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     source = p.add_mutually_exclusive_group()
     source.add_argument("--profile", choices=sorted(profiles.PROFILE_RECIPES), default="cpu",

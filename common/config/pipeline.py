@@ -29,6 +29,19 @@ class ProfileConfig:
                                              "SFT only; open-ended ones (assistant, creative, safety) get RLHF "
                                              "where the profile affords it (SPEC §4)")
     expected_quality: str = param("", "what this recipe is reported to reach (SPEC §6), shown in the plan")
+    price_per_gpu_hour: Optional[float] = param(None, "USD per GPU-hour for the plan's cost (unset: the known "
+                                                      "device's default in jobs/planning/costs.py)", ge=0.0)
+    mfu: Optional[float] = param(None, "model-FLOPs utilisation training reaches on this device, for the plan's "
+                                       "hours (unset: the known device's default, e.g. 0.40 on an A100)",
+                                 gt=0.0, le=1.0)
+    decode_mfu: Optional[float] = param(None, "utilisation vLLM generation reaches (memory-bound; unset: the "
+                                              "known device's default, e.g. 0.10)", gt=0.0, le=1.0)
+    peak_tflops: Optional[float] = param(None, "dense 16-bit TFLOP/s of one GPU (unset: the known device's)",
+                                         gt=0.0)
+    sft_tokens: Optional[float] = param(None, "tokens of SFT data the plan costs (unset: counted from "
+                                              "data.train_files at 4 characters per token)", gt=0.0)
+    preference_tokens: Optional[float] = param(None, "tokens of preference pairs the plan costs for the reward "
+                                                     "model and DPO (unset: counted from their train_files)", gt=0.0)
 
     def check(self) -> None:
         if (self.gpu is None) != (self.gpus_per_node == 0):

@@ -16,6 +16,7 @@ from typing import Callable
 from common.config import Config, load_config
 from common.errors import ConfigError
 from common.paths import REPO_ROOT
+from jobs.planning.costs import CPU_MFU, CPU_PEAK_TFLOPS_PER_CORE, StageCost, device_for, plan_tokens, stage_cost
 from jobs.planning.memory import (GIB, INFERENCE_CHUNK, Memory, ModelShape, inference_memory, lora_trainable,
                                   model_shape, rollout_memory, training_memory)
 
@@ -141,6 +142,7 @@ class Plan:
     stages: list[str]
     roles: list[RolePlan]
     problems: list[str] = field(default_factory=list)
+    costs: list[StageCost] = field(default_factory=list)
 
     @property
     def fits(self) -> bool:
@@ -221,12 +223,15 @@ def make_plan(cfg: Config, size: str | None = None, task_type: str | None = None
     task = task_type or cfg.profile.task_type
     recommendation = recommend_alignment(task, cfg.pipeline.stages)
     stages = planned_stages(cfg.pipeline.stages, recommendation)
-    roles, problems = [], quantization_problems(cfg)
+    roles, problems, costs = [], quantization_problems(cfg), []
+    device, tokens = device_for(cfg), plan_tokens(cfg, stages)
     for stage in (s for s in stages if s in STAGE_ROLES):
         stage_roles = STAGE_ROLES[stage](cfg, shape)
         roles.extend(stage_roles)
         problems += gpu_problems(cfg, stage, stage_roles) + host_problems(cfg, stage, stage_roles)
-    return Plan(cfg, shape, task, recommendation, stages, roles, problems)
+        gpus = sum(r.ranks * r.gpus_per_rank for r in stage_roles)
+        costs.append(stage_cost(cfg, stage, gpus, shape.params, tokens, device))
+    return Plan(cfg, shape, task, recommendation, stages, roles, problems, costs)
 
 
 def load_profile(name: str, overrides: list[str] | None = None) -> Config:
@@ -281,5 +286,27 @@ def format_plan(plan: Plan) -> str:
     lines += ["", "formulas: params N·w (+T·p trained), ZeRO-3 /D; grads T·p, ZeRO-2+ /D; AdamW T·12 (fp32: 8), "
                   "ZeRO-1+ /D; activations b·s·h·L·34 (checkpointing b·s·h·(2L+34)) + b·s·V·4 logits; "
                   "KV b·s·2·L·kv·hd·w (python -m jobs.plan --help)"]
+    lines += ["", *format_costs(plan)]
     lines.append("verdict   " + ("fits" if plan.fits else "does not fit: " + plan.problems[0]))
     return "\n".join(lines)
+
+
+def format_costs(plan: Plan) -> list[str]:
+    """The time and money table (jobs/planning/costs.py): per stage and in total."""
+    cfg, device = plan.cfg, device_for(plan.cfg)
+    lines = [f"{'stage':<13}{'tokens':>10}{'PFLOP':>12}{'GPUs':>6}{'wall h':>10}{'GPU-h':>10}{'cost $':>11}"]
+    for c in plan.costs:
+        lines.append(f"{c.stage:<13}{c.tokens:>10.3g}{c.flops / 1e15:>12.4g}{c.gpus:>6g}{c.wall_hours:>10.3g}"
+                     f"{c.gpu_hours:>10.3g}{c.cost:>11,.0f}")
+    total = [sum(getattr(c, key) for c in plan.costs) for key in ("flops", "wall_hours", "gpu_hours", "cost")]
+    lines.append(f"{'total':<13}{'':>10}{total[0] / 1e15:>12.4g}{'':>6}{total[1]:>10.3g}{total[2]:>10.3g}"
+                 f"{total[3]:>11,.0f}")
+    if device is None:
+        rate = (f"hosts' cores at {CPU_PEAK_TFLOPS_PER_CORE * 1e3:g} GFLOP/s each, MFU {cfg.profile.mfu or CPU_MFU:g} "
+                f"(no GPU price)")
+    else:
+        rate = (f"{cfg.profile.gpu} {device.peak_tflops:g} TFLOP/s at MFU {device.mfu:g} (generation "
+                f"{device.decode_mfu:g}), ${device.price_per_hour:g} per GPU-hour ({device.source})")
+    lines.append(f"costed    {rate}; 6N FLOPs per trained token (LoRA 4N, +2N with gradient checkpointing), "
+                 f"2N per forward or generated token; data at 4 characters per token (python -m jobs.plan --help)")
+    return lines
