@@ -43,7 +43,7 @@ def read_faults(output_dir: str | Path) -> list[dict]:
 class ReplacingRoleGroup(RoleGroup):
     """Ranks holding nothing the driver cannot restore. A rank that dies during `call` is respawned in its
     bundle, brought back by `revive(actor)` (which returns the refs of the calls that restore it), and only its
-    share of the call is run again, so the other ranks' results (and their seed counters) stay as they are. At
+    share of the call (or of a `submit` being settled) is run again, so the other ranks' results (and their seed counters) stay as they are. At
     most `max_replacements` per group."""
 
     def __init__(self, *args, revive: Callable[[Any], list], on_replaced: Callable[[int, str], None],
@@ -52,9 +52,7 @@ class ReplacingRoleGroup(RoleGroup):
         self.revive, self.on_replaced, self.max_replacements = revive, on_replaced, max_replacements
         self.replacements = 0
 
-    def call(self, method: str, *args: Any, per_rank: list[tuple] | None = None) -> list:
-        refs = self.submit(method, *args, per_rank=per_rank)
-        rank_args = per_rank if per_rank is not None else [args] * len(refs)
+    def settle(self, method: str, refs: list, rank_args: list[tuple]) -> list:
         return [self._settle(rank, ref, method, rank_args[rank]) for rank, ref in enumerate(refs)]
 
     def _settle(self, rank: int, ref, method: str, args: tuple) -> Any:

@@ -140,7 +140,12 @@ class RoleGroup:
         return [getattr(actor, method).remote(*args) for actor in self.actors]
 
     def call(self, method: str, *args: Any, per_rank: list[tuple] | None = None) -> list:
-        return self.get(self.submit(method, *args, per_rank=per_rank), method)
+        return self.settle(method, self.submit(method, *args, per_rank=per_rank),
+                           per_rank if per_rank is not None else [args] * len(self))
+
+    def settle(self, method: str, refs: list, rank_args: list[tuple]) -> list:
+        """The results of a `submit` made earlier (rank_args: the arguments each rank was given)."""
+        return self.get(refs, method)
 
     def call_rank0(self, method: str, *args: Any) -> Any:
         return self.get([getattr(self.actors[0], method).remote(*args)], method)[0]

@@ -1,6 +1,7 @@
 """The PPO driver: owns the role actors (actors/ppo_roles.py) and runs one step as eight numbered, timed phases.
 
-    1 rollout    vLLM engine actors sample ppo.samples_per_prompt responses per prompt
+    1 rollout    vLLM engine actors sample ppo.samples_per_prompt responses per prompt (ppo.async_rollouts: the
+                 batch was sampled during the previous step, and the next one starts sampling now)
     2 score      reward source (reward-model actor, HTTP service or programmatic) → preference scores, and the
                  plug-in reward functions
    2b dynamic    (ppo.dynamic_sampling, group estimators) groups that all scored alike dropped, more sampled
@@ -38,7 +39,8 @@ from actors.ppo_advantages import compute_advantages, rewards_before_kl
 from actors.ppo_metrics import step_metrics
 from actors.ppo_prompts import hold_out, load_prompts, prompts_for_extra_round, prompts_for_step
 from actors.ppo_roles import PPORoles, engine_callbacks
-from actors.ppo_step import Advantages, DynamicSampling, LogProbs, Rollout, Scores, StepResult, StepState, timed
+from actors.ppo_step import (Advantages, DynamicSampling, LogProbs, PendingRollout, Rollout, Scores, StepResult,
+                             StepState, timed)
 from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, shard
 from actors.rollout.sample import eval_draw, extra_round_draw
 from common.config import Config, resolve_path
@@ -62,6 +64,8 @@ class PPOLoop:
         self.preempted = threading.Event()  # set on SIGTERM (actors/ppo_supervisor.py): finish the step, stop
         self.roles = PPORoles()
         self.metrics: MetricsLogger | None = None
+        self.engine_version = 0  # the step whose policy update the rollout engines hold
+        self.prefetched: PendingRollout | None = None  # ppo.async_rollouts: the next step's batch, being sampled
 
     # ---- start-up --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -115,19 +119,52 @@ class PPOLoop:
 
     # 1
     def rollout_phase(self, s: StepState) -> Rollout:
-        ppo = self.cfg.ppo
-        return self._rollout(prompts_for_step(len(self.prompts), ppo.rollout_batch_size, s.step, self.cfg.run.seed))
+        pending, self.prefetched = self.prefetched, None
+        if pending is None or pending.step != s.step:
+            pending = self._start_rollout(self._step_prompts(s.step), s.step)
+        rollout = self._finish_rollout(pending)
+        if self.cfg.ppo.async_rollouts and s.step < self.cfg.ppo.steps:
+            # The next step's batch is sampled while this one scores, trains and syncs: one update behind.
+            self.prefetched = self._start_rollout(self._step_prompts(s.step + 1), s.step + 1)
+        return rollout
 
-    def _rollout(self, prompts: list[int], draw: int | None = None) -> Rollout:
+    def _step_prompts(self, step: int) -> list[int]:
+        return prompts_for_step(len(self.prompts), self.cfg.ppo.rollout_batch_size, step, self.cfg.run.seed)
+
+    def _rollout(self, prompts: list[int], step: int, draw: int | None = None) -> Rollout:
         """samples_per_prompt sampled answers to each of the training prompts `prompts`, from the training seed
         stream or from `draw` (actors/rollout/sample.py)."""
-        picked = [i for i in prompts for _ in range(self.cfg.ppo.samples_per_prompt)]  # each group is contiguous
-        samples = self._sample([self.prompt_ids[i] for i in picked], draw)
-        return self._assemble(picked, samples,
-                              [self.tokenizer.decode(x.response_ids, skip_special_tokens=True) for x in samples])
+        return self._finish_rollout(self._start_rollout(prompts, step, draw))
 
-    def _assemble(self, picked: list[int], samples: list, responses: list[str]) -> Rollout:
-        """The rollout of these samples (row i answers training prompt picked[i], decoded as responses[i])."""
+    def _start_rollout(self, prompts: list[int], step: int, draw: int | None = None) -> PendingRollout:
+        picked = [i for i in prompts for _ in range(self.cfg.ppo.samples_per_prompt)]  # each group is contiguous
+        chunks, refs = self._submit_samples([self.prompt_ids[i] for i in picked], draw)
+        return PendingRollout(step, picked, chunks, refs, self.engine_version)
+
+    def _finish_rollout(self, pending: PendingRollout) -> Rollout:
+        samples = self._collect_samples(pending.chunks, pending.refs)
+        return self._assemble(pending.picked, samples,
+                              [self.tokenizer.decode(x.response_ids, skip_special_tokens=True) for x in samples],
+                              [pending.version] * len(samples))
+
+    def _sample(self, prompt_ids: list[list[int]], draw: int | None = None) -> list:
+        return self._collect_samples(*self._submit_samples(prompt_ids, draw))
+
+    def _submit_samples(self, prompt_ids: list[list[int]], draw: int | None = None) -> tuple[list[tuple], list]:
+        """One answer per prompt, the prompts split over the engines in contiguous runs; returns each engine's
+        arguments and result ref. first_index: every response gets its own seed, whichever engine samples it (a
+        group split over two engines would otherwise draw the same answers twice)."""
+        engines = self.roles.rollout
+        cuts = [len(prompt_ids) * i // len(engines) for i in range(len(engines) + 1)]
+        chunks = [(prompt_ids[cuts[i]:cuts[i + 1]], None, None, cuts[i], draw) for i in range(len(engines))]
+        return chunks, engines.submit("generate", per_rank=chunks)
+
+    def _collect_samples(self, chunks: list[tuple], refs: list) -> list:
+        return [sample for part in self.roles.rollout.settle("generate", refs, chunks) for sample in part]
+
+    def _assemble(self, picked: list[int], samples: list, responses: list[str], versions: list[int]) -> Rollout:
+        """The rollout of these samples (row i answers training prompt picked[i], decoded as responses[i], sampled
+        by the policy of step versions[i])."""
         tokens = TokenBatch.from_samples([x.prompt_ids for x in samples], [x.response_ids for x in samples],
                                          self.tokenizer.pad_token_id)
         return Rollout(prompts=[self.prompts[i].turns for i in picked], prompt_keys=[str(i) for i in picked],
@@ -136,16 +173,8 @@ class PPOLoop:
                        generated_tokens=sum(len(x.response_ids) for x in samples),
                        finished=sum(x.finish_reason == "stop" for x in samples) / len(samples),
                        columns=[self.prompts[i].columns for i in picked],
-                       sources=[self.prompts[i].source for i in picked], samples=samples, picked=picked)
-
-    def _sample(self, prompt_ids: list[list[int]], draw: int | None = None) -> list:
-        """One sampled answer per prompt, the prompts split over the engines in contiguous runs. first_index: every
-        response gets its own seed, whichever engine samples it (a group split over two engines would otherwise
-        draw the same answers twice)."""
-        engines = self.roles.rollout
-        cuts = [len(prompt_ids) * i // len(engines) for i in range(len(engines) + 1)]
-        chunks = [(prompt_ids[cuts[i]:cuts[i + 1]], None, None, cuts[i], draw) for i in range(len(engines))]
-        return [sample for part in engines.call("generate", per_rank=chunks) for sample in part]
+                       sources=[self.prompts[i].source for i in picked], samples=samples, picked=picked,
+                       versions=versions)
 
     # 2
     def score_phase(self, s: StepState) -> Scores:
@@ -181,14 +210,15 @@ class PPOLoop:
             if len(kept) >= wanted or len(rounds) == ppo.dynamic_sampling.max_rounds:
                 break
             prompts = prompts_for_extra_round(len(self.prompts), wanted, s.step, len(rounds), self.cfg.run.seed)
-            rollout = self._rollout(prompts, draw=extra_round_draw(s.step, len(rounds)))
+            rollout = self._rollout(prompts, s.step, draw=extra_round_draw(s.step, len(rounds)))
             rounds.append((rollout, self.score_phase(StepState(s.step, s.progress, rollout=rollout))))
         filled = dropped[:max(wanted - len(kept), 0)]
         rows = [(r, group * size + j) for r, group in kept[:wanted] + filled for j in range(size)]
         taken = [(rounds[r][0], row) for r, row in rows]
         s.rollout = self._assemble([source.picked[row] for source, row in taken],
                                    [source.samples[row] for source, row in taken],
-                                   [source.responses[row] for source, row in taken])
+                                   [source.responses[row] for source, row in taken],
+                                   [source.versions[row] for source, row in taken])
         s.rollout.generated_tokens = rounds[0][0].generated_tokens  # the extra rounds' are logged on their own
         s.score = Scores.gather([scores for _, scores in rounds], rows)
         return DynamicSampling(rounds=len(rounds), groups_sampled=len(kept) + len(dropped),
@@ -230,8 +260,8 @@ class PPOLoop:
         advantages = adv.advantages
         if s.step == self.cfg.ppo.inject_nan_at_step:  # fault injection: lets the NaN guard and rollback be shown
             advantages = torch.full_like(advantages, float("nan"))
-        policy_batch = PolicyBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask, logps.old, logps.ref,
-                                   advantages, s.rollout.behaviour)
+        policy_batch = PolicyBatch(tokens.input_ids, tokens.attention_mask, tokens.action_mask,
+                                   self._ratio_old(s), logps.ref, advantages, s.rollout.behaviour)
         policy_refs = policy.submit("train", per_rank=[(part, seed, adv.kl_loss_coef)
                                                         for part in shard(policy_batch, len(policy))])
         value_refs = None
@@ -244,9 +274,19 @@ class PPOLoop:
             stats.update(value.get(value_refs, "train")[0])
         return stats
 
+    def _ratio_old(self, s: StepState) -> torch.Tensor:
+        """PPO's π_old. Lock-step: the policy before this update (ppo.trainer_logprobs). A batch sampled one update
+        behind (ppo.async_rollouts) without a rollout correction: the engine's log-probs, the distribution that
+        actually sampled, so the ratio is exact; with tis / mask the policy's, corrected towards the engine's."""
+        if self.cfg.ppo.async_rollouts and self.cfg.ppo.rollout_correction == "none":
+            return s.rollout.behaviour
+        return s.reference.old
+
     # 7
     def sync_phase(self, s: StepState) -> int:
-        return self.sync_weights()
+        loaded = self.sync_weights()
+        self.engine_version = s.step
+        return loaded
 
     def sync_weights(self) -> int:
         """The policy's current weights into every rollout engine; returns tensors loaded per engine."""
@@ -359,7 +399,9 @@ class PPOLoop:
         """The trained roles' weights and optimizer state of `step`, synced into the engines, whose seed counters
         go back to that step too."""
         state = ppo_checkpoints.load(self.ckpt_dir, step, self._trained())
+        self.prefetched = None  # sampled by weights this replaces; the engines run it, then take the new ones
         self.sync_weights()
+        self.engine_version = step
         self.roles.rollout.call("set_calls", state["rollout_calls"])
         return state
 

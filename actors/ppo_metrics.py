@@ -21,8 +21,15 @@ def step_metrics(s: StepState, kl_scale: float, lr: float) -> dict:
         "response_chars_mean": sum(len(r) for r in rollout.responses) / len(rollout.responses),
         "finished_share": rollout.finished, **s.train,
         "rollout_tokens_per_s": rollout.generated_tokens / max(s.timings["rollout"], 1e-9),
-        "lr": lr, **sampler_gap(s), **(s.dynamic.metrics() if s.dynamic else {}),
+        "lr": lr, **sampler_gap(s), **(s.dynamic.metrics() if s.dynamic else {}), **staleness(s),
     }
+
+
+def staleness(s: StepState) -> dict:
+    """Updates between the policy that sampled each row and the one that trains on it (the policy of step
+    s.step - 1): 0 in lock-step, 1 for a batch sampled during the previous step (ppo.async_rollouts)."""
+    behind = [s.step - 1 - version for version in s.rollout.versions]
+    return {"rollout/staleness": sum(behind) / len(behind), "rollout/staleness_max": max(behind)}
 
 
 def sampler_gap(s: StepState) -> dict:

@@ -40,13 +40,16 @@ def separate_reference(cfg: Config) -> bool:
 def thread_plans(cfg: Config) -> dict[str, ThreadPlan]:
     """Each computing role's threads: ppo.role_threads, else the node's cores over the ranks busy at once in the
     phase of each call (phase 3: policy old log-probs beside the reference's; phase 4: the value model alone;
-    phase 6: policy and value ranks train together)."""
+    phase 6: policy and value ranks train together). With ppo.async_rollouts the engines sample the next batch
+    all through phases 2-7, so they count as busy beside every phase."""
     ppo = cfg.ppo
     value = ppo.value_workers if ppo.uses_value_model else 0
-    phase3 = ppo.policy_workers + (1 if separate_reference(cfg) else 0)
-    phase6 = ppo.policy_workers + value
+    engines = ppo.rollout.num_engines if ppo.async_rollouts else 0
+    phase3 = ppo.policy_workers + (1 if separate_reference(cfg) else 0) + engines
+    phase4 = value + engines if value else 0
+    phase6 = ppo.policy_workers + value + engines
     sharing = {"policy": {"old_logprobs": phase3, "logprobs": phase3, "train": phase6},
-               "value": {"values": value, "train": phase6}, "reference": {"logprobs": phase3}}
+               "value": {"values": phase4, "train": phase6}, "reference": {"logprobs": phase3}}
     return {role: ThreadPlan(methods, ppo.role_threads.get(role)) for role, methods in sharing.items()}
 
 

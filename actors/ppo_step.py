@@ -25,6 +25,18 @@ class Rollout:
     sources: list[str] = field(default_factory=list)  # each prompt's file:line
     samples: list[Sample] = field(default_factory=list)  # what the engines returned, row by row
     picked: list[int] = field(default_factory=list)  # each row's prompt index in the training pool
+    versions: list[int] = field(default_factory=list)  # the policy that sampled each row: the step whose update
+    # the engines held (0: the starting weights)
+
+
+@dataclass
+class PendingRollout:
+    """A rollout the engines are sampling (ppo.async_rollouts: the next step's, during this one)."""
+    step: int
+    picked: list[int]  # each row's prompt index, as Rollout.picked
+    chunks: list[tuple]  # each engine's generate arguments
+    refs: list  # each engine's result
+    version: int
 
 
 @dataclass

@@ -140,6 +140,13 @@ class PPOConfig:
                       "response then over responses (seq-mean-token-mean, the original GRPO), response sums over "
                       "responses (seq-mean-token-sum), or response sums over responses x rollout.max_new_tokens "
                       "(seq-mean-token-sum-norm, Dr. GRPO's constant normaliser)")
+    async_rollouts: int = param(0, "1: the rollout engines sample the next step's batch while the policy scores, "
+                                   "trains and syncs on this one (one-step off-policy, as OpenRLHF's async mode, veRL's "
+                                   "one-step-off-policy trainer and TRL's AsyncGRPO); each batch is then one update "
+                                   "behind the policy that trains on it (logged as rollout/staleness) and, with "
+                                   "rollout_correction=none, PPO's ratio is taken against the engine's own log-probs "
+                                   "of the sampled tokens (tis / mask instead keep the ratio against the current policy "
+                                   "and correct towards the engine's: decoupled PPO); 0: lock-step", ge=0, le=1)
     max_grad_norm: float = param(0.5, "gradient clipping max norm", gt=0)
     advantage_estimator: Literal["gae", "grpo", "rloo", "reinforce_baseline"] = param(
         "gae", "gae: a value model (critic) and GAE, as in classic PPO; grpo / rloo / reinforce_baseline: no value "

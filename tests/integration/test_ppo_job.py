@@ -120,6 +120,7 @@ def test_grpo_learns_with_no_value_model(grpo):
     assert spread[0] >= 0.5 and spread[-1] == 0.0, spread
 
 
+@pytest.mark.slow  # the default tier resumes a finished GRPO run in the overlapped-rollouts test below
 def test_grpo_run_resumes_from_its_last_checkpoint(grpo):
     """Asked for 22 steps, the finished 20-step run resumes from its step-20 checkpoint (policy only) and keeps
     its 20 logged steps as they were; a fresh start would have rewritten them."""
@@ -128,6 +129,26 @@ def test_grpo_run_resumes_from_its_last_checkpoint(grpo):
     assert [r["step"] for r in longer] == list(range(1, 23))
     assert longer[:20] == rows
     assert "eval/rm_mean" in longer[-1]  # the last step is always evaluated
+
+
+ASYNC = ["ppo.async_rollouts=1", "ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.rollout_batch_size=8",
+         "ppo.ppo_epochs=1", "ppo.rollout.max_new_tokens=12", "ppo.steps=4", "ppo.save_every=2"]
+
+
+def test_overlapped_rollouts_train_one_update_behind_and_resume_without_losing_a_step(ray_session, tmp_path):
+    """ppo.async_rollouts=1: step 1's batch comes from the starting weights (0 behind); every later batch was
+    sampled during the step before, by the policy one update older than the one that trains on it. PPO's ratio is
+    then taken against the engine's log-probs, while the logged gap of the recomputed π_old to them shows the lag.
+    Asked for 6 steps, the finished run resumes from step 4: the batch sampled ahead was not kept, so step 5's is
+    sampled afresh (0 behind) and step 6's is overlapped again."""
+    result, rows = ppo_rows(tmp_path, *ASYNC)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    assert [r["rollout/staleness"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
+    assert rows[0]["rollout/behaviour_kl"] < 1e-3 < min(r["rollout/behaviour_kl"] for r in rows[1:])
+    assert_rollouts_ran_on_vllm(result.output_dir)
+    _, longer = ppo_rows(tmp_path, *ASYNC, "ppo.steps=6")
+    assert [r["step"] for r in longer] == [1, 2, 3, 4, 5, 6] and longer[:4] == rows
+    assert [r["rollout/staleness"] for r in longer[4:]] == [0.0, 1.0]
 
 
 def test_repeated_nan_steps_stop_the_run(tmp_path):

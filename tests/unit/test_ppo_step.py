@@ -88,6 +88,10 @@ def test_each_role_gets_the_cores_its_busiest_phase_leaves_it_and_a_fixed_count_
     assert grpo["policy"].threads("train", cores=8) == 4  # two policy ranks and no value model
     assert grpo["policy"].threads("old_logprobs", cores=2) == 1  # never fewer than one
     assert grpo["reference"].threads("logprobs", cores=8) == 3
+    # Overlapped rollouts: the engine samples beside every phase, so it counts in each phase's share.
+    overlapped = thread_plans(load_config(None, ["ppo.async_rollouts=1"]))
+    assert [overlapped["policy"].threads(m, cores=12) for m in ("old_logprobs", "train")] == [4, 4]
+    assert overlapped["value"].threads("values", cores=12) == 6
 
 
 def test_role_threads_names_only_known_roles():
