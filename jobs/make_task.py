@@ -6,6 +6,9 @@ format PPO reads (`ppo.prompt_files`), made by code so that anyone can regenerat
 animals: "Tell me a story about a {animal}." with the animal in an `animal` column; a story that names it earns
 1 from configs/rewards/names_the_animal.py. The tiny TinyStories policy knows these animals, and names the asked-for
 one in only some of its stories before training: something it can learn within a few GRPO steps.
+
+rag-kb, rag-questions: jobs.compare_rag's knowledge base (a document per subject of configs/curate-tiny-facts.jsonl)
+and its questions (one per fact, the value as reference answer); --repeats and --seed do not apply.
 """
 
 from __future__ import annotations
@@ -32,14 +35,28 @@ def animal_rows(repeats: int, seed: int) -> list[dict]:
     return rows
 
 
-TASKS = {"animals": animal_rows}
+def rag_kb_rows(repeats: int, seed: int) -> list[dict]:
+    """jobs.compare_rag's knowledge base: one document per subject of the curation fact file."""
+    from jobs.rag.kb import fact_documents, read_facts
+
+    return fact_documents(read_facts())
+
+
+def rag_question_rows(repeats: int, seed: int) -> list[dict]:
+    """jobs.compare_rag's questions: one per fact, with the reference answer and the document that holds it."""
+    from jobs.rag.kb import fact_questions, read_facts
+
+    return fact_questions(read_facts())
+
+
+TASKS = {"animals": animal_rows, "rag-kb": rag_kb_rows, "rag-questions": rag_question_rows}
 
 
 def write_jsonl(rows: list[dict], out: Path) -> Path:
     """Written to a temp file beside `out`, then renamed: a reader never sees half a file."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
     tmp.replace(out)
     return out
 

@@ -14,6 +14,7 @@ from common.config.curate import CurateConfig
 from common.config.infra import DeepSpeedConfig, LoraConfig, ModelConfig, RayConfig, RunConfig
 from common.config.pipeline import PipelineConfig, ProfileConfig, StageName
 from common.config.ppo import PPOConfig
+from common.config.rag import RagConfig
 from common.config.serving import ServeConfig
 from common.config.training import DataConfig, DPOConfig, RewardModelConfig, SFTConfig
 from common.configlib import apply_overrides, build, read_yaml, section
@@ -38,6 +39,7 @@ class Config:
     serve: ServeConfig = section(ServeConfig, "reward model serving")
     pipeline: PipelineConfig = section(PipelineConfig, "the end-to-end pipeline")
     profile: ProfileConfig = section(ProfileConfig, "hardware profile and task type (jobs.plan)")
+    rag: RagConfig = section(RagConfig, "fine-tuning against retrieval (jobs.compare_rag)")
 
     @property
     def ppo_start_model(self) -> str:
