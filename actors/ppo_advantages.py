@@ -49,6 +49,7 @@ def rewards_before_kl(ppo: PPOConfig, responses: list[str], scores: Scores, safe
 def _mixed(ppo: PPOConfig, responses: list[str], scores: Scores, seq_kl: torch.Tensor, kl_coef: float,
            safety_judge) -> MixedReward:
     weights = {function.term: function.weight for function in ppo.reward.functions}
+    weights["env"] = ppo.environment.reward_weight  # the environment's reward (ppo.environment), when it has one
     extra = {name: (term, weights[name]) for name, term in scores.functions.items()}
     return mix_rewards(RewardBatch(responses, scores.rm, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge,
                                    extra_terms=extra, group_size=ppo.samples_per_prompt), ppo.reward)

@@ -1,7 +1,8 @@
 """The PPO driver: owns the role actors (actors/ppo_roles.py) and runs one step as eight numbered, timed phases.
 
     1 rollout    vLLM engine actors sample ppo.samples_per_prompt responses per prompt (ppo.async_rollouts: the
-                 batch was sampled during the previous step, and the next one starts sampling now)
+                 batch was sampled during the previous step, and the next one starts sampling now; with
+                 ppo.environment, multi-turn episodes: actors/episodes.py)
     2 score      reward source (reward-model actor, HTTP service or programmatic) → preference scores, and the
                  plug-in reward functions
    2b dynamic    (ppo.dynamic_sampling, group estimators) groups that all scored alike dropped, more sampled
@@ -35,14 +36,15 @@ from actors.algo.monitors import HealthMonitor, most_severe_action
 from actors.algo.response_stats import response_metrics
 from actors.algo.sampling import fill_dropped
 from actors.chat import encode_prompt
+from actors.episodes import episode_metrics, run_episodes
 from actors.ppo_advantages import compute_advantages, rewards_before_kl
 from actors.ppo_metrics import step_metrics
 from actors.ppo_prompts import hold_out, load_prompts, prompts_for_extra_round, prompts_for_step
-from actors.ppo_roles import PPORoles, engine_callbacks
+from actors.ppo_roles import PPORoles, engine_callbacks, episode_tokens
 from actors.ppo_step import (Advantages, DynamicSampling, LogProbs, PendingRollout, Rollout, Scores, StepResult,
                              StepState, timed)
 from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, shard
-from actors.rollout.sample import eval_draw, extra_round_draw
+from actors.rollout.sample import Sample, eval_draw, extra_round_draw, turn_draw
 from common.config import Config, resolve_path
 from common.errors import TooManyNaNSteps
 from common.metrics import MetricsLogger
@@ -119,6 +121,8 @@ class PPOLoop:
 
     # 1
     def rollout_phase(self, s: StepState) -> Rollout:
+        if self.cfg.ppo.environment.name is not None:
+            return self._episode_rollout(self._step_prompts(s.step), s.step)
         pending, self.prefetched = self.prefetched, None
         if pending is None or pending.step != s.step:
             pending = self._start_rollout(self._step_prompts(s.step), s.step)
@@ -162,11 +166,43 @@ class PPOLoop:
     def _collect_samples(self, chunks: list[tuple], refs: list) -> list:
         return [sample for part in self.roles.rollout.settle("generate", refs, chunks) for sample in part]
 
+    def _episode_rollout(self, prompts: list[int], step: int, round_index: int = 0) -> Rollout:
+        """samples_per_prompt multi-turn episodes per prompt with the environment (ppo.environment); round_index:
+        dynamic sampling's round."""
+        picked = [i for i in prompts for _ in range(self.cfg.ppo.samples_per_prompt)]
+        episodes = self._episodes([self.prompts[i] for i in picked], step, round_index=round_index)
+        rollout = self._assemble(picked, [e.sample() for e in episodes], ["\n".join(e.texts) for e in episodes],
+                                 [self.engine_version] * len(episodes))
+        rollout.env_rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
+        rollout.env_metrics = episode_metrics(episodes, self.cfg.ppo.environment.max_turns)
+        for e, source in [(e, p.source) for e, p in zip(episodes, (self.prompts[i] for i in picked)) if e.error][:3]:
+            log.warning("environment %s ended the episode of the prompt from %s (reward 0): %s",
+                        self.cfg.ppo.environment.name, source, e.error)
+        return rollout
+
+    def _episodes(self, prompts: list, step: int, greedy: bool = False, round_index: int = 0) -> list:
+        """Episodes of the environment on these prompts: sampled (turn 0 of the first round from the training seed
+        stream, every other turn from a stream of its own) or greedy (held-out evaluation)."""
+        ppo, env = self.cfg.ppo, self.cfg.ppo.environment
+        new = ppo.rollout.max_new_tokens
+
+        def generate(ids: list[list[int]], turn: int) -> list[Sample]:
+            if greedy:
+                answers = self.roles.rollout.call_rank0("greedy", ids, new)
+                return [Sample(prompt, list(answer), [], "stop") for prompt, answer in zip(ids, answers)]
+            first = turn == 0 and round_index == 0
+            return self._sample(ids, None if first else turn_draw(step, turn, round_index))
+
+        openings = self.roles.environments.reset([{"messages": p.turns, **p.columns} for p in prompts])
+        return run_episodes(self.tokenizer, openings, [p.turns for p in prompts], generate,
+                            self.roles.environments.step, env.max_turns, ppo.rollout.max_prompt_tokens, new,
+                            episode_tokens(ppo), env.max_observation_chars)
+
     def _assemble(self, picked: list[int], samples: list, responses: list[str], versions: list[int]) -> Rollout:
         """The rollout of these samples (row i answers training prompt picked[i], decoded as responses[i], sampled
         by the policy of step versions[i])."""
         tokens = TokenBatch.from_samples([x.prompt_ids for x in samples], [x.response_ids for x in samples],
-                                         self.tokenizer.pad_token_id)
+                                         self.tokenizer.pad_token_id, [x.response_mask for x in samples])
         return Rollout(prompts=[self.prompts[i].turns for i in picked], prompt_keys=[str(i) for i in picked],
                        responses=responses, tokens=tokens,
                        behaviour=tokens.per_token([x.response_logprobs for x in samples]),
@@ -178,7 +214,10 @@ class PPOLoop:
 
     # 2
     def score_phase(self, s: StepState) -> Scores:
-        return self._score(s.rollout.prompts, s.rollout.responses, s.rollout.columns, s.rollout.sources)
+        scores = self._score(s.rollout.prompts, s.rollout.responses, s.rollout.columns, s.rollout.sources)
+        if s.rollout.env_rewards is not None:
+            scores.functions["env"] = s.rollout.env_rewards
+        return scores
 
     def _score(self, prompts: list[list[dict]], responses: list[str], columns: list[dict],
                sources: list[str]) -> Scores:
@@ -210,7 +249,10 @@ class PPOLoop:
             if len(kept) >= wanted or len(rounds) == ppo.dynamic_sampling.max_rounds:
                 break
             prompts = prompts_for_extra_round(len(self.prompts), wanted, s.step, len(rounds), self.cfg.run.seed)
-            rollout = self._rollout(prompts, s.step, draw=extra_round_draw(s.step, len(rounds)))
+            if ppo.environment.name is not None:
+                rollout = self._episode_rollout(prompts, s.step, len(rounds))
+            else:
+                rollout = self._rollout(prompts, s.step, draw=extra_round_draw(s.step, len(rounds)))
             rounds.append((rollout, self.score_phase(StepState(s.step, s.progress, rollout=rollout))))
         filled = dropped[:max(wanted - len(kept), 0)]
         rows = [(r, group * size + j) for r, group in kept[:wanted] + filled for j in range(size)]
@@ -220,6 +262,7 @@ class PPOLoop:
                                    [source.responses[row] for source, row in taken],
                                    [source.versions[row] for source, row in taken])
         s.rollout.generated_tokens = rounds[0][0].generated_tokens  # the extra rounds' are logged on their own
+        s.rollout.env_metrics = rounds[0][0].env_metrics  # what a fresh draw of episodes earns
         s.score = Scores.gather([scores for _, scores in rounds], rows)
         return DynamicSampling(rounds=len(rounds), groups_sampled=len(kept) + len(dropped),
                                groups_kept=min(len(kept), wanted), groups_filled=len(filled),
@@ -316,11 +359,18 @@ class PPOLoop:
         a rising training reward with a flat held-out one is memorisation, not learning. Greedy, so the sampling
         seed stream (and with it a resumed run's rollouts) is left alone; with ppo.eval_samples = k > 1, also k
         answers per prompt at the rollout temperature, from a seed stream of their own."""
-        ids = self.roles.rollout.call_rank0("greedy", self.eval_prompt_ids, self.cfg.ppo.rollout.max_new_tokens)
-        responses = [self.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+        held, episodes = self.eval_prompts, None
+        if self.cfg.ppo.environment.name is not None:
+            episodes = self._episodes(held, step, greedy=True)
+            responses = ["\n".join(e.texts) for e in episodes]
+        else:
+            ids = self.roles.rollout.call_rank0("greedy", self.eval_prompt_ids, self.cfg.ppo.rollout.max_new_tokens)
+            responses = [self.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
         metrics = {"eval/response_chars_mean": sum(len(r) for r in responses) / len(responses)}
-        held = self.eval_prompts
         scores = self._score([p.turns for p in held], responses, [p.columns for p in held], [p.source for p in held])
+        if episodes is not None:
+            metrics.update({f"eval/env_{k.partition('/')[2]}": v for k, v in
+                            episode_metrics(episodes, self.cfg.ppo.environment.max_turns).items()})
         if "rm" in self.cfg.ppo.reward.enabled_terms:
             metrics["eval/rm_mean"] = float(scores.rm.mean())
         metrics.update({f"eval/{name}_mean": float(values.mean()) for name, values in scores.functions.items()})

@@ -22,6 +22,7 @@ def step_metrics(s: StepState, kl_scale: float, lr: float) -> dict:
         "finished_share": rollout.finished, **s.train,
         "rollout_tokens_per_s": rollout.generated_tokens / max(s.timings["rollout"], 1e-9),
         "lr": lr, **sampler_gap(s), **(s.dynamic.metrics() if s.dynamic else {}), **staleness(s),
+        **rollout.env_metrics,
     }
 
 

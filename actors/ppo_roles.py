@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from actors.environments import Environments
 from actors.fault import engine_group, record_fault
 from actors.group import RoleGroup
 from actors.policy import PolicyRole
@@ -37,6 +38,9 @@ def separate_reference(cfg: Config) -> bool:
     return cfg.ppo.reference == "copy" or not cfg.lora.enabled
 
 
+OBSERVATION_MARKUP_TOKENS = 32  # role headers and end-of-turn markers around one observation
+
+
 def thread_plans(cfg: Config) -> dict[str, ThreadPlan]:
     """Each computing role's threads: ppo.role_threads, else the node's cores over the ranks busy at once in the
     phase of each call (phase 3: policy old log-probs beside the reference's; phase 4: the value model alone;
@@ -53,11 +57,23 @@ def thread_plans(cfg: Config) -> dict[str, ThreadPlan]:
     return {role: ThreadPlan(methods, ppo.role_threads.get(role)) for role, methods in sharing.items()}
 
 
+def episode_tokens(ppo) -> int:
+    """The longest sequence a rollout engine holds: a prompt and an answer (or the report's longer one), or a
+    multi-turn episode (ppo.environment): every turn's answer and, between turns, an observation of at most
+    max_observation_chars characters (a token holds at least one) with its chat-template markup."""
+    answer = max(ppo.rollout.max_new_tokens, ppo.report_max_new_tokens)
+    env = ppo.environment
+    if env.name is None:
+        return ppo.rollout.max_prompt_tokens + answer
+    between = env.max_observation_chars + OBSERVATION_MARKUP_TOKENS
+    return ppo.rollout.max_prompt_tokens + env.max_turns * answer + (env.max_turns - 1) * between
+
+
 def role_args(cfg: Config, start_model: str) -> dict[str, tuple]:
     """Each role's start arguments: the typed sections it reads (frozen dataclasses pickle through Ray)."""
     ppo, seed, threads = cfg.ppo, cfg.run.seed, thread_plans(cfg)
     # Room for the run report's greedy answers too, which may be longer than the rollouts.
-    max_len = ppo.rollout.max_prompt_tokens + max(ppo.rollout.max_new_tokens, ppo.report_max_new_tokens) + 8
+    max_len = episode_tokens(ppo) + 8
     trained = (cfg.model, cfg.lora, cfg.deepspeed, ppo, start_model, seed)
     return {"rollout": (start_model, ppo.rollout, seed, max_len, cfg.model.dtype),
             "policy": (*trained, threads["policy"]), "value": (*trained, threads["value"]),
@@ -93,6 +109,7 @@ class PPORoles:
         self.reference: RoleGroup | None = None
         self.reward = None  # a reward source: score(prompts, responses) -> scores
         self.functions: RewardFunctions | None = None  # plug-in reward functions, in a worker of their own
+        self.environments: Environments | None = None  # multi-turn episodes' environments, in a worker of their own
         self.rollout_engine: str | None = None  # "vllm" or "hf"
         self.sizes: dict = {}
         self.startup_s = 0.0
@@ -144,6 +161,9 @@ class PPORoles:
             # Light Python scoring beside the heavy roles: it reserves no CPU of the placement plan.
             self.functions = RewardFunctions(ppo.reward.functions, ppo.reward.function_timeout_s,
                                              ppo.reward.function_errors, {"num_cpus": 0})
+        if ppo.environment.name is not None:
+            env = ppo.environment
+            self.environments = Environments(env.name, env.kwargs, env.timeout_s, {"num_cpus": 0})
         for trained in (self.policy, self.value):
             if trained is not None:
                 trained.connect()
@@ -159,6 +179,8 @@ class PPORoles:
             group_.get(refs, method)
         if self.functions is not None:
             self.functions.ready()
+        if self.environments is not None:
+            self.environments.ready()
         self.startup_s = time.perf_counter() - started
         engines = f"policy {self.sizes['engine']}" + (f", value {value_sizes['engine']}" if value_sizes else "")
         log.info("PPO roles up in %.1f s: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), %s, reference %s, "
@@ -181,5 +203,7 @@ class PPORoles:
                 group.kill()
         if self.functions is not None:
             self.functions.kill()
+        if self.environments is not None:
+            self.environments.kill()
         for placement in {id(p): p for p in self.placement.values()}.values():
             release(placement)

@@ -27,6 +27,8 @@ class Rollout:
     picked: list[int] = field(default_factory=list)  # each row's prompt index in the training pool
     versions: list[int] = field(default_factory=list)  # the policy that sampled each row: the step whose update
     # the engines held (0: the starting weights)
+    env_rewards: torch.Tensor | None = None  # [B] each episode's summed environment reward (ppo.environment)
+    env_metrics: dict = field(default_factory=dict)  # env/... of the step's episodes
 
 
 @dataclass

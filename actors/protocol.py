@@ -56,7 +56,10 @@ class TokenBatch:
     action_mask: torch.Tensor  # [B, L-1] float, 1 where token t+1 is a response token
 
     @classmethod
-    def from_samples(cls, prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> "TokenBatch":
+    def from_samples(cls, prompts: list[list[int]], responses: list[list[int]], pad_id: int,
+                     masks: list[list[int] | None] | None = None) -> "TokenBatch":
+        """masks[i]: which of response i's tokens are actions (1: the model's own; 0: an environment's observation
+        inside a multi-turn episode); None: all of them."""
         width = max(len(p) + len(r) for p, r in zip(prompts, responses))
         ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
         attention = torch.zeros((len(prompts), width), dtype=torch.long)
@@ -65,7 +68,9 @@ class TokenBatch:
             seq = prompt + response
             ids[row, :len(seq)] = torch.tensor(seq)
             attention[row, :len(seq)] = 1
-            actions[row, len(prompt) - 1:len(seq) - 1] = 1.0
+            mask = masks[row] if masks is not None else None
+            response_actions = 1.0 if mask is None else torch.tensor(mask, dtype=actions.dtype)
+            actions[row, len(prompt) - 1:len(seq) - 1] = response_actions
         return cls(ids, attention, actions)
 
     def per_token(self, response_values: list[list[float]]) -> torch.Tensor:

@@ -7,6 +7,9 @@ animals: "Tell me a story about a {animal}." with the animal in an `animal` colu
 1 from configs/rewards/names_the_animal.py. The tiny TinyStories policy knows these animals, and names the asked-for
 one in only some of its stories before training: something it can learn within a few GRPO steps.
 
+follow-up: "Tell me a story about a {animal}." with a `word` column: the follow_up environment asks about that word
+after the first answer and pays 1 when the second answer uses it (ppo.environment.name=follow_up).
+
 rag-kb, rag-questions: jobs.compare_rag's knowledge base (a document per subject of configs/curate-tiny-facts.jsonl)
 and its questions (one per fact, the value as reference answer); --repeats and --seed do not apply.
 """
@@ -49,7 +52,19 @@ def rag_question_rows(repeats: int, seed: int) -> list[dict]:
     return fact_questions(read_facts())
 
 
-TASKS = {"animals": animal_rows, "rag-kb": rag_kb_rows, "rag-questions": rag_question_rows}
+WORDS = ("ball", "tree", "cake", "park", "box", "flower", "car", "toy", "hat", "boat", "sun", "book")
+
+
+def follow_up_rows(repeats: int, seed: int) -> list[dict]:
+    """The follow_up environment's prompts: a story about an animal, and the `word` the environment then asks
+    about (actors/environments.py); every animal with every word in turn, `repeats` times, shuffled."""
+    rows = [{"prompt": TEMPLATES[0].format(animal=animal), "word": WORDS[(i + r) % len(WORDS)]}
+            for r in range(repeats) for i, animal in enumerate(ANIMALS)]
+    random.Random(seed).shuffle(rows)
+    return rows
+
+
+TASKS = {"animals": animal_rows, "follow-up": follow_up_rows, "rag-kb": rag_kb_rows, "rag-questions": rag_question_rows}
 
 
 def write_jsonl(rows: list[dict], out: Path) -> Path:

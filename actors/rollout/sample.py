@@ -11,8 +11,11 @@ class Sample:
     response_ids: list[int]
     # Log-prob of each sampled token under the distribution that sampled it (repetition penalty, temperature, top_p
     # applied: vLLM's processed log-probs): PPO's behaviour policy.
-    response_logprobs: list[float]
+    response_logprobs: list[float]  # one per model token (response_mask 1)
     finish_reason: str  # "stop" (EOS) or "length"
+    # Multi-turn episodes (actors/episodes.py): 1 where a response token is the model's own, 0 where the
+    # environment wrote it (an observation); None: every response token is the model's.
+    response_mask: list[int] | None = None
 
 
 # Seed streams besides the training one (generate's calls counter, restored on resume): dynamic sampling's extra
@@ -20,6 +23,8 @@ class Sample:
 # the training stream nor depend on how often they ran before a resume.
 EXTRA_ROUND_STREAM = 1_000_000  # + round × this + step: round r ≥ 1 of a step (steps stay below a million)
 EVAL_STREAM = 100_000_000  # + step: held-out answers sampled at the rollout temperature
+TURN_STREAM = 200_000_000  # + round × 10,000,000 + turn × 1,000,000 + step: a multi-turn episode's turn (all but
+# the first turn of the first round, which is the training stream's); rounds and turns below 10
 
 
 def extra_round_draw(step: int, round_index: int) -> int:
@@ -28,6 +33,10 @@ def extra_round_draw(step: int, round_index: int) -> int:
 
 def eval_draw(step: int) -> int:
     return EVAL_STREAM + step
+
+
+def turn_draw(step: int, turn: int, round_index: int = 0) -> int:
+    return TURN_STREAM + 10_000_000 * round_index + 1_000_000 * turn + step
 
 
 def sample_seed(seed: int, calls: int, index: int) -> int:

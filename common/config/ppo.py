@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from common.config.reward_mix import MonitorConfig, RewardMixConfig
 from common.configlib import param, section
@@ -58,6 +58,26 @@ class DynamicSamplingConfig:
     max_rounds: int = param(3, "sampling rounds per step at most, the first included; a batch still short after "
                                "them is filled with the dropped groups (logged as dynamic/filled_groups) so the step "
                                "keeps its shape", gt=0)
+
+
+SHIPPED_ENVIRONMENTS = ("follow_up", "calculator")  # actors/environments.py registers them (a test keeps it so)
+
+
+@dataclass(frozen=True)
+class EnvironmentConfig:
+    """Multi-turn rollouts (actors/environments.py, actors/episodes.py): the model and an environment take turns."""
+    name: Optional[str] = param(None, "environment: a shipped one (follow_up, calculator) or 'package.module:Class' / "
+                                      "'path/to/file.py:Class' with reset(record) -> messages and step(text) -> "
+                                      "(messages, reward, done); unset: one single-turn answer per prompt")
+    kwargs: dict[str, Any] = param({}, "the environment's constructor arguments")
+    max_turns: int = param(2, "model turns per episode at most", gt=0)
+    timeout_s: float = param(10.0, "an environment call (reset or step) past this many seconds ends its episode with "
+                                   "reward 0 (counted in env/errors)", gt=0)
+    max_observation_chars: int = param(160, "each observation turn is cut to this many characters (the rollout "
+                                                 "engine holds the whole episode: prompt, every answer and every "
+                                                 "observation)", gt=0)
+    reward_weight: float = param(1.0, "weight of the episode's summed environment reward in the mixed reward "
+                                      "(logged as reward/env)", ge=0.0)
 
 
 PlacementStrategy = Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"]
@@ -213,8 +233,24 @@ class PPOConfig:
     reward: RewardMixConfig = section(RewardMixConfig, "mixed reward")
     monitor: MonitorConfig = section(MonitorConfig, "training-health monitors")
     placement: PlacementConfig = section(PlacementConfig, "where each role's actors go across nodes")
+    environment: EnvironmentConfig = section(EnvironmentConfig, "multi-turn episodes with an environment")
     dynamic_sampling: DynamicSamplingConfig = section(DynamicSamplingConfig, "drop groups with no reward spread "
                                                                              "and sample more (DAPO)")
+
+    def _check_environment(self) -> None:
+        env = self.environment
+        if ":" not in env.name and env.name not in SHIPPED_ENVIRONMENTS:
+            raise ConfigError(f"environment.name {env.name!r} is neither a shipped environment "
+                              f"({', '.join(SHIPPED_ENVIRONMENTS)}) nor 'package.module:Class' / 'file.py:Class'")
+        together = [key for key, on in (("async_rollouts", self.async_rollouts),
+                                         ("eval_samples > 1", self.eval_samples > 1)) if on]
+        if env.max_turns >= 10 or self.dynamic_sampling.max_rounds >= 10:
+            raise ConfigError("environment: max_turns and dynamic_sampling.max_rounds must stay below 10 (each turn of "
+                              "each round samples from a seed stream of its own)")
+        if together:
+            raise ConfigError(f"environment runs multi-turn episodes, which {together[0]} does not support yet")
+        if any(function.term == "env" for function in self.reward.functions):
+            raise ConfigError("reward.functions: the term name 'env' is the environment's reward; rename the function")
 
     @property
     def uses_value_model(self) -> bool:
@@ -252,6 +288,8 @@ class PPOConfig:
         if self.dynamic_sampling.enabled and self.uses_value_model:
             raise ConfigError("dynamic_sampling drops groups of answers that all scored alike: it needs a group "
                               "estimator (advantage_estimator=grpo, rloo or reinforce_baseline), not gae")
+        if self.environment.name is not None:
+            self._check_environment()
         if self.eval_samples > 1 and not self.eval_every:
             raise ConfigError(f"eval_samples={self.eval_samples} samples answers to the held-out prompts: set "
                               f"eval_every too")

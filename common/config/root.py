@@ -20,7 +20,7 @@ from common.config.training import DataConfig, DPOConfig, RewardModelConfig, SFT
 from common.configlib import apply_overrides, build, read_yaml, section
 from common.errors import ConfigError
 from common.model_dir import check_model_dir
-from common.plugins import check_reward_functions
+from common.plugins import check_reward_functions, load_callable
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,8 @@ class Config:
             if "sft_model" not in wired:
                 check_model_dir(self.ppo_start_model, what="ppo.init_model" if self.ppo.init_model else "model.path")
             check_reward_functions(self.ppo)
+            if self.ppo.environment.name is not None and ":" in self.ppo.environment.name:
+                load_callable(self.ppo.environment.name, "ppo.environment.name")
         elif stage in ("sft", "reward_model") or (stage == "dpo" and "sft_model" not in wired):
             check_model_dir(self.model.path, what="model.path")
 
