@@ -30,6 +30,10 @@ WORKER_ENV = {
     "HF_DATASETS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS": "0",
+    # Ray Serve's HTTP proxy buffers a whole request body before any replica can refuse it; this callback puts
+    # a body limit in front of that (serve/proxy_limits.py; the limit: RAYALIGN_PROXY_MAX_REQUEST_BYTES).
+    "RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH": "serve.proxy_limits:proxy_middlewares",
+    "RAYALIGN_PROXY_MAX_REQUEST_BYTES": "1000000",
 }
 
 

@@ -11,11 +11,13 @@ a bearer token.
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
 from common.config import Config
 from jobs import cli
+from serve.proxy_limits import LIMIT_ENV
 
 SECTIONS = ("run", "ray", "reward_model", "serve")
 
@@ -30,6 +32,9 @@ def serve_forever(cfg: Config) -> None:
     # Before Ray starts: a wrong path, or an open service on a reachable host, fails in a second.
     check_model_dir(reward_app.served_model_path(cfg), what="serve.model_path")
     reward_app.check_exposure(cfg)
+    # The proxy's own body limit (serve/proxy_limits.py) follows serve.max_request_bytes on a cluster this job
+    # starts; a `ray start` cluster takes it from its nodes' environment.
+    os.environ[LIMIT_ENV] = str(cfg.serve.max_request_bytes)
     info = runtime.start(cfg.ray)
     try:
         url = reward_app.deploy(cfg)
