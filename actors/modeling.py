@@ -16,6 +16,7 @@ import torch
 
 from common.config import LoraConfig, ModelConfig
 from common.errors import ModelDirError, QuantizationUnavailable
+from common.families import lora_targets
 from common.model_dir import check_model_dir
 
 log = logging.getLogger("rayalign.modeling")
@@ -133,19 +134,21 @@ def fused_loss_head(model) -> torch.nn.Linear | None:
 
 
 def apply_lora(model, cfg: LoraConfig, quantized: bool = False, task_type: str = "CAUSAL_LM"):
-    """Wrap `model` with LoRA adapters on cfg.target_modules (attention projections by default)."""
+    """Wrap `model` with LoRA adapters on cfg.target_modules (unset: the family's attention projections)."""
     from peft import LoraConfig as PeftLoraConfig
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    family = getattr(getattr(model, "config", None), "model_type", None)
+    targets = lora_targets(cfg.target_modules, family)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in cfg.target_modules if m not in present]
+    missing = [m for m in targets if m not in present]
     if missing:
-        raise ValueError(f"lora.target_modules {missing} are not modules of this model "
+        raise ValueError(f"lora.target_modules {missing} are not modules of this {family or 'unknown-family'} model "
                          f"(it has e.g. {sorted(present - {''})[:12]})")
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
-                              target_modules=list(cfg.target_modules), task_type=task_type, bias="none")
+                              target_modules=targets, task_type=task_type, bias="none")
     return get_peft_model(model, peft_cfg)
 
 

@@ -144,7 +144,7 @@ class PPORoles:
         # Every actor is spawned before any is waited for, so the engine loads vLLM while the trainers import
         # DeepSpeed and load their models: start-up takes the longest role, not the sum.
         started = time.perf_counter()
-        engine_class = rollout_engine_class(ppo.rollout)
+        engine_class = rollout_engine_class(ppo.rollout, start_model)
         self.rollout_engine = engine_class.engine
         # A dead engine is replaced and re-synced from the policy; Ray rebuilds the frozen reference itself.
         self.rollout = group("rollout", engine_class, ppo.rollout.num_engines,

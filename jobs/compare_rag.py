@@ -90,7 +90,7 @@ def answer(cfg: Config, model: str, chats: dict[str, list[list[dict]]]) -> dict[
 
     rag, path = cfg.rag, str(resolve_path(model))
     tokenizer = modeling.load_tokenizer(path, cfg.model.chat_template)
-    engine_class = rollout_engine_class(cfg.ppo.rollout)
+    engine_class = rollout_engine_class(cfg.ppo.rollout, path)
     engine = ray.remote(num_cpus=cfg.ppo.cpus_per_actor)(engine_class).remote(
         path, cfg.ppo.rollout, cfg.run.seed, rag.max_prompt_tokens + rag.max_new_tokens + 8, cfg.model.dtype)
     try:

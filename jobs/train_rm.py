@@ -59,6 +59,7 @@ def prepare(cfg: Config) -> Prepared:
     """Driver-side work that should fail fast: backbone folder, size match, preference rows, encoding."""
     from actors import reward
     from actors.reward_trainer import build_preference_split, check_lora_targets
+    from common.families import lora_targets, model_type_of
     from common.records import read_many
 
     cfg.check_stage("reward_model")
@@ -67,7 +68,7 @@ def prepare(cfg: Config) -> Prepared:
     fmt = reward.read_input_format(backbone)
     tokenizer = reward.load_reward_tokenizer(backbone, fmt, cfg.model.chat_template)
     if rm.lora:
-        check_lora_targets(backbone, cfg.lora.target_modules)
+        check_lora_targets(backbone, lora_targets(cfg.lora.target_modules, model_type_of(backbone)))
     sizes = size_check(cfg, backbone)
     records = read_many(rm.train_files, rm.max_records)
     split = build_preference_split(records, tokenizer, fmt, rm.max_length, rm.eval_fraction, cfg.run.seed,

@@ -72,7 +72,8 @@ class RewardModelConfig:
     max_failures: int = param(2, "Ray Train restarts of the whole worker group from the latest checkpoint after "
                                  "a worker dies or raises (a bug is retried too, so keep it small)", ge=0)
     lora: bool = param(False, "train LoRA adapters (shape from the lora section) plus the scalar head instead of "
-                              "all weights; encoders need lora.target_modules such as [query, key, value]")
+                              "all weights (unset lora.target_modules: the backbone family's projections, e.g. "
+                              "query/key/value for a BERT-style encoder)")
     export: bool = param(True, "write the trained reward model as a Hugging Face folder at the end")
     score_batch_size: int = param(32, "sequences per forward pass when scoring (reward actor, serving)", gt=0)
     size_ratio_warn: float = param(1.5, "warn when reward-model params exceed the policy's by this factor", gt=0)

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from common.config import Config
 from common.errors import ConfigError
+from common.families import DEFAULT_FAMILY, lora_targets
 from common.model_dir import check_model_dir
 
 GIB = 2 ** 30
@@ -147,7 +148,8 @@ class Memory:
 
 
 def trained_parameters(cfg: Config, shape: ModelShape, lora: bool) -> float:
-    return float(lora_trainable(shape, cfg.lora.rank, cfg.lora.target_modules)) if lora else shape.params
+    targets = lora_targets(cfg.lora.target_modules, DEFAULT_FAMILY)  # the planner sizes Llama shapes
+    return float(lora_trainable(shape, cfg.lora.rank, targets)) if lora else shape.params
 
 
 def training_memory(cfg: Config, shape: ModelShape, lora: bool, ranks: int, sequences: int, tokens: int,

@@ -16,6 +16,7 @@ from typing import Callable
 from common.config import Config, load_config
 from common.errors import ConfigError
 from common.paths import REPO_ROOT
+from common.families import DEFAULT_FAMILY, lora_targets
 from jobs.planning.costs import CPU_MFU, CPU_PEAK_TFLOPS_PER_CORE, StageCost, device_for, plan_tokens, stage_cost
 from jobs.planning.memory import (GIB, INFERENCE_CHUNK, Memory, ModelShape, inference_memory, lora_trainable,
                                   model_shape, rollout_memory, training_memory)
@@ -244,9 +245,10 @@ def load_profile(name: str, overrides: list[str] | None = None) -> Config:
 def settings_line(cfg: Config, shape: ModelShape) -> str:
     weights = cfg.model.quantization if cfg.model.quantization != "none" else cfg.model.dtype
     if cfg.lora.enabled:
-        trained = lora_trainable(shape, cfg.lora.rank, cfg.lora.target_modules)
+        targets = lora_targets(cfg.lora.target_modules, DEFAULT_FAMILY)  # the planner sizes Llama shapes
+        trained = lora_trainable(shape, cfg.lora.rank, targets)
         method = (f"{'QLoRA' if cfg.model.quantization == '4bit' else 'LoRA'} r={cfg.lora.rank} on "
-                  f"{','.join(cfg.lora.target_modules)} ({trained / 1e6:.1f}M trained, {trained / shape.params:.2%})")
+                  f"{','.join(targets)} ({trained / 1e6:.1f}M trained, {trained / shape.params:.2%})")
     else:
         method = "full fine-tuning"
     ds = cfg.deepspeed

@@ -28,7 +28,9 @@ def test_every_committed_yaml_loads(path):
 def test_spec_defaults_live_in_the_schema():
     cfg = Config()
     assert (cfg.lora.rank, cfg.lora.alpha) == (64, 16)
-    assert cfg.lora.target_modules == ["q_proj", "k_proj", "v_proj", "o_proj"]
+    assert cfg.lora.target_modules is None  # by family (common/families.py); the SPEC's q/k/v/o for Llama
+    from common.families import lora_targets
+    assert lora_targets(None, "llama") == ["q_proj", "k_proj", "v_proj", "o_proj"]
     assert (cfg.ppo.lr, cfg.ppo.clip_range, cfg.ppo.value_clip_range) == (1e-6, 0.2, 0.2)
     assert (cfg.ppo.max_grad_norm, cfg.ppo.mini_batch_size, cfg.ppo.ppo_epochs) == (0.5, 16, 4)
     assert (cfg.ppo.rollout.temperature, cfg.ppo.rollout.top_p, cfg.ppo.rollout.repetition_penalty) == (0.7, 0.9, 1.2)

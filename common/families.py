@@ -1,0 +1,38 @@
+"""What differs between model families, in one place: the modules LoRA adapts by default (lora.target_modules
+unset), read from a checkpoint's config.json `model_type`. Everything else a family brings (its chat template, its
+special and pad tokens) travels with its tokenizer; actors/modeling.py fills in a pad token and the default chat
+template where a tokenizer has none."""
+
+from __future__ import annotations
+
+# model_type → attention projections that get adapters (fused where the family fuses them)
+LORA_TARGETS = {
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mistral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "qwen3": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj"],  # q, k and v in one fused projection
+    "gpt2": ["c_attn", "c_proj"],  # fused q/k/v (Conv1D), and the attention's (and MLP's) output projection
+    "bert": ["query", "key", "value"],  # sentence encoders such as all-MiniLM-L6-v2 (reward backbones)
+}
+DEFAULT_FAMILY = "llama"
+
+
+def lora_targets(configured: list[str] | None, model_type: str | None) -> list[str]:
+    """lora.target_modules when set; else the family's default (a family not in the table gets Llama's names,
+    and apply_lora names the family and the modules it has when they do not exist)."""
+    if configured is not None:
+        return list(configured)
+    return list(LORA_TARGETS.get(model_type or DEFAULT_FAMILY, LORA_TARGETS[DEFAULT_FAMILY]))
+
+
+def model_type_of(folder) -> str | None:
+    """config.json's model_type of a Hugging Face folder (None when it has none)."""
+    import json
+    from pathlib import Path
+
+    config = Path(folder) / "config.json"
+    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
