@@ -46,6 +46,7 @@ class RolloutEngine(Located):
                        enable_prefix_caching=False, logprobs_mode="processed_logprobs", **kwargs)
         self.seed = seed
         self.calls = 0
+        self.drop_tied_head = False  # set once vLLM's model refuses a separate lm_head (load_weights)
 
     def sampling_params(self, temperature: float | None = None, max_tokens: int | None = None, seed: int | None = None):
         from vllm import SamplingParams
@@ -102,15 +103,27 @@ class RolloutEngine(Located):
         return [entry[token].logprob for token, entry in zip(response, entries)]
 
     def load_weights(self, *buckets) -> int:
-        """Load weight buckets into the running engine; returns the names loaded.
+        """Load weight buckets into the running engine; returns the names received.
 
         A bucket is any iterable of (hf_name, tensor): the sync's PackedBuckets (actors/weights.py), which arrive as
         Ray object refs resolved before this method runs and yield views of the object store's shared memory, so
         the only copies here are vLLM's own; or plain lists of pairs."""
         named = [pair for bucket in buckets for pair in bucket]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
+        try:
+            self._reload(named)
+        except ValueError as exc:
+            # A tied output head comes under both names. Most of vLLM's models take both; some (Gemma 2) have no
+            # lm_head parameter at all and tie it to the embedding themselves: from then on it is left out.
+            if self.drop_tied_head or "lm_head" not in str(exc):
+                raise
+            self.drop_tied_head = True
+            self._reload(named)
         self.llm.reset_prefix_cache()
         return len(named)
+
+    def _reload(self, named: list) -> None:
+        weights = [(n, t) for n, t in named if not (self.drop_tied_head and n == "lm_head.weight")]
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
 
     def ping(self) -> bool:
         return True
