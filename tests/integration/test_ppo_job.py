@@ -174,3 +174,18 @@ def test_resume_after_kill_loses_no_step(tmp_path):
     assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
     state = json.loads((out / "checkpoints" / "step_000006" / "state.json").read_text())
     assert state["step"] == 6
+
+
+@pytest.mark.slow  # ~3 min; the default tier resumes an overlapped run from a finished run's checkpoint
+def test_an_overlapped_run_killed_mid_run_resumes_without_losing_a_step(tmp_path):
+    args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", *ASYNC, "ppo.steps=6", "ppo.save_every=2",
+            "ppo.max_prompts=64", "ppo.reward.rm_source=keyword", "ppo.export=false"]
+    out = tmp_path / "tiny-cpu" / "ppo"
+    kill_once_checkpointed("jobs.ppo", args, out / "checkpoints" / "step_000004" / "state.json",
+                           tmp_path / "first.log", timeout=420)
+    second = run_job("jobs.ppo", *args)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "resumed PPO from step 4" in second.stdout + second.stderr
+    rows = read_jsonl(out / "metrics.jsonl")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["rollout/staleness"] for r in rows[4:]] == [0.0, 1.0]  # the batch sampled ahead died with the run
