@@ -29,7 +29,8 @@ from common.config import Config, resolve_path
 from common.errors import ConfigError
 from common.model_dir import check_model_dir
 from jobs import cli
-from jobs.rag.kb import Question, chunk_documents, load_documents, load_questions, write_jsonl
+from jobs.make_task import write_jsonl
+from jobs.rag.kb import Question, chunk_documents, load_documents, load_questions
 from jobs.rag.metrics import contains, exact, f1, recall_at_k
 
 log = logging.getLogger("rayalign.compare_rag")
@@ -136,7 +137,7 @@ def run(cfg: Config) -> CompareResult:
         named = {arm.name: with_passages if arm.retrieval else plain for arm in chosen if arm.model == model}
         log.info("answering with %s: %s", model, ", ".join(named))
         answers.update(answer(cfg, model, named))
-    rows = [score(arm.name, *answers[arm.name][:1], questions, answers[arm.name][1]) for arm in chosen]
+    rows = [score(arm.name, answers[arm.name][0], questions, answers[arm.name][1]) for arm in chosen]
     folder = cfg.run.output_dir("compare_rag")
     write_outputs(folder, rows, recall, rag.top_k, questions, answers, retrieved)
     return CompareResult(folder, rows, recall)

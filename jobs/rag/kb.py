@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 from common.config import resolve_path
 from common.errors import EmptyDatasetError, RecordError
@@ -134,10 +133,3 @@ def chunk_documents(docs: list[Document], max_chars: int) -> list[Chunk]:
             chunks.append(Chunk(doc.id, current))
     return chunks
 
-
-def write_jsonl(rows: list[dict], out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    tmp.replace(out)
-    return out

@@ -160,32 +160,31 @@ def test_repeated_nan_steps_stop_the_run(tmp_path):
         loop._nan_guard({"policy/nan_skipped": 1})
 
 
-@pytest.mark.slow  # ~3 min; tests/integration/test_fault_tolerance.py resumes PPO after faults and SIGTERM by default
-def test_resume_after_kill_loses_no_step(tmp_path):
-    args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", "ppo.steps=6", "ppo.save_every=2",
-            "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8", "ppo.ppo_epochs=1", "ppo.max_prompts=64",
-            "ppo.rollout.max_new_tokens=16", "ppo.reward.rm_source=keyword", "ppo.export=false"]
+def killed_at_step_4_and_resumed(tmp_path, *overrides):
+    """A 6-step PPO job killed once its step-4 checkpoint is written, then run again: (output folder, its metrics
+    rows), the re-run checked to have exited 0 after resuming from step 4."""
+    args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", *overrides, "ppo.steps=6", "ppo.save_every=2",
+            "ppo.max_prompts=64", "ppo.reward.rm_source=keyword", "ppo.export=false"]  # after: these win
     out = tmp_path / "tiny-cpu" / "ppo"
     kill_once_checkpointed("jobs.ppo", args, out / "checkpoints" / "step_000004" / "state.json",
                            tmp_path / "first.log", timeout=420)
     second = run_job("jobs.ppo", *args)
     assert second.returncode == 0, second.stderr[-3000:]
     assert "resumed PPO from step 4" in second.stdout + second.stderr
-    assert [r["step"] for r in read_jsonl(out / "metrics.jsonl")] == [1, 2, 3, 4, 5, 6]
+    return out, read_jsonl(out / "metrics.jsonl")
+
+
+@pytest.mark.slow  # ~3 min; tests/integration/test_fault_tolerance.py resumes PPO after faults and SIGTERM by default
+def test_resume_after_kill_loses_no_step(tmp_path):
+    out, rows = killed_at_step_4_and_resumed(tmp_path, "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8",
+                                             "ppo.ppo_epochs=1", "ppo.rollout.max_new_tokens=16")
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     state = json.loads((out / "checkpoints" / "step_000006" / "state.json").read_text())
     assert state["step"] == 6
 
 
 @pytest.mark.slow  # ~3 min; the default tier resumes an overlapped run from a finished run's checkpoint
 def test_an_overlapped_run_killed_mid_run_resumes_without_losing_a_step(tmp_path):
-    args = ["--config", str(TINY_CPU), f"run.output_root={tmp_path}", *ASYNC, "ppo.steps=6", "ppo.save_every=2",
-            "ppo.max_prompts=64", "ppo.reward.rm_source=keyword", "ppo.export=false"]
-    out = tmp_path / "tiny-cpu" / "ppo"
-    kill_once_checkpointed("jobs.ppo", args, out / "checkpoints" / "step_000004" / "state.json",
-                           tmp_path / "first.log", timeout=420)
-    second = run_job("jobs.ppo", *args)
-    assert second.returncode == 0, second.stderr[-3000:]
-    assert "resumed PPO from step 4" in second.stdout + second.stderr
-    rows = read_jsonl(out / "metrics.jsonl")
+    _, rows = killed_at_step_4_and_resumed(tmp_path, *ASYNC)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert [r["rollout/staleness"] for r in rows[4:]] == [0.0, 1.0]  # the batch sampled ahead died with the run
