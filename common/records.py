@@ -4,7 +4,11 @@ A record is a plain dict:
     messages : [{"role": "system"|"user"|"assistant", "content": str}, ...]   the conversation (SFT) or,
                for preference data, the prompt turns that precede the compared reply
     chosen, rejected : str            preference data only: the better / worse assistant reply
-    ratings  : [float]                optional human ratings (annotator gate)
+    ratings  : [float]                optional human ratings (annotator gate), from a list of numbers (anonymous
+                                      annotators), a list of {"annotator": id, "rating": number} or an
+                                      {id: number} object, under `ratings` or `annotator_ratings`
+    annotators : [str]                the ids of whoever gave `ratings`, in the same order; only when the row
+                                      names them (a row may also give them as this parallel list)
     category : str                    optional mixing category (set by curation sources)
     columns  : {field: value}         the row's fields no format reads (e.g. a reference answer), when it has
                                       any: what plug-in reward functions receive beside the prompt
@@ -25,6 +29,7 @@ leniently, passing each RecordError to a callback and going on with the rest.
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -240,20 +245,76 @@ def _hh_turns(transcript: str, where: str) -> list[dict]:
             for speaker, text in zip(parts[1::2], parts[2::2])]
 
 
+RATING_FIELDS = ("ratings", "annotator_ratings")
+RATING_SHAPES = 'a list of numbers, a list of {"annotator": id, "rating": number} objects or an {id: number} object'
+
+
+def _ratings(row: dict, where: str) -> dict:
+    """The record's `ratings` and, when the row names who gave them, the parallel `annotators`; {} unrated.
+    A list of plain numbers stays anonymous unless the row's `annotators` field names them (that is how a
+    curated record, written back out, keeps its ids)."""
+    field = next((name for name in RATING_FIELDS if row.get(name) is not None), None)
+    if field is None:
+        return {}
+    value = row[field]
+    if isinstance(value, dict):
+        ids, numbers = list(value), list(value.values())
+    elif isinstance(value, list) and any(isinstance(item, dict) for item in value):
+        ids, numbers = _rating_objects(value, where, field)
+    elif isinstance(value, list):
+        ids, numbers = row.get("annotators"), value
+    else:
+        raise RecordError.at(where, f"field {field!r} must be {RATING_SHAPES}, got {type(value).__name__}")
+    ratings = [_finite(number) for number in numbers]
+    if None in ratings:
+        raise RecordError.at(where, f"{field} must be numbers, got {value!r}")
+    if ids is None:
+        return {"ratings": ratings}
+    return {"ratings": ratings, "annotators": _annotator_ids(ids, len(ratings), where, field)}
+
+
+def _rating_objects(items: list, where: str, field: str) -> tuple[list, list]:
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not {"annotator", "rating"} <= set(item):
+            raise RecordError.at(where, f'{field}[{i}] must be an {{"annotator": id, "rating": number}} object like '
+                                        f"the rest of the list, got {item!r}")
+    return [item["annotator"] for item in items], [item["rating"] for item in items]
+
+
+def _finite(value: Any) -> float | None:
+    """The rating as a float; None for a bool, NaN, infinity or anything else that is not a number (a NaN
+    would pass every threshold comparison unnoticed)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _annotator_ids(ids: Any, count: int, where: str, field: str) -> list[str]:
+    if not isinstance(ids, list) or len(ids) != count:
+        raise RecordError.at(where, f"field 'annotators' must be a list of {count} annotator ids, one per rating "
+                                    f"in {field!r}, got {ids!r}")
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (str, int)) or i == ""]
+    if bad:
+        raise RecordError.at(where, f"{field}: an annotator id must be non-empty text or an integer, got {bad[0]!r}")
+    names = [str(i) for i in ids]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:
+        raise RecordError.at(where, f"{field}: annotator {twice[0]!r} rated this record more than once")
+    return names
+
+
 # The fields the formats above read; anything else in a row travels along as the record's columns.
 FORMAT_FIELDS = frozenset({"instruction", "input", "output", "instances", "messages", "conversations", "prompt",
-                           "response", "completion", "chosen", "rejected", "ratings", "annotator_ratings",
+                           "response", "completion", "chosen", "rejected", *RATING_FIELDS, "annotators",
                            "category"})
 
 
 def _extras(row: dict, record: dict, where: str) -> dict:
-    ratings = row.get("ratings", row.get("annotator_ratings"))
-    if ratings is not None:
-        _list(ratings, where, "ratings")
-        try:
-            record["ratings"] = [float(r) for r in ratings]
-        except (TypeError, ValueError):
-            raise RecordError.at(where, f"ratings must be numbers, got {ratings!r}") from None
+    record.update(_ratings(row, where))
     if row.get("category") is not None:
         record["category"] = str(row["category"])
     columns = {key: value for key, value in row.items() if key not in FORMAT_FIELDS}

@@ -17,6 +17,13 @@ class CurateConfig:
                                   "target share of each category")
     target_size: Optional[int] = param(None, "records in the curated set (unset: as many as the mix allows)", gt=0)
     min_rating: float = param(4.0, "drop records whose mean annotator rating is below this", ge=0.0)
+    min_annotators: int = param(3, "a rated record with fewer distinct annotators goes to the review queue (a "
+                                   "list of plain numbers counts one annotator per rating); records with no "
+                                   "ratings at all pass: unrated sources (web dumps, synthetic data) are not "
+                                   "annotated data", ge=1)
+    max_rating_spread: float = param(2.0, "a record whose highest and lowest rating differ by more than this goes "
+                                          "to the review queue: its annotators disagree (2.0 on a 1-5 scale lets "
+                                          "4 and 2 pass, not 5 and 2)", ge=0.0)
     min_chars: int = param(10, "shortest final response kept, in characters (Chinese: per character)", ge=0)
     max_chars: int = param(2000, "longest final response kept, in characters", gt=0)
     min_unique_token_ratio: float = param(0.70, "distinct tokens / tokens below this → drop", ge=0.0, le=1.0)

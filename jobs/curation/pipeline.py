@@ -27,7 +27,8 @@ from common.errors import ConfigError, EmptyDatasetError, RecordError
 from common.records import read_records
 from jobs.curation.dedup import DedupResult, Embedder, greedy_dedup
 from jobs.curation.mixing import plan_mix, sample_mix
-from jobs.curation.report import pair_entry, plot_lengths, render_markdown, rule_counts
+from jobs.curation.report import (annotation_report, pair_entry, plot_lengths, render_markdown, rule_counts,
+                                  source_file)
 from jobs.curation.review import spot_check_sample
 from jobs.curation.rows import SEQ_STRIDE, error_row, record_of, to_row
 from jobs.curation.rules import Outcome, build_rules, evaluate
@@ -42,7 +43,8 @@ READ_CPUS = 0.25
 GATE_CPUS = 0.5
 EMBED_CPUS = 1.0
 GATE_COLUMNS = ("status", "rules", "reasons", "notes")
-SUMMARY_COLUMNS = ("id", "seq", "category", "source", "response_chars", "error", "unreadable", *GATE_COLUMNS)
+SUMMARY_COLUMNS = ("id", "seq", "category", "source", "response_chars", "error", "unreadable", "ratings",
+                   *GATE_COLUMNS)
 # report.json / report.md list at most this many bad-input entries (a broken export can have millions); the
 # counts always cover them all.
 BAD_INPUT_LISTED = 1000
@@ -222,10 +224,11 @@ def build_report(cfg: Config, rules: list, summary: list[dict], review_rows: lis
     return {
         "run": cfg.run.name,
         "accounting": accounting,
-        "input": {"by_source": dict(Counter(row["source"].rsplit(":", 1)[0] for row in records)),
+        "input": {"by_source": dict(Counter(source_file(row) for row in records)),
                   "by_category": dict(Counter(row["category"] for row in records))},
         "bad_input": bad_input(summary),
         "rules": rule_counts(summary, rules),
+        "annotation": annotation_report(records),
         "diversity": diversity_report(candidates, dedup, cur),
         "mix": mix,
         "spot_check": {"fraction": cur.spot_check_fraction, "seed": cfg.run.seed, "sampled": len(spot_ids)},

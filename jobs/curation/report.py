@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from jobs.curation.rows import embedding_text, record_of
+from actors.algo.agreement import krippendorff_alpha
+from jobs.curation.rows import embedding_text, ratings_of, record_of
 
 PAIR_TEXT_CHARS = 160
 
@@ -24,6 +25,34 @@ def rule_counts(rows: list[dict], rules: list) -> dict[str, dict]:
     return {rule.name: {"threshold": rule.threshold(), "dropped": dropped[rule.name], "review": review[rule.name],
                         "noted": noted[rule.name], "note_meaning": rule.note_meaning}
             for rule in rules}
+
+
+def source_file(row: dict) -> str:
+    return row["source"].rsplit(":", 1)[0]
+
+
+def annotation_report(rows: list[dict]) -> dict:
+    """Krippendorff's α (interval) of the ratings, per source file in config order and over all sources
+    pooled; each rated record is one unit. Every read record counts, whatever the gates decided: α describes
+    the annotation, not the curated set."""
+    by_source: dict[str, list[list[tuple[str | None, float]]]] = {}
+    for row in sorted(rows, key=lambda row: row["seq"]):
+        pairs = ratings_of(row)
+        if pairs:
+            by_source.setdefault(source_file(row), []).append(pairs)
+    return {"metric": "interval",
+            "sources": {name: _agreement(units) for name, units in by_source.items()},
+            "overall": _agreement([unit for units in by_source.values() for unit in units])}
+
+
+def _agreement(units: list[list[tuple[str | None, float]]]) -> dict:
+    alpha = krippendorff_alpha([[rating for _, rating in unit] for unit in units])
+    entry = {"records_rated": len(units),
+             "annotators": len({a for unit in units for a, _ in unit if a is not None}),
+             "anonymous_ratings": sum(1 for unit in units for a, _ in unit if a is None),
+             "pairable_values": alpha.pairable_values,
+             "alpha": None if alpha.value is None else round(alpha.value, 4)}
+    return entry if alpha.value is not None else dict(entry, why=alpha.why)
 
 
 def pair_entry(dropped_row: dict, kept_row: dict, similarity: float) -> dict:
@@ -48,8 +77,9 @@ def render_markdown(report: dict) -> str:
     for name, r in report["rules"].items():
         note = f"{r['noted']} ({r['note_meaning']})" if r["noted"] else "0"
         lines.append(f"| {name} | {r['threshold']} | {r['dropped']} | {r['review']} | {note} |")
+    lines += _annotation_lines(report["annotation"])
     div = report["diversity"]
-    lines += ["", "## Diversity filter (all-MiniLM-L6-v2)", "",
+    lines += ["## Diversity filter (all-MiniLM-L6-v2)", "",
               f"{div['candidates']} candidates → {div['kept']} kept, {div['dropped']} dropped "
               f"(cosine similarity ≥ {div['threshold']} to a kept record).", ""]
     for title, key in (("Closest dropped pairs", "closest_pairs"), ("Dropped pairs nearest the threshold",
@@ -79,6 +109,21 @@ def render_markdown(report: dict) -> str:
               "`curate.review_verdicts=...`: rejected records are dropped in the next run", "",
               "![response lengths](lengths.png)", ""]
     return "\n".join(lines)
+
+
+def _annotation_lines(annotation: dict) -> list[str]:
+    lines = ["", f"## Annotator agreement (Krippendorff's α, {annotation['metric']})", ""]
+    if not annotation["overall"]["records_rated"]:
+        return [*lines, "No record carried ratings.", ""]
+    lines += ["| source | records rated | annotators | pairable values | α |", "|---|---:|---:|---:|---|"]
+    rows = [*annotation["sources"].items(), ("all sources", annotation["overall"])]
+    for name, a in rows:
+        annotators = str(a["annotators"]) + (f" + {a['anonymous_ratings']} anonymous ratings"
+                                              if a["anonymous_ratings"] else "")
+        alpha = f"{a['alpha']:.3f}" if a["alpha"] is not None else f"undefined: {a['why']}"
+        lines.append(f"| {_cell(name)} | {a['records_rated']} | {annotators} | {a['pairable_values']} | {alpha} |")
+    return [*lines, "", "α = 1: annotators agree fully; 0: no better than chance; below 0: systematic disagreement.",
+            ""]
 
 
 def _bad_input_lines(bad: dict) -> list[str]:

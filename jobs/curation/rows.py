@@ -17,8 +17,9 @@ from common.records import last_response
 # source order, so the diversity filter's "first one wins" is reproducible however Ray schedules blocks.
 SEQ_STRIDE = 1_000_000_000
 # error: why the row is bad input ("" for a record that was read); unreadable: the row stands for a whole
-# source that could not be read, not for one malformed record of it.
-ROW_COLUMNS = ("id", "seq", "category", "source", "record", "response_chars", "error", "unreadable")
+# source that could not be read, not for one malformed record of it. ratings: the record's (annotator, rating)
+# pairs as JSON text ("" unrated), so the driver's agreement report reads them without parsing every record.
+ROW_COLUMNS = ("id", "seq", "category", "source", "record", "response_chars", "error", "unreadable", "ratings")
 
 
 def as_sft(record: dict) -> dict:
@@ -41,14 +42,27 @@ def to_row(record: dict, category: str, seq: int) -> dict:
     record = dict(as_sft(record), category=category)
     return {"id": record_id(record), "seq": seq, "category": category, "source": record["source"],
             "record": json.dumps(record, ensure_ascii=False), "response_chars": len(last_response(record)),
-            "error": "", "unreadable": False}
+            "error": "", "unreadable": False, "ratings": rating_pairs(record)}
+
+
+def rating_pairs(record: dict) -> str:
+    """[[annotator id or null, rating], ...] as JSON text; "" when the record carries no ratings."""
+    ratings = record.get("ratings")
+    if not ratings:
+        return ""
+    annotators = record.get("annotators") or [None] * len(ratings)
+    return json.dumps([list(pair) for pair in zip(annotators, ratings)], ensure_ascii=False)
+
+
+def ratings_of(row: dict) -> list[tuple[str | None, float]]:
+    return [(annotator, rating) for annotator, rating in json.loads(row["ratings"])] if row["ratings"] else []
 
 
 def error_row(error: RecordError, category: str, seq: int) -> dict:
     """A malformed record, or a source that cannot be read at all, travels as a row naming file:line and the
     reason: it is skipped, counted and listed in the report, while the rest of the job goes on."""
     return {"id": "", "seq": seq, "category": category, "source": error.where, "record": "", "response_chars": 0,
-            "error": error.reason, "unreadable": isinstance(error, SourceError)}
+            "error": error.reason, "unreadable": isinstance(error, SourceError), "ratings": ""}
 
 
 def record_of(row: dict) -> dict:

@@ -129,12 +129,20 @@ class ReviewerRule(Rule):
 @register("annotator")
 @dataclass
 class AnnotatorRule(Rule):
+    """The seed's "each record rated by 3 annotators, mean below 4.0 dropped": a low mean drops the record;
+    too few distinct annotators, or annotators who disagree by more than max_spread, send it to review (a
+    human looks, rather than trusting or discarding a thin or split verdict). A low mean is a drop even when
+    the record also has too few annotators: evaluate stops at the first drop, and the report counts it there.
+    Records with no ratings at all pass with a note: unrated sources (web dumps, synthetic data) are not
+    annotated data, and the other gates judge them."""
     min_rating: float
+    min_annotators: int
+    max_spread: float
     note_meaning = "no ratings: passed"
 
     @classmethod
     def from_config(cls, cfg: CurateConfig) -> "AnnotatorRule":
-        return cls(cfg.min_rating)
+        return cls(cfg.min_rating, cfg.min_annotators, cfg.max_rating_spread)
 
     def check(self, record: dict) -> Decision | None:
         ratings = record.get("ratings")
@@ -143,10 +151,32 @@ class AnnotatorRule(Rule):
         mean = fmean(ratings)
         if mean < self.min_rating:
             return self._decide("drop", f"mean rating {mean:.2f} < {self.min_rating}")
-        return None
+        reasons = []
+        count = annotator_count(record)
+        if count < self.min_annotators:
+            reasons.append(f"{count} annotators < curate.min_annotators {self.min_annotators}")
+        spread = max(ratings) - min(ratings)
+        if spread > self.max_spread:
+            reasons.append(f"ratings {_listed(record)} differ by {spread:g} > curate.max_rating_spread "
+                           f"{self.max_spread:g}")
+        return self._decide("review", "; ".join(reasons)) if reasons else None
 
     def threshold(self) -> str:
-        return f"mean rating >= {self.min_rating}"
+        return (f"mean rating >= {self.min_rating}; review below {self.min_annotators} annotators or a spread "
+                f"over {self.max_spread:g}")
+
+
+def annotator_count(record: dict) -> int:
+    """Distinct annotators of a rated record; anonymous ratings (no `annotators`) count one each, the reading
+    under which a plain list like [4, 5, 4] has always meant three annotators."""
+    annotators = record.get("annotators")
+    return len(set(annotators)) if annotators else len(record["ratings"])
+
+
+def _listed(record: dict) -> str:
+    ratings = [f"{r:g}" for r in record["ratings"]]
+    annotators = record.get("annotators")
+    return ", ".join(f"{a}={r}" for a, r in zip(annotators, ratings)) if annotators else ", ".join(ratings)
 
 
 @register("length")

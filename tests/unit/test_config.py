@@ -37,6 +37,7 @@ def test_spec_defaults_live_in_the_schema():
     assert cfg.ppo.kl.coef == 0.05 and cfg.ppo.kl.schedule == [[0.2, 0.08], [0.8, 0.05], [1.0, 0.06]]
     assert cfg.curate.mix == {"general": 0.4, "domain": 0.3, "multi_turn": 0.2, "edge": 0.1}
     assert (cfg.curate.min_rating, cfg.curate.min_chars, cfg.curate.max_chars) == (4.0, 10, 2000)
+    assert (cfg.curate.min_annotators, cfg.curate.max_rating_spread) == (3, 2.0)
     assert (cfg.curate.min_unique_token_ratio, cfg.curate.max_similarity, cfg.curate.spot_check_fraction) == \
         (0.70, 0.85, 0.30)
 
@@ -69,6 +70,7 @@ def test_yaml_then_overrides(tmp_path):
      "ppo.loss_aggregation must be one of ['token-mean', 'seq-mean-token-mean', 'seq-mean-token-sum', "
      "'seq-mean-token-sum-norm'], got 'seq-mean-token-sum-nrom' (did you mean 'seq-mean-token-sum-norm'?)"),
     ("ppo.rollout_correction_cap=1", "ppo.rollout_correction_cap must be > 1.0, got 1.0"),
+    ("curate.min_annotators=0", "curate.min_annotators must be >= 1, got 0"),
     ("ppo.trainer_logprobs=raw", "ppo.trainer_logprobs must be one of ['processed', 'temperature'], got 'raw'"),
 ])
 def test_bad_values_name_field_and_range(override, message):

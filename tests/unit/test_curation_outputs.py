@@ -9,6 +9,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from actors.algo.agreement import krippendorff_alpha
 from common.config import load_config
 from common.errors import EmptyDatasetError
 from common.records import read_records
@@ -175,3 +176,71 @@ def test_nothing_readable_is_the_nothing_left_error_and_writes_nothing(tmp_path)
                                                 rf"data file"):
         finish(cfg, build_rules(cfg.curate), gathered(cfg, answers={}, read_rows=read_rows), {})
     assert not (tmp_path / "t").exists()
+
+
+def _rated_sources(tmp_path):
+    """Named ratings in every shape, anonymous ones, and a source rated once per record."""
+    def row(question, answer, ratings):
+        return json.dumps({"instruction": question, "output": answer, "ratings": ratings})
+
+    rated = tmp_path / "rated.jsonl"
+    rated.write_text("\n".join([
+        row("Name a primary colour.", "Blue is a primary colour.",
+            [{"annotator": "a1", "rating": 5}, {"annotator": "a2", "rating": 4}, {"annotator": "a3", "rating": 5}]),
+        row("How many legs does a spider have?", "A spider has eight legs.", {"a1": 4, "a2": 5}),  # 2 annotators
+        row("What colour is grass?", "Grass is usually green.", {"a1": 5, "a2": 5, "a3": 2}),  # they disagree
+        row("What is two plus two?", "Two plus two is five.", [2, 2, 3]),  # mean 2.33: dropped
+        row("Which planet is largest?", "Jupiter is the largest planet.", [4, 4, 4])]) + "\n")
+    once = tmp_path / "once.jsonl"
+    once.write_text(row("Say hello politely.", "Hello, nice to meet you.", [{"annotator": "b1", "rating": 5}]) + "\n")
+    return rated, once
+
+
+# The gates these records meet, without loading the lexicon (a second per build): keeps the tests fast.
+ANNOTATION_RULES = ["reviewer", "annotator", "length", "unique_tokens", "repeated_span"]
+
+
+def test_annotation_gate_review_queue_and_agreement_report(tmp_path):
+    rated, once = _rated_sources(tmp_path)
+    sources = [{"path": str(rated), "category": "general"}, {"path": str(once), "category": "general"}]
+    read_rows = [row for i in range(len(sources)) for row in read_source({"index": i}, sources)]
+    cfg = config(tmp_path, rules=ANNOTATION_RULES)
+    result = finish(cfg, build_rules(cfg.curate), gathered(cfg, answers={}, read_rows=read_rows), {})
+    out = result.output_dir
+    report = json.loads((out / "report.json").read_text())
+
+    queue = {row["source"]: row["reasons"] for row in map(json.loads, (out / "review_queue.jsonl").read_text()
+                                                          .splitlines())}
+    assert queue == {f"{rated}:2": ["2 annotators < curate.min_annotators 3"],
+                     f"{rated}:3": ["ratings a1=5, a2=5, a3=2 differ by 3 > curate.max_rating_spread 2"],
+                     f"{once}:1": ["1 annotators < curate.min_annotators 3"]}
+    assert report["rules"]["annotator"] | {"threshold": ""} == {
+        "threshold": "", "dropped": 1, "review": 3, "noted": 0, "note_meaning": "no ratings: passed"}
+
+    # every read record is a unit, the dropped and queued ones too: α describes the annotation
+    units = [[5, 4, 5], [4, 5], [5, 5, 2], [2, 2, 3], [4, 4, 4]]
+    alpha = round(krippendorff_alpha(units).value, 4)
+    assert report["annotation"] == {"metric": "interval", "sources": {
+        str(rated): {"records_rated": 5, "annotators": 3, "anonymous_ratings": 6, "pairable_values": 14,
+                     "alpha": alpha},
+        str(once): {"records_rated": 1, "annotators": 1, "anonymous_ratings": 0, "pairable_values": 0, "alpha": None,
+                    "why": "fewer than 2 pairable values (no unit has 2 ratings)"}},
+        "overall": {"records_rated": 6, "annotators": 4, "anonymous_ratings": 6, "pairable_values": 14,
+                    "alpha": alpha}}
+    markdown = (out / "report.md").read_text()
+    assert "## Annotator agreement (Krippendorff's α, interval)" in markdown
+    assert f"| {rated} | 5 | 3 + 6 anonymous ratings | 14 | {alpha:.3f} |" in markdown
+    assert f"| {once} | 1 | 1 | 0 | undefined: fewer than 2 pairable values (no unit has 2 ratings) |" in markdown
+
+    for name in ("curated.jsonl", "curated.parquet"):  # annotator ids survive the round trip through the outputs
+        curated = {r["columns"]["source"]: r for r in read_records(out / name)}  # where it was curated from
+        assert curated[f"{rated}:1"]["annotators"] == ["a1", "a2", "a3"]
+        assert curated[f"{rated}:1"]["ratings"] == [5.0, 4.0, 5.0]
+        assert "annotators" not in curated[f"{rated}:5"]
+
+
+def test_a_run_without_ratings_says_so_in_the_report(tmp_path):
+    cfg = config(tmp_path, rules=ANNOTATION_RULES)
+    report = finish(cfg, build_rules(cfg.curate), gathered(cfg, answers={"general": ANSWERS["general"]}), {}).report
+    assert report["annotation"]["sources"] == {} and report["annotation"]["overall"]["alpha"] is None
+    assert "No record carried ratings." in (cfg.run.output_dir("curate") / "report.md").read_text()

@@ -37,6 +37,50 @@ def test_annotator_gate_passes_unrated_records_with_a_note():
     assert decision.action == "note" and "no annotator ratings" in decision.reason
 
 
+@pytest.mark.parametrize("ratings, annotators, reason", [
+    ([5, 4], None, "2 annotators < curate.min_annotators 3"),
+    ([5, 4], ["a1", "a2"], "2 annotators < curate.min_annotators 3"),
+    ([5, 5, 2], None, "ratings 5, 5, 2 differ by 3 > curate.max_rating_spread 2"),
+    ([5, 5, 2], ["a1", "a2", "a3"], "ratings a1=5, a2=5, a3=2 differ by 3 > curate.max_rating_spread 2"),
+])
+def test_annotator_gate_sends_thin_or_split_ratings_to_review(ratings, annotators, reason):
+    record = chat("A fine answer.", ratings=ratings, **({"annotators": annotators} if annotators else {}))
+    decision = AnnotatorRule.from_config(CFG).check(record)
+    assert (decision.action, decision.reason) == ("review", reason)
+
+
+@pytest.mark.parametrize("ratings, expected", [([5, 3, 4], None),  # spread 2 is within max_rating_spread 2.0
+                                               ([5, 5, 4, 4], None), ([4, 4], "review")])
+def test_annotator_gate_edges(ratings, expected):
+    assert action(AnnotatorRule.from_config(CFG), chat("A fine answer.", ratings=ratings)) == expected
+
+
+def test_both_review_reasons_are_given_together():
+    rule = AnnotatorRule.from_config(replace(CFG, min_annotators=4))
+    decision = rule.check(chat("A fine answer.", ratings=[5, 5, 2], annotators=["a1", "a2", "a3"]))
+    assert decision.reason == ("3 annotators < curate.min_annotators 4; "
+                               "ratings a1=5, a2=5, a3=2 differ by 3 > curate.max_rating_spread 2")
+
+
+def test_a_low_mean_is_dropped_even_with_too_few_annotators():
+    # [1, 2]: two annotators; [1, 5]: two annotators who also disagree; either way one drop, no review
+    for ratings in ([1, 2], [1, 5]):
+        outcome = evaluate(chat("A fine answer.", ratings=ratings), [AnnotatorRule.from_config(CFG)])
+        assert (outcome.status, outcome.rules) == ("drop", ("annotator",))
+
+
+def test_named_annotators_are_counted_once_each():
+    rule = AnnotatorRule.from_config(CFG)
+    assert action(rule, chat("A fine answer.", ratings=[5, 4, 4], annotators=["a1", "a2", "a3"])) is None
+    assert action(rule, chat("A fine answer.", ratings=[5, 4, 4], annotators=["a1", "a2", "a2"])) == "review"
+
+
+def test_min_annotators_and_spread_come_from_the_config():
+    rule = AnnotatorRule.from_config(replace(CFG, min_annotators=1, max_rating_spread=4.0))
+    assert action(rule, chat("A fine answer.", ratings=[5])) is None
+    assert action(rule, chat("A fine answer.", ratings=[5, 1, 5, 5, 5])) is None  # mean 4.2, spread 4
+
+
 @pytest.mark.parametrize("chars, expected", [(9, "drop"), (10, None), (2000, None), (2001, "drop")])
 def test_length_edges_in_english(chars, expected):
     assert action(LengthRule.from_config(CFG), chat("a" * chars)) == expected
@@ -117,11 +161,11 @@ def test_reviewer_verdicts_by_id_or_source():
 
 
 def test_evaluate_stops_at_the_first_drop_and_collects_reviews():
-    rules = [AnnotatorRule(4.0), LengthRule(10, 2000), lexicon_rule(), fact_rule()]
+    rules = [AnnotatorRule.from_config(CFG), LengthRule(10, 2000), lexicon_rule(), fact_rule()]
     assert evaluate(chat("short", ratings=[2]), rules).rules == ("annotator",)  # counted once, first rule
     outcome = evaluate(chat("Darn, the capital of Australia is Sydney."), rules)
     assert (outcome.status, outcome.rules, outcome.notes) == ("review", ("lexicon", "fact_check"), ("annotator",))
-    assert evaluate(chat("The capital of Australia is Canberra.", ratings=[5]), rules).status == "keep"
+    assert evaluate(chat("The capital of Australia is Canberra.", ratings=[5, 5, 4]), rules).status == "keep"
 
 
 def test_a_reviewer_accept_waives_review_but_not_drops():

@@ -63,6 +63,58 @@ def test_ratings_and_category_are_kept():
     assert record["ratings"] == [4.0, 5.0, 3.0] and record["category"] == "domain"
 
 
+@pytest.mark.parametrize("field, ratings", [
+    ("ratings", [{"annotator": "a1", "rating": 4}, {"annotator": "a2", "rating": 5}]),
+    ("annotator_ratings", [{"annotator": "a1", "rating": 4, "seconds": 30}, {"annotator": "a2", "rating": "5"}]),
+    ("ratings", {"a1": 4, "a2": 5}),
+])
+def test_ratings_with_annotator_ids_keep_them_in_a_parallel_list(field, ratings):
+    [record] = normalise({"prompt": "q", "response": "a", field: ratings}, "f:1")
+    assert (record["ratings"], record["annotators"]) == ([4.0, 5.0], ["a1", "a2"])
+    assert "columns" not in record
+
+
+def test_plain_ratings_stay_anonymous_unless_the_row_names_them():
+    [plain] = normalise({"prompt": "q", "response": "a", "annotator_ratings": [4, 5]}, "f:1")
+    assert plain["ratings"] == [4.0, 5.0] and "annotators" not in plain
+    # how a curated record is written back out: numbers plus the parallel ids; integer ids become text
+    [named] = normalise({"prompt": "q", "response": "a", "ratings": [4, 5], "annotators": ["a1", 7]}, "f:1")
+    assert (named["ratings"], named["annotators"]) == ([4.0, 5.0], ["a1", "7"])
+
+
+@pytest.mark.parametrize("extra, reason", [
+    ({"ratings": [{"annotator": "a1", "rating": 4}, {"annotator": "a1", "rating": 5}]},
+     "ratings: annotator 'a1' rated this record more than once"),
+    ({"ratings": [4, 5], "annotators": ["a1", "a1"]}, "ratings: annotator 'a1' rated this record more than once"),
+    ({"ratings": [{"annotator": "a1", "rating": 4}, 5]},
+     'ratings[1] must be an {"annotator": id, "rating": number} object like the rest of the list, got 5'),
+    ({"annotator_ratings": [{"who": "a1", "rating": 4}]},
+     'annotator_ratings[0] must be an {"annotator": id, "rating": number} object like the rest of the list, '
+     "got {'who': 'a1', 'rating': 4}"),
+    ({"ratings": [{"annotator": "", "rating": 4}]}, "ratings: an annotator id must be non-empty text or an "
+                                                    "integer, got ''"),
+    ({"ratings": [{"annotator": None, "rating": 4}]}, "ratings: an annotator id must be non-empty text or an "
+                                                      "integer, got None"),
+    ({"ratings": {"a1": "good"}}, "ratings must be numbers, got {'a1': 'good'}"),
+    ({"ratings": [4, float("nan")]}, "ratings must be numbers, got [4, nan]"),
+    ({"ratings": [4, True]}, "ratings must be numbers, got [4, True]"),
+    ({"ratings": [4, 5], "annotators": ["a1"]},
+     "field 'annotators' must be a list of 2 annotator ids, one per rating in 'ratings', got ['a1']"),
+])
+def test_bad_ratings_are_record_errors_naming_the_field(extra, reason):
+    with pytest.raises(RecordError) as info:
+        normalise({"prompt": "q", "response": "a", **extra}, "f:7")
+    assert (info.value.where, info.value.reason) == ("f:7", reason)
+
+
+def test_a_bad_rating_names_file_line_and_field(tmp_path):
+    path = tmp_path / "rated.jsonl"
+    path.write_text(json.dumps({"prompt": "q", "response": "a", "ratings": {"a1": 4}}) + "\n" +
+                    json.dumps({"prompt": "q", "response": "a", "annotator_ratings": [{"annotator": "a1"}]}) + "\n")
+    with pytest.raises(RecordError, match=rf"^{path}:2: annotator_ratings\[0\] must be an "):
+        read_many([path])
+
+
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"prompt": "q", "response": "a"}) + "\n\n{not json\n")
@@ -131,7 +183,8 @@ def test_a_prompt_alone_is_a_record_to_answer_and_unread_fields_travel_as_column
 
 
 @pytest.mark.parametrize("row, reason", [
-    ({"instruction": "q", "output": "a", "ratings": "high"}, "field 'ratings' must be a list, got str"),
+    ({"instruction": "q", "output": "a", "ratings": "high"}, "field 'ratings' must be a list of numbers, a list of "
+     '{"annotator": id, "rating": number} objects or an {id: number} object, got str'),
     ({"instruction": "q", "output": "a", "ratings": [4, "x"]}, "ratings must be numbers, got [4, 'x']"),
     ({"instruction": "q", "instances": {"output": "a"}}, "field 'instances' must be a list, got dict"),
     ({"instruction": "q", "instances": ["a"]}, "every item of 'instances' must be an object"),
