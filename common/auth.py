@@ -13,13 +13,14 @@ from common.paths import resolve_path
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def resolve_token(env_name: str, token_file: str | None) -> str | None:
+def resolve_token(env_name: str, token_file: str | None, setting: str = "serve.auth_token_file") -> str | None:
+    """setting: the config key that named token_file, for the error."""
     if token_file:
         path = Path(resolve_path(token_file))
         if not path.is_file():
-            raise ConfigError(f"serve.auth_token_file {path} does not exist")
+            raise ConfigError(f"{setting} {path} does not exist")
         token = path.read_text().strip()
         if not token:
-            raise ConfigError(f"serve.auth_token_file {path} is empty")
+            raise ConfigError(f"{setting} {path} is empty")
         return token
     return os.environ.get(env_name) or None

@@ -64,9 +64,13 @@ class RewardFunctionError(ValueError):
     the message names the function and the first bad record."""
 
 
+class EndpointError(ConnectionError):
+    """An OpenAI-compatible endpoint (jobs.synthesize) cannot be reached, or refuses the configured token."""
+
+
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, RecordError, ModelDirError, QuantizationUnavailable, EmptyDatasetError, ClusterUnreachable,
-    RewardModelTooLarge, PlacementError, RewardFunctionError)
+    RewardModelTooLarge, PlacementError, RewardFunctionError, EndpointError)
 
 
 # ---- how a run ended early -------------------------------------------------------------------------------

@@ -41,8 +41,10 @@ class HFRolloutEngine(Located):
         self.params = dict(self.model.named_parameters(remove_duplicate=False))
 
     def generate(self, prompts: list[list[int]], temperature: float | None = None,
-                 max_tokens: int | None = None, first_index: int = 0, draw: int | None = None) -> list[Sample]:
-        """One response per prompt, from the same per-call seed stream (or the same `draw`) as the vLLM engine."""
+                 max_tokens: int | None = None, first_index: int = 0, draw: int | None = None,
+                 indices: list[int] | None = None) -> list[Sample]:
+        """One response per prompt, from the same per-call seed stream (or the same `draw`, and `indices`) as the
+        vLLM engine."""
         if draw is None:
             self.calls += 1
         if not prompts:  # more engines than prompts (a small sampled evaluation)
@@ -50,7 +52,7 @@ class HFRolloutEngine(Located):
         generators = []
         for i in range(len(prompts)):
             generators.append(torch.Generator(self.device))
-            generators[-1].manual_seed(sample_seed(self.seed, self.calls if draw is None else draw, first_index + i))
+            generators[-1].manual_seed(sample_seed(self.seed, self.calls if draw is None else draw, first_index + i if indices is None else indices[i]))
         return self._decode(prompts, self.cfg.temperature if temperature is None else temperature,
                             self.cfg.max_new_tokens if max_tokens is None else max_tokens, generators)
 

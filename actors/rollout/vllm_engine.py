@@ -58,11 +58,13 @@ class RolloutEngine(Located):
                               logprobs=0, seed=seed)
 
     def generate(self, prompts: list[list[int]], temperature: float | None = None,
-                 max_tokens: int | None = None, first_index: int = 0, draw: int | None = None) -> list[Sample]:
+                 max_tokens: int | None = None, first_index: int = 0, draw: int | None = None,
+                 indices: list[int] | None = None) -> list[Sample]:
         """One response per prompt. Each call draws from a fresh seed stream so repeated prompts differ but a
         resumed run with the same seed reproduces its samples; first_index is the position of prompts[0] in the
         step's whole batch, so no two responses of a step share a seed. draw: sample from this stream instead
-        (actors/rollout/sample.py), leaving the counter alone."""
+        (actors/rollout/sample.py), leaving the counter alone. indices: each prompt's own index in the stream instead
+        of first_index + i (jobs.synthesize seeds every candidate by its number, whatever batch it lands in)."""
         from vllm import TokensPrompt
 
         if draw is None:
@@ -71,7 +73,7 @@ class RolloutEngine(Located):
             return []
         params = [self.sampling_params(temperature, max_tokens,
                                        seed=sample_seed(self.seed, self.calls if draw is None else draw,
-                                                        first_index + i))
+                                                        first_index + i if indices is None else indices[i]))
                   for i in range(len(prompts))]
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         samples = []

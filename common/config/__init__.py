@@ -13,6 +13,7 @@ from common.config.reward_mix import (BUILT_IN_TERMS, DEFAULT_FILLER_PHRASES, Mo
                                       RewardFunctionConfig, RewardMixConfig, RewardTermName)
 from common.config.root import Config, load_config, with_overrides
 from common.config.serving import ServeConfig
+from common.config.synth import SynthConfig
 from common.config.training import (DEFAULT_SFT_DATA, SFT_LR_BOUNDS, SFT_LR_BY_SIZE, SFT_LR_REFERENCE_BATCH, DataConfig,
                                     DPOConfig, RewardModelConfig, SFTConfig, sft_learning_rate)
 from common.paths import REPO_ROOT, resolve_path
@@ -23,6 +24,6 @@ __all__ = [
     "DataConfig", "DeepSpeedConfig", "KLConfig", "LoraConfig", "ModelConfig", "MonitorAction", "MonitorConfig",
     "PPOConfig", "PipelineConfig", "PlacementConfig", "PlacementStrategy", "ProfileConfig", "RayConfig",
     "RewardFunctionConfig", "RewardMixConfig", "RewardModelConfig", "RewardTermName", "RolePlacementConfig",
-    "RolloutConfig", "RunConfig", "SFTConfig", "ServeConfig", "StageName", "TaskType", "load_config", "resolve_path",
+    "RolloutConfig", "RunConfig", "SFTConfig", "ServeConfig", "StageName", "SynthConfig", "TaskType", "load_config", "resolve_path",
     "sft_learning_rate", "with_overrides",
 ]

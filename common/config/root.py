@@ -16,6 +16,7 @@ from common.config.pipeline import PipelineConfig, ProfileConfig, StageName
 from common.config.ppo import PPOConfig
 from common.config.rag import RagConfig
 from common.config.serving import ServeConfig
+from common.config.synth import SynthConfig
 from common.config.training import DataConfig, DPOConfig, RewardModelConfig, SFTConfig
 from common.configlib import apply_overrides, build, read_yaml, section
 from common.errors import ConfigError
@@ -40,6 +41,7 @@ class Config:
     pipeline: PipelineConfig = section(PipelineConfig, "the end-to-end pipeline")
     profile: ProfileConfig = section(ProfileConfig, "hardware profile and task type (jobs.plan)")
     rag: RagConfig = section(RagConfig, "fine-tuning against retrieval (jobs.compare_rag)")
+    synth: SynthConfig = section(SynthConfig, "synthetic SFT candidates from an LLM (jobs.synthesize, jobs.funnel)")
 
     @property
     def ppo_start_model(self) -> str:

@@ -27,8 +27,8 @@ from common.errors import ConfigError, EmptyDatasetError, RecordError
 from common.records import read_records
 from jobs.curation.dedup import DedupResult, Embedder, greedy_dedup
 from jobs.curation.mixing import plan_mix, sample_mix
-from jobs.curation.report import (annotation_report, pair_entry, plot_lengths, render_markdown, rule_counts,
-                                  source_file)
+from jobs.curation.report import (accounting_by_source, annotation_report, pair_entry, plot_lengths,
+                                  render_markdown, rule_counts, source_file)
 from jobs.curation.review import spot_check_sample
 from jobs.curation.rows import SEQ_STRIDE, error_row, record_of, to_row
 from jobs.curation.rules import Outcome, build_rules, evaluate
@@ -224,6 +224,8 @@ def build_report(cfg: Config, rules: list, summary: list[dict], review_rows: lis
     return {
         "run": cfg.run.name,
         "accounting": accounting,
+        "accounting_by_source": accounting_by_source(summary, candidates, [p.index for p in dedup.dropped], final,
+                                                     spot_ids),
         "input": {"by_source": dict(Counter(source_file(row) for row in records)),
                   "by_category": dict(Counter(row["category"] for row in records))},
         "bad_input": bad_input(summary),

@@ -55,6 +55,40 @@ def _agreement(units: list[list[tuple[str | None, float]]]) -> dict:
     return entry if alpha.value is not None else dict(entry, why=alpha.why)
 
 
+def accounting_by_source(summary: list[dict], candidates: list[dict], dropped: list[int], final: list[dict],
+                         spot_ids: list[str]) -> dict[str, dict]:
+    """The report's accounting, per source file: how far each source's records got (jobs.funnel follows the
+    synthetic candidates through it). dropped: indices into candidates the diversity filter removed."""
+    table: dict[str, Counter] = {}
+
+    def count(row: dict, key: str) -> None:
+        table.setdefault(source_file(row), Counter())[key] += 1
+
+    for row in summary:
+        if row["unreadable"]:
+            continue
+        count(row, "input")
+        status = row["status"]
+        if status == "drop":
+            count(row, "rejected_by_reviewer" if row["rules"] == "reviewer" else "dropped_by_rules")
+        elif status in ("error", "review"):
+            count(row, {"error": "malformed", "review": "review_queue"}[status])
+        else:
+            count(row, "passed_gates")
+        if "reviewer" in row["notes"].split(","):
+            count(row, "accepted_by_reviewer")
+    for index in dropped:
+        count(candidates[index], "dropped_by_diversity")
+    spot = set(spot_ids)
+    for row in final:
+        count(row, "curated")
+        if row["id"] in spot:
+            count(row, "spot_checked")
+    keys = ("input", "malformed", "dropped_by_rules", "rejected_by_reviewer", "review_queue", "passed_gates",
+            "dropped_by_diversity", "curated", "spot_checked", "accepted_by_reviewer")
+    return {source: {key: counts[key] for key in keys} for source, counts in table.items()}
+
+
 def pair_entry(dropped_row: dict, kept_row: dict, similarity: float) -> dict:
     return {"similarity": round(similarity, 4), "dropped": _pair_side(dropped_row), "kept": _pair_side(kept_row)}
 

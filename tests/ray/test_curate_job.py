@@ -58,6 +58,11 @@ def test_counts_add_up(curated):
     assert acc["review_queue"] <= sum(rule["review"] for rule in report["rules"].values())
     div = report["diversity"]
     assert div["candidates"] == div["kept"] + div["dropped"] and div["dropped"] > 0
+    by_source = report["accounting_by_source"]  # jobs.funnel follows one file through it
+    assert set(by_source) == set(report["input"]["by_source"])
+    for key, total in (("input", acc["input"]), ("dropped_by_diversity", div["dropped"]),
+                       ("curated", acc["curated"]), ("spot_checked", report["spot_check"]["sampled"])):
+        assert sum(source[key] for source in by_source.values()) == total, key
     assert div["closest_pairs"][0]["similarity"] >= div["threshold"]
     mix = report["mix"]
     assert mix["achieved_size"] == acc["curated"] == sum(c["achieved"] for c in mix["categories"].values())
@@ -115,6 +120,11 @@ def test_whole_job_on_every_sft_and_multiturn_file(ray_session, tmp_path):
     assert acc["dropped_by_rules"] == sum(rule["dropped"] for rule in report["rules"].values())
     div = report["diversity"]
     assert div["candidates"] == div["kept"] + div["dropped"] and div["dropped"] > 0
+    by_source = report["accounting_by_source"]  # jobs.funnel follows one file through it
+    assert set(by_source) == set(report["input"]["by_source"])
+    for key, total in (("input", acc["input"]), ("dropped_by_diversity", div["dropped"]),
+                       ("curated", acc["curated"]), ("spot_checked", report["spot_check"]["sampled"])):
+        assert sum(source[key] for source in by_source.values()) == total, key
     mix = report["mix"]
     categories = mix["categories"].values()
     assert mix["achieved_size"] == acc["curated"] == sum(c["achieved"] for c in categories)

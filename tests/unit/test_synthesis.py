@@ -1,0 +1,147 @@
+"""jobs.synthesize without a model: candidates and their seeds, the prompts, the garbage retries, resumable
+shards, the funnel's arithmetic, and the refusals that come before any generation."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from common.config import SynthConfig, load_config
+from common.errors import ConfigError, RecordError
+from common.paths import REPO_ROOT
+from jobs.synthesis.funnel import check_funnel, funnel_stages
+from jobs.synthesis.generators import complete_stage
+from jobs.synthesis.prompts import (SeedTask, candidates, examples_for, load_seed_tasks, task_messages,
+                                    to_record)
+from jobs.synthesis.run import Shards
+
+SEEDS = REPO_ROOT.parent / "shared/data/sft/self-instruct/seed_tasks.jsonl"
+
+
+def test_repeats_reuse_the_first_candidates_seeds():
+    plan = candidates(SynthConfig(count=5, repeat_seeds=2))
+    assert [(c.index, c.seed_index) for c in plan] == [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 0), (6, 1)]
+
+
+def test_seed_tasks_are_the_first_user_turns_with_their_ids():
+    tasks = load_seed_tasks(SEEDS)
+    first = json.loads(SEEDS.read_text().splitlines()[0])
+    assert len(tasks) == 175 and tasks[0] == SeedTask("seed_task_0", first["instruction"])
+
+
+def test_a_seed_file_without_tasks_is_refused(tmp_path):
+    empty = tmp_path / "seeds.jsonl"
+    empty.write_text('{"prompt": "", "response": "x"}\n')
+    with pytest.raises(RecordError, match="seeds.jsonl"):
+        load_seed_tasks(empty)
+
+
+def test_examples_depend_on_the_seed_index_only():
+    tasks = [SeedTask(str(i), f"task {i}") for i in range(20)]
+    assert examples_for(tasks, 3, 42, 7) == examples_for(tasks, 3, 42, 7)
+    assert examples_for(tasks, 3, 42, 7) != examples_for(tasks, 3, 42, 8)
+    assert len({e.id for e in examples_for(tasks, 3, 42, 7)}) == 3
+    assert examples_for(tasks[:2], 3, 42, 0) and len(examples_for(tasks[:2], 3, 42, 0)) == 2
+
+
+def test_the_template_numbers_the_examples_on_one_line_each():
+    [message] = task_messages("Tasks:\n{examples}\nNew:", [SeedTask("a", "Say\nhi"), SeedTask("b", "Count")])
+    assert message == {"role": "user", "content": "Tasks:\n1. Say hi\n2. Count\nNew:"}
+
+
+def test_unusable_generations_are_retried_from_a_fresh_draw_then_reported():
+    """complete_stage's contract: every try of a conversation uses draw + try; a usable text ends its tries."""
+    calls = []
+
+    def complete(conversations, seed_indices, draw, max_tokens):
+        calls.append((list(seed_indices), draw))
+        # per seed index, what each try returns: 0 is usable on its second try, 1 never, 2 at once; 3's first
+        # request fails outright (None), its second succeeds
+        table = {0: ["  ", "fine"], 1: ["", "", ""], 2: ["good"], 3: [None, "ok now"]}
+        texts = [table[s][min(draw - 10, len(table[s]) - 1)] for s in seed_indices]
+        return [(None, "HTTP 503") if text is None else (text, "") for text in texts]
+
+    results = complete_stage([[{}]] * 4, [0, 1, 2, 3], complete, draw=10, max_tokens=8, retries=2, min_chars=2)
+    assert calls == [([0, 1, 2, 3], 10), ([0, 1, 3], 11), ([1], 12)]
+    assert [(r.text, r.tries) for r in results] == [("fine", 2), (None, 3), ("good", 1), ("ok now", 2)]
+    assert "unusable generation ''" in results[1].error and not results[0].error
+
+
+def test_a_record_says_where_it_came_from():
+    cfg = SynthConfig()
+    row = {"index": 9, "seed_index": 1, "task": " Name a fruit. ", "answer": "An apple.\n", "task_tries": 1,
+           "answer_tries": 2, "error": "", "seed_tasks": json.dumps(["seed_task_3"])}
+    record = to_record(row, "vllm-engine:m", cfg, 42)
+    assert record["messages"] == [{"role": "user", "content": "Name a fruit."},
+                                  {"role": "assistant", "content": "An apple."}]
+    assert record["provenance"] == {"generator": "vllm-engine:m", "template": record["provenance"]["template"],
+                                    "seed": 42, "seed_index": 1, "candidate": 9, "seed_tasks": ["seed_task_3"],
+                                    "tries": {"task": 1, "answer": 2}}
+    assert len(record["provenance"]["template"]) == 12
+
+
+def test_shards_are_whole_files_listed_by_batch(tmp_path):
+    shards = Shards(tmp_path / "s")
+    shards.write(3, [{"index": 7}, {"index": 6}])
+    shards.write(0, [{"index": 1}])
+    assert shards.done() == {0, 3} and [r["index"] for r in shards.read()] == [1, 6, 7]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["batch-00000.jsonl", "batch-00003.jsonl"]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["synth.generator=http"], "synth.endpoint must be set when generator=http"),
+    (["synth.count=2", "synth.repeat_seeds=3"], "synth.repeat_seeds (3) must not exceed count (2)"),
+    (["synth.template=Use {these}"], "synth.template must use only the {examples} placeholder"),
+])
+def test_bad_synth_settings_are_refused_on_load(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+SYNTH = {"counts": {"requested": 10, "repeats_of_earlier_seeds": 2, "generated": 9, "failed": 1}}
+CURATE = {"accounting_by_source": {"/c.jsonl": {"input": 9, "malformed": 0, "dropped_by_rules": 1,
+                                                "rejected_by_reviewer": 1, "review_queue": 1, "passed_gates": 6,
+                                                "dropped_by_diversity": 2, "curated": 3, "spot_checked": 1,
+                                                "accepted_by_reviewer": 1}},
+          "diversity": {"threshold": 0.85, "closest_pairs": []}, "spot_check": {"fraction": 0.3}}
+
+
+def test_the_funnel_follows_the_candidates_file():
+    stages = funnel_stages(SYNTH, CURATE, "/c.jsonl")
+    assert [(s["stage"], s["count"]) for s in stages] == [
+        ("requested", 10), ("generated", 9), ("passed the quality gates", 6), ("diverse", 4),
+        ("curated (in the mix)", 3), ("spot-check sample", 1), ("accepted", 3)]
+    assert "1 left out by the mix" in stages[4]["note"] and "1 rejected" in stages[6]["note"]
+    assert check_funnel(SYNTH, CURATE, "/c.jsonl") == []
+
+
+def test_a_funnel_that_loses_records_says_where():
+    broken = {"accounting_by_source": {"/c.jsonl": dict(CURATE["accounting_by_source"]["/c.jsonl"], input=8)}}
+    assert check_funnel(SYNTH, broken, "/c.jsonl") == [
+        "generated = read by curation: 9 != 8", "input = malformed + dropped + rejected + review + passed: 8 != 9"]
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("overrides, line", [
+    (["synth.seed_tasks=/nonexistent/seeds.jsonl"], "/nonexistent/seeds.jsonl: no such data file or folder"),
+    (["synth.model=/nonexistent/model"], "synth.model"),
+    (["synth.max_prompt_tokens=500"], "exceeds the model's context of 512 tokens"),
+    (["synth.generator=http", f"synth.endpoint=http://127.0.0.1:{_closed_port()}/v1"], "cannot be reached"),
+    (["synth.category=poetry"], "synth.category 'poetry' is not a category of curate.mix"),
+])
+def test_bad_input_is_one_line_and_exit_2_before_ray_starts(tmp_path, overrides, line):
+    job = "jobs.funnel" if "category" in overrides[0] else "jobs.synthesize"
+    done = subprocess.run([sys.executable, "-m", job, f"run.output_root={tmp_path}", *overrides],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert line in done.stderr.strip().splitlines()[-1] and "Ray embedded" not in done.stderr
