@@ -39,16 +39,13 @@ def with_candidates(cfg: Config, candidates_file: Path) -> Config:
 
 
 def run(cfg: Config) -> FunnelResult:
-    from common.errors import ConfigError
     from jobs.curation.pipeline import run as curate
     from jobs.curation.rules import build_rules
     from jobs.ppo_report import write_atomic
     from jobs.synthesis.funnel import check_funnel, funnel_stages, plot_funnel, render_markdown
     from jobs.synthesis.run import run as synthesize
 
-    if cfg.synth.category not in cfg.curate.mix:
-        raise ConfigError(f"synth.category {cfg.synth.category!r} is not a category of curate.mix "
-                          f"({sorted(cfg.curate.mix)})")
+    cfg.check_stage("synthesize")
     build_rules(cfg.curate)  # a bad lexicon or verdict file fails before any generation
     synth = synthesize(cfg)
     curated = curate(with_candidates(cfg, synth.candidates_file))

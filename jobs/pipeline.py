@@ -1,6 +1,7 @@
 """The whole flow on one config: curate → SFT → reward model → PPO (or DPO), each stage feeding the next.
 
     python -m jobs.pipeline --config configs/tiny-cpu.yaml [section.key=value ...]
+    python -m jobs.pipeline --config configs/synth-tiny.yaml   # starts with synthesize: generated candidates too
 
 A finished stage leaves <run>/<stage>/stage.json (its outputs and a fingerprint of the config it ran with);
 re-running skips every stage whose fingerprint still matches and resumes an unfinished one from its own
@@ -25,15 +26,15 @@ from jobs import cli
 
 log = logging.getLogger("rayalign.pipeline")
 SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "data", "sft", "reward_model", "ppo", "dpo", "curate",
-            "pipeline")
+            "synth", "pipeline")
 # Which config sections each stage's result depends on (its fingerprint), besides what earlier stages fed it.
-STAGE_SECTIONS = {"curate": ("curate",), "sft": ("model", "lora", "deepspeed", "data", "sft"),
+STAGE_SECTIONS = {"synthesize": ("model", "synth"), "curate": ("curate",), "sft": ("model", "lora", "deepspeed", "data", "sft"),
                   "reward_model": ("model", "lora", "deepspeed", "reward_model"),
                   "ppo": ("model", "lora", "deepspeed", "ppo"), "dpo": ("model", "lora", "deepspeed", "dpo")}
 
 
 # The inputs of later stages each stage produces (the keys of `outputs` that `wire` reads).
-PRODUCES = {"curate": ("curated",), "sft": ("sft_model",), "reward_model": ("reward_model",), "ppo": ("policy",),
+PRODUCES = {"synthesize": ("candidates",), "curate": ("curated",), "sft": ("sft_model",), "reward_model": ("reward_model",), "ppo": ("policy",),
             "dpo": ("policy",)}
 
 
@@ -67,6 +68,10 @@ def check_stages(cfg: Config, stages: list[str]) -> None:
 
 def wire(cfg: Config, stage: str, outputs: dict) -> Config:
     """The config a stage runs with: earlier stages' outputs replace the inputs they produce."""
+    if stage == "curate" and "candidates" in outputs:
+        from jobs.funnel import with_candidates
+
+        cfg = with_candidates(cfg, Path(outputs["candidates"]))
     if stage == "sft" and "curated" in outputs:
         cfg = replace(cfg, data=replace(cfg.data, train_files=[outputs["curated"]]))
     if stage == "reward_model" and "sft_model" in outputs and cfg.reward_model.backbone is None:
@@ -90,6 +95,13 @@ def fingerprint(cfg: Config, stage: str, outputs: dict) -> str:
 
 
 # ---- stages: each runs its job and returns the outputs it adds ------------------------------------------
+def _synthesize(cfg: Config) -> dict:
+    from jobs.synthesis.run import run
+
+    result = run(cfg)
+    return {"candidates": str(result.candidates_file), "synth_report": result.report["counts"]}
+
+
 def _curate(cfg: Config) -> dict:
     from jobs.curation.pipeline import run
 
@@ -129,7 +141,7 @@ def _dpo(cfg: Config) -> dict:
     return {"policy": str(result.model_dir), "dpo_metrics": _numbers(result.final_metrics)}
 
 
-STAGES: dict[str, Callable[[Config], dict]] = {"curate": _curate, "sft": _sft, "reward_model": _reward_model,
+STAGES: dict[str, Callable[[Config], dict]] = {"synthesize": _synthesize, "curate": _curate, "sft": _sft, "reward_model": _reward_model,
                                               "ppo": _ppo, "dpo": _dpo}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from common.config import Config, resolve_path
 
 HEADLINES = {
+    "synth_report": ("requested", "generated", "failed"),
     "curate_report": ("input", "curated", "dropped_by_rules", "review_queue", "dropped_by_diversity"),
     "sft_metrics": ("step", "loss", "eval_loss"),
     "reward_model_report": ("accuracy_before_training", "eval_accuracy", "eval_accuracy_ci95", "eval_margin"),
@@ -68,7 +69,7 @@ def write_report(cfg: Config, run_dir: Path, outputs: dict, seconds: dict) -> Pa
     plots = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("*/*.png"))
     lines = [f"# rayalign pipeline report: {cfg.run.name}", "", "| stage | seconds | figures |", "|---|---|---|"]
     for stage, secs in seconds.items():
-        key = {"curate": "curate_report", "sft": "sft_metrics", "reward_model": "reward_model_report",
+        key = {"synthesize": "synth_report", "curate": "curate_report", "sft": "sft_metrics", "reward_model": "reward_model_report",
                "ppo": "ppo_metrics", "dpo": "dpo_metrics"}[stage]
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in figures.get(key, {}).items())
         lines.append(f"| {stage} | {secs:.0f} | {shown} |")

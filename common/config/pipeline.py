@@ -51,14 +51,15 @@ class ProfileConfig:
             raise ConfigError(f"gpu_memory_gib must be > 0 for gpu {self.gpu}")
 
 
-StageName = Literal["curate", "sft", "reward_model", "ppo", "dpo"]
+StageName = Literal["synthesize", "curate", "sft", "reward_model", "ppo", "dpo"]
 
 
 @dataclass(frozen=True)
 class PipelineConfig:
     stages: list[StageName] = param(["curate", "sft", "reward_model", "ppo"],
                                     "stages jobs.pipeline runs in order; each feeds the next (curated data → SFT "
-                                    "→ reward model → PPO, or dpo instead of reward_model + ppo)")
+                                    "→ reward model → PPO, or dpo instead of reward_model + ppo); start with "
+                                    "synthesize to curate LLM-generated candidates too (synth section)")
     sample_prompts: list[str] = param(["Tell me a story about a dog.", "What is the capital of France?",
                                        "Give three tips for staying healthy."],
                                       "fixed prompts answered by the base and the final model in the report")
@@ -75,3 +76,6 @@ class PipelineConfig:
             raise ConfigError(f"stages lists a stage twice: {self.stages}")
         if "dpo" in self.stages and "ppo" in self.stages:
             raise ConfigError("stages holds both ppo and dpo; pick one alignment algorithm")
+        if "synthesize" in self.stages and self.stages[:2] != ["synthesize", "curate"]:
+            raise ConfigError(f"stages: synthesize must come first, followed by curate (its candidates are "
+                              f"curated before training), got {self.stages}")

@@ -76,6 +76,13 @@ class Config:
             check_reward_functions(self.ppo)
             if self.ppo.environment.name is not None and ":" in self.ppo.environment.name:
                 load_callable(self.ppo.environment.name, "ppo.environment.name")
+        elif stage == "synthesize":
+            if self.synth.category not in self.curate.mix:
+                raise ConfigError(f"synth.category {self.synth.category!r} is not a category of curate.mix "
+                                  f"({sorted(self.curate.mix)})")
+            if self.synth.generator == "engine":
+                check_model_dir(self.synth.model or self.model.path,
+                                what="synth.model" if self.synth.model else "model.path")
         elif stage in ("sft", "reward_model") or (stage == "dpo" and "sft_model" not in wired):
             check_model_dir(self.model.path, what="model.path")
 

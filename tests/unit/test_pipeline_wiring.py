@@ -90,3 +90,28 @@ def test_a_formatted_output_task_skips_rlhf_and_says_why_unless_forced():
     # The skipped stages are not checked either: a code task needs no reward model for PPO.
     skipped = load_config(TINY_CPU, ["pipeline.task_type=code", "pipeline.stages=[curate, sft, ppo]"])
     check_stages(skipped, stages_for_task(skipped)[0])
+
+
+def test_a_synthesize_stage_hands_its_candidates_to_curation():
+    cfg = load_config(TINY_CPU, ["pipeline.stages=[synthesize,curate,sft]", "synth.category=domain"])
+    curate = wire(cfg, "curate", {"candidates": "/runs/x/synthesize/candidates.jsonl"}).curate
+    assert curate.sources == [*cfg.curate.sources, {"path": "/runs/x/synthesize/candidates.jsonl",
+                                                    "category": "domain"}]
+    assert wire(cfg, "curate", {}).curate.sources == cfg.curate.sources
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["pipeline.stages=[curate,synthesize]"], "synthesize must come first, followed by curate"),
+    (["pipeline.stages=[synthesize,sft]"], "synthesize must come first, followed by curate"),
+])
+def test_synthesize_starts_the_pipeline_before_curation(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY_CPU, overrides)
+
+
+def test_the_synthesis_stage_is_checked_before_ray_starts(tmp_path):
+    cfg = load_config(TINY_CPU, ["pipeline.stages=[synthesize,curate]", f"synth.model={tmp_path}/none"])
+    with pytest.raises(ModelDirError, match="synth.model"):
+        check_stages(cfg, ["synthesize", "curate"])
+    with pytest.raises(ConfigError, match="synth.category 'poetry' is not a category of curate.mix"):
+        check_stages(load_config(TINY_CPU, ["synth.category=poetry"]), ["synthesize"])
