@@ -24,6 +24,9 @@ class SynthConfig:
                   "OpenAI-compatible chat-completions endpoint (synth.endpoint)")
     model: Optional[str] = param(None, "model the engine pool loads (unset: model.path)")
     engines: int = param(1, "engine actors in the pool (generator=engine)", gt=0)
+    engine_cpus: int = param(1, "logical CPUs each engine actor holds; a CPU engine computes on that many threads "
+                                "(vLLM's own binding to every core is off, so engines side by side do not fight "
+                                "over the same cores)", gt=0)
     endpoint: Optional[str] = param(None, "base URL of an OpenAI-compatible API, e.g. http://host:8000/v1 "
                                           "(generator=http)")
     endpoint_model: Optional[str] = param(None, "model name sent to the endpoint (unset: the first one its "

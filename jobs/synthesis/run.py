@@ -25,7 +25,6 @@ log = logging.getLogger("rayalign.synthesize")
 
 # Settings that change how fast candidates come, not what they are: a re-run with other values reuses the shards.
 THROUGHPUT_ONLY = ("engines", "concurrency", "http_workers", "timeout_s", "backoff_s", "token_env", "token_file")
-ENGINE_CPUS = 1.0
 HTTP_CPUS = 0.25  # an HTTP actor mostly waits on the network
 PREFLIGHT_TIMEOUT_S = 30.0  # the check before generating waits this long whatever synth.timeout_s says
 
@@ -55,16 +54,17 @@ def run(cfg: Config) -> SynthResult:
     wanted = candidates(syn)
     done = shards.done()
     todo = [c for c in wanted if c.index // syn.batch_size not in done]
-    clock = time.perf_counter()
+    seconds = 0.0
     if todo:
         log.info("generating %d candidates in %d batches with %s (%d batches already on disk)", len(todo),
                  len({c.index // syn.batch_size for c in todo}), generator.name, len(done))
         runtime.start(cfg.ray)
         _quiet_ray_data()
+        clock = time.perf_counter()  # generation alone (the engines' start-up included), not Ray's start
         generate(cfg, todo, seed, seed_tasks, generator, shards)
+        seconds = time.perf_counter() - clock
     else:
         log.info("all %d candidates already generated in %s", len(wanted), shards.folder)
-    seconds = time.perf_counter() - clock
     rows = shards.read()
     report = build_report(cfg, generator, seed, rows, len(todo), seconds)
     output_dir = cfg.run.output_dir("synthesize")
@@ -177,7 +177,7 @@ def generate(cfg: Config, todo: list[Candidate], seed: int, seed_tasks: list, ge
     ds = ray.data.from_items(items, override_num_blocks=len(expected)).map_batches(
         GenerateCandidates, fn_constructor_kwargs={"cfg": syn, "seed": seed, "seed_tasks": seed_tasks,
                                                    "generator": generator.spec},
-        batch_size=size, num_cpus=ENGINE_CPUS if engine else HTTP_CPUS,
+        batch_size=size, num_cpus=syn.engine_cpus if engine else HTTP_CPUS,
         compute=ray.data.ActorPoolStrategy(size=syn.engines if engine else syn.http_workers))
     gathered: dict[int, list[dict]] = defaultdict(list)
     columns = ("index", "seed_index", *OUTPUT_COLUMNS)
