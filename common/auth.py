@@ -1,6 +1,6 @@
-"""The bearer token of the reward service, read the same way by the service and by the PPO client that calls it:
-the token file when one is configured (serve.auth_token_file), else the environment variable serve.auth_token_env
-names. None means no authentication."""
+"""The bearer token of a rayalign service (reward or policy), read the same way by the service and by a client that
+calls it: the token file when one is configured (<section>.auth_token_file), else the environment variable
+<section>.auth_token_env names. None means no authentication."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from common.paths import resolve_path
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
-def resolve_token(env_name: str, token_file: str | None) -> str | None:
+def resolve_token(env_name: str, token_file: str | None, section: str = "serve") -> str | None:
     if token_file:
         path = Path(resolve_path(token_file))
         if not path.is_file():
-            raise ConfigError(f"serve.auth_token_file {path} does not exist")
+            raise ConfigError(f"{section}.auth_token_file {path} does not exist")
         token = path.read_text().strip()
         if not token:
-            raise ConfigError(f"serve.auth_token_file {path} is empty")
+            raise ConfigError(f"{section}.auth_token_file {path} is empty")
         return token
     return os.environ.get(env_name) or None
