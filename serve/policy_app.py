@@ -68,7 +68,10 @@ def llm_config(settings: PolicySettings) -> LLMConfig:
         model_loading_config={"model_id": settings.model_id, "model_source": settings.model_path},
         engine_kwargs=engine, runtime_env={"env_vars": env},
         placement_group_config={"bundles": [{"CPU": cfg.cpus_per_replica, **({"GPU": 1} if _has_gpu() else {})}]},
-        deployment_config={"num_replicas": cfg.num_replicas, "max_ongoing_requests": cfg.max_ongoing_requests},
+        # The replica's own process only relays to its engine processes, which compute on the bundle's CPUs: by
+        # default Ray Serve LLM adds one more CPU to the bundle for it, and one engine would hold 2 of 2 CPUs here.
+        deployment_config={"num_replicas": cfg.num_replicas, "max_ongoing_requests": cfg.max_ongoing_requests,
+                           "ray_actor_options": {"num_cpus": 0}},
         callback_config={"callback_class": LocalFolder})
 
 
@@ -148,7 +151,7 @@ def policy_application(cfg: Config):
     engine_cfg = llm_config(settings)
     ingress = make_fastapi_ingress(PolicyIngress, endpoint_map=routes(settings), app=http_app(settings))
     options = PolicyIngress.get_deployment_options([engine_cfg])
-    options["ray_actor_options"] = with_token(options.get("ray_actor_options", {}), cfg.serve_policy, SECTION)
+    options["ray_actor_options"] = with_token({"num_cpus": cfg.serve_policy.router_cpus}, cfg.serve_policy, SECTION)
     return serve.deployment(ingress, **options).bind(
         llm_deployments={settings.model_id: build_llm_deployment(engine_cfg)},
         model_cards={settings.model_id: to_model_metadata(settings.model_id, engine_cfg)},

@@ -58,7 +58,9 @@ class PolicyServeConfig:
     route_prefix: str = param("/", "URL prefix of the app; the OpenAI routes sit under <prefix>/v1")
     app_name: str = param("policy", "Ray Serve application name")
     num_replicas: int = param(1, "engine replicas (each holds the whole model)", gt=0)
-    cpus_per_replica: float = param(1.0, "CPUs reserved per engine replica", gt=0)
+    cpus_per_replica: float = param(1.0, "CPUs reserved per engine replica (its engine processes compute there)", gt=0)
+    router_cpus: float = param(0.0, "CPUs reserved for the OpenAI router replica (it checks, counts prompt tokens and "
+                                    "relays; the engine computes)", ge=0)
     max_ongoing_requests: int = param(64, "requests an engine replica accepts at once", gt=0)
     max_request_bytes: int = param(1_000_000, "larger request bodies get 413", gt=0)
     auth_token_env: str = param("RAYALIGN_POLICY_TOKEN", "env var holding the bearer token (unset var: no auth)")

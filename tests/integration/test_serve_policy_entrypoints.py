@@ -1,14 +1,17 @@
-"""`python -m jobs.serve_policy` as a user runs it: --help explains every flag, and bad input is one line and exit
-status 2 before Ray (or vLLM) starts."""
+"""`python -m jobs.serve_policy` as a user runs it: --help explains every flag, bad input is one line and exit
+status 2 before Ray (or vLLM) starts, and (slow tier) the job serves an OpenAI client on a cluster of this machine's
+2 CPUs."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
+import openai
 import pytest
 
 from tests.conftest import POLICY_PATH
-from tests.helpers import job_env, run_job
+from tests.helpers import free_port, job_env, kill_tree, run_job, start_job, wait_for
 
 pytestmark = [pytest.mark.integration]
 
@@ -47,3 +50,23 @@ def test_bad_input_is_one_line_and_status_2(tmp_path):
         assert result.returncode == 2, (args, result.stderr)
         assert result.stderr.startswith("jobs.serve_policy: error: ") and line in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.slow
+def test_the_job_prints_its_url_and_answers_an_openai_client(tmp_path):
+    """On the embedded cluster's own CPU count (2 here), where the engine and its router must fit together."""
+    token_file = tmp_path / "token"
+    token_file.write_text("job-token")
+    log = tmp_path / "serve.log"
+    proc = start_job("jobs.serve_policy", "--model", str(POLICY_PATH), "--model-id", "stories", "--port",
+                     str(free_port()), "--token-file", str(token_file), log_path=log)
+    try:
+        wait_for(lambda: "is served as model" in log.read_text(), 300, what="the serving URL line")
+        url = re.search(r"is served as model 'stories' at (http://\S+) ", log.read_text()).group(1)
+        client = openai.OpenAI(base_url=url, api_key="job-token", max_retries=0, timeout=60)
+        assert [model.id for model in client.models.list().data] == ["stories"]
+        reply = client.chat.completions.create(model="stories", messages=[{"role": "user", "content": "Hi."}],
+                                               max_tokens=8, seed=1)
+        assert reply.choices[0].message.content and reply.usage.completion_tokens <= 8
+    finally:
+        kill_tree(proc)
