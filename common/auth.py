@@ -1,6 +1,6 @@
-"""The bearer token of the reward service, read the same way by the service and by the PPO client that calls it:
-the token file when one is configured (serve.auth_token_file), else the environment variable serve.auth_token_env
-names. None means no authentication."""
+"""The bearer token of a rayalign service (reward or policy), read the same way by the service and by a client that
+calls it: the token file when one is configured (<section>.auth_token_file), else the environment variable
+<section>.auth_token_env names. None means no authentication."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Ray Serve 2.60's proxy reads every request body into an in-memory queue as fast as the client sends it
 (`proxy_asgi_receive` in ray/serve/_private/proxy.py), whatever the replica behind it does; the replica's own limit
-(serve/reward_app.py's BodySizeLimit) answers 413 but cannot stop the proxy holding the whole body. The one hook the
+(serve/http_rules.py's BodySizeLimit) answers 413 but cannot stop the proxy holding the whole body. The one hook the
 proxy offers is a callback that returns Starlette middlewares for its own ASGI app, named by the environment
 variable RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH in the proxy's process. cluster/runtime.py sets it (and
 RAYALIGN_PROXY_MAX_REQUEST_BYTES, the limit) for the embedded cluster; on a `ray start` cluster export both on

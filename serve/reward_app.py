@@ -23,27 +23,22 @@ whose `import_path: serve.reward_app:build_app` takes `config` (a rayalign YAML)
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import os
-import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Security
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi import Depends, FastAPI
 from ray import serve
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from actors.reward import Encoded, RewardModel
-from common.auth import LOOPBACK_HOSTS, resolve_token
 from common.config import Config, resolve_path
 from common.configlib import apply_overrides, build, read_yaml
 from common.errors import ConfigError
 from common.model_dir import check_model_dir
+from serve import http_rules
+from serve.http_rules import BodySizeLimit, bearer_guard, install_error_handlers, with_token
 from serve.schemas import ErrorResponse, GetRewardRequest, GetRewardResponse, Health, ScoreRequest, ScoreResponse, Stats
 
 log = logging.getLogger("rayalign.serve")
@@ -74,86 +69,17 @@ def served_model_path(cfg: Config) -> Path:
     return resolve_path(cfg.serve.model_path) if cfg.serve.model_path else cfg.run.output_dir("reward_model") / "model"
 
 
-class BodySizeLimit:
-    """ASGI middleware: 413 before the body is read when Content-Length is too large, and while streaming
-    when a body without a length grows past the limit."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = JSONResponse({"error": self._message()}, status_code=413)
-            return await response(scope, receive, send)
-        received = 0
-
-        async def counting_receive():
-            nonlocal received
-            message = await receive()
-            received += len(message.get("body", b""))
-            if received > self.max_bytes:
-                # Raised inside the route's body read, so FastAPI's HTTP exception handling answers it.
-                raise HTTPException(413, self._message())
-            return message
-
-        await self.app(scope, counting_receive, send)
-
-    def _message(self) -> str:
-        return f"request body exceeds the {self.max_bytes}-byte limit"
-
-
-def _field(location: tuple) -> str:
-    parts = [str(part) for part in location if part != "body"]
-    return ".".join(parts) or "body"
-
-
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    errors = exc.errors()
-    if any(error.get("type") == "json_invalid" for error in errors):
-        return JSONResponse({"error": f"request body is not valid JSON: {errors[0].get('msg')}"}, status_code=400)
-    message = "; ".join(f"{_field(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors)
-    return JSONResponse({"error": f"invalid request: {message}"}, status_code=422)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    """No exception text leaves the service (it can name files or data); the request id finds it in the log."""
-    request_id = uuid.uuid4().hex[:12]
-    log.exception("reward service failed on %s (request %s)", request.url.path, request_id)
-    return JSONResponse({"error": "internal error; the service log has the details", "request_id": request_id},
-                        status_code=500)
-
-
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-    return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
-
-
-def _bearer_guard(token: str | None):
-    """A dependency that enforces the token (constant-time compare) and documents the scheme in OpenAPI."""
-    scheme = HTTPBearer(auto_error=False, description="needed when the service is started with a token")
-
-    async def check(credentials: HTTPAuthorizationCredentials | None = Security(scheme)) -> None:
-        if token is None:
-            return
-        if credentials is None:
-            raise HTTPException(401, "missing bearer token: send 'Authorization: Bearer <token>'",
-                                headers={"WWW-Authenticate": "Bearer"})
-        if not hmac.compare_digest(credentials.credentials.encode(), token.encode()):
-            raise HTTPException(401, "invalid bearer token", headers={"WWW-Authenticate": "Bearer"})
-
-    return check
+def error_body(status: int, message: str, param: str | None = None, request_id: str | None = None) -> dict:
+    """The reward service's error shape: {"error": "..."} (and the request id of a 5xx)."""
+    return {"error": message, **({"request_id": request_id} if request_id else {})}
 
 
 def build_http_app(service: "RewardService") -> FastAPI:
     """The FastAPI app of one replica (built on the replica, so limits and token come from its settings)."""
     app = FastAPI(title="rayalign reward model", version="1", description=__doc__.split("\n\n")[0])
-    app.add_middleware(BodySizeLimit, max_bytes=service.settings.max_request_bytes)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected_error)
-    authorized = [Depends(_bearer_guard(service.token))]
+    app.add_middleware(BodySizeLimit, max_bytes=service.settings.max_request_bytes, error_body=error_body)
+    install_error_handlers(app, error_body, "reward service")
+    authorized = [Depends(bearer_guard(lambda: service.token))]
 
     @app.get("/healthz", response_model=Health)
     async def healthz() -> Health:
@@ -230,20 +156,13 @@ def reward_application(cfg: Config):
     check_model_dir(served_model_path(cfg), what="serve.model_path")
     settings = ReplicaSettings.from_config(cfg)
     options = deployment_options(cfg)
-    token = resolve_token(cfg.serve.auth_token_env, cfg.serve.auth_token_file)
-    if token is not None:
-        options["ray_actor_options"]["runtime_env"] = {"env_vars": {cfg.serve.auth_token_env: token}}
+    options["ray_actor_options"] = with_token(options["ray_actor_options"], cfg.serve, "serve")
     return RewardService.options(**options).bind(asdict(settings))
 
 
 def check_exposure(cfg: Config) -> None:
     """A service other machines can reach must require a token, unless the config says otherwise."""
-    if cfg.serve.host in LOOPBACK_HOSTS or cfg.serve.allow_unauthenticated:
-        return
-    if resolve_token(cfg.serve.auth_token_env, cfg.serve.auth_token_file) is None:
-        raise ConfigError(f"serve.host={cfg.serve.host} lets other machines reach the reward service, and no token is "
-                          f"set: set serve.auth_token_file (or the {cfg.serve.auth_token_env} variable), or "
-                          f"serve.allow_unauthenticated=true to serve it open")
+    http_rules.check_exposure(cfg.serve, "serve", "reward service")
 
 
 def config_from_args(args: dict) -> Config:

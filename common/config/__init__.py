@@ -12,7 +12,7 @@ from common.config.ppo import (KLConfig, PlacementConfig, PlacementStrategy, PPO
 from common.config.reward_mix import (BUILT_IN_TERMS, DEFAULT_FILLER_PHRASES, MonitorAction, MonitorConfig,
                                       RewardFunctionConfig, RewardMixConfig, RewardTermName)
 from common.config.root import Config, load_config, with_overrides
-from common.config.serving import ServeConfig
+from common.config.serving import PolicyServeConfig, ServeConfig
 from common.config.synth import SynthConfig
 from common.config.training import (DEFAULT_SFT_DATA, SFT_LR_BOUNDS, SFT_LR_BY_SIZE, SFT_LR_REFERENCE_BATCH, DataConfig,
                                     DPOConfig, RewardModelConfig, SFTConfig, sft_learning_rate)
@@ -22,8 +22,8 @@ __all__ = [
     "BUILT_IN_TERMS", "CURATE_SOURCE_KEYS", "DEFAULT_FILLER_PHRASES", "DEFAULT_POLICY", "DEFAULT_SFT_DATA",
     "REPO_ROOT", "SFT_LR_BOUNDS", "SFT_LR_BY_SIZE", "SFT_LR_REFERENCE_BATCH", "Config", "CurateConfig", "DPOConfig",
     "DataConfig", "DeepSpeedConfig", "KLConfig", "LoraConfig", "ModelConfig", "MonitorAction", "MonitorConfig",
-    "PPOConfig", "PipelineConfig", "PlacementConfig", "PlacementStrategy", "ProfileConfig", "RayConfig",
-    "RewardFunctionConfig", "RewardMixConfig", "RewardModelConfig", "RewardTermName", "RolePlacementConfig",
-    "RolloutConfig", "RunConfig", "SFTConfig", "ServeConfig", "StageName", "SynthConfig", "TaskType", "load_config", "resolve_path",
-    "sft_learning_rate", "with_overrides",
+    "PPOConfig", "PipelineConfig", "PlacementConfig", "PlacementStrategy", "PolicyServeConfig", "ProfileConfig",
+    "RayConfig", "RewardFunctionConfig", "RewardMixConfig", "RewardModelConfig", "RewardTermName",
+    "RolePlacementConfig", "RolloutConfig", "RunConfig", "SFTConfig", "ServeConfig", "StageName", "SynthConfig",
+    "TaskType", "load_config", "resolve_path", "sft_learning_rate", "with_overrides",
 ]

@@ -15,7 +15,7 @@ from common.config.infra import DeepSpeedConfig, LoraConfig, ModelConfig, RayCon
 from common.config.pipeline import PipelineConfig, ProfileConfig, StageName
 from common.config.ppo import PPOConfig
 from common.config.rag import RagConfig
-from common.config.serving import ServeConfig
+from common.config.serving import PolicyServeConfig, ServeConfig
 from common.config.synth import SynthConfig
 from common.config.training import DataConfig, DPOConfig, RewardModelConfig, SFTConfig
 from common.configlib import apply_overrides, build, read_yaml, section
@@ -38,6 +38,7 @@ class Config:
     dpo: DPOConfig = section(DPOConfig, "DPO")
     curate: CurateConfig = section(CurateConfig, "SFT data curation")
     serve: ServeConfig = section(ServeConfig, "reward model serving")
+    serve_policy: PolicyServeConfig = section(PolicyServeConfig, "policy serving, OpenAI-compatible")
     pipeline: PipelineConfig = section(PipelineConfig, "the end-to-end pipeline")
     profile: ProfileConfig = section(ProfileConfig, "hardware profile and task type (jobs.plan)")
     rag: RagConfig = section(RagConfig, "fine-tuning against retrieval (jobs.compare_rag)")

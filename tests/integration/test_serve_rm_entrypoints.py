@@ -59,11 +59,12 @@ def test_jobs_serve_rm_prints_the_url_and_serves(tmp_path):
         kill_tree(proc)
 
 
-def shipped_serve_config(tmp_path, model_dir: str, port: int):
-    """A copy of serve/serve_config.yaml that serves model_dir on a free port."""
+def shipped_serve_config(tmp_path, model_dir: str, port: int, **args):
+    """A copy of serve/serve_config.yaml that serves model_dir on a free port (`args`: more app arguments)."""
     shipped = yaml.safe_load((REPO / "serve" / "serve_config.yaml").read_text())
     shipped["http_options"]["port"] = port
     shipped["applications"][0]["args"]["serve.model_path"] = model_dir
+    shipped["applications"][0]["args"].update(args)
     config_file = tmp_path / "serve_config.yaml"
     config_file.write_text(yaml.safe_dump(shipped))
     return config_file

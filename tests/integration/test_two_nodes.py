@@ -1,7 +1,9 @@
 """Two real Ray nodes on one machine: a `ray start --head` and a second `ray start --address` node (separate
 process trees, loopback, their own ports and temp dirs, token authentication on). The PPO job goes in through
 `python -m jobs.submit` (`ray job submit`), its placement config puts the vLLM engine on the second node and the
-training ranks on the head, and `python -m jobs.status` shows the run's actors on both nodes."""
+training ranks on the head, and `python -m jobs.status` shows the run's actors on both nodes. The reward service,
+deployed with `serve deploy`, gets its replica pinned to the second node and still demands the token there: the
+token travels with the deployment, not in the driver's environment."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
 from tests.conftest import POLICY_PATH, SHARED
 from tests.helpers import (HEAD_PORTS, NODE_PORTS, REPO, VENV_BIN, free_port, job_env, start_ray_node, stop_ray_node,
@@ -83,3 +86,34 @@ def test_one_ppo_run_spreads_its_actors_over_both_nodes(two_nodes, tmp_path):
     assert status["live_state"].startswith("from the cluster")
     assert {a["state"] for a in status["actors"]} == {"DEAD"}  # the finished job released every actor
     assert status["progress"]["step"] == 2 and status["progress"]["steps"] == 2
+
+
+def test_a_reward_replica_on_the_worker_node_requires_the_token(two_nodes, tmp_path):
+    from tests.integration.test_serve_rm_entrypoints import BODY, answers, serve_deploy, shipped_serve_config
+    from tests.reward_helpers import make_reward_dir
+
+    token_file = tmp_path / "token"
+    token_file.write_text("two-node-secret\n")
+    port = free_port()
+    config_file = shipped_serve_config(tmp_path, make_reward_dir(tmp_path / "model"), port,
+                                       **{"serve.node_resource": "rollout_node",
+                                          "serve.auth_token_file": str(token_file)})
+    api, url = two_nodes["api"], f"http://127.0.0.1:{port}"
+    deployed = serve_deploy(config_file, api, token_mode=True)
+    assert deployed.returncode == 0, (deployed.stdout + deployed.stderr)[-3000:]
+    try:
+        wait_for(lambda: answers(f"{url}/healthz") == 200, 240, interval=1, what="/healthz to answer 200")
+        listed = ray_cli("list", "actors", "--address", api, "--format", "json", "--detail", "--filter",
+                         "state=ALIVE")
+        replicas = [a for a in json.loads(listed.stdout) if a["class_name"].startswith("ServeReplica:reward")]
+        assert [two_nodes["nodes"][a["node_id"]] for a in replicas] == ["worker"]
+        refused = requests.post(f"{url}/score", json=BODY, timeout=60)
+        assert refused.status_code == 401, refused.text
+        wrong = requests.post(f"{url}/score", json=BODY, timeout=60, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401, wrong.text
+        answered = requests.post(f"{url}/score", json=BODY, timeout=60,
+                                 headers={"Authorization": "Bearer two-node-secret"})
+        assert answered.status_code == 200 and len(answered.json()["scores"]) == 1, answered.text
+    finally:  # the PPO test on the same cluster needs the worker node's resource back
+        subprocess.run([str(VENV_BIN / "serve"), "shutdown", "--address", api, "--yes"],
+                       env=job_env(RAY_AUTH_MODE="token"), capture_output=True, text=True, timeout=120)

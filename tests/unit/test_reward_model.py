@@ -224,19 +224,19 @@ def test_a_service_other_machines_can_reach_needs_a_token_unless_told_otherwise(
 
 
 def test_a_500_names_a_request_id_not_the_exception(caplog):
-    import asyncio
     import json
 
     from starlette.requests import Request
 
-    from serve.reward_app import _unexpected_error
+    from serve.http_rules import internal_error
+    from serve.reward_app import error_body
 
     request = Request({"type": "http", "method": "POST", "path": "/score", "headers": [], "query_string": b""})
     with caplog.at_level("ERROR", logger="rayalign.serve"):
         try:
             raise RuntimeError("/secret/path/model.bin is corrupt")
         except RuntimeError as exc:
-            response = asyncio.run(_unexpected_error(request, exc))
+            response = internal_error(request, exc, error_body, "reward service")
     body = json.loads(response.body)
     assert response.status_code == 500 and "secret" not in response.body.decode()
     assert body["error"] == "internal error; the service log has the details" and len(body["request_id"]) == 12

@@ -1,0 +1,111 @@
+"""What the policy service decides without Ray: which model it serves and how (checked before Ray starts), OpenAI's
+error shape, the readable part of Ray Serve LLM's error messages, and whether a reply fits the context.
+
+Kept apart from serve/policy_app.py, which imports Ray Serve LLM (and so vLLM): a job refuses bad input in a
+second, and these rules are tested without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from actors.modeling import load_tokenizer
+from common.config import Config, resolve_path
+from common.config.serving import PolicyServeConfig
+from common.errors import ConfigError
+from common.model_dir import check_model_dir
+from serve import http_rules
+from serve.http_rules import ApiError
+
+SECTION = "serve_policy"
+ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
+               413: "invalid_request_error", 422: "invalid_request_error"}
+ERROR_CODES = {401: "invalid_api_key", 404: "model_not_found", 413: "request_too_large"}
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """What the served app needs, resolved on the caller's side (plain values: they travel to the replicas)."""
+    model_path: str
+    model_id: str
+    chat_template: str
+    max_model_len: Optional[int]
+    serve: PolicyServeConfig
+
+
+def served_model_path(cfg: Config) -> Path:
+    if not cfg.serve_policy.model_path:
+        raise ConfigError("no model to serve: pass --model DIR (or set serve_policy.model_path)")
+    return resolve_path(cfg.serve_policy.model_path)
+
+
+def context_length(cfg: PolicyServeConfig, folder: Path) -> Optional[int]:
+    """serve_policy.max_model_len, else the model's max_position_embeddings (None: vLLM derives it)."""
+    if cfg.max_model_len is not None:
+        return cfg.max_model_len
+    return json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+
+
+def policy_settings(cfg: Config) -> PolicySettings:
+    """The served model checked and resolved (ModelDirError / ConfigError name what to fix, before Ray starts)."""
+    folder = check_model_dir(served_model_path(cfg), what=f"{SECTION}.model_path (--model)")
+    # The template the policy was trained with: its tokenizer's own, else serve_policy.chat_template or rayalign's
+    # default (actors/modeling.py); vLLM refuses chat requests for a tokenizer without one.
+    template = load_tokenizer(folder, cfg.serve_policy.chat_template).chat_template
+    return PolicySettings(model_path=str(folder), model_id=cfg.serve_policy.model_id or folder.name,
+                          chat_template=template, max_model_len=context_length(cfg.serve_policy, folder),
+                          serve=cfg.serve_policy)
+
+
+def check_exposure(cfg: Config) -> None:
+    """A service other machines can reach must require a token, unless the config says otherwise."""
+    http_rules.check_exposure(cfg.serve_policy, SECTION, "policy service")
+
+
+def openai_error_body(status: int, message: str, param: Optional[str] = None,
+                      request_id: Optional[str] = None) -> dict:
+    """OpenAI's error shape, so OpenAI clients raise their typed errors with this message."""
+    if request_id is not None:
+        message = f"{message} (request id {request_id})"
+    kind = ERROR_TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": ERROR_CODES.get(status)}}
+
+
+ENGINE_MESSAGE = re.compile(r"^Message: (?P<text>.*?)(?: \(Request ID: [^)]*\))?, Internal exception: ", re.S)
+ENGINE_PARAM = re.compile(r"\(parameter=(?P<param>\w+)")
+
+
+def engine_error(message: str) -> tuple[str, Optional[str]]:
+    """The person-readable part of a Ray Serve LLM error message and the request field it names: its messages
+    read "Message: <text> (Request ID: ..), Internal exception: <class> .., original exception: <text>"."""
+    match = ENGINE_MESSAGE.match(message)
+    text = match.group("text") if match else message
+    param = ENGINE_PARAM.search(text)
+    return text, param.group("param") if param else None
+
+
+def plain_messages(messages: list) -> list[dict]:
+    """Chat turns as {role, content: str}: a content given as parts keeps its text parts, one per line (how vLLM
+    renders a "string"-format chat template)."""
+    plain = []
+    for message in messages:
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            content = "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
+        plain.append({"role": message["role"], "content": content})
+    return plain
+
+
+def room_error(prompt: int, requested: int, context: int) -> Optional[ApiError]:
+    """The 400 OpenAI answers when the reply asked for cannot fit after the prompt (vLLM would quietly cut
+    max_tokens down to the room left); None when it fits."""
+    if prompt + requested <= context:
+        return None
+    return ApiError(400, f"max_tokens={requested} does not fit: the prompt takes {prompt} of the model's "
+                         f"{context}-token context, so at most {max(context - prompt, 0)} tokens are left for the "
+                         f"reply",
+                    param="max_tokens")
