@@ -8,6 +8,9 @@ engines: jobs.synthesize on the tiny model with a Ray Data pool of 1, then 2 vLL
 http:    the same work through the OpenAI-compatible HTTP generator against rayalign's own policy server
          (jobs.serve_policy, real Ray Serve on 127.0.0.1 with a bearer token) at 1, then 8 requests in flight;
          the ratio 8 : 1.
+rdllm:   why the engine pool is rayalign's own: the task-writing generation alone (one per candidate, the same
+         prompts, seeds and sampling) on `ray.data.llm`'s vLLM processor vs on the rollout-engine pool, one
+         one-CPU engine each, start-up included; the ratio own : ray.data.llm.
 funnel:  the whole funnel (jobs.funnel) on --funnel-count candidates plus 10% deliberate repeats (2,000 by
          default): prints every stage's count, whether the counts add up, and how many repeats survived (should
          be 0).
@@ -55,19 +58,102 @@ def engines_part(root: Path, count: int) -> dict:
 
 
 def http_part(root: Path, count: int) -> dict:
+    from ray import serve
+
     from common.config import load_config
-    from serve.policy_app import start_policy_server  # noqa: F401  (resolved below; see serve/policy_app.py)
+    from serve import policy_app
+    from tests.helpers import free_port
 
     token_file = root / "token"
     token_file.write_text(TOKEN)
-    cfg = load_config(REPO / "configs" / "synth-tiny.yaml", [f"run.output_root={root}"])
-    url = start_policy_server(cfg, token_file)
+    cfg = load_config(REPO / "configs" / "synth-tiny.yaml", [
+        f"serve_policy.model_path={REPO / load_config(None).model.path}", f"serve_policy.port={free_port()}",
+        f"serve_policy.auth_token_file={token_file}"])
+    url = policy_app.deploy(cfg)
     rows = {}
-    for concurrency in (1, 8):
-        rows[concurrency] = timed_synthesis(synth_config(
-            root, f"http-{concurrency}", count, "synth.generator=http", f"synth.endpoint={url}",
-            f"synth.token_file={token_file}", f"synth.concurrency={concurrency}"))
+    try:
+        for concurrency in (1, 8):
+            rows[concurrency] = timed_synthesis(synth_config(
+                root, f"http-{concurrency}", count, "synth.generator=http", f"synth.endpoint={url}",
+                f"synth.token_file={token_file}", f"synth.concurrency={concurrency}"))
+    finally:
+        serve.shutdown()
     return {"levels": rows, "ratio_8_to_1": round(rows[8]["candidates_per_s"] / rows[1]["candidates_per_s"], 2)}
+
+
+def one_stage_rows(cfg, count: int, seed: int) -> list[dict]:
+    from jobs.synthesis.prompts import candidates, examples_for, load_seed_tasks, task_messages
+
+    syn = cfg.synth
+    tasks = load_seed_tasks(REPO / syn.seed_tasks if not Path(syn.seed_tasks).is_absolute() else syn.seed_tasks)
+    return [{"index": c.index, "messages": json.dumps(task_messages(syn.template, examples_for(
+        tasks, syn.examples_per_prompt, seed, c.seed_index)))} for c in candidates(syn)[:count]]
+
+
+class OwnEngineStage:
+    """The task-writing generation on rayalign's rollout engine (jobs/synthesis/generators.py)."""
+
+    def __init__(self, model_path: str, synth, seed: int, max_model_len: int):
+        from jobs.synthesis.generators import EngineGenerator
+
+        self.generator, self.max_tokens = EngineGenerator(model_path, synth, seed, max_model_len), synth.max_task_tokens
+
+    def __call__(self, batch):
+        import numpy as np
+
+        from jobs.synthesis.prompts import TASK_DRAW
+
+        out = self.generator.complete([json.loads(m) for m in batch["messages"]], [int(i) for i in batch["index"]],
+                                      TASK_DRAW, self.max_tokens)
+        batch["text"] = np.array([text for text, _ in out], dtype=object)
+        return batch
+
+
+def rdllm_part(root: Path, count: int) -> dict:
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    from actors.chat import render
+    from actors.modeling import load_tokenizer
+    from actors.rollout.sample import sample_seed
+    from jobs.synthesis.prompts import TASK_DRAW
+
+    cfg = synth_config(root, "rdllm", count)
+    syn, seed, model = cfg.synth, cfg.run.seed, str((REPO / cfg.model.path).resolve())
+    rows = one_stage_rows(cfg, count, seed)
+    max_model_len = syn.max_prompt_tokens + syn.max_task_tokens
+    tokenizer = load_tokenizer(model)
+    prompts = [{"index": r["index"], "prompt": render(tokenizer, json.loads(r["messages"]), add_generation_prompt=True)}
+               for r in rows]
+
+    started = time.perf_counter()
+    own = ray.data.from_items(rows).map_batches(
+        OwnEngineStage, fn_constructor_kwargs={"model_path": model, "synth": syn, "seed": seed,
+                                               "max_model_len": max_model_len},
+        batch_size=syn.batch_size, num_cpus=1, compute=ray.data.ActorPoolStrategy(size=1)).take_all()
+    own_s = time.perf_counter() - started
+
+    config = vLLMEngineProcessorConfig(
+        model_source=model, batch_size=syn.batch_size, concurrency=1, accelerator_type=None,
+        placement_group_config={"bundles": [{"CPU": 1}]}, chat_template_stage=False,
+        runtime_env={"env_vars": {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+                                  "VLLM_CPU_OMP_THREADS_BIND": "nobind", "OMP_NUM_THREADS": "1"}},
+        engine_kwargs={"enforce_eager": True, "dtype": "float32", "max_model_len": max_model_len,
+                       "enable_chunked_prefill": False, "max_num_batched_tokens": 4096})
+
+    def preprocess(row: dict) -> dict:  # the same rendered prompt, seed and sampling as the own engine
+        return {"prompt": row["prompt"], "sampling_params": {
+            "temperature": syn.temperature, "top_p": syn.top_p, "repetition_penalty": syn.repetition_penalty,
+            "max_tokens": syn.max_task_tokens, "seed": sample_seed(seed, TASK_DRAW, row["index"])}}
+
+    started = time.perf_counter()
+    theirs = build_processor(config, preprocess=preprocess,
+                             postprocess=lambda row: {"text": row["generated_text"]})(
+        ray.data.from_items(prompts)).take_all()
+    theirs_s = time.perf_counter() - started
+    return {"candidates": count, "own_engine_s": round(own_s, 1), "ray_data_llm_s": round(theirs_s, 1),
+            "own_rows": len(own), "ray_data_llm_rows": len(theirs),
+            "ratio_own_to_ray_data_llm": round(theirs_s / own_s, 2)}
 
 
 def funnel_part(root: Path, count: int) -> dict:
@@ -88,7 +174,7 @@ def funnel_part(root: Path, count: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--count", type=int, default=192, help="candidates per throughput configuration")
-    parser.add_argument("--part", default="engines,http,funnel", help="which parts to run, comma-separated")
+    parser.add_argument("--part", default="engines,http,rdllm,funnel", help="which parts to run, comma-separated")
     parser.add_argument("--funnel-count", type=int, default=1800, help="fresh candidates in the funnel run "
                                                                       "(plus a ninth as many repeats)")
     args = parser.parse_args()
@@ -100,7 +186,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         for part in args.part.split(","):
-            results[part] = {"engines": engines_part, "http": http_part, "funnel": funnel_part}[part](
+            results[part] = {"engines": engines_part, "http": http_part, "rdllm": rdllm_part,
+                             "funnel": funnel_part}[part](
                 root, args.funnel_count if part == "funnel" else args.count)
             print(part, json.dumps(results[part], indent=1))
     runtime.stop()

@@ -136,10 +136,16 @@ class RewardService:
         return sliced
 
 
+NODE_RESOURCE_SHARE = 0.001
+
+
 def deployment_options(cfg: Config) -> dict:
-    """Replicas (fixed or autoscaled), CPUs and admission limit from ServeConfig."""
+    """Replicas (fixed or autoscaled), CPUs, the nodes they may use and admission limit from ServeConfig."""
     options = {"ray_actor_options": {"num_cpus": cfg.serve.cpus_per_replica},
                "max_ongoing_requests": cfg.serve.max_ongoing_requests}
+    if cfg.serve.node_resource:
+        # A sliver of the resource: it only marks the nodes, however many replicas share one.
+        options["ray_actor_options"]["resources"] = {cfg.serve.node_resource: NODE_RESOURCE_SHARE}
     if cfg.serve.autoscaling:
         options["autoscaling_config"] = {"min_replicas": cfg.serve.min_replicas,
                                          "max_replicas": cfg.serve.max_replicas,

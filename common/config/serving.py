@@ -24,6 +24,8 @@ class ServeConfig:
     max_replicas: int = param(4, "autoscaling: most replicas", gt=0)
     target_ongoing_requests: float = param(16.0, "autoscaling: requests in flight per replica to aim for", gt=0)
     cpus_per_replica: float = param(1.0, "CPUs reserved per replica", gt=0)
+    node_resource: Optional[str] = param(None, "a custom resource some nodes declare (ray start "
+                                               "--resources='{\"serve_node\": 1}'): replicas go only to those nodes")
     max_ongoing_requests: int = param(128, "requests a replica accepts at once; must be >= max_batch_size or "
                                            "batches can never fill", gt=0)
     max_batch_size: int = param(32, "requests batched together by @serve.batch", gt=0)

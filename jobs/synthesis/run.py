@@ -231,13 +231,16 @@ def write_outputs(output_dir: Path, records: list[dict], rows: list[dict], repor
     from jobs.ppo_report import write_atomic
     from jobs.synthesis.report import render_markdown
 
-    if not records:
-        first = report["failures"][:3]
-        raise EmptyDatasetError(f"no candidate was generated: {report['counts']['failed']} failed, e.g. "
-                                f"{'; '.join(str(f['candidate']) + ': ' + f['error'] for f in first)}")
     output_dir.mkdir(parents=True, exist_ok=True)
     write_jsonl([{"candidate": r["index"], "error": r["error"], "task": r["task"], "answer": r["answer"]}
                  for r in rows if r["error"]], output_dir / "failures.jsonl")
     write_atomic(output_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
     write_atomic(output_dir / "report.md", render_markdown(report))
-    return write_jsonl(records, output_dir / "candidates.jsonl")
+    candidates_file = output_dir / "candidates.jsonl"
+    if not records:  # the failures are listed; no candidates file says the set is not there
+        candidates_file.unlink(missing_ok=True)
+        first = report["failures"][:3]
+        raise EmptyDatasetError(f"no candidate was generated: {report['counts']['failed']} failed after retries "
+                                f"(listed in {output_dir / 'failures.jsonl'}), e.g. "
+                                f"{'; '.join(str(f['candidate']) + ': ' + f['error'] for f in first)}")
+    return write_jsonl(records, candidates_file)

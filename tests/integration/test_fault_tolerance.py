@@ -200,6 +200,8 @@ def test_sigterm_to_the_job_process_checkpoints_exits_143_and_a_rerun_resumes(ra
     assert result.steps == 6 and steps_logged(out) == list(range(1, 7))
 
 
+# Slow: restarts from a checkpoint run by default in the sabotaged and chaos runs; giving up is this test's own.
+@pytest.mark.slow
 def test_a_policy_rank_dying_past_max_restarts_gives_up_with_one_message_and_keeps_its_checkpoints(ray_session,
                                                                                                     tmp_path):
     """ppo.max_restarts=1: the first dead policy rank restarts the run from its step-1 checkpoint; the second one

@@ -18,6 +18,9 @@ TINY_RUN = ["ppo.steps=2", "ppo.rollout_batch_size=16", "ppo.mini_batch_size=8",
             "ppo.reward.rm_source=keyword", "ppo.report_prompts=[Say hello.]", "run.seed=7"]
 
 
+# Slow: the ablation's arithmetic, table and plot are unit-tested (tests/unit/test_ppo_ablation.py); this runs it
+# for real, three seeded PPO runs.
+@pytest.mark.slow
 def test_ablation_runs_each_term_set_and_compares_them(ray_session, tmp_path):
     result = main(["--config", str(TINY_CPU), "--runs", "rm,rm+kl", f"run.output_root={tmp_path}", *TINY_RUN])
     folder = tmp_path / "tiny-cpu" / "ablation"

@@ -80,6 +80,9 @@ def test_reward_goes_up_while_kl_stays_bounded(kl_005):
     assert {"step", "reward/rm_mean", "kl_k3", "time/train"} <= set(header)
 
 
+# Slow: a second whole PPO run; the default tier keeps the KL bounded in test_reward_goes_up_while_kl_stays_bounded
+# and the KL arithmetic in tests/unit/test_algo_kl.py.
+@pytest.mark.slow
 def test_stronger_kl_coefficient_moves_the_policy_less(kl_005, kl_02):
     _, weak = kl_005
     _, strong = kl_02

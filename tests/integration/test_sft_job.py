@@ -103,6 +103,8 @@ def test_one_worker_plain_engine_takes_deepspeeds_steps(ray_session, tmp_path):
     assert max(abs(a[s] - b[s]) for s in a) < 1e-5
 
 
+# Slow: packing's per-chat loss equality is checked in float64 by tests/unit/test_sft_packing.py; this trains on it.
+@pytest.mark.slow
 def test_packed_rows_learn_as_well_and_carry_several_chats_per_row(zero2, tmp_path):
     # The 570 training chats (82 tokens on average) pack into 262 rows of 192 tokens: 16 steps per epoch of
     # 8 rows × 2 ranks, so two epochs give the same 20 steps as one chat per row.

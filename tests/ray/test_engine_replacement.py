@@ -24,6 +24,9 @@ from tests.ray.test_ppo_roles import batch, dispose, policy_group, ppo_config, t
 pytestmark = [pytest.mark.ray]
 
 
+# Slow: a dead engine's replacement and re-sync run by default in the sabotaged and chaos PPO runs; the limit on
+# replacements is this test's own.
+@pytest.mark.slow
 def test_dead_engine_is_replaced_and_resynced_then_the_limit_holds(ray_session, batch, tmp_path):  # noqa: F811
     cfg = ppo_config("ppo.rollout.max_replacements=1")
     policy = policy_group(cfg, 1)

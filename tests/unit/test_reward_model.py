@@ -176,6 +176,9 @@ def test_deployment_options_fixed_or_autoscaled():
     assert fixed["num_replicas"] == 3 and "autoscaling_config" not in fixed
     scaled = deployment_options(load_config(TINY_CPU, ["serve.autoscaling=true", "serve.max_replicas=5"]))
     assert scaled["autoscaling_config"]["max_replicas"] == 5 and "num_replicas" not in scaled
+    assert "resources" not in fixed["ray_actor_options"]
+    pinned = deployment_options(load_config(TINY_CPU, ["serve.node_resource=serve_node"]))
+    assert pinned["ray_actor_options"]["resources"] == {"serve_node": 0.001}  # marks nodes, any number of replicas
 
 
 def test_serve_builder_args_take_yaml_strings_and_typed_values():
