@@ -239,10 +239,10 @@ def main() -> int:
 
     if not args.skip_jobs:
         from cluster import runtime
-        from jobs.curation.pipeline import _quiet_ray_data
+        from jobs.curation.pipeline import quiet_ray_data
 
         runtime.start(cfg.ray)
-        _quiet_ray_data()
+        quiet_ray_data()
         try:
             results["embed_actor_torch_threads"] = actor_torch_threads()
             results["embed_ray"], results["job"] = {}, {}

@@ -42,6 +42,8 @@ class SynthConfig:
     template: str = param(DEFAULT_TEMPLATE, "the task-writing prompt; {examples} is replaced by the sampled seed "
                                             "tasks, one per numbered line")
     examples_per_prompt: int = param(3, "seed tasks shown in each prompt (sampled per candidate by its seed)", ge=0)
+    max_example_chars: int = param(300, "a seed task longer than this is cut there in the prompt (a few seed tasks "
+                                        "run to pages; they would crowd out the rest and the model's context)", gt=0)
     temperature: float = param(1.0, "sampling temperature (high: diverse candidates)", ge=0.0)
     top_p: float = param(0.95, "nucleus sampling mass", gt=0.0, le=1.0)
     repetition_penalty: float = param(1.1, "engine repetition penalty (1.0 = off; not sent to HTTP endpoints)",

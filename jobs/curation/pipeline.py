@@ -65,7 +65,7 @@ def run(cfg: Config) -> CurationResult:
         raise ConfigError("curate.sources is empty: list the data files, each {path, category, limit?}")
     rules = build_rules(cur)  # on the driver first: a bad lexicon, knowledge base or verdict file fails here
     runtime.start(cfg.ray)
-    _quiet_ray_data()
+    quiet_ray_data()
     clock = time.perf_counter()
     gathered = gather(cur)
     return finish(cfg, rules, gathered, {"read_gates_embed_s": time.perf_counter() - clock})
@@ -189,7 +189,7 @@ class QualityGates:
         return evaluate(dict(json.loads(record), id=rid), self.rules)
 
 
-def _quiet_ray_data() -> None:
+def quiet_ray_data() -> None:
     from ray.data import DataContext
 
     DataContext.get_current().enable_progress_bars = False

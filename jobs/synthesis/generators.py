@@ -147,8 +147,9 @@ class GenerateCandidates:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         cfg, seed_indices = self.cfg, [int(i) for i in batch["seed_index"]]
         examples = [examples_for(self.seed_tasks, cfg.examples_per_prompt, self.seed, i) for i in seed_indices]
-        tasks = complete_stage([task_messages(cfg.template, ex) for ex in examples], seed_indices,
-                               self.generator.complete, TASK_DRAW, cfg.max_task_tokens, cfg.retries, cfg.min_chars)
+        prompts = [task_messages(cfg.template, ex, cfg.max_example_chars) for ex in examples]
+        tasks = complete_stage(prompts, seed_indices, self.generator.complete, TASK_DRAW, cfg.max_task_tokens,
+                               cfg.retries, cfg.min_chars)
         written = [i for i, t in enumerate(tasks) if not t.error]
         answers = dict(zip(written, complete_stage(
             [answer_messages(tasks[i].text) for i in written], [seed_indices[i] for i in written],

@@ -59,8 +59,13 @@ def examples_for(tasks: list[SeedTask], k: int, seed: int, seed_index: int) -> l
     return rng.sample(tasks, min(k, len(tasks)))
 
 
-def task_messages(template: str, examples: list[SeedTask]) -> list[dict]:
-    listed = "\n".join(f"{n}. {' '.join(task.text.split())}" for n, task in enumerate(examples, start=1))
+def task_messages(template: str, examples: list[SeedTask], max_chars: int = 300) -> list[dict]:
+    """The task-writing prompt: each example on one numbered line, cut to max_chars."""
+    def shown(text: str) -> str:
+        line = " ".join(text.split())
+        return line if len(line) <= max_chars else line[:max_chars].rstrip() + "…"
+
+    listed = "\n".join(f"{n}. {shown(task.text)}" for n, task in enumerate(examples, start=1))
     return [{"role": "user", "content": template.format(examples=listed)}]
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from common.config import Config, resolve_path
 from common.configlib import to_dict
 from common.errors import ConfigError, EmptyDatasetError, EndpointError
+from jobs.curation.pipeline import quiet_ray_data
 from jobs.synthesis.prompts import Candidate, candidates, load_seed_tasks, to_record
 
 log = logging.getLogger("rayalign.synthesize")
@@ -54,19 +55,20 @@ def run(cfg: Config) -> SynthResult:
     wanted = candidates(syn)
     done = shards.done()
     todo = [c for c in wanted if c.index // syn.batch_size not in done]
-    seconds = 0.0
+    seconds, warm = 0.0, None
     if todo:
         log.info("generating %d candidates in %d batches with %s (%d batches already on disk)", len(todo),
                  len({c.index // syn.batch_size for c in todo}), generator.name, len(done))
         runtime.start(cfg.ray)
-        _quiet_ray_data()
+        quiet_ray_data()
         clock = time.perf_counter()  # generation alone (the engines' start-up included), not Ray's start
-        generate(cfg, todo, seed, seed_tasks, generator, shards)
+        first_batch = generate(cfg, todo, seed, seed_tasks, generator, shards)
         seconds = time.perf_counter() - clock
+        warm = _warm_rate(first_batch, len(todo), seconds)
     else:
         log.info("all %d candidates already generated in %s", len(wanted), shards.folder)
     rows = shards.read()
-    report = build_report(cfg, generator, seed, rows, len(todo), seconds)
+    report = build_report(cfg, generator, seed, rows, len(todo), seconds, warm)
     output_dir = cfg.run.output_dir("synthesize")
     candidates_file = write_outputs(output_dir, [to_record(r, generator.name, syn, seed) for r in rows
                                                  if not r["error"]], rows, report)
@@ -161,9 +163,10 @@ class Shards:
 
 
 def generate(cfg: Config, todo: list[Candidate], seed: int, seed_tasks: list, generator: Generator,
-             shards: Shards) -> None:
+             shards: Shards) -> tuple[float, int]:
     """Ray Data: candidate numbers → GenerateCandidates on an actor pool; the driver writes each batch once all of
-    its candidates are back."""
+    its candidates are back. Returns (seconds, candidates back) when the first batch was written: the pool's start-up
+    is over by then."""
     import ray
     from tqdm import tqdm
 
@@ -181,13 +184,23 @@ def generate(cfg: Config, todo: list[Candidate], seed: int, seed_tasks: list, ge
         compute=ray.data.ActorPoolStrategy(size=syn.engines if engine else syn.http_workers))
     gathered: dict[int, list[dict]] = defaultdict(list)
     columns = ("index", "seed_index", *OUTPUT_COLUMNS)
+    started, first_batch, back = time.perf_counter(), None, 0
     with tqdm(total=len(items), desc="synthesize", unit="cand", mininterval=1.0) as bar:
         for row in ds.iter_rows():
             batch = int(row["batch"])
             gathered[batch].append({c: _plain(row[c]) for c in columns})
+            back += 1
             bar.update(1)
             if len(gathered[batch]) == expected[batch]:
                 shards.write(batch, gathered.pop(batch))
+                first_batch = first_batch or (time.perf_counter() - started, back)
+    return first_batch
+
+
+def _warm_rate(first_batch: tuple[float, int], total: int, seconds: float) -> float | None:
+    """Candidates/s once the first batch is in (the engines are up): the rate a longer run approaches."""
+    at, back = first_batch
+    return round((total - back) / (seconds - at), 3) if total > back and seconds > at else None
 
 
 def _plain(value):
@@ -195,15 +208,8 @@ def _plain(value):
     return value.item() if hasattr(value, "item") else value
 
 
-def _quiet_ray_data() -> None:
-    from ray.data import DataContext
-
-    DataContext.get_current().enable_progress_bars = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-
-
 def build_report(cfg: Config, generator: Generator, seed: int, rows: list[dict], generated_now: int,
-                 seconds: float) -> dict:
+                 seconds: float, warm_rate: float | None = None) -> dict:
     syn = cfg.synth
     failed = [r for r in rows if r["error"]]
     reasons = Counter(r["error"].split(":", 1)[0] + ": " + _reason_kind(r["error"]) for r in failed)
@@ -215,7 +221,8 @@ def build_report(cfg: Config, generator: Generator, seed: int, rows: list[dict],
         "failures_by_reason": dict(reasons),
         "failures": [{"candidate": r["index"], "error": r["error"]} for r in failed[:100]],
         "throughput": {"generated_this_run": generated_now, "seconds": round(seconds, 2),
-                       "candidates_per_s": round(generated_now / seconds, 3) if generated_now and seconds else None},
+                       "candidates_per_s": round(generated_now / seconds, 3) if generated_now and seconds else None,
+                       "after_first_batch_per_s": warm_rate},
         "config": to_dict(syn),
     }
 

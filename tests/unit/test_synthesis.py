@@ -48,9 +48,10 @@ def test_examples_depend_on_the_seed_index_only():
     assert examples_for(tasks[:2], 3, 42, 0) and len(examples_for(tasks[:2], 3, 42, 0)) == 2
 
 
-def test_the_template_numbers_the_examples_on_one_line_each():
-    [message] = task_messages("Tasks:\n{examples}\nNew:", [SeedTask("a", "Say\nhi"), SeedTask("b", "Count")])
-    assert message == {"role": "user", "content": "Tasks:\n1. Say hi\n2. Count\nNew:"}
+def test_the_template_numbers_the_examples_on_one_line_each_cut_to_length():
+    [message] = task_messages("Tasks:\n{examples}\nNew:", [SeedTask("a", "Say\nhi"), SeedTask("b", "Count to ten")],
+                              max_chars=8)
+    assert message == {"role": "user", "content": "Tasks:\n1. Say hi\n2. Count to…\nNew:"}
 
 
 def test_unusable_generations_are_retried_from_a_fresh_draw_then_reported():
