@@ -85,6 +85,9 @@ def test_a_changed_ppo_setting_reruns_ppo_alone_from_its_checkpoint(first_run):
     assert [r["step"] for r in rows] == [1, 2, 3]  # steps 1-2 came from the checkpoint, not re-trained
 
 
+# Slow: the scores, chunking, shipped set, retrieval recall and bad input are unit-tested (tests/unit/test_compare_rag.py);
+# this runs the four arms for real on the pipeline's SFT model.
+@pytest.mark.slow
 def test_fine_tuning_against_retrieval_answers_with_all_four_arms(first_run):
     """jobs.compare_rag on the pipeline's SFT model (its default): the shipped knowledge base, the first 40
     questions (28 English, 12 Chinese), four arms on one rollout engine each scored; the tiny model answers badly,

@@ -82,6 +82,9 @@ def engine_agrees_with_policy(loop: PPOLoop, probe: TokenBatch) -> bool:
 
 
 # ---- mode collapse: greedy sampling ----------------------------------------------------------------------
+# Slow: the mode-collapse rule is unit-tested on identical and diverse responses (tests/unit/test_monitors.py), and
+# the NaN rollback test in this file runs the monitors inside a real run by default.
+@pytest.mark.slow
 def test_greedy_sampling_trips_the_mode_collapse_alarm_and_raises_kl(ray_session, tmp_path):
     cfg = load_config(TINY_CPU, [f"run.output_root={tmp_path}", *SHORT, "ppo.steps=2", "ppo.rollout.temperature=0"])
     result = run(cfg)
