@@ -92,7 +92,7 @@ def one_stage_rows(cfg, count: int, seed: int) -> list[dict]:
     syn = cfg.synth
     tasks = load_seed_tasks(REPO / syn.seed_tasks if not Path(syn.seed_tasks).is_absolute() else syn.seed_tasks)
     return [{"index": c.index, "messages": json.dumps(task_messages(syn.template, examples_for(
-        tasks, syn.examples_per_prompt, seed, c.seed_index)))} for c in candidates(syn)[:count]]
+        tasks, syn.examples_per_prompt, seed, c.seed_index), syn.max_example_chars))} for c in candidates(syn)[:count]]
 
 
 class OwnEngineStage:
@@ -182,11 +182,14 @@ def main() -> None:
     parser.add_argument("--part", default="engines,http,rdllm,funnel", help="which parts to run, comma-separated")
     parser.add_argument("--funnel-count", type=int, default=1800, help="fresh candidates in the funnel run "
                                                                       "(plus a ninth as many repeats)")
+    parser.add_argument("--num-cpus", type=int, default=None, help="logical CPUs of the embedded cluster (default: "
+                                                                    "the recipe's ray.num_cpus, 2)")
     args = parser.parse_args()
     from cluster import runtime
     from common.config import load_config
 
-    runtime.start(load_config(REPO / "configs" / "synth-tiny.yaml").ray)
+    overrides = [] if args.num_cpus is None else [f"ray.num_cpus={args.num_cpus}"]
+    runtime.start(load_config(REPO / "configs" / "synth-tiny.yaml", overrides).ray)
     results: dict = {"count": args.count}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -197,7 +200,9 @@ def main() -> None:
             print(part, json.dumps(results[part], indent=1))
     runtime.stop()
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "synth_throughput.json").write_text(json.dumps(results, indent=2))
+    path = RESULTS / "synth_throughput.json"
+    kept = json.loads(path.read_text()) if path.is_file() else {}  # parts not run this time keep their figures
+    path.write_text(json.dumps({**kept, **results}, indent=2))
 
 
 if __name__ == "__main__":
