@@ -30,3 +30,13 @@ def check_model_dir(path: str | Path, need_tokenizer: bool = True, what: str = "
     if need_tokenizer and not any((folder / name).is_file() for name in TOKENIZER_FILES):
         raise ModelDirError(f"model folder {folder} has no tokenizer files (tokenizer.json / tokenizer.model)")
     return folder
+
+
+# Where Hugging Face configs keep the context length: most families, GPT-2, a few others.
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
+
+
+def context_length(folder: str | Path) -> int | None:
+    """The model's context in tokens from its config.json, or None when the config names none."""
+    config = json.loads((Path(folder) / "config.json").read_text())
+    return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)

@@ -12,13 +12,10 @@ serve_policy.auth_token_env, RAYALIGN_POLICY_TOKEN by default) clients send it a
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 
 from common.config import Config
 from jobs import cli
-from serve.proxy_limits import LIMIT_ENV
 
 SECTIONS = ("run", "ray", "serve_policy")
 # Flags for the settings one changes most; each is also a serve_policy.<key> override.
@@ -42,34 +39,23 @@ def flag_overrides(args: argparse.Namespace) -> list[str]:
 
 
 def serve_forever(cfg: Config) -> None:
-    from ray import serve
-
-    from cluster import runtime
+    from jobs.serving import serve_until_interrupted
     from serve import policy_rules
 
     # Before Ray (and vLLM) load: a wrong folder, a missing token file or an open service on a reachable host fails
     # at once.
     policy_rules.check_exposure(cfg)
     settings = policy_rules.policy_settings(cfg)
-    os.environ[LIMIT_ENV] = str(cfg.serve_policy.max_request_bytes)
-    info = runtime.start(cfg.ray)
-    try:
+
+    def deploy() -> str:
         from serve import policy_app
 
-        url = policy_app.deploy(cfg)
-        print(f"policy {settings.model_path} is served as model {settings.model_id!r} at {url} (OpenAI API: "
-              f"GET /models, POST /chat/completions); Ctrl-C stops", flush=True)
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        print("stopping the policy service", file=sys.stderr)
-    finally:
-        # On a shared cluster only our application goes; an embedded cluster goes entirely.
-        if info.mode == "cluster":
-            serve.delete(cfg.serve_policy.app_name)
-        else:
-            serve.shutdown()
-        runtime.stop()
+        return policy_app.deploy(cfg)
+
+    serve_until_interrupted(
+        cfg.ray, cfg.serve_policy.app_name, cfg.serve_policy.max_request_bytes, deploy,
+        lambda url: (f"policy {settings.model_path} is served as model {settings.model_id!r} at {url} (OpenAI API: "
+                     f"GET /models, POST /chat/completions); Ctrl-C stops"), "policy service")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,6 @@ second, and these rules are tested without Ray.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ from actors.modeling import load_tokenizer
 from common.config import Config, resolve_path
 from common.config.serving import PolicyServeConfig
 from common.errors import ConfigError
-from common.model_dir import check_model_dir
+from common.model_dir import check_model_dir, context_length as model_context_length
 from serve import http_rules
 from serve.http_rules import ApiError
 
@@ -44,10 +43,10 @@ def served_model_path(cfg: Config) -> Path:
 
 
 def context_length(cfg: PolicyServeConfig, folder: Path) -> Optional[int]:
-    """serve_policy.max_model_len, else the model's max_position_embeddings (None: vLLM derives it)."""
+    """serve_policy.max_model_len, else the context the model's config names (None: vLLM derives it)."""
     if cfg.max_model_len is not None:
         return cfg.max_model_len
-    return json.loads((folder / "config.json").read_text()).get("max_position_embeddings")
+    return model_context_length(folder)
 
 
 def policy_settings(cfg: Config) -> PolicySettings:

@@ -119,10 +119,7 @@ def render_markdown(report: dict) -> str:
     for title, key in (("Closest dropped pairs", "closest_pairs"), ("Dropped pairs nearest the threshold",
                                                                       "borderline_pairs")):
         if div[key]:
-            lines += [f"**{title}**", "", "| similarity | dropped | kept |", "|---:|---|---|"]
-            lines += [f"| {p['similarity']:.3f} | {_cell(p['dropped']['text'])} | {_cell(p['kept']['text'])} |"
-                      for p in div[key]]
-            lines.append("")
+            lines += [f"**{title}**", "", *pair_table(div[key]), ""]
     mix = report["mix"]
     lines += ["## Mix: achieved vs target", "", f"target size {mix['target_size']}, achieved {mix['achieved_size']}",
               "", "| category | target share | target | available | achieved | achieved share |",
@@ -158,6 +155,13 @@ def _annotation_lines(annotation: dict) -> list[str]:
         lines.append(f"| {_cell(name)} | {a['records_rated']} | {annotators} | {a['pairable_values']} | {alpha} |")
     return [*lines, "", "α = 1: annotators agree fully; 0: no better than chance; below 0: systematic disagreement.",
             ""]
+
+
+def pair_table(pairs: list[dict]) -> list[str]:
+    """A markdown table of dropped pairs (pair_entry's), most similar first as given."""
+    return ["| similarity | dropped | kept |", "|---:|---|---|",
+            *(f"| {p['similarity']:.3f} | {_cell(p['dropped']['text'])} | {_cell(p['kept']['text'])} |"
+              for p in pairs)]
 
 
 def _bad_input_lines(bad: dict) -> list[str]:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from jobs.curation.report import pair_table
+
 
 def funnel_stages(synth: dict, curate: dict, candidates_file: str) -> list[dict]:
     """One {stage, count, note} per step of the funnel, for the candidates file only (other curation sources
@@ -57,10 +59,8 @@ def render_markdown(run: str, stages: list[dict], curate: dict, problems: list[s
     top = stages[0]["count"] or 1
     lines += [f"| {s['stage']} | {s['count']} | {s['count'] / top:.1%} | {s['note']} |" for s in stages]
     lines += ["", "The counts add up." if not problems else "**The counts do not add up:** " + "; ".join(problems),
-              "", "![funnel](funnel.png)", "", "## Closest dropped pairs", "", "| similarity | dropped | kept |",
-              "|---:|---|---|"]
-    lines += [f"| {p['similarity']:.3f} | {_cell(p['dropped']['text'])} | {_cell(p['kept']['text'])} |"
-              for p in curate["diversity"]["closest_pairs"]]
+              "", "![funnel](funnel.png)", "", "## Closest dropped pairs", "",
+              *pair_table(curate["diversity"]["closest_pairs"])]
     mix = curate["mix"]
     lines += ["", "## Achieved mix", "", "| category | target share | achieved | achieved share |",
               "|---|---:|---:|---:|"]
@@ -88,7 +88,3 @@ def plot_funnel(stages: list[dict], path: Path) -> None:
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
     tmp.replace(path)
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")

@@ -67,11 +67,11 @@ def complete_stage(conversations: list[list[dict]], seed_indices: list[int], com
 
 
 class EngineGenerator:
-    def __init__(self, model_path: str, cfg: SynthConfig, seed: int, max_model_len: int):
+    def __init__(self, model_path: str, cfg: SynthConfig, seed: int, max_model_len: int, engine: str = "vllm"):
         import torch
 
         from actors.modeling import load_tokenizer
-        from actors.rollout.engines import rollout_engine_class
+        from actors.rollout.engines import ENGINES
 
         if not torch.cuda.is_available():
             # vLLM's CPU engine binds its threads to every physical core by default: two engines on one machine
@@ -83,7 +83,7 @@ class EngineGenerator:
         rollout = RolloutConfig(temperature=cfg.temperature, top_p=cfg.top_p,
                                 repetition_penalty=cfg.repetition_penalty, max_new_tokens=cfg.max_response_tokens,
                                 max_prompt_tokens=cfg.max_prompt_tokens)
-        self.engine = rollout_engine_class(rollout, model_path)(model_path, rollout, seed, max_model_len)
+        self.engine = ENGINES[engine](model_path, rollout, seed, max_model_len)
         self.tokenizer = load_tokenizer(model_path)
         self.max_prompt_tokens = cfg.max_prompt_tokens
 
@@ -140,7 +140,8 @@ class GenerateCandidates:
     def __init__(self, cfg: SynthConfig, seed: int, seed_tasks: list[SeedTask], generator: dict):
         self.cfg, self.seed, self.seed_tasks = cfg, seed, seed_tasks
         if generator["kind"] == "engine":
-            self.generator = EngineGenerator(generator["model_path"], cfg, seed, generator["max_model_len"])
+            self.generator = EngineGenerator(generator["model_path"], cfg, seed, generator["max_model_len"],
+                                             generator["engine"])
         else:
             self.generator = HttpGenerator(cfg, generator["model"], generator["token"], seed)
 

@@ -83,28 +83,21 @@ def prepare_generator(cfg: Config) -> Generator:
 
 
 def _engine_generator(cfg: Config) -> Generator:
-    from common.model_dir import check_model_dir
+    from common.model_dir import check_model_dir, context_length
 
     syn = cfg.synth
     model_path = str(check_model_dir(syn.model or cfg.model.path, what="synth.model" if syn.model else "model.path"))
     max_model_len = syn.max_prompt_tokens + max(syn.max_task_tokens, syn.max_response_tokens)
-    context = _context_length(Path(model_path))
+    context = context_length(model_path)
     if context is not None and max_model_len > context:
         raise ConfigError(f"synth.max_prompt_tokens + the longer of synth.max_task_tokens/max_response_tokens = "
                           f"{max_model_len} exceeds the model's context of {context} tokens ({model_path})")
     from actors.rollout.engines import rollout_engine_class
 
+    # Chosen once, here (ppo.rollout.engine: vllm, hf or auto, with the named fallback), and handed to every actor.
     engine = rollout_engine_class(cfg.ppo.rollout, model_path).engine
     return Generator(f"{engine}-engine:{Path(model_path).name}",
-                     {"kind": "engine", "model_path": model_path, "max_model_len": max_model_len})
-
-
-def _context_length(model_dir: Path) -> int | None:
-    config = json.loads((model_dir / "config.json").read_text())
-    for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-        if isinstance(config.get(key), int):
-            return config[key]
-    return None
+                     {"kind": "engine", "engine": engine, "model_path": model_path, "max_model_len": max_model_len})
 
 
 def _http_generator(cfg: Config) -> Generator:
