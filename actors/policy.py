@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from actors import modeling, zero
+from actors import modeling, packed, zero
 from actors.algo import (
     LOSS_AGGREGATIONS,
     ROLLOUT_CORRECTIONS,
@@ -34,15 +34,18 @@ from common.config import RolloutConfig
 log = logging.getLogger("rayalign.policy")
 
 
-def action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float) -> torch.Tensor:
+def action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
+                  pack: bool = False) -> torch.Tensor:
     """Logits for positions 0..L-2 (each predicting the next token), divided by the sampling temperature so
     log-probs are those of the model's distribution at the rollout temperature (before top_p and the penalty)."""
-    return scaled(raw_action_logits(model, input_ids, attention_mask), temperature)
+    return scaled(raw_action_logits(model, input_ids, attention_mask, pack), temperature)
 
 
-def raw_action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, L-1, V] float32 logits for positions 0..L-2, as the model gives them."""
-    return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits[:, :-1].float()
+def raw_action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                      pack: bool = False) -> torch.Tensor:
+    """[B, L-1, V] float32 logits for positions 0..L-2, as the model gives them; computed over packed rows when
+    `pack` (actors/packed.py: the same logits without the padding's work)."""
+    return packed.run(packed.lm_forward(model), input_ids, attention_mask, pack)[:, :-1].float()
 
 
 def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -60,13 +63,14 @@ def ratio_logprobs(raw_logits: torch.Tensor, batch, rollout: RolloutConfig, mode
 
 
 @torch.no_grad()
-def sequence_logprobs(model, batch: TokenBatch, temperature: float, chunk: int = 16) -> torch.Tensor:
+def sequence_logprobs(model, batch: TokenBatch, temperature: float, chunk: int = 16,
+                      pack: bool = False) -> torch.Tensor:
     """[B, L-1] log-prob of every next token at `temperature` (meaningful where action_mask is 1), in chunks
     of rows: the distribution the KL to the reference compares."""
     parts = []
     for start in range(0, batch.input_ids.shape[0], chunk):
         ids = batch.input_ids[start:start + chunk]
-        logits = action_logits(model, ids, batch.attention_mask[start:start + chunk], temperature)
+        logits = action_logits(model, ids, batch.attention_mask[start:start + chunk], temperature, pack)
         parts.append(token_logprobs(logits, ids[:, 1:]))
     return torch.cat(parts)
 
@@ -78,7 +82,9 @@ class PolicyRole(TrainedRole):
         model = modeling.trainable_causal_lm(self.model_cfg, self.lora_cfg, self.start_model)
         trainable, total = modeling.count_parameters(model)
         engine = self._make_engine(model, self.ppo.lr)
-        return {"trainable_params": trainable, "total_params": total, "engine": engine}
+        self.pack = self.ppo.pack_sequences and self._packing_agrees(packed.lm_forward(self.engine),
+                                                                     model.config.vocab_size)
+        return {"trainable_params": trainable, "total_params": total, "engine": engine, "packed": self.pack}
 
     def _temperature(self) -> float:
         return self.ppo.rollout.temperature
@@ -90,7 +96,8 @@ class PolicyRole(TrainedRole):
         self.engine.eval()
         context = self.engine.module.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with context:
-            out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), self._temperature())
+            out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), self._temperature(),
+                                    pack=self.pack)
         self.engine.train()
         return out.cpu()
 
@@ -105,7 +112,7 @@ class PolicyRole(TrainedRole):
         ratio, kl = [], []
         for start in range(0, batch.input_ids.shape[0], chunk):
             part = select(batch, torch.arange(start, min(start + chunk, batch.input_ids.shape[0])))
-            raw = raw_action_logits(self.engine, part.input_ids, part.attention_mask)
+            raw = raw_action_logits(self.engine, part.input_ids, part.attention_mask, self.pack)
             kl.append(token_logprobs(scaled(raw, self._temperature()), part.input_ids[:, 1:]))
             ratio.append(kl[-1] if self.ppo.trainer_logprobs == "temperature"
                          else ratio_logprobs(raw, part, self.ppo.rollout, "processed"))
@@ -115,7 +122,7 @@ class PolicyRole(TrainedRole):
     def raw_logprobs(self, batch: TokenBatch) -> torch.Tensor:
         """Log-probs at temperature 1: what a vLLM engine holding the same weights reports."""
         self.engine.eval()
-        out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), 1.0)
+        out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), 1.0, pack=self.pack)
         self.engine.train()
         return out.cpu()
 
@@ -140,7 +147,7 @@ class PolicyRole(TrainedRole):
                                  ppo.rollout_correction_cap)
             mask = correction.mask
             normalizer, tokens = zero.all_reduce_sum([aggregation.units(mask), float(mask.sum())])
-            raw = raw_action_logits(self.engine, mini.input_ids, mini.attention_mask)
+            raw = raw_action_logits(self.engine, mini.input_ids, mini.attention_mask, self.pack)
             logits = scaled(raw, self._temperature())
             logp_kl = token_logprobs(logits, mini.input_ids[:, 1:])
             logp = logp_kl if ppo.trainer_logprobs == "temperature" else \

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from actors import modeling
+from actors import modeling, packed
 from actors.group import Located
 from actors.policy import sequence_logprobs
 from actors.protocol import TokenBatch, to_device
@@ -14,16 +14,19 @@ from common.config import ModelConfig, RolloutConfig
 
 class ReferenceModel(Located):
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, start_model: str,
-                 threads: ThreadPlan = ThreadPlan()):
+                 threads: ThreadPlan = ThreadPlan(), pack: bool = False):
         self.rollout, self.threads = rollout, threads
         self.model = modeling.load_causal_lm(model, start_model)
         self.model.eval().requires_grad_(False).to(modeling.device())
+        # ppo.pack_sequences, where this model gives the same outputs packed as padded (actors/packed.py)
+        self.pack = pack and packed.agrees(packed.lm_forward(self.model), self.model.config.vocab_size,
+                                           modeling.device(), modeling.DTYPES[model.dtype], "reference")
 
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:
         self.threads.use("logprobs")
         batch = to_device(batch, modeling.device())
-        return sequence_logprobs(self.model, batch, self.rollout.temperature).cpu()
+        return sequence_logprobs(self.model, batch, self.rollout.temperature, pack=self.pack).cpu()
 
     def ping(self) -> bool:
         return True

@@ -15,7 +15,7 @@ from typing import Iterator
 
 import torch
 
-from actors import modeling, zero
+from actors import modeling, packed, zero
 from actors.group import DistributedRole
 from actors.plain_engine import PlainEngine
 from actors.protocol import select
@@ -35,6 +35,7 @@ class TrainedRole(DistributedRole):
         self.start_model, self.seed, self.threads = start_model, seed, threads
         self.stage = deepspeed.stage
         self.engine = None
+        self.pack = False  # ppo.pack_sequences, once setup has checked the model (actors/packed.py)
 
     @property
     def world(self) -> int:
@@ -62,6 +63,16 @@ class TrainedRole(DistributedRole):
         config = zero.ds_config(ds, max(ppo.mini_batch_size // self.world, 1), 1, ppo.max_grad_norm, self.world)
         self.engine = zero.initialize(model, optimizer, None, config)
         return "deepspeed"
+
+    def _packing_agrees(self, forward, vocab_size: int) -> bool:
+        """Whether this role's model gives the same outputs over packed rows as padded (actors/packed.py), checked
+        in eval mode so dropout cannot tell them apart."""
+        self.engine.eval()
+        try:
+            return packed.agrees(forward, vocab_size, self.engine.device, modeling.DTYPES[self.model_cfg.dtype],
+                                 self.role)
+        finally:
+            self.engine.train()
 
     def engine_kind(self) -> str:
         return "plain" if isinstance(self.engine, PlainEngine) else "deepspeed"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from actors import modeling
+from actors import modeling, packed
 from actors.algo import clipped_value_loss
 from actors.protocol import TokenBatch, ValueBatch, to_device
 from actors.trained_role import TrainedRole, reduce_stats
@@ -22,14 +22,25 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.zeros_(self.value_head.weight)
         torch.nn.init.zeros_(self.value_head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state
         return self.value_head(hidden.float()).squeeze(-1)
 
 
-def action_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """[B, L-1]: the value of the state before each next token (aligned with the action space)."""
-    return model(input_ids, attention_mask)[:, :-1]
+def action_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack: bool = False) -> torch.Tensor:
+    """[B, L-1]: the value of the state before each next token (aligned with the action space); over packed rows
+    when `pack` (actors/packed.py)."""
+    return packed.run(model, input_ids, attention_mask, pack)[:, :-1]
+
+
+def backbone_forward(model: ValueModel) -> packed.Forward:
+    """The value model's backbone hidden states as a Forward."""
+    def forward(input_ids, attention_mask, position_ids):
+        return model.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                              use_cache=False).last_hidden_state
+    return forward
 
 
 def load_value_model(path: str, dtype: str) -> ValueModel:
@@ -46,14 +57,17 @@ class ValueRole(TrainedRole):
     def setup(self) -> dict:
         model = load_value_model(self.ppo.value_init or self.start_model, self.model_cfg.dtype)
         engine = self._make_engine(model, self.ppo.value_lr)
-        return {"value_params": sum(p.numel() for p in model.parameters()), "engine": engine}
+        # The check runs on the backbone's hidden states: the zero-initialised head would make any two agree.
+        self.pack = self.ppo.pack_sequences and self._packing_agrees(backbone_forward(self.engine.module),
+                                                                     model.backbone.config.vocab_size)
+        return {"value_params": sum(p.numel() for p in model.parameters()), "engine": engine, "packed": self.pack}
 
     @torch.no_grad()
     def values(self, batch: TokenBatch, chunk: int = 16) -> torch.Tensor:
         self.threads.use("values")
         self.engine.eval()
         batch = to_device(batch, self.engine.device)
-        parts = [action_values(self.engine, batch.input_ids[s:s + chunk], batch.attention_mask[s:s + chunk])
+        parts = [action_values(self.engine, batch.input_ids[s:s + chunk], batch.attention_mask[s:s + chunk], self.pack)
                  for s in range(0, batch.input_ids.shape[0], chunk)]
         self.engine.train()
         return torch.cat(parts).cpu()
@@ -66,7 +80,7 @@ class ValueRole(TrainedRole):
         batch = to_device(batch, self.engine.device)
         for mini in self.minibatches(batch, seed + 7):
             normalizer = self.global_tokens(mini.action_mask)
-            values = action_values(self.engine, mini.input_ids, mini.attention_mask)
+            values = action_values(self.engine, mini.input_ids, mini.attention_mask, self.pack)
             loss, stats = clipped_value_loss(values, mini.old_values, mini.returns, mini.action_mask,
                                              ppo.value_clip_range, normalizer=normalizer)
             local = float(mini.action_mask.sum())

@@ -202,6 +202,11 @@ class PPOConfig:
     colocate: bool = param(False, "place policy, value, reference and reward actors in one placement group")
     placement_strategy: PlacementStrategy = param(
         "PACK", "how a role's ranks are placed across nodes (default for every role; see ppo.placement)")
+    pack_sequences: bool = param(True, "score and train on the sequences packed end to end into rows instead of "
+                                       "right-padded to the longest one (veRL's remove-padding, OpenRLHF's packing "
+                                       "samples): the same outputs without the padding's share of the work; each "
+                                       "role checks at start that its model gives the same outputs packed as "
+                                       "padded, and pads (saying so) where it does not")
     sync_bucket_mb: int = param(64, "weight-sync bucket size: parameters are gathered and sent this many MB "
                                     "at a time", gt=0)
     max_nan_steps: int = param(3, "stop after this many consecutive steps skipped for a NaN/Inf loss", gt=0)

@@ -1,7 +1,8 @@
 """Seven model families through the stages that run without a cluster, on tiny random-weight models built in code
 with each family's tokenizer (jobs/tiny_models.py): the assistant-only loss mask under each chat template, LoRA on
 the family's default projections (fused ones included) merged and reloaded, a reward model's scalar head on the
-backbone, and a DPO step from ln 2. The vLLM weight-sync check per family is in tests/ray/test_families_vllm.py."""
+backbone, a DPO step from ln 2, and PPO's packed rows (ppo.pack_sequences) giving the padded logits, gradients and
+value-model hidden states. The vLLM weight-sync check per family is in tests/ray/test_families_vllm.py."""
 
 from __future__ import annotations
 
@@ -76,6 +77,35 @@ def modeling_config():
     from common.config import ModelConfig
 
     return ModelConfig(dtype="float32")
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_packed_rows_give_the_padded_logits_gradients_and_hidden_states(folders, family):
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    from actors.packed import agrees, lm_forward, run
+    from actors.value import ValueModel, backbone_forward
+
+    model = AutoModelForCausalLM.from_pretrained(folders[family]).eval()
+    lengths = (7, 12, 5, 9, 3, 12, 4)  # 7 sequences in 5 rows of 12
+    ids = torch.randint(3, model.config.vocab_size, (len(lengths), 12), generator=torch.Generator().manual_seed(1))
+    mask = (torch.arange(12).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
+    ids, inside = ids * mask, mask.bool()
+    grads = []
+    for layout in (False, True):
+        model.zero_grad()
+        logits = run(lm_forward(model), ids, mask, packed=layout)
+        (torch.log_softmax(logits, -1).amax(-1) * mask).sum().backward()
+        grads.append((logits.detach()[inside], torch.cat([p.grad.flatten() for p in model.parameters()
+                                                         if p.grad is not None])))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
+    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+    assert agrees(lm_forward(model), model.config.vocab_size, "cpu", torch.float32, family)
+    backbone = AutoModel.from_pretrained(folders[family]).eval()
+    value = ValueModel(backbone, backbone.config.hidden_size)
+    with torch.no_grad():
+        hidden = [run(backbone_forward(value), ids, mask, packed=layout)[inside] for layout in (False, True)]
+    assert torch.allclose(*hidden, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
