@@ -12,6 +12,7 @@ import logging
 import os
 import sys
 import textwrap
+import threading
 from typing import Callable
 
 from common.config import Config, load_config
@@ -87,3 +88,22 @@ def run_main(prog: str, main: Callable[[list[str] | None], object], argv: list[s
         print(f"{prog}: interrupted; re-run the same command to resume from the last checkpoint", file=sys.stderr)
         return 130
     return 0
+
+
+def import_in_background(*modules: str) -> threading.Thread:
+    """Import `modules` on a thread and return it (join it before relying on them): a job's driver starts Ray,
+    which mostly waits on its own processes, while the heavy Python imports it needs next (torch, Transformers'
+    tokenizer classes: seconds of CPU on a small machine) load on the other core. A failing import is left to
+    the real import later, which raises it where it belongs."""
+    def load() -> None:
+        import importlib
+
+        for module in modules:
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - re-raised by the driver's own import
+                return
+
+    thread = threading.Thread(target=load, name="import-in-background", daemon=True)
+    thread.start()
+    return thread

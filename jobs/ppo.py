@@ -37,16 +37,20 @@ class PPOResult:
 
 
 def run(cfg: Config) -> PPOResult:
-    from actors.ppo_supervisor import run_supervised
+    cfg.check_stage("ppo")
+    output_dir = cfg.run.output_dir("ppo")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # The driver's own imports (the PPO loop's torch, the tokenizer classes) load while Ray starts.
+    imports = cli.import_in_background("actors.ppo_supervisor", "transformers.models.auto.tokenization_auto")
     from cluster import runtime
+
+    runtime.start(cfg.ray)
+    imports.join()
+    from actors.ppo_supervisor import run_supervised
     from common.metrics import read_jsonl
     from jobs.plots import plot_curves
     from jobs.ppo_report import write_answers, write_report
 
-    cfg.check_stage("ppo")
-    output_dir = cfg.run.output_dir("ppo")
-    output_dir.mkdir(parents=True, exist_ok=True)
-    runtime.start(cfg.ray)
     # Dead engines are replaced, dead training ranks resume from the last checkpoint, SIGTERM checkpoints.
     loop, final, model_dir = run_supervised(cfg, output_dir, functools.partial(write_answers, output_dir))
     plot_curves(read_jsonl(output_dir / "metrics.jsonl"), PLOTTED, output_dir / "ppo.png", f"PPO {cfg.run.name}")

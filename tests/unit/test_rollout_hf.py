@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from actors.algo.sampling import processed_logprobs
-from actors.rollout.engines import FALLBACK_WARNING, rollout_engine_class, vllm_importable
+from actors.rollout.engines import (FALLBACK_WARNING, rollout_engine_class, unknown_to_vllm, vllm_architectures,
+                                    vllm_importable)
 from actors.rollout.hf_engine import HFRolloutEngine
 from actors.rollout.vllm_engine import RolloutEngine
 from actors.weights import hf_named_weights
@@ -148,6 +149,25 @@ def test_auto_picks_vllm_where_it_imports():
         pytest.skip("vLLM is not installed here")
     assert rollout_engine_class(RolloutConfig()) is RolloutEngine
     assert rollout_engine_class(RolloutConfig(engine="hf")) is HFRolloutEngine
+
+
+def test_vllms_architecture_list_is_asked_once_per_version_then_read_from_the_cache(monkeypatch, tmp_path):
+    """The driver no longer imports vLLM to choose the engine: the registry's answer is kept per vLLM version."""
+    import json
+
+    if not vllm_importable():
+        pytest.skip("vLLM is not installed here")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert "LlamaForCausalLM" in vllm_architectures()
+    [cached] = (tmp_path / "rayalign").glob("vllm-architectures-*.json")
+    assert "LlamaForCausalLM" in json.loads(cached.read_text())
+    cached.write_text(json.dumps(["OnlyThisArchitecture"]))  # the next question is answered by the file
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    assert unknown_to_vllm(str(model)) == "LlamaForCausalLM"
+    cached.write_text("{not json")  # a damaged cache is asked again and rewritten
+    assert unknown_to_vllm(str(model)) is None
 
 
 def test_auto_falls_back_to_hf_with_one_warning_where_vllm_is_missing(monkeypatch, caplog):
