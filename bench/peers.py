@@ -9,12 +9,15 @@ process start to exit: imports, Ray and its roles, model and data loading, train
 are the mean over steps 2..n (rayalign's `time/step` for GRPO, `step_seconds` for SFT/DPO; TRL's optimizer steps
 timed from on_step_begin to on_step_end, summed over each generation's 4 updates for GRPO).
 
-1. GRPO at 0.4M parameters (stories260K-hd32) and 25.6M (a random Llama built in code with that tokenizer).
+1. GRPO at 0.4M parameters (stories260K-hd32) and 25.6M (a random Llama built in code with that tokenizer);
+   rayalign runs as configured (packed sequences, lock-step), then padded and with async rollouts
+   (--grpo-variants), each against the same TRL run.
 2. SFT: jobs.sft with the recipe's 2 workers, and with 1 worker, vs SFTTrainer; trained (assistant) tokens/s.
 3. DPO: jobs.dpo (2 workers) vs DPOTrainer.
 What each comparison matches, and what it cannot, is in its compare_* docstring; bench/peer_models.py maps the
 same config onto TRL's arguments. Speed ratio = TRL seconds / rayalign seconds (above 1: rayalign is faster).
-Checkpoints and model export are off on both sides (TRL saves nothing either). Writes bench/results/peers.json.
+Checkpoints and model export are off on both sides (TRL saves nothing either). Writes bench/results/peers.json,
+replacing only the sections this run measured (each stamped with its command, date and load average).
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ RESULTS = REPO / "bench" / "results"
 PEER = REPO / "bench" / "peer_models.py"
 NEVER = 10**6  # a checkpoint cadence no run reaches
 PROMPTS, ANSWERS, NEW_TOKENS = 8, 4, 24  # per GRPO step: 8 prompts x 4 answers of up to 24 new tokens
+# rayalign's side of GRPO, each run against the same TRL run: as configured (default: packed sequences, lock-step),
+# with padded batches (what packing saves), and with async rollouts (one-step off-policy: a different algorithm,
+# reported beside the matched one, never instead of it).
+GRPO_VARIANTS = {"default": [], "padded": ["ppo.pack_sequences=false"], "async": ["ppo.async_rollouts=1"]}
 SIZES = {"0.4M": None, "25M": dict(hidden=512, layers=8, heads=8, intermediate=1376)}  # random_llama shapes
 
 
@@ -127,7 +134,7 @@ def grpo_overrides(steps: int, model_path: str) -> tuple[list[str], list[str]]:
     return fixed + optional, dropped
 
 
-def compare_grpo(size: str, steps: int, root: Path) -> dict:
+def compare_grpo(size: str, steps: int, root: Path, variants: list[str]) -> dict:
     """GRPO, identical work: the first 8 x steps prompts of rayalign's default PPO prompt file, taken in the order
     rayalign's steps pick them, through its DEFAULT_CHAT_TEMPLATE (the token ids are checked equal; prompts up to
     128 tokens so none is cut); sampling at temperature 0.7, top_p 0.9, repetition penalty 1.2, top_k off; 8 prompts
@@ -153,28 +160,43 @@ def compare_grpo(size: str, steps: int, root: Path) -> dict:
     overrides, dropped = grpo_overrides(steps, model_path)
     check_overrides(overrides)
     seqs = PROMPTS * ANSWERS
-    wall, rows = rayalign("ppo", overrides, root, f"grpo-{size}-rayalign")
-    ray_steps = [{"seconds": r["time/step"], "reward": r["reward/rm_mean"], "tokens": r["response_tokens_mean"] * seqs,
-                  "phases": {k[5:]: v for k, v in r.items() if k.startswith("time/") and k != "time/step"}}
-                 for r in rows]
-    ray = grpo_side(wall, ray_steps, sum(r.get("policy/updates", 0) for r in rows))
-    ray["phases_s"] = {k: after_first([s["phases"][k] for s in ray_steps]) for k in ray_steps[0]["phases"]}
+    sides = {name: rayalign_grpo(overrides + GRPO_VARIANTS[name], root, f"grpo-{size}-rayalign-{name}", seqs)
+             for name in variants}
+    ray = sides[variants[0]]
     peer_wall, result = trl("grpo", overrides, root, f"grpo-{size}-trl")
     peer = grpo_side(peer_wall, result["steps"], result["optimizer_steps"])
     peer.update(prompt_ids_match_rayalign=result["prompt_ids_match_rayalign"], beta=result["beta"])
+    for side in sides.values():
+        side.update(speed_end_to_end=speed(side, peer, "wall_s"), speed_per_step=speed(side, peer, "step_s"))
     out = {"params": params, "steps": steps, "sequences_per_step": seqs, "max_new_tokens": NEW_TOKENS,
            "overrides": overrides, "not_in_config": dropped, "rayalign": ray, "trl": peer,
-           "speed_end_to_end": speed(ray, peer, "wall_s"), "speed_per_step": speed(ray, peer, "step_s")}
+           "speed_end_to_end": speed(ray, peer, "wall_s"), "speed_per_step": speed(ray, peer, "step_s"),
+           "variants": {name: {"overrides": GRPO_VARIANTS[name], **side} for name, side in sides.items()}}
     print(f"\nGRPO {size} ({params / 1e6:.2f}M params): {steps} steps x {seqs} sequences x <= {NEW_TOKENS} new tokens, "
           f"4 optimizer steps per step{'; config lacks ' + ', '.join(dropped) if dropped else ''}")
-    print(f"  {'':<10}{'end to end':>11}{'s/step':>9}{'reward first5 -> last5':>25}{'gen tokens':>12}{'opt steps':>11}")
-    for label, side in (("rayalign", ray), ("TRL", peer)):
-        print(f"  {label:<10}{side['wall_s']:>10.1f}s{side['step_s']:>9.2f}{side['reward_first5']:>15.3f} -> "
+    print(f"  {'':<18}{'end to end':>11}{'s/step':>9}{'reward first5 -> last5':>25}{'gen tokens':>12}{'opt steps':>11}")
+    for label, side in [(f"rayalign {name}", side) for name, side in sides.items()] + [("TRL", peer)]:
+        print(f"  {label:<18}{side['wall_s']:>10.1f}s{side['step_s']:>9.2f}{side['reward_first5']:>15.3f} -> "
               f"{side['reward_last5']:<6.3f}{side['generated_tokens']:>12,.0f}{side['optimizer_steps']:>11}")
-    print("  rayalign phases (s, steps 2..n): " + ", ".join(f"{k} {v:.2f}" for k, v in ray["phases_s"].items()))
+    for name, side in sides.items():
+        print(f"  rayalign {name} phases (s, steps 2..n): " +
+              ", ".join(f"{k} {v:.2f}" for k, v in side["phases_s"].items() if v >= 0.005))
     print(f"  prompt ids identical on both sides: {peer['prompt_ids_match_rayalign']}; TRL beta {peer['beta']:g}")
-    print(f"  rayalign / TRL speed: {out['speed_end_to_end']:.2f}x end to end, {out['speed_per_step']:.2f}x per step")
+    for name, side in sides.items():
+        print(f"  rayalign {name} / TRL speed: {side['speed_end_to_end']:.2f}x end to end, "
+              f"{side['speed_per_step']:.2f}x per step")
     return out
+
+
+def rayalign_grpo(overrides: list[str], root: Path, name: str, seqs: int) -> dict:
+    """One rayalign GRPO run's figures, with the mean seconds of each phase over steps 2..n."""
+    wall, rows = rayalign("ppo", overrides, root, name)
+    steps = [{"seconds": r["time/step"], "reward": r["reward/rm_mean"], "tokens": r["response_tokens_mean"] * seqs,
+              "phases": {k[5:]: v for k, v in r.items() if k.startswith("time/") and k != "time/step"}}
+             for r in rows]
+    side = grpo_side(wall, steps, sum(r.get("policy/updates", 0) for r in rows))
+    side["phases_s"] = {k: after_first([s["phases"][k] for s in steps]) for k in steps[0]["phases"]}
+    return side
 
 
 # ---- 2. SFT --------------------------------------------------------------------------------------------------
@@ -265,6 +287,28 @@ def print_training(out: dict, unit: str, eval_label: str, eval_keys: tuple[str, 
                   f"{unit}/s")
 
 
+def merged(path: Path, results: dict) -> dict:
+    """The results file with this run's comparisons replacing their own sections (GRPO per size) and the others
+    kept, each section carrying the machine's load average and the command of the run that measured it."""
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    for stale in ("load_average_at_start", "dpo_run"):  # whole-file stamps of older runs: now per section
+        old.pop(stale, None)
+    command = "python bench/peers.py " + " ".join(sys.argv[1:])
+    stamp = {"load_average_at_start": results["load_average_at_start"], "command": command,
+             "date": time.strftime("%Y-%m-%d")}
+    for key in ("grpo", "sft", "dpo"):
+        if key not in results:
+            continue
+        parts = results[key].items() if key == "grpo" else [(None, results[key])]
+        for size, section in parts:
+            section["measured"] = stamp
+            if size is None:
+                old[key] = section
+            else:
+                old.setdefault(key, {})[size] = section
+    return {**old, "machine": results["machine"], "warm_imports_s": results["warm_imports_s"]}
+
+
 def warm_file_cache() -> float:
     """Import both stacks once, untimed, so the first timed run does not pay for reading them from disk."""
     started = time.perf_counter()
@@ -278,12 +322,16 @@ def main() -> None:
     parser.add_argument("--only", default="grpo,sft,dpo", help="comparisons to run, comma-separated")
     parser.add_argument("--sizes", default="0.4M,25M", help="GRPO model sizes: 0.4M (stories260K-hd32), 25M (random "
                                                              "Llama built here)")
+    parser.add_argument("--grpo-variants", default="default,padded,async",
+                        help=f"rayalign GRPO runs against the one TRL run, the first one the headline ({', '.join(GRPO_VARIANTS)})")
     parser.add_argument("--steps", type=int, default=None, help="steps of every run (default: GRPO 20, SFT/DPO 30)")
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.json")
     parser.add_argument("--workdir", type=Path, help="keep every run's log and outputs here (default: a temp folder)")
     args = parser.parse_args()
     only, sizes = set(args.only.split(",")), args.sizes.split(",")
-    unknown = sorted(only - {"grpo", "sft", "dpo"}) + [size for size in sizes if size not in SIZES]
+    variants = args.grpo_variants.split(",")
+    unknown = sorted(only - {"grpo", "sft", "dpo"}) + [size for size in sizes if size not in SIZES] + \
+        [name for name in variants if name not in GRPO_VARIANTS]
     if unknown:
         parser.error(f"unknown comparison or size: {', '.join(unknown)}")
     # Other work on the machine moves every figure: the load average is recorded next to them.
@@ -294,13 +342,13 @@ def main() -> None:
         root = args.workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         if "grpo" in only:
-            results["grpo"] = {size: compare_grpo(size, args.steps or 20, root) for size in sizes}
+            results["grpo"] = {size: compare_grpo(size, args.steps or 20, root, variants) for size in sizes}
         if "sft" in only:
             results["sft"] = compare_sft(args.steps or 30, root)
         if "dpo" in only:
             results["dpo"] = compare_dpo(args.steps or 30, root)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2, default=float))
+    args.out.write_text(json.dumps(merged(args.out, results), indent=2, default=float))
     print(f"\nwrote {args.out}")
 
 
