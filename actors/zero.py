@@ -53,9 +53,12 @@ def plain_engine_fits(cfg: DeepSpeedConfig, world_size: int) -> bool:
 
 
 def adamw(params, lr: float, weight_decay: float, cfg: DeepSpeedConfig) -> torch.optim.AdamW:
-    """The client optimizer of every trained role. On CUDA (optimizer states on the GPU) torch's fused AdamW
-    updates all parameters in a few kernels instead of a dozen launches per tensor."""
-    fused = torch.cuda.is_available() and not cfg.offload_optimizer
+    """The client optimizer of every trained role: torch's fused AdamW, which updates all parameters in a few
+    kernels, on the GPU and on the CPU alike. Without it the CPU takes the one-tensor-at-a-time loop (torch picks
+    foreach only on CUDA): about a dozen small ops per parameter, 2 of the tiny SFT step's ~80 ms; TRL's
+    default optimizer is the fused one too. With offload_optimizer DeepSpeed moves the states after this is built,
+    so that case keeps torch's default."""
+    fused = not cfg.offload_optimizer
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=(0.9, 0.95), fused=fused or None)
 
 

@@ -1,13 +1,20 @@
 """Per-token log-probabilities and entropies from language-model logits.
 
 Shapes: B = batch rows, T = positions, V = vocabulary. Low-precision logits (bf16/fp16) are upcast to
-float32 one batch row at a time, so the extra memory is one row's [T, V] copy rather than the whole
-batch's; float64 logits stay float64 (tests need exact numbers).
+float32 one batch row at a time (token_logprobs: when the batch holds more than WHOLE_BATCH_LOGITS), so the
+extra memory is one row's [T, V] copy rather than the whole batch's; float64 logits stay float64 (tests need
+exact numbers).
 """
 
 from __future__ import annotations
 
 import torch
+
+
+# Row by row, the upcast copy and logsumexp's temporaries are one row's [T, V]; up to this many logits (16 MB in
+# float32) the whole batch goes in one call instead, since then the per-row ops and their backward nodes cost
+# more than that memory saves: 8 % of a tiny-vocabulary DPO micro-batch's forward and backward (16 rows).
+WHOLE_BATCH_LOGITS = 1 << 22
 
 
 def _compute_dtype(logits: torch.Tensor) -> torch.dtype:
@@ -22,12 +29,15 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     full [B, T, V] log-softmax.
     """
     dtype = _compute_dtype(logits)
-    rows = []
-    for row_logits, row_labels in zip(logits, labels):
-        row_logits = row_logits.to(dtype)
-        picked = row_logits.gather(-1, row_labels.long().unsqueeze(-1)).squeeze(-1)
-        rows.append(picked - torch.logsumexp(row_logits, dim=-1))
-    return torch.stack(rows)
+    if logits.numel() <= WHOLE_BATCH_LOGITS:
+        return _picked_minus_logsumexp(logits.to(dtype), labels)
+    return torch.stack([_picked_minus_logsumexp(row_logits.to(dtype), row_labels)
+                        for row_logits, row_labels in zip(logits, labels)])
+
+
+def _picked_minus_logsumexp(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    picked = logits.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+    return picked - torch.logsumexp(logits, dim=-1)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:

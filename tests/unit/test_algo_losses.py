@@ -308,6 +308,20 @@ def test_token_logprobs_matches_log_softmax_gather():
     torch.testing.assert_close(token_logprobs(logits, labels), expected, rtol=1e-12, atol=1e-12)
 
 
+def test_token_logprobs_row_by_row_above_the_whole_batch_size_gives_the_same_numbers():
+    from actors.algo.logprobs import WHOLE_BATCH_LOGITS
+
+    generator = torch.Generator().manual_seed(2)
+    vocab = WHOLE_BATCH_LOGITS // 128 + 1  # 2 x 64 positions of it: just over the size, so rows go one at a time
+    logits = torch.randn(2, 64, vocab, generator=generator) * 4
+    labels = torch.randint(0, vocab, (2, 64), generator=generator)
+    by_rows = token_logprobs(logits, labels)
+    whole = torch.cat([token_logprobs(logits[i:i + 1], labels[i:i + 1]) for i in range(2)])  # each row alone fits
+    assert torch.equal(by_rows, whole)
+    expected = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(by_rows, expected, rtol=1e-5, atol=1e-5)
+
+
 def test_token_logprobs_dtype_and_gradient():
     logits = torch.randn(2, 3, 7, dtype=torch.bfloat16, requires_grad=True)
     out = token_logprobs(logits, torch.zeros(2, 3, dtype=torch.long))
