@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from actors import modeling, zero
+from actors import modeling, packed, zero
 from actors.algo.logprobs import shift_for_causal_lm, token_logprobs
 from actors.algo.preference import dpo_loss, sequence_logprob
 from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
@@ -93,10 +93,11 @@ def build_dpo_split(records: list[dict], tokenizer, max_length: int, eval_fracti
     return DPOSplit([pairs[i] for i in order[n_eval:]], [pairs[i] for i in order[:n_eval]], truncated, identical)
 
 
-def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probs of the chosen and of the rejected replies [B] each, from one forward pass over both."""
+def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probs of the chosen and of the rejected replies [B] each, from one forward pass over both (over
+    packed rows when `pack`: actors/packed.py)."""
     inputs = collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id)
-    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], use_cache=False).logits
+    logits = packed.run(packed.lm_forward(model), inputs["input_ids"], inputs["attention_mask"], pack)
     logits, labels = shift_for_causal_lm(logits, inputs["labels"])
     logp = sequence_logprob(token_logprobs(logits, labels.clamp(min=0)), labels != IGNORE_INDEX)
     return logp[:len(pairs)], logp[len(pairs):]
@@ -153,6 +154,7 @@ class DPOTrainer(ZeroTrainer):
         super().__init__(cfg, cfg.settings.lr, output_dir)
         self.split, self.pad_id, self.tokenizer_path = split, pad_id, tokenizer_path
         self.step_tally = RewardTally()
+        self.pack = False  # dpo.pack_sequences, once setup has checked the model (actors/packed.py)
 
     def build_model(self) -> torch.nn.Module:
         return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora)
@@ -162,9 +164,18 @@ class DPOTrainer(ZeroTrainer):
 
     def setup(self) -> None:
         super().setup()
+        self.pack = self.settings.pack_sequences and self._packing_agrees()
         # Here, not in run(): a resumed run must score with the start weights, before its checkpoint loads.
         self.split = replace(self.split, train=with_reference(self.split.train, self.reference_table(self.split.train)),
                              eval=with_reference(self.split.eval, self.reference_table(self.split.eval)))
+
+    def _packing_agrees(self) -> bool:
+        self.engine.eval()
+        try:
+            return packed.agrees(packed.lm_forward(self.engine), self.engine.module.config.vocab_size,
+                                 self.engine.device, modeling.DTYPES[self.cfg.model.dtype], "dpo")
+        finally:
+            self.engine.train()
 
     def reference_table(self, pairs: list[PreferencePair]) -> torch.Tensor:
         """[N, 2] reference log-probs (chosen, rejected) of every pair, each rank scoring its strided share."""
@@ -182,7 +193,7 @@ class DPOTrainer(ZeroTrainer):
         and the reference cache both come through here with the same batches, so at step 0 they agree bit for
         bit (reward margins exactly 0, loss exactly ln 2)."""
         self.engine.eval()
-        parts = [pair_logprobs(self.engine, pairs[start:start + self.settings.micro_batch_size], self.pad_id)
+        parts = [pair_logprobs(self.engine, pairs[start:start + self.settings.micro_batch_size], self.pad_id, self.pack)
                  for start in range(0, len(pairs), self.settings.micro_batch_size)]
         self.engine.train()
         return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
@@ -204,7 +215,7 @@ class DPOTrainer(ZeroTrainer):
         return len(batch)
 
     def loss_sum(self, batch) -> torch.Tensor:
-        loss, chosen_rewards, rejected_rewards = self.dpo_terms(*pair_logprobs(self.engine, batch, self.pad_id), batch)
+        loss, chosen_rewards, rejected_rewards = self.dpo_terms(*pair_logprobs(self.engine, batch, self.pad_id, self.pack), batch)
         self.step_tally.add(float(loss.detach()) * len(batch), chosen_rewards, rejected_rewards)
         return loss * len(batch)
 

@@ -100,6 +100,10 @@ class DPOConfig:
     max_steps: Optional[int] = param(None, "stop after this many optimizer steps (unset: epochs decide)", gt=0)
     micro_batch_size: int = param(4, "pairs per worker per forward pass (chosen and rejected go through together)",
                                   gt=0)
+    pack_sequences: bool = param(True, "run each micro-batch's chosen and rejected replies packed end to end into "
+                                       "rows instead of right-padded to the longest (the same log-probs without the "
+                                       "padding's work; ppo.pack_sequences does the same for PPO): checked once at "
+                                       "start on the model, which stays padded, with a warning, where they differ")
     grad_accum: int = param(1, "micro-batches per optimizer step", gt=0)
     warmup_ratio: float = param(0.1, "share of steps with linear learning-rate warm-up", ge=0.0, le=1.0)
     weight_decay: float = param(0.0, "AdamW weight decay", ge=0.0)

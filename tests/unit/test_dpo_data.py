@@ -162,3 +162,22 @@ def test_a_step_on_the_loss_raises_chosen_and_lowers_rejected(variant, real_pair
     # likely and the rejected ones less likely.
     assert float((new_chosen - chosen.detach()).mean()) > 0
     assert float((new_rejected - rejected.detach()).mean()) < 0
+
+
+def test_packed_pairs_give_the_padded_log_probs(real_pairs, tokenizer):
+    """dpo.pack_sequences: the chosen and rejected replies of a micro-batch laid end to end in fewer rows score
+    exactly as right-padded ones (each reply's summed log-prob, to float32 rounding)."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.algo.packing import plan_for
+    from actors.sft_data import collate
+
+    model = AutoModelForCausalLM.from_pretrained(POLICY_PATH).eval()
+    pad = tokenizer.pad_token_id
+    rows = collate([p.chosen for p in real_pairs] + [p.rejected for p in real_pairs], pad)["attention_mask"]
+    assert plan_for(rows).rows < rows.shape[0]  # packing has rows to save on these pairs
+    with torch.no_grad():
+        padded = pair_logprobs(model, real_pairs, pad, pack=False)
+        packed = pair_logprobs(model, real_pairs, pad, pack=True)
+    for side_padded, side_packed in zip(padded, packed):
+        assert torch.allclose(side_padded, side_packed, atol=1e-4, rtol=0)

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from actors.algo.packing import pack, plan_for, plan_packing, unpack
-from actors.packed import agrees, lm_forward
+from actors.packed import agrees, lm_forward, run
 
 
 def test_plan_is_best_fit_longest_first():
@@ -81,3 +81,21 @@ def test_a_model_that_ignores_position_restarts_stays_padded(llama, caplog):
     assert agrees(lm_forward(llama), 96, "cpu", torch.float32, "policy")
     assert not agrees(ignores_positions, 96, "cpu", torch.float32, "policy")
     assert "stay padded" in caplog.text and "policy" in caplog.text
+
+
+def test_a_batch_with_nothing_to_pack_runs_causal_only_with_the_same_outputs(llama):
+    """Every sequence longer than half the width: no two share a row, so the right-padded batch runs without
+    its padding mask (the causal mask alone keeps real tokens from the pads after them)."""
+    seen = []
+
+    def forward(input_ids, attention_mask, position_ids):
+        seen.append((attention_mask, position_ids))
+        return lm_forward(llama)(input_ids, attention_mask, position_ids)
+
+    ids = torch.randint(3, 96, (3, 10), generator=torch.Generator().manual_seed(3))
+    mask = (torch.arange(10).unsqueeze(0) < torch.tensor([[10], [7], [6]])).long()
+    with torch.no_grad():
+        padded = lm_forward(llama)(ids * mask, mask, None)
+        causal = run(forward, ids * mask, mask, packed=True)
+    assert seen == [(None, None)]
+    assert torch.allclose(padded[mask.bool()], causal[mask.bool()], atol=1e-5)
