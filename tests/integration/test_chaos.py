@@ -18,7 +18,9 @@ from tests.reward_helpers import make_reward_dir
 pytestmark = [pytest.mark.integration, pytest.mark.ray]
 
 SAVE_EVERY = 2
-STEP_SECONDS = 1.5  # about one tiny GAE step on 2 cores: the blows' delays spread over a whole step
+# About one tiny GAE step on 2 cores (0.4-0.6 s since PPO packs its sequences; 1.5 s before): the blows' delays
+# spread over a whole step. A delay longer than a step lets the run finish its free last steps before a blow lands.
+STEP_SECONDS = 0.5
 
 
 def steps_for(kills: int) -> int:
