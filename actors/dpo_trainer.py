@@ -164,18 +164,12 @@ class DPOTrainer(ZeroTrainer):
 
     def setup(self) -> None:
         super().setup()
-        self.pack = self.settings.pack_sequences and self._packing_agrees()
+        self.pack = self.settings.pack_sequences and packed.engine_agrees(
+            self.engine, packed.lm_forward(self.engine), self.engine.module.config.vocab_size,
+            modeling.DTYPES[self.cfg.model.dtype], "dpo")
         # Here, not in run(): a resumed run must score with the start weights, before its checkpoint loads.
         self.split = replace(self.split, train=with_reference(self.split.train, self.reference_table(self.split.train)),
                              eval=with_reference(self.split.eval, self.reference_table(self.split.eval)))
-
-    def _packing_agrees(self) -> bool:
-        self.engine.eval()
-        try:
-            return packed.agrees(packed.lm_forward(self.engine), self.engine.module.config.vocab_size,
-                                 self.engine.device, modeling.DTYPES[self.cfg.model.dtype], "dpo")
-        finally:
-            self.engine.train()
 
     def reference_table(self, pairs: list[PreferencePair]) -> torch.Tensor:
         """[N, 2] reference log-probs (chosen, rejected) of every pair, each rank scoring its strided share."""

@@ -5,9 +5,9 @@ gives the same outputs packed as padded.
 A forward here is `forward(input_ids, attention_mask, position_ids) -> [rows, width, ...]`: called with the
 attention mask for the padded layout, with the position ids for the packed one. The check matters because
 packing relies on the model reading restarting position ids as sequence boundaries: Transformers' causal-mask
-builder does for the families rayalign ships (tests/unit/test_packing.py runs all seven), but a user's model with
+builder does for the families rayalign ships (tests/unit/test_families.py runs all seven), but a user's model with
 its own attention code might not, and would then silently attend across sequences. Where it does not, the role
-pads as before and says so in its log and in roles.json.
+pads as before and says so in its log (and the PPO start-up line says "padded").
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ def lm_forward(model) -> Forward:
 
 
 def run(forward: Forward, input_ids: torch.Tensor, attention_mask: torch.Tensor, packed: bool) -> torch.Tensor:
-    """[B, L, ...] outputs for a right-padded batch: through packed rows when `packed` and packing saves a row,
-    else the padded batch as it is."""
+    """[B, L, ...] outputs for a right-padded batch. With `packed`: through packed rows where packing saves a row,
+    else the batch as it is under the causal mask alone; without: the batch and its padding mask."""
     if not packed:
         return forward(input_ids, attention_mask, None)
     plan = plan_for(attention_mask.cpu())
@@ -65,7 +65,17 @@ def agrees(forward: Forward, vocab_size: int, device, dtype: torch.dtype, role: 
                for other in (run(forward, ids, mask, packed=True), forward(ids, None, None)))
     if diff <= TOLERANCE.get(dtype, 2e-2):
         return True
-    log.warning("%s: ppo.pack_sequences is on, but this model's outputs differ packed and padded (largest relative "
+    log.warning("%s: pack_sequences is on, but this model's outputs differ packed and padded (largest relative "
                 "difference %.3g): it does not read restarting position ids as sequence boundaries, so its batches "
                 "stay padded", role, diff)
     return False
+
+
+def engine_agrees(engine, forward: Forward, vocab_size: int, dtype: torch.dtype, role: str) -> bool:
+    """`agrees` for a trained engine (PPO policy or value, a DPO rank), in eval mode so dropout cannot tell the
+    layouts apart, then back to training."""
+    engine.eval()
+    try:
+        return agrees(forward, vocab_size, engine.device, dtype, role)
+    finally:
+        engine.train()

@@ -65,14 +65,8 @@ class TrainedRole(DistributedRole):
         return "deepspeed"
 
     def _packing_agrees(self, forward, vocab_size: int) -> bool:
-        """Whether this role's model gives the same outputs over packed rows as padded (actors/packed.py), checked
-        in eval mode so dropout cannot tell them apart."""
-        self.engine.eval()
-        try:
-            return packed.agrees(forward, vocab_size, self.engine.device, modeling.DTYPES[self.model_cfg.dtype],
-                                 self.role)
-        finally:
-            self.engine.train()
+        """Whether this role's model gives the same outputs over packed rows as padded (actors/packed.py)."""
+        return packed.engine_agrees(self.engine, forward, vocab_size, modeling.DTYPES[self.model_cfg.dtype], self.role)
 
     def engine_kind(self) -> str:
         return "plain" if isinstance(self.engine, PlainEngine) else "deepspeed"
