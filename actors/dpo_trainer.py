@@ -23,6 +23,7 @@ import torch
 
 from actors import modeling, packed, zero
 from actors.algo.logprobs import shift_for_causal_lm, token_logprobs
+from actors.algo.packing import prompt_lengths
 from actors.algo.preference import dpo_loss, sequence_logprob
 from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
 from actors.reward_trainer import wilson_interval
@@ -93,11 +94,14 @@ def build_dpo_split(records: list[dict], tokenizer, max_length: int, eval_fracti
     return DPOSplit([pairs[i] for i in order[n_eval:]], [pairs[i] for i in order[:n_eval]], truncated, identical)
 
 
-def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int, pack: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int, pack: bool = False,
+                  share: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the chosen and of the rejected replies [B] each, from one forward pass over both (over
-    packed rows when `pack`: actors/packed.py)."""
+    packed rows when `pack`, each pair's prompt laid down once when `share` as well: actors/packed.py)."""
     inputs = collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id)
-    logits = packed.run(packed.lm_forward(model), inputs["input_ids"], inputs["attention_mask"], pack)
+    replies = inputs["labels"][:, 1:] != IGNORE_INDEX  # in the action space: position t is about token t + 1
+    prompts = prompt_lengths(replies, inputs["attention_mask"]) if share else None
+    logits = packed.run(packed.lm_forward(model), inputs["input_ids"], inputs["attention_mask"], pack, prompts)
     logits, labels = shift_for_causal_lm(logits, inputs["labels"])
     logp = sequence_logprob(token_logprobs(logits, labels.clamp(min=0)), labels != IGNORE_INDEX)
     return logp[:len(pairs)], logp[len(pairs):]
@@ -155,6 +159,7 @@ class DPOTrainer(ZeroTrainer):
         self.split, self.pad_id, self.tokenizer_path = split, pad_id, tokenizer_path
         self.step_tally = RewardTally()
         self.pack = False  # dpo.pack_sequences, once setup has checked the model (actors/packed.py)
+        self.share = False  # dpo.share_prompts, likewise
 
     def build_model(self) -> torch.nn.Module:
         return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora)
@@ -164,9 +169,12 @@ class DPOTrainer(ZeroTrainer):
 
     def setup(self) -> None:
         super().setup()
-        self.pack = self.settings.pack_sequences and packed.engine_agrees(
-            self.engine, packed.lm_forward(self.engine), self.engine.module.config.vocab_size,
-            modeling.DTYPES[self.cfg.model.dtype], "dpo")
+        config = self.engine.module.config
+        check = (self.engine, packed.lm_forward(self.engine), config.vocab_size, modeling.DTYPES[self.cfg.model.dtype],
+                 "dpo")
+        self.pack = self.settings.pack_sequences and packed.engine_agrees(*check)
+        self.share = self.pack and self.settings.share_prompts and packed.may_share(config, "dpo") and \
+            packed.engine_agrees(*check, check=packed.shares_agree)
         # Here, not in run(): a resumed run must score with the start weights, before its checkpoint loads.
         self.split = replace(self.split, train=with_reference(self.split.train, self.reference_table(self.split.train)),
                              eval=with_reference(self.split.eval, self.reference_table(self.split.eval)))
@@ -187,7 +195,8 @@ class DPOTrainer(ZeroTrainer):
         and the reference cache both come through here with the same batches, so at step 0 they agree bit for
         bit (reward margins exactly 0, loss exactly ln 2)."""
         self.engine.eval()
-        parts = [pair_logprobs(self.engine, pairs[start:start + self.settings.micro_batch_size], self.pad_id, self.pack)
+        parts = [pair_logprobs(self.engine, pairs[start:start + self.settings.micro_batch_size], self.pad_id, self.pack,
+                               self.share)
                  for start in range(0, len(pairs), self.settings.micro_batch_size)]
         self.engine.train()
         return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
@@ -209,7 +218,8 @@ class DPOTrainer(ZeroTrainer):
         return len(batch)
 
     def loss_sum(self, batch) -> torch.Tensor:
-        loss, chosen_rewards, rejected_rewards = self.dpo_terms(*pair_logprobs(self.engine, batch, self.pad_id, self.pack), batch)
+        logprobs = pair_logprobs(self.engine, batch, self.pad_id, self.pack, self.share)
+        loss, chosen_rewards, rejected_rewards = self.dpo_terms(*logprobs, batch)
         self.step_tally.add(float(loss.detach()) * len(batch), chosen_rewards, rejected_rewards)
         return loss * len(batch)
 

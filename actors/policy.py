@@ -35,17 +35,18 @@ log = logging.getLogger("rayalign.policy")
 
 
 def action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
-                  pack: bool = False) -> torch.Tensor:
+                  pack: bool = False, prompts: torch.Tensor | None = None) -> torch.Tensor:
     """Logits for positions 0..L-2 (each predicting the next token), divided by the sampling temperature so
     log-probs are those of the model's distribution at the rollout temperature (before top_p and the penalty)."""
-    return scaled(raw_action_logits(model, input_ids, attention_mask, pack), temperature)
+    return scaled(raw_action_logits(model, input_ids, attention_mask, pack, prompts), temperature)
 
 
 def raw_action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      pack: bool = False) -> torch.Tensor:
+                      pack: bool = False, prompts: torch.Tensor | None = None) -> torch.Tensor:
     """[B, L-1, V] float32 logits for positions 0..L-2, as the model gives them; computed over packed rows when
-    `pack` (actors/packed.py: the same logits without the padding's work)."""
-    return packed.run(packed.lm_forward(model), input_ids, attention_mask, pack)[:, :-1].float()
+    `pack`, with sequences of the same prompt sharing it when `prompts` gives their prompt lengths
+    (actors/packed.py: the same logits without the padding's or the repeated prompts' work)."""
+    return packed.run(packed.lm_forward(model), input_ids, attention_mask, pack, prompts)[:, :-1].float()
 
 
 def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -64,14 +65,15 @@ def ratio_logprobs(raw_logits: torch.Tensor, batch, rollout: RolloutConfig, mode
 
 @torch.no_grad()
 def sequence_logprobs(model, batch: TokenBatch, temperature: float, chunk: int = 16,
-                      pack: bool = False) -> torch.Tensor:
+                      pack: bool = False, share: bool = False) -> torch.Tensor:
     """[B, L-1] log-prob of every next token at `temperature` (meaningful where action_mask is 1), in chunks
     of rows: the distribution the KL to the reference compares."""
     parts = []
     for start in range(0, batch.input_ids.shape[0], chunk):
-        ids = batch.input_ids[start:start + chunk]
-        logits = action_logits(model, ids, batch.attention_mask[start:start + chunk], temperature, pack)
-        parts.append(token_logprobs(logits, ids[:, 1:]))
+        part = select(batch, torch.arange(start, min(start + chunk, batch.input_ids.shape[0])))
+        logits = action_logits(model, part.input_ids, part.attention_mask, temperature, pack,
+                               packed.prompts_of(part, share))
+        parts.append(token_logprobs(logits, part.input_ids[:, 1:]))
     return torch.cat(parts)
 
 
@@ -82,9 +84,8 @@ class PolicyRole(TrainedRole):
         model = modeling.trainable_causal_lm(self.model_cfg, self.lora_cfg, self.start_model)
         trainable, total = modeling.count_parameters(model)
         engine = self._make_engine(model, self.ppo.lr)
-        self.pack = self.ppo.pack_sequences and self._packing_agrees(packed.lm_forward(self.engine),
-                                                                     model.config.vocab_size)
-        return {"trainable_params": trainable, "total_params": total, "engine": engine, "packed": self.pack}
+        layout = self._choose_layout(packed.lm_forward(self.engine), model.config)
+        return {"trainable_params": trainable, "total_params": total, "engine": engine, "layout": layout}
 
     def _temperature(self) -> float:
         return self.ppo.rollout.temperature
@@ -97,7 +98,7 @@ class PolicyRole(TrainedRole):
         context = self.engine.module.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with context:
             out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), self._temperature(),
-                                    pack=self.pack)
+                                    pack=self.pack, share=self.share)
         self.engine.train()
         return out.cpu()
 
@@ -112,7 +113,8 @@ class PolicyRole(TrainedRole):
         ratio, kl = [], []
         for start in range(0, batch.input_ids.shape[0], chunk):
             part = select(batch, torch.arange(start, min(start + chunk, batch.input_ids.shape[0])))
-            raw = raw_action_logits(self.engine, part.input_ids, part.attention_mask, self.pack)
+            raw = raw_action_logits(self.engine, part.input_ids, part.attention_mask, self.pack,
+                                    packed.prompts_of(part, self.share))
             kl.append(token_logprobs(scaled(raw, self._temperature()), part.input_ids[:, 1:]))
             ratio.append(kl[-1] if self.ppo.trainer_logprobs == "temperature"
                          else ratio_logprobs(raw, part, self.ppo.rollout, "processed"))
@@ -122,7 +124,8 @@ class PolicyRole(TrainedRole):
     def raw_logprobs(self, batch: TokenBatch) -> torch.Tensor:
         """Log-probs at temperature 1: what a vLLM engine holding the same weights reports."""
         self.engine.eval()
-        out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), 1.0, pack=self.pack)
+        out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), 1.0, pack=self.pack,
+                                share=self.share)
         self.engine.train()
         return out.cpu()
 
@@ -147,7 +150,8 @@ class PolicyRole(TrainedRole):
                                  ppo.rollout_correction_cap)
             mask = correction.mask
             normalizer, tokens = zero.all_reduce_sum([aggregation.units(mask), float(mask.sum())])
-            raw = raw_action_logits(self.engine, mini.input_ids, mini.attention_mask, self.pack)
+            raw = raw_action_logits(self.engine, mini.input_ids, mini.attention_mask, self.pack,
+                                    packed.prompts_of(mini, self.share))
             logits = scaled(raw, self._temperature())
             logp_kl = token_logprobs(logits, mini.input_ids[:, 1:])
             logp = logp_kl if ppo.trainer_logprobs == "temperature" else \

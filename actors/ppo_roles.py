@@ -77,7 +77,8 @@ def role_args(cfg: Config, start_model: str) -> dict[str, tuple]:
     trained = (cfg.model, cfg.lora, cfg.deepspeed, ppo, start_model, seed)
     return {"rollout": (start_model, ppo.rollout, seed, max_len, cfg.model.dtype),
             "policy": (*trained, threads["policy"]), "value": (*trained, threads["value"]),
-            "reference": (cfg.model, ppo.rollout, start_model, threads["reference"], ppo.pack_sequences)}
+            "reference": (cfg.model, ppo.rollout, start_model, threads["reference"], ppo.pack_sequences,
+                          ppo.share_prompts)}
 
 
 def engine_callbacks(roles: PPORoles, output_dir: Path, bucket_mb: int, steps_done: Callable[[], int],
@@ -182,9 +183,8 @@ class PPORoles:
         if self.environments is not None:
             self.environments.ready()
         self.startup_s = time.perf_counter() - started
-        layout = lambda sizes: "packed" if sizes.get("packed") else "padded"  # noqa: E731
-        engines = f"policy {self.sizes['engine']} ({layout(self.sizes)})" + \
-            (f", value {value_sizes['engine']} ({layout(value_sizes)})" if value_sizes else "")
+        engines = f"policy {self.sizes['engine']} ({self.sizes['layout']})" + \
+            (f", value {value_sizes['engine']} ({value_sizes['layout']})" if value_sizes else "")
         log.info("PPO roles up in %.1f s: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), %s, reference %s, "
                  "reward from %s; training engines: %s", self.startup_s, len(self.rollout), self.rollout_engine,
                  len(self.policy), self.sizes["trainable_params"], self.sizes["total_params"],

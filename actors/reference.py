@@ -14,19 +14,23 @@ from common.config import ModelConfig, RolloutConfig
 
 class ReferenceModel(Located):
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, start_model: str,
-                 threads: ThreadPlan = ThreadPlan(), pack: bool = False):
+                 threads: ThreadPlan = ThreadPlan(), pack: bool = False, share: bool = False):
         self.rollout, self.threads = rollout, threads
         self.model = modeling.load_causal_lm(model, start_model)
         self.model.eval().requires_grad_(False).to(modeling.device())
-        # ppo.pack_sequences, where this model gives the same outputs packed as padded (actors/packed.py)
-        self.pack = pack and packed.agrees(packed.lm_forward(self.model), self.model.config.vocab_size,
-                                           modeling.device(), modeling.DTYPES[model.dtype], "reference")
+        # ppo.pack_sequences and ppo.share_prompts, where this model gives the same outputs so as padded
+        # (actors/packed.py)
+        check = (packed.lm_forward(self.model), self.model.config.vocab_size, modeling.device(),
+                 modeling.DTYPES[model.dtype], "reference")
+        self.pack = pack and packed.agrees(*check)
+        self.share = self.pack and share and packed.may_share(self.model.config, "reference") and \
+            packed.shares_agree(*check)
 
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:
         self.threads.use("logprobs")
         batch = to_device(batch, modeling.device())
-        return sequence_logprobs(self.model, batch, self.rollout.temperature, pack=self.pack).cpu()
+        return sequence_logprobs(self.model, batch, self.rollout.temperature, pack=self.pack, share=self.share).cpu()
 
     def ping(self) -> bool:
         return True

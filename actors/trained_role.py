@@ -16,6 +16,7 @@ from typing import Iterator
 import torch
 
 from actors import modeling, packed, zero
+from actors.algo.packing import grouped_order
 from actors.group import DistributedRole
 from actors.plain_engine import PlainEngine
 from actors.protocol import select
@@ -36,6 +37,7 @@ class TrainedRole(DistributedRole):
         self.stage = deepspeed.stage
         self.engine = None
         self.pack = False  # ppo.pack_sequences, once setup has checked the model (actors/packed.py)
+        self.share = False  # ppo.share_prompts, likewise
 
     @property
     def world(self) -> int:
@@ -64,9 +66,16 @@ class TrainedRole(DistributedRole):
         self.engine = zero.initialize(model, optimizer, None, config)
         return "deepspeed"
 
-    def _packing_agrees(self, forward, vocab_size: int) -> bool:
-        """Whether this role's model gives the same outputs over packed rows as padded (actors/packed.py)."""
-        return packed.engine_agrees(self.engine, forward, vocab_size, modeling.DTYPES[self.model_cfg.dtype], self.role)
+    def _choose_layout(self, forward, config) -> str:
+        """Packs (ppo.pack_sequences) and shares prompts (ppo.share_prompts) where this role's model (of this
+        Transformers config) gives the same outputs so as padded (actors/packed.py); returns the layout's name for
+        the start-up line."""
+        dtype, vocab_size = modeling.DTYPES[self.model_cfg.dtype], config.vocab_size
+        self.pack = self.ppo.pack_sequences and packed.engine_agrees(self.engine, forward, vocab_size, dtype,
+                                                                      self.role)
+        self.share = self.pack and self.ppo.share_prompts and packed.may_share(config, self.role) and \
+            packed.engine_agrees(self.engine, forward, vocab_size, dtype, self.role, check=packed.shares_agree)
+        return packed.layout_name(self.pack, self.share)
 
     def engine_kind(self) -> str:
         return "plain" if isinstance(self.engine, PlainEngine) else "deepspeed"
@@ -80,12 +89,16 @@ class TrainedRole(DistributedRole):
         return self.engine.optimizer.param_groups[0]["lr"]
 
     def minibatches(self, batch, seed: int) -> Iterator:
-        """ppo_epochs passes over this rank's shard in seeded random mini-batches of mini_batch_size/world."""
+        """ppo_epochs passes over this rank's shard in seeded random mini-batches of mini_batch_size/world; when
+        sharing prompts, the sequences of one prompt stay together (whole groups in random order) so that a
+        mini-batch holds few prompts, each once."""
         ppo = self.ppo
         size = batch.input_ids.shape[0]
         per_rank = max(ppo.mini_batch_size // self.world, 1)
         for epoch in range(ppo.ppo_epochs):
-            order = torch.randperm(size, generator=torch.Generator().manual_seed(seed * 1009 + epoch))
+            generator = torch.Generator().manual_seed(seed * 1009 + epoch)
+            order = grouped_order(batch.input_ids, packed.prompts_of(batch, True), generator) if self.share \
+                else torch.randperm(size, generator=generator)
             for start in range(0, size, per_rank):
                 yield select(batch, order[start:start + per_rank])
 

@@ -7,7 +7,7 @@ import torch
 
 from actors import modeling, packed
 from actors.algo import clipped_value_loss
-from actors.protocol import TokenBatch, ValueBatch, to_device
+from actors.protocol import TokenBatch, ValueBatch, select, to_device
 from actors.trained_role import TrainedRole, reduce_stats
 
 
@@ -24,22 +24,23 @@ class ValueModel(torch.nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state
+        hidden = self.backbone(input_ids=input_ids, attention_mask=packed.for_attention(self.backbone, attention_mask),
+                               position_ids=position_ids, use_cache=False).last_hidden_state
         return self.value_head(hidden.float()).squeeze(-1)
 
 
-def action_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack: bool = False) -> torch.Tensor:
+def action_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, pack: bool = False,
+                  prompts: torch.Tensor | None = None) -> torch.Tensor:
     """[B, L-1]: the value of the state before each next token (aligned with the action space); over packed rows
-    when `pack` (actors/packed.py)."""
-    return packed.run(model, input_ids, attention_mask, pack)[:, :-1]
+    when `pack`, sharing prompts when `prompts` gives their lengths (actors/packed.py)."""
+    return packed.run(model, input_ids, attention_mask, pack, prompts)[:, :-1]
 
 
 def backbone_forward(model: ValueModel) -> packed.Forward:
     """The value model's backbone hidden states as a Forward."""
     def forward(input_ids, attention_mask, position_ids):
-        return model.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                              use_cache=False).last_hidden_state
+        return model.backbone(input_ids=input_ids, attention_mask=packed.for_attention(model.backbone, attention_mask),
+                              position_ids=position_ids, use_cache=False).last_hidden_state
     return forward
 
 
@@ -58,17 +59,19 @@ class ValueRole(TrainedRole):
         model = load_value_model(self.ppo.value_init or self.start_model, self.model_cfg.dtype)
         engine = self._make_engine(model, self.ppo.value_lr)
         # The check runs on the backbone's hidden states: the zero-initialised head would make any two agree.
-        self.pack = self.ppo.pack_sequences and self._packing_agrees(backbone_forward(self.engine.module),
-                                                                     model.backbone.config.vocab_size)
-        return {"value_params": sum(p.numel() for p in model.parameters()), "engine": engine, "packed": self.pack}
+        layout = self._choose_layout(backbone_forward(self.engine.module), model.backbone.config)
+        return {"value_params": sum(p.numel() for p in model.parameters()), "engine": engine, "layout": layout}
 
     @torch.no_grad()
     def values(self, batch: TokenBatch, chunk: int = 16) -> torch.Tensor:
         self.threads.use("values")
         self.engine.eval()
         batch = to_device(batch, self.engine.device)
-        parts = [action_values(self.engine, batch.input_ids[s:s + chunk], batch.attention_mask[s:s + chunk], self.pack)
-                 for s in range(0, batch.input_ids.shape[0], chunk)]
+        parts = []
+        for start in range(0, batch.input_ids.shape[0], chunk):
+            part = select(batch, torch.arange(start, min(start + chunk, batch.input_ids.shape[0])))
+            parts.append(action_values(self.engine, part.input_ids, part.attention_mask, self.pack,
+                                       packed.prompts_of(part, self.share)))
         self.engine.train()
         return torch.cat(parts).cpu()
 
@@ -80,7 +83,8 @@ class ValueRole(TrainedRole):
         batch = to_device(batch, self.engine.device)
         for mini in self.minibatches(batch, seed + 7):
             normalizer = self.global_tokens(mini.action_mask)
-            values = action_values(self.engine, mini.input_ids, mini.attention_mask, self.pack)
+            values = action_values(self.engine, mini.input_ids, mini.attention_mask, self.pack,
+                                   packed.prompts_of(mini, self.share))
             loss, stats = clipped_value_loss(values, mini.old_values, mini.returns, mini.action_mask,
                                              ppo.value_clip_range, normalizer=normalizer)
             local = float(mini.action_mask.sum())

@@ -207,6 +207,13 @@ class PPOConfig:
                                        "samples): the same outputs without the padding's share of the work; each "
                                        "role checks at start that its model gives the same outputs packed as "
                                        "padded, and pads (saying so) where it does not")
+    share_prompts: bool = param(True, "with pack_sequences: the sequences of a batch that start with the same "
+                                      "prompt (GRPO's groups, PPO's samples_per_prompt) carry one copy of it, which "
+                                      "each answer attends to under a 4-D attention mask, and mini-batches take "
+                                      "whole groups in random order so that they share: the same outputs and "
+                                      "gradients for half the tokens at 4 answers of 24 tokens to prompts of ~50; "
+                                      "checked at start like pack_sequences (packs without sharing, saying so, "
+                                      "where the model gives other outputs)")
     sync_bucket_mb: int = param(64, "weight-sync bucket size: parameters are gathered and sent this many MB "
                                     "at a time", gt=0)
     max_nan_steps: int = param(3, "stop after this many consecutive steps skipped for a NaN/Inf loss", gt=0)

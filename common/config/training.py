@@ -104,6 +104,10 @@ class DPOConfig:
                                        "rows instead of right-padded to the longest (the same log-probs without the "
                                        "padding's work; ppo.pack_sequences does the same for PPO): checked once at "
                                        "start on the model, which stays padded, with a warning, where they differ")
+    share_prompts: bool = param(True, "with pack_sequences: a pair's chosen and rejected replies share one copy of "
+                                      "their prompt (each reply attends to it under a 4-D attention mask), so the "
+                                      "prompt is computed once per pair; checked at start like pack_sequences "
+                                      "(packs without sharing, saying so, where the model gives other log-probs)")
     grad_accum: int = param(1, "micro-batches per optimizer step", gt=0)
     warmup_ratio: float = param(0.1, "share of steps with linear learning-rate warm-up", ge=0.0, le=1.0)
     weight_decay: float = param(0.0, "AdamW weight decay", ge=0.0)

@@ -166,18 +166,25 @@ def test_a_step_on_the_loss_raises_chosen_and_lowers_rejected(variant, real_pair
 
 def test_packed_pairs_give_the_padded_log_probs(real_pairs, tokenizer):
     """dpo.pack_sequences: the chosen and rejected replies of a micro-batch laid end to end in fewer rows score
-    exactly as right-padded ones (each reply's summed log-prob, to float32 rounding)."""
+    exactly as right-padded ones (each reply's summed log-prob, to float32 rounding); so do they with each pair's
+    prompt laid down once (dpo.share_prompts)."""
     from transformers import AutoModelForCausalLM
 
-    from actors.algo.packing import plan_for
+    from actors.algo.packing import plan_for, plan_shared, prompt_lengths
+    from actors.chat import IGNORE_INDEX
     from actors.sft_data import collate
 
     model = AutoModelForCausalLM.from_pretrained(POLICY_PATH).eval()
     pad = tokenizer.pad_token_id
-    rows = collate([p.chosen for p in real_pairs] + [p.rejected for p in real_pairs], pad)["attention_mask"]
+    inputs = collate([p.chosen for p in real_pairs] + [p.rejected for p in real_pairs], pad)
+    rows = inputs["attention_mask"]
     assert plan_for(rows).rows < rows.shape[0]  # packing has rows to save on these pairs
+    prompts = prompt_lengths(inputs["labels"][:, 1:] != IGNORE_INDEX, rows)
+    assert plan_shared(inputs["input_ids"], rows, prompts).tokens < plan_for(rows).tokens  # and prompts to share
     with torch.no_grad():
         padded = pair_logprobs(model, real_pairs, pad, pack=False)
         packed = pair_logprobs(model, real_pairs, pad, pack=True)
-    for side_padded, side_packed in zip(padded, packed):
+        shared = pair_logprobs(model, real_pairs, pad, pack=True, share=True)  # dpo.share_prompts
+    for side_padded, side_packed, side_shared in zip(padded, packed, shared):
         assert torch.allclose(side_padded, side_packed, atol=1e-4, rtol=0)
+        assert torch.allclose(side_padded, side_shared, atol=1e-4, rtol=0)

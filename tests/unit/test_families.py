@@ -1,8 +1,9 @@
 """Seven model families through the stages that run without a cluster, on tiny random-weight models built in code
 with each family's tokenizer (jobs/tiny_models.py): the assistant-only loss mask under each chat template, LoRA on
 the family's default projections (fused ones included) merged and reloaded, a reward model's scalar head on the
-backbone, a DPO step from ln 2, and PPO's packed rows (ppo.pack_sequences) giving the padded logits, gradients and
-value-model hidden states. The vLLM weight-sync check per family is in tests/ray/test_families_vllm.py."""
+backbone, a DPO step from ln 2, and PPO's packed rows (ppo.pack_sequences) and shared prompts (ppo.share_prompts)
+giving the padded logits, gradients and value-model hidden states. The vLLM weight-sync check per family is in
+tests/ray/test_families_vllm.py."""
 
 from __future__ import annotations
 
@@ -83,29 +84,38 @@ def modeling_config():
 def test_packed_rows_give_the_padded_logits_gradients_and_hidden_states(folders, family):
     from transformers import AutoModel, AutoModelForCausalLM
 
-    from actors.packed import agrees, lm_forward, run
+    from actors.packed import agrees, lm_forward, may_share, run, shares_agree
     from actors.value import ValueModel, backbone_forward
 
     model = AutoModelForCausalLM.from_pretrained(folders[family]).eval()
     lengths = (7, 12, 5, 9, 3, 12, 4)  # 7 sequences in 5 rows of 12
     ids = torch.randint(3, model.config.vocab_size, (len(lengths), 12), generator=torch.Generator().manual_seed(1))
+    ids[2, :4] = ids[5, :4] = ids[0, :4]  # sequences 0, 2 and 5 share a prompt of 4 tokens (ppo.share_prompts)
+    prompts = torch.tensor([4, 6, 4, 5, 2, 4, 3])
     mask = (torch.arange(12).unsqueeze(0) < torch.tensor(lengths).unsqueeze(1)).long()
     ids, inside = ids * mask, mask.bool()
+    # Sharing gives the padded outputs here for every family, but where one attends through a sliding window
+    # (Mistral's and Gemma 2's defaults of 4096) only while sequences are shorter than it: such models don't share.
+    assert may_share(model.config, family) == (family not in ("gemma2", "mistral"))
+    layouts = [(False, None), (True, None), (True, prompts)]
     grads = []
-    for layout in (False, True):
+    for packed, shared in layouts:
         model.zero_grad()
-        logits = run(lm_forward(model), ids, mask, packed=layout)
+        logits = run(lm_forward(model), ids, mask, packed, shared)
         (torch.log_softmax(logits, -1).amax(-1) * mask).sum().backward()
         grads.append((logits.detach()[inside], torch.cat([p.grad.flatten() for p in model.parameters()
                                                          if p.grad is not None])))
-    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-5)
-    assert torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+    for logits, grad in grads[1:]:
+        assert torch.allclose(grads[0][0], logits, atol=1e-5)
+        assert torch.allclose(grads[0][1], grad, atol=1e-5)
     assert agrees(lm_forward(model), model.config.vocab_size, "cpu", torch.float32, family)
+    assert shares_agree(lm_forward(model), model.config.vocab_size, "cpu", torch.float32, family)
     backbone = AutoModel.from_pretrained(folders[family]).eval()
     value = ValueModel(backbone, backbone.config.hidden_size)
     with torch.no_grad():
-        hidden = [run(backbone_forward(value), ids, mask, packed=layout)[inside] for layout in (False, True)]
-    assert torch.allclose(*hidden, atol=1e-5)
+        hidden = [run(backbone_forward(value), ids, mask, packed, shared)[inside] for packed, shared in layouts]
+    for other in hidden[1:]:
+        assert torch.allclose(hidden[0], other, atol=1e-5)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

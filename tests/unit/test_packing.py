@@ -1,12 +1,22 @@
 """PPO's sequence packing (actors/algo/packing.py, actors/packed.py): the plan, the packed rows and the unpacked
 outputs by hand, PPO's log-probs and values the same packed as padded, and the fallback for a model that does not
-read restarting positions as boundaries. Every shipped family's logits and gradients: tests/unit/test_families.py."""
+read restarting positions as boundaries; shared prompts (ppo.share_prompts) likewise, with their attention mask by
+hand. Every shipped family's logits and gradients: tests/unit/test_families.py."""
 
 import pytest
 import torch
 
-from actors.algo.packing import pack, plan_for, plan_packing, unpack
-from actors.packed import agrees, lm_forward, run
+from actors.algo.packing import (
+    grouped_order,
+    pack,
+    plan_for,
+    plan_packing,
+    plan_shared,
+    prompt_lengths,
+    shared_attention,
+    unpack,
+)
+from actors.packed import agrees, lm_forward, may_share, run, shares_agree
 
 
 def test_plan_is_best_fit_longest_first():
@@ -99,3 +109,85 @@ def test_a_batch_with_nothing_to_pack_runs_causal_only_with_the_same_outputs(lla
         causal = run(forward, ids * mask, mask, packed=True)
     assert seen == [(None, None)]
     assert torch.allclose(padded[mask.bool()], causal[mask.bool()], atol=1e-5)
+
+
+def three_sequences_two_prompts():
+    from actors.protocol import TokenBatch
+
+    return TokenBatch.from_samples([[5, 6, 7], [1, 2], [5, 6, 7]], [[8, 9], [3], [4]], pad_id=0)
+
+
+def test_a_shared_prompt_is_laid_down_once_with_each_answer_after_it():
+    batch = three_sequences_two_prompts()  # width 5
+    prompts = prompt_lengths(batch.action_mask, batch.attention_mask)
+    assert prompts.tolist() == [3, 2, 3]
+    plan = plan_shared(batch.input_ids, batch.attention_mask, prompts)
+    # Units: [5 6 7 | 8 9 | 4] (6 tokens, so rows of 6) and [1 2 | 3]; sequence 2's answer sits 2 past its prompt.
+    assert (plan.rows, plan.width, plan.shift.tolist(), plan.tokens, plan.shares) == (2, 6, [0, 0, 2], 9, True)
+    ids, positions = pack(batch.input_ids, plan, pad_id=-1)
+    assert ids.tolist() == [[5, 6, 7, 8, 9, 4], [1, 2, 3, -1, -1, -1]]
+    assert positions.tolist() == [[0, 1, 2, 3, 4, 3], [0, 1, 2, 0, 1, 2]]
+    sees = shared_attention(plan)[:, 0].int().tolist()
+    assert sees[0] == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], [1, 1, 1, 1, 0, 0],
+                       [1, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 1]]  # the last answer sees the prompt and itself only
+    assert sees[1] == [[1, 0, 0, 0, 0, 0], [1, 1, 0, 0, 0, 0], [1, 1, 1, 0, 0, 0], [0, 0, 0, 1, 0, 0],
+                       [0, 0, 0, 1, 1, 0], [0, 0, 0, 1, 1, 1]]  # the tail only itself
+    back = unpack(ids.unsqueeze(-1) * 10, plan, 5).squeeze(-1)
+    assert back.tolist() == [[50, 60, 70, 80, 90], [10, 20, 30, 30, 30], [50, 60, 70, 40, 40]]
+
+
+def test_grouped_order_keeps_each_prompts_sequences_together():
+    from actors.protocol import TokenBatch
+
+    prompts = [[1, 2], [3], [1, 2], [4, 4], [3], [4, 4], [1, 2], [3]]
+    batch = TokenBatch.from_samples(prompts, [[9]] * len(prompts), pad_id=0)
+    order = grouped_order(batch.input_ids, prompt_lengths(batch.action_mask, batch.attention_mask),
+                          torch.Generator().manual_seed(0)).tolist()
+    assert sorted(order) == list(range(8))
+    runs = [tuple(prompts[i]) for i in order]
+    assert len([k for k in range(8) if k == 0 or runs[k] != runs[k - 1]]) == 3  # three groups, each in one run
+
+
+def grpo_like_batch():
+    """Four prompts (two of them twice as many answers) with answers of different lengths."""
+    from actors.protocol import TokenBatch
+
+    gen = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(3, 96, (n,), generator=gen).tolist() for n in (9, 4, 13, 6)]
+    picked = [0, 0, 0, 1, 1, 2, 2, 2, 2, 3]
+    responses = [torch.randint(3, 96, (n,), generator=gen).tolist() for n in (5, 8, 3, 8, 1, 7, 2, 6, 4, 5)]
+    return TokenBatch.from_samples([prompts[i] for i in picked], responses, pad_id=0)
+
+
+def test_shared_prompts_give_the_padded_logits_and_gradients(llama):
+    from actors.policy import raw_action_logits
+
+    batch = grpo_like_batch()
+    prompts = prompt_lengths(batch.action_mask, batch.attention_mask)
+    assert plan_shared(batch.input_ids, batch.attention_mask, prompts).tokens < plan_for(batch.attention_mask).tokens
+    outputs = []
+    for pack_, share in ((False, None), (True, prompts)):
+        llama.zero_grad()
+        logits = raw_action_logits(llama, batch.input_ids, batch.attention_mask, pack_, share)
+        (torch.log_softmax(logits, -1).amax(-1) * batch.action_mask).sum().backward()
+        outputs.append((logits.detach()[batch.action_mask.bool()],
+                        torch.cat([p.grad.flatten() for p in llama.parameters() if p.grad is not None])))
+    llama.zero_grad()
+    assert torch.allclose(outputs[0][0], outputs[1][0], atol=1e-5)
+    assert torch.allclose(outputs[0][1], outputs[1][1], atol=1e-5)  # the prompt's gradient summed over its answers
+    assert shares_agree(lm_forward(llama), 96, "cpu", torch.float32, "policy")
+
+
+def test_a_model_that_drops_the_shared_mask_packs_without_sharing(llama, caplog):
+    def drops_4d_masks(input_ids, attention_mask, position_ids):  # lets every answer see the answers before it
+        mask = attention_mask if attention_mask is None or attention_mask.dim() == 2 else None
+        return llama(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False).logits
+
+    assert agrees(drops_4d_masks, 96, "cpu", torch.float32, "value")
+    assert not shares_agree(drops_4d_masks, 96, "cpu", torch.float32, "value")
+    assert "without sharing" in caplog.text and "value" in caplog.text
+    from transformers import MistralConfig, Qwen2Config
+
+    assert not may_share(MistralConfig(sliding_window=4096), "policy")
+    assert "sliding window (4096 tokens)" in caplog.text
+    assert may_share(Qwen2Config(sliding_window=4096, use_sliding_window=False), "policy")
