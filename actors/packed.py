@@ -27,6 +27,7 @@ from actors.algo.packing import pack, plan_for, plan_shared, prompt_lengths, sha
 log = logging.getLogger("rayalign.ppo")
 Forward = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], torch.Tensor]
 CHECK_LENGTHS = (7, 3, 9, 2, 5)  # packs into fewer rows than sequences, with restarts mid-row and a padded tail
+MAX_SHARED_MASK = 2 ** 26  # entries of a shared-prompt attention mask (64 MiB as bool)
 CHECK_PROMPTS = (4, 2, 4, 1, 4)  # sequences 0, 2 and 4 share their first 4 tokens: one unit of a prompt and 3 answers
 TOLERANCE = {torch.float32: 1e-4, torch.float64: 1e-8}  # relative to the outputs' largest magnitude; 16-bit: 2e-2
 
@@ -71,7 +72,8 @@ def run(forward: Forward, input_ids: torch.Tensor, attention_mask: torch.Tensor,
         return forward(input_ids, attention_mask, None)
     if prompts is not None:
         plan = plan_shared(input_ids.cpu(), attention_mask.cpu(), prompts.cpu())
-        if plan.shares:
+        # The mask holds rows x width^2 entries: past a bound (long sequences) the batch packs without sharing.
+        if plan.shares and plan.rows * plan.width ** 2 <= MAX_SHARED_MASK:
             ids, positions = pack(input_ids, plan, pad_id=0)
             mask = shared_attention(plan).to(input_ids.device)
             return unpack(forward(ids, mask, positions), plan, input_ids.shape[1])

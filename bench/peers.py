@@ -10,8 +10,8 @@ are the mean over steps 2..n (rayalign's `time/step` for GRPO, `step_seconds` fo
 timed from on_step_begin to on_step_end, summed over each generation's 4 updates for GRPO).
 
 1. GRPO at 0.4M parameters (stories260K-hd32) and 25.6M (a random Llama built in code with that tokenizer);
-   rayalign runs as configured (packed sequences, lock-step), then padded and with async rollouts
-   (--grpo-variants), each against the same TRL run.
+   rayalign runs as configured (packed sequences with shared prompts, lock-step), then without sharing, padded
+   and with async rollouts (--grpo-variants), each against the same TRL run.
 2. SFT: jobs.sft with the recipe's 2 workers, and with 1 worker, vs SFTTrainer; trained (assistant) tokens/s.
 3. DPO: jobs.dpo (2 workers) vs DPOTrainer.
 What each comparison matches, and what it cannot, is in its compare_* docstring; bench/peer_models.py maps the
@@ -42,7 +42,8 @@ PROMPTS, ANSWERS, NEW_TOKENS = 8, 4, 24  # per GRPO step: 8 prompts x 4 answers 
 # rayalign's side of GRPO, each run against the same TRL run: as configured (default: packed sequences, lock-step),
 # with padded batches (what packing saves), and with async rollouts (one-step off-policy: a different algorithm,
 # reported beside the matched one, never instead of it).
-GRPO_VARIANTS = {"default": [], "padded": ["ppo.pack_sequences=false"], "async": ["ppo.async_rollouts=1"]}
+GRPO_VARIANTS = {"default": [], "unshared": ["ppo.share_prompts=false"], "padded": ["ppo.pack_sequences=false"],
+                 "async": ["ppo.async_rollouts=1"]}
 SIZES = {"0.4M": None, "25M": dict(hidden=512, layers=8, heads=8, intermediate=1376)}  # random_llama shapes
 
 
@@ -322,7 +323,7 @@ def main() -> None:
     parser.add_argument("--only", default="grpo,sft,dpo", help="comparisons to run, comma-separated")
     parser.add_argument("--sizes", default="0.4M,25M", help="GRPO model sizes: 0.4M (stories260K-hd32), 25M (random "
                                                              "Llama built here)")
-    parser.add_argument("--grpo-variants", default="default,padded,async",
+    parser.add_argument("--grpo-variants", default="default,unshared,padded,async",
                         help=f"rayalign GRPO runs against the one TRL run, the first one the headline ({', '.join(GRPO_VARIANTS)})")
     parser.add_argument("--steps", type=int, default=None, help="steps of every run (default: GRPO 20, SFT/DPO 30)")
     parser.add_argument("--out", type=Path, default=RESULTS / "peers.json")
