@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import torch
 
+from actors.algo.packing import pack, plan_for
 from actors.chat import IGNORE_INDEX, EncodedChat, encode_chat
 from common.errors import EmptyDatasetError
 
@@ -85,6 +86,21 @@ def collate(batch: list[EncodedChat], pad_id: int) -> dict[str, torch.Tensor]:
         labels[row, :n] = torch.tensor(ex.labels)
         attention[row, :n] = 1
     return {"input_ids": ids, "attention_mask": attention, "labels": labels}
+
+
+def pack_collated(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A right-padded micro-batch (collate) as packed rows of its width (actors/algo/packing.py): input_ids, labels
+    and restarting position_ids, no attention mask; the same loss, since each chat's first label, which the padded
+    layout never predicts, is ignored (so no chat learns the next one's opening). Where nothing packs, the batch as
+    it is without its attention mask: under the causal mask alone no real token sees the pads after it."""
+    mask = tensors["attention_mask"]
+    plan = plan_for(mask)
+    if plan.rows == mask.shape[0]:
+        return {"input_ids": tensors["input_ids"], "labels": tensors["labels"]}
+    labels = tensors["labels"].clone()
+    labels[:, 0] = IGNORE_INDEX
+    ids, positions = pack(tensors["input_ids"], plan, pad_id=0)
+    return {"input_ids": ids, "labels": pack(labels, plan, pad_id=IGNORE_INDEX)[0], "position_ids": positions}
 
 
 def packed_rows(examples: list[EncodedChat], capacity: int, seed: int, epoch: int) -> list[list[EncodedChat]]:

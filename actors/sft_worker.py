@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from actors import modeling, zero
+from actors import modeling, packed, zero
 from actors.algo.fused_ce import linear_cross_entropy_sum
 from actors.chat import IGNORE_INDEX, EncodedChat
-from actors.sft_data import (SFTSplit, bucketed_batches, collate, collate_packed, packed_batches, packed_rows,
-                             shard_batches)
+from actors.sft_data import (SFTSplit, bucketed_batches, collate, collate_packed, pack_collated, packed_batches,
+                             packed_rows, shard_batches)
 from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
 
 # Transformers' `logits_to_keep` takes position indices; an empty index list makes the model skip its head.
@@ -48,6 +48,13 @@ class SFTWorker(ZeroTrainer):
     def __init__(self, cfg: TrainingSetup, split: SFTSplit, pad_id: int, lr: float, output_dir: str, tokenizer_path: str):
         super().__init__(cfg, lr, output_dir)
         self.split, self.pad_id, self.tokenizer_path = split, pad_id, tokenizer_path
+        self.pack = False  # sft.pack_sequences, once setup has checked the model (actors/packed.py)
+
+    def setup(self) -> None:
+        super().setup()
+        self.pack = self.settings.pack_sequences and not self.cfg.data.packing and packed.engine_agrees(
+            self.engine, packed.lm_forward(self.engine), self.engine.module.config.vocab_size,
+            modeling.DTYPES[self.cfg.model.dtype], "sft")
 
     def build_model(self) -> torch.nn.Module:
         return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora)
@@ -75,7 +82,11 @@ class SFTWorker(ZeroTrainer):
         return sum(sum(1 for label in ex.labels[1:] if label != IGNORE_INDEX) for ex in self._chats(batch))
 
     def loss_sum(self, batch) -> torch.Tensor:
-        tensors = collate_packed(batch, self.pad_id) if self.cfg.data.packing else collate(batch, self.pad_id)
+        if self.cfg.data.packing:
+            tensors = collate_packed(batch, self.pad_id)
+        else:
+            tensors = collate(batch, self.pad_id)
+            tensors = pack_collated(tensors) if self.pack else tensors
         total, _ = causal_lm_loss_sums(self.engine, tensors, self.cfg.model.fused_loss)
         return total
 

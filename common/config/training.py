@@ -35,6 +35,13 @@ class SFTConfig:
     epochs: int = param(1, "passes over the training set", gt=0)
     max_steps: Optional[int] = param(None, "stop after this many optimizer steps (unset: epochs decide)", gt=0)
     micro_batch_size: int = param(4, "sequences per worker per forward pass", gt=0)
+    pack_sequences: bool = param(True, "run each micro-batch's chats laid end to end into rows of its width instead "
+                                       "of right-padded (the same chats and loss without the padding's work, and "
+                                       "under the causal mask alone where nothing packs; dpo.pack_sequences and "
+                                       "ppo.pack_sequences do the same); checked once at start on the model, which "
+                                       "stays padded, with a warning, where the outputs differ. data.packing is "
+                                       "another thing: it fills rows of data.max_length with chats, changing the "
+                                       "batches")
     grad_accum: int = param(1, "micro-batches per optimizer step", gt=0)
     warmup_ratio: float = param(0.03, "share of steps with linear learning-rate warm-up", ge=0.0, le=1.0)
     weight_decay: float = param(0.0, "AdamW weight decay", ge=0.0)

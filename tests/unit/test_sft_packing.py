@@ -1,5 +1,6 @@
 """SFT packing (data.packing): rows filled by best fit, collated with restarting positions and no cross-chat
-labels, and a packed forward that gives exactly the loss of the same chats one per row."""
+labels, and a packed forward that gives exactly the loss of the same chats one per row; and a micro-batch's own
+chats packed into rows of its width (sft.pack_sequences) with the same loss."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from actors.chat import IGNORE_INDEX, EncodedChat
-from actors.sft_data import collate, collate_packed, packed_batches, packed_rows
+from actors.sft_data import collate, collate_packed, pack_collated, packed_batches, packed_rows
 
 
 def chat(ids: list[int], trained_from: int) -> EncodedChat:
@@ -95,3 +96,29 @@ def test_packed_loss_equals_the_same_chats_one_per_row(attn, fused):
     leaky = collate_packed(rows, 0)
     leaky["position_ids"] = torch.arange(leaky["input_ids"].size(1)).expand_as(leaky["input_ids"])
     assert causal_lm_loss_sums(model, leaky, fused=fused)[0].item() != pytest.approx(alone_total.item(), rel=1e-4)
+
+
+def test_a_micro_batch_packed_into_rows_of_its_width_by_hand():
+    a, b, c = chat([11, 12, 13], 1), chat([21, 22], 0), chat([31, 32, 33, 34, 35], 2)  # width 5
+    out = pack_collated(collate([a, b, c], pad_id=0))
+    assert out["input_ids"].tolist() == [[31, 32, 33, 34, 35], [11, 12, 13, 21, 22]]
+    assert out["position_ids"].tolist() == [[0, 1, 2, 3, 4], [0, 1, 2, 0, 1]]
+    assert out["labels"].tolist() == [[-100, -100, 33, 34, 35], [-100, 12, 13, -100, 22]]  # b's opening dropped
+    assert "attention_mask" not in out
+    # Nothing to pack (every chat longer than half the width): the batch as it is, without its mask.
+    alone = pack_collated(collate([c, chat([41, 42, 43, 44], 1)], pad_id=0))
+    assert sorted(alone) == ["input_ids", "labels"] and alone["input_ids"].shape == (2, 5)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_packed_micro_batch_has_the_padded_loss(fused):
+    from actors.algo.packing import plan_for
+    from actors.sft_worker import causal_lm_loss_sums
+
+    model = tiny_llama("sdpa")
+    batch = collate(random_chats(9, seed=6, low=6, high=40), 0)
+    assert plan_for(batch["attention_mask"]).rows < 9
+    padded_total, padded_count = causal_lm_loss_sums(model, batch, fused=fused)
+    packed_total, packed_count = causal_lm_loss_sums(model, pack_collated(batch), fused=fused)
+    assert packed_count == padded_count
+    assert packed_total.item() == pytest.approx(padded_total.item(), rel=1e-10 if fused else 1e-6)
