@@ -126,7 +126,7 @@ class RewardTrainer(ZeroTrainer):
 
     def epoch_batches(self, epoch: int) -> list:
         batches = bucketed_batches(self.split.train, self.settings.micro_batch_size, self.cfg.seed, epoch,
-                                   length=lambda pair: pair.length)
+                                   length=lambda pair: pair.length, together=self.world * self.settings.grad_accum)
         return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
 
     def count_units(self, batch) -> int:

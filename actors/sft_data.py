@@ -51,27 +51,41 @@ def build_split(records: list[dict], tokenizer, max_length: int, eval_fraction: 
 
 
 def bucketed_batches(examples: list, batch_size: int, seed: int, epoch: int, bucket_factor: int = 16,
-                     length: Callable[[Any], int] = lambda ex: len(ex.input_ids)) -> list[list]:
+                     length: Callable[[Any], int] = lambda ex: len(ex.input_ids), together: int = 1) -> list[list]:
     """Shuffle, then sort within windows of batch_size × bucket_factor by `length`, so each batch holds
-    similar lengths (little padding) while batch order stays random."""
+    similar lengths (little padding) while batch order stays random. `together` (the ranks × grad_accum of one
+    optimizer step) neighbouring batches of a window stay next to each other through the final shuffle, so that
+    shard_batches gives every rank of a step a batch of about the same length: a step waits for its slowest rank,
+    and batches of random lengths left one rank idle for much of it."""
     rng = random.Random(seed * 1_000_003 + epoch)
     pool = list(examples)
     rng.shuffle(pool)
     window = batch_size * bucket_factor
-    batches = []
+    groups, spare = [], []
     for start in range(0, len(pool), window):
         chunk = sorted(pool[start:start + window], key=length)
-        batches.extend(chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return [b for b in batches if len(b) == batch_size]
+        batches = [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+        if together == 1:  # one group per batch, the ragged one included: the order single ranks always had
+            groups.extend([batch] for batch in batches)
+            continue
+        full = [batch for batch in batches if len(batch) == batch_size]
+        whole = len(full) - len(full) % together
+        groups.extend(full[i:i + together] for i in range(0, whole, together))
+        spare.extend(full[whole:])
+    spare.sort(key=lambda batch: sum(map(length, batch)))
+    groups.extend(spare[i:i + together] for i in range(0, len(spare), together))
+    rng.shuffle(groups)
+    return [batch for group in groups for batch in group if len(batch) == batch_size]
 
 
 def shard_batches(batches: list, rank: int, world_size: int, grad_accum: int) -> list:
-    """Rank's share of the batches, trimmed so every rank runs the same number of full optimizer steps
+    """Rank's share of the batches, dealt step by step: optimizer step k takes the k-th run of world_size ×
+    grad_accum batches, rank r the r-th grad_accum of them (neighbours, so of like length, from bucketed_batches
+    with together=world_size × grad_accum). Trimmed so every rank runs the same number of full optimizer steps
     (an uneven count would leave one rank waiting forever in a collective)."""
-    per_rank = len(batches) // world_size
-    per_rank -= per_rank % grad_accum
-    return batches[rank * per_rank:(rank + 1) * per_rank]
+    steps = len(batches) // world_size // grad_accum
+    return [batches[(step * world_size + rank) * grad_accum + micro] for step in range(steps)
+            for micro in range(grad_accum)]
 
 
 def collate(batch: list[EncodedChat], pad_id: int) -> dict[str, torch.Tensor]:

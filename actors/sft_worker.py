@@ -72,7 +72,8 @@ class SFTWorker(ZeroTrainer):
         if self.cfg.data.packing:
             batches = packed_batches(packed_rows(self.split.train, self.cfg.data.max_length, seed, epoch), size)
         else:
-            batches = bucketed_batches(self.split.train, size, seed, epoch)
+            batches = bucketed_batches(self.split.train, size, seed, epoch,
+                                       together=self.world * self.settings.grad_accum)
         return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
 
     def _chats(self, batch) -> list[EncodedChat]:

@@ -73,8 +73,8 @@ def common_args(cfg, out: str) -> dict:
 
 def replay_order(settings, n_items: int, length, workers: int, seed: int) -> tuple[int, list[int]]:
     """(optimizer steps, item indices in the order rayalign's `workers` ranks train them) for an SFT or DPO section:
-    the steps its trainer runs (actors/zero_trainer.py), and its length-bucketed micro-batches, each rank taking a
-    contiguous share (actors/sft_data.py), flattened step by step (rank 0's micro-batches, then rank 1's...). TRL
+    the steps its trainer runs (actors/zero_trainer.py), and its length-bucketed micro-batches, dealt to the ranks
+    step by step (actors/sft_data.py), flattened step by step (rank 0's micro-batches, then rank 1's...). TRL
     with micro-batches of settings.micro_batch_size, workers x grad_accum accumulation and sequential sampling then
     sees the same examples in every optimizer step. Examples never trained follow at the end, so that TRL scores the
     DPO reference on every train pair, as rayalign does."""
@@ -87,7 +87,7 @@ def replay_order(settings, n_items: int, length, workers: int, seed: int) -> tup
     steps = min(settings.max_steps or per_epoch * settings.epochs, per_epoch * settings.epochs)
     order, epoch = [], 0
     while len(order) < steps * micro * workers * accum:
-        batches = bucketed_batches(list(range(n_items)), micro, seed, epoch, length=length)
+        batches = bucketed_batches(list(range(n_items)), micro, seed, epoch, length=length, together=workers * accum)
         shards = [shard_batches(batches, rank, workers, accum) for rank in range(workers)]
         for k in range(per_epoch):
             for shard in shards:
