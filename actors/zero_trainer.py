@@ -81,6 +81,7 @@ class ZeroTrainer:
         self.rank, self.world = zero.rank_and_world()
         self.progress = Progress()
         self.stage = cfg.deepspeed.stage
+        self._stop_query = None  # rank 0's question to the stop flag, sent after the last step (_stop_requested)
 
     # ---- hooks -------------------------------------------------------------------------------------
     def build_model(self) -> torch.nn.Module:
@@ -233,13 +234,19 @@ class ZeroTrainer:
 
     def _stop_requested(self) -> bool:
         """Whether the driver asked to stop (SIGTERM); rank 0 asks the flag actor and every rank gets its answer
-        through one all-reduce, so all ranks stop after the same step and checkpoint together."""
+        through one all-reduce, so all ranks stop after the same step and checkpoint together. Rank 0 reads the
+        answer to the question it sent after the previous step and sends the next at once: the actor's round trip
+        overlaps a step instead of holding every rank at this all-reduce (a few ms of a ~80 ms tiny SFT step), and a
+        stop lands one step later."""
         import ray
 
         asked = 0.0
         if self.rank == 0:
             flag = stop_flag(self.output_dir)
-            asked = float(flag is not None and ray.get(flag.requested.remote()))
+            if flag is not None:
+                if self._stop_query is not None:
+                    asked = float(ray.get(self._stop_query))
+                self._stop_query = flag.requested.remote()
         return zero.all_reduce_sum([asked])[0] > 0
 
     def _steps_before_epoch(self, epoch: int) -> int:
