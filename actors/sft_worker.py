@@ -20,15 +20,12 @@ def causal_lm_loss_sums(model, batch: dict, fused: bool = True, chunk_size: int 
     """(sum of token NLL over assistant tokens, number of those tokens) for one micro-batch: padded rows
     (`attention_mask`) or packed rows (`position_ids`, no mask; see actors.sft_data.collate_packed).
 
-    With `fused`, when the model allows it (modeling.fused_loss_head) and the micro-batch holds more than one
-    chunk of tokens, the loss runs from the final hidden states through the output projection in chunks: the model
-    is asked for no logits at all. The call still goes through `model` (the DeepSpeed engine), whose forward arms
-    ZeRO's backward hooks. A micro-batch of one chunk or less takes the plain path, which holds no more memory
-    than one chunk does and, on a small vocabulary, runs faster (the tiny recipe's SFT micro-batch: 31.8 vs
-    33.4 ms)."""
+    With `fused`, when the model allows it (modeling.fused_loss_head), the loss runs from the final hidden
+    states through the output projection in chunks: the model is asked for no logits at all. The call
+    still goes through `model` (the DeepSpeed engine), whose forward arms ZeRO's backward hooks."""
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
-    head = modeling.fused_loss_head(model) if fused and labels.numel() > chunk_size else None
+    head = modeling.fused_loss_head(model) if fused else None
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
     if head is not None:
         out = model(**inputs, output_hidden_states=True, use_cache=False,

@@ -52,8 +52,7 @@ class ModelConfig:
                 "the eager reference, or the flash-attn package")
     compile: bool = param(False, "torch.compile each decoder layer (faster steps on CUDA after a one-off compile)")
     fused_loss: bool = param(True, "compute the LM loss from the final hidden states through the output "
-                                   "projection in chunks of 4096 tokens, never holding the full [tokens × vocab] "
-                                   "logits (a micro-batch of one chunk or less computes them whole: no more memory)")
+                                   "projection in chunks, never holding the full [tokens × vocab] logits")
 
 
 @dataclass(frozen=True)

@@ -88,16 +88,14 @@ def test_packed_loss_equals_the_same_chats_one_per_row(attn, fused):
     examples = random_chats(9, seed=5, low=6, high=40)
     rows = packed_rows(examples, capacity=96, seed=0, epoch=0)
     assert any(len(row) > 1 for row in rows)
-    chunk = 64  # the fused path runs in chunks only where a micro-batch holds more tokens than one
-    packed_total, packed_count = causal_lm_loss_sums(model, collate_packed(rows, 0), fused=fused, chunk_size=chunk)
-    alone_total, alone_count = causal_lm_loss_sums(model, collate(examples, 0), fused=fused, chunk_size=chunk)
+    packed_total, packed_count = causal_lm_loss_sums(model, collate_packed(rows, 0), fused=fused)
+    alone_total, alone_count = causal_lm_loss_sums(model, collate(examples, 0), fused=fused)
     assert packed_count == alone_count == sum(sum(1 for t in ex.labels[1:] if t != IGNORE_INDEX) for ex in examples)
     # The plain path casts logits to float32 for the cross-entropy; the fused one stays in float64.
     assert packed_total.item() == pytest.approx(alone_total.item(), rel=1e-10 if fused else 1e-6)
     leaky = collate_packed(rows, 0)
     leaky["position_ids"] = torch.arange(leaky["input_ids"].size(1)).expand_as(leaky["input_ids"])
-    assert causal_lm_loss_sums(model, leaky, fused=fused, chunk_size=chunk)[0].item() != \
-        pytest.approx(alone_total.item(), rel=1e-4)
+    assert causal_lm_loss_sums(model, leaky, fused=fused)[0].item() != pytest.approx(alone_total.item(), rel=1e-4)
 
 
 def test_a_micro_batch_packed_into_rows_of_its_width_by_hand():
@@ -120,7 +118,7 @@ def test_a_packed_micro_batch_has_the_padded_loss(fused):
     model = tiny_llama("sdpa")
     batch = collate(random_chats(9, seed=6, low=6, high=40), 0)
     assert plan_for(batch["attention_mask"]).rows < 9
-    padded_total, padded_count = causal_lm_loss_sums(model, batch, fused=fused, chunk_size=64)
-    packed_total, packed_count = causal_lm_loss_sums(model, pack_collated(batch), fused=fused, chunk_size=64)
+    padded_total, padded_count = causal_lm_loss_sums(model, batch, fused=fused)
+    packed_total, packed_count = causal_lm_loss_sums(model, pack_collated(batch), fused=fused)
     assert packed_count == padded_count
     assert packed_total.item() == pytest.approx(padded_total.item(), rel=1e-10 if fused else 1e-6)
