@@ -113,6 +113,7 @@ class PPORoles:
         self.environments: Environments | None = None  # multi-turn episodes' environments, in a worker of their own
         self.rollout_engine: str | None = None  # "vllm" or "hf"
         self.sizes: dict = {}
+        self.layouts: dict[str, str] = {}  # trained role -> how it lays out its batches (set once they are up)
         self.startup_s = 0.0
 
     def groups(self) -> dict[str, RoleGroup | None]:
@@ -183,8 +184,10 @@ class PPORoles:
         if self.environments is not None:
             self.environments.ready()
         self.startup_s = time.perf_counter() - started
-        engines = f"policy {self.sizes['engine']} ({self.sizes['layout']})" + \
-            (f", value {value_sizes['engine']} ({value_sizes['layout']})" if value_sizes else "")
+        # How each trained role lays out its batches (actors/packed.py): padded, packed, or packed with shared prompts.
+        self.layouts = {"policy": self.sizes["layout"], **({"value": value_sizes["layout"]} if value_sizes else {})}
+        engines = f"policy {self.sizes['engine']} ({self.layouts['policy']})" + \
+            (f", value {value_sizes['engine']} ({self.layouts['value']})" if value_sizes else "")
         log.info("PPO roles up in %.1f s: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), %s, reference %s, "
                  "reward from %s; training engines: %s", self.startup_s, len(self.rollout), self.rollout_engine,
                  len(self.policy), self.sizes["trainable_params"], self.sizes["total_params"],
@@ -195,7 +198,8 @@ class PPORoles:
     def write_roster(self, output_dir: Path, cfg: Config) -> Path:
         ppo = cfg.ppo
         run = {"run": cfg.run.name, "steps": ppo.steps, "rollout_batch_size": ppo.rollout_batch_size,
-               "sequences_per_step": ppo.sequences_per_step, "rollout_engine": self.rollout_engine}
+               "sequences_per_step": ppo.sequences_per_step, "rollout_engine": self.rollout_engine,
+               "layouts": self.layouts}
         return write_roster(output_dir, run, self.groups(), getattr(self.reward, "actor", None))
 
     def shutdown(self) -> None:
