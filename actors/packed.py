@@ -87,21 +87,34 @@ def run(forward: Forward, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return unpack(forward(ids, None, positions), plan, input_ids.shape[1])
 
 
+def _check_batch(vocab_size: int, device, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) of the start-up checks: seeded sequences of CHECK_LENGTHS, right-padded; with
+    `shared`, sequences 0, 2 and 4 start with the same 4 tokens (CHECK_PROMPTS)."""
+    generator = torch.Generator().manual_seed(1 if shared else 0)
+    width = max(CHECK_LENGTHS)
+    ids = torch.randint(0, vocab_size, (len(CHECK_LENGTHS), width), generator=generator)
+    if shared:
+        ids[2, :4] = ids[4, :4] = ids[0, :4]
+    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(CHECK_LENGTHS).unsqueeze(1)).long()
+    return (ids * mask).to(device), mask.to(device)
+
+
+def _largest_difference(padded: torch.Tensor, others: list[torch.Tensor], mask: torch.Tensor) -> float:
+    """The largest difference of any of `others` from the padded outputs over the real tokens, relative to the
+    padded outputs' largest magnitude."""
+    inside = mask.bool()
+    scale = max(float(padded.float()[inside].abs().max()), 1.0)
+    return max(float((padded.float() - other.float()).abs()[inside].max()) / scale for other in others)
+
+
 @torch.no_grad()
 def agrees(forward: Forward, vocab_size: int, device, dtype: torch.dtype, role: str) -> bool:
     """Whether the model's outputs on a small seeded batch are the same packed as padded (at the dtype's
     tolerance); logs the fallback to padding when they are not."""
-    generator = torch.Generator().manual_seed(0)
-    width = max(CHECK_LENGTHS)
-    ids = torch.randint(0, vocab_size, (len(CHECK_LENGTHS), width), generator=generator)
-    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(CHECK_LENGTHS).unsqueeze(1)).long()
-    ids, mask = (ids * mask).to(device), mask.to(device)
-    padded = forward(ids, mask, None).float()
-    inside = mask.bool()
-    scale = max(float(padded[inside].abs().max()), 1.0)
+    ids, mask = _check_batch(vocab_size, device, shared=False)
     # Both layouts run() may choose: packed rows, and the right-padded rows under the causal mask alone.
-    diff = max(float((padded - other.float()).abs()[inside].max()) / scale
-               for other in (run(forward, ids, mask, packed=True), forward(ids, None, None)))
+    diff = _largest_difference(forward(ids, mask, None), [run(forward, ids, mask, packed=True),
+                                                           forward(ids, None, None)], mask)
     if diff <= TOLERANCE.get(dtype, 2e-2):
         return True
     log.warning("%s: pack_sequences is on, but this model's outputs differ packed and padded (largest relative "
@@ -127,16 +140,9 @@ def may_share(config, role: str) -> bool:
 def shares_agree(forward: Forward, vocab_size: int, device, dtype: torch.dtype, role: str) -> bool:
     """Whether the model's outputs are the same with prompts shared as padded (a seeded batch where three sequences
     share a prompt); logs the fallback to packing without sharing when they are not."""
-    generator = torch.Generator().manual_seed(1)
-    width = max(CHECK_LENGTHS)
-    ids = torch.randint(0, vocab_size, (len(CHECK_LENGTHS), width), generator=generator)
-    ids[2, :4] = ids[4, :4] = ids[0, :4]
-    mask = (torch.arange(width).unsqueeze(0) < torch.tensor(CHECK_LENGTHS).unsqueeze(1)).long()
-    ids, mask = (ids * mask).to(device), mask.to(device)
-    padded = forward(ids, mask, None).float()
-    shared = run(forward, ids, mask, packed=True, prompts=torch.tensor(CHECK_PROMPTS)).float()
-    inside = mask.bool()
-    diff = float((padded - shared).abs()[inside].max()) / max(float(padded[inside].abs().max()), 1.0)
+    ids, mask = _check_batch(vocab_size, device, shared=True)
+    diff = _largest_difference(forward(ids, mask, None),
+                               [run(forward, ids, mask, packed=True, prompts=torch.tensor(CHECK_PROMPTS))], mask)
     if diff <= TOLERANCE.get(dtype, 2e-2):
         return True
     log.warning("%s: share_prompts is on, but this model's outputs differ with a shared prompt and padded (largest "
