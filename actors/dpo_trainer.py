@@ -27,7 +27,7 @@ from actors.algo.packing import prompt_lengths
 from actors.algo.preference import dpo_loss, sequence_logprob
 from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
 from actors.reward_trainer import wilson_interval
-from actors.sft_data import bucketed_batches, collate, shard_batches
+from actors.sft_data import collate
 from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
 from common.errors import EmptyDatasetError, RecordError
 
@@ -169,12 +169,9 @@ class DPOTrainer(ZeroTrainer):
 
     def setup(self) -> None:
         super().setup()
-        config = self.engine.module.config
-        check = (self.engine, packed.lm_forward(self.engine), config.vocab_size, modeling.DTYPES[self.cfg.model.dtype],
-                 "dpo")
-        self.pack = self.settings.pack_sequences and packed.engine_agrees(*check)
-        self.share = self.pack and self.settings.share_prompts and packed.may_share(config, "dpo") and \
-            packed.engine_agrees(*check, check=packed.shares_agree)
+        self.pack, self.share = packed.engine_layout(
+            self.engine, packed.lm_forward(self.engine), self.engine.module.config,
+            modeling.DTYPES[self.cfg.model.dtype], "dpo", self.settings.pack_sequences, self.settings.share_prompts)
         # Here, not in run(): a resumed run must score with the start weights, before its checkpoint loads.
         self.split = replace(self.split, train=with_reference(self.split.train, self.reference_table(self.split.train)),
                              eval=with_reference(self.split.eval, self.reference_table(self.split.eval)))
@@ -210,9 +207,7 @@ class DPOTrainer(ZeroTrainer):
         return len(self.split.train)
 
     def epoch_batches(self, epoch: int) -> list:
-        batches = bucketed_batches(self.split.train, self.settings.micro_batch_size, self.cfg.seed, epoch,
-                                   length=lambda pair: pair.length, together=self.world * self.settings.grad_accum)
-        return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
+        return self.bucketed_share(self.split.train, epoch, length=lambda pair: pair.length)
 
     def count_units(self, batch) -> int:
         return len(batch)

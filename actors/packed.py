@@ -45,10 +45,10 @@ def for_attention(model, attention_mask: torch.Tensor | None) -> torch.Tensor | 
     4-D mask to the attention function unchanged, and its eager attention adds it to the scores."""
     if attention_mask is None or attention_mask.dim() != 4:
         return attention_mask
-    config = getattr(getattr(model, "module", model), "config", None)
-    if getattr(config, "_attn_implementation", "sdpa") != "eager":
+    inner = getattr(model, "module", model)  # a training engine's model
+    if getattr(getattr(inner, "config", None), "_attn_implementation", "sdpa") != "eager":
         return attention_mask
-    dtype = getattr(getattr(model, "module", model), "dtype", torch.float32)
+    dtype = getattr(inner, "dtype", torch.float32)
     return torch.zeros(attention_mask.shape, dtype=dtype, device=attention_mask.device).masked_fill(
         ~attention_mask, torch.finfo(dtype).min)
 
@@ -115,11 +115,17 @@ def agrees(forward: Forward, vocab_size: int, device, dtype: torch.dtype, role: 
     # Both layouts run() may choose: packed rows, and the right-padded rows under the causal mask alone.
     diff = _largest_difference(forward(ids, mask, None), [run(forward, ids, mask, packed=True),
                                                            forward(ids, None, None)], mask)
+    return _within_tolerance(diff, dtype, role, "pack_sequences is on, but this model's outputs differ packed and "
+                             "padded (largest relative difference %.3g): it does not read restarting position ids as "
+                             "sequence boundaries, so its batches stay padded")
+
+
+def _within_tolerance(diff: float, dtype: torch.dtype, role: str, fallback: str) -> bool:
+    """Whether a check's largest relative difference is within the dtype's tolerance; logs `fallback` (formatted
+    with the difference) for the role when it is not."""
     if diff <= TOLERANCE.get(dtype, 2e-2):
         return True
-    log.warning("%s: pack_sequences is on, but this model's outputs differ packed and padded (largest relative "
-                "difference %.3g): it does not read restarting position ids as sequence boundaries, so its batches "
-                "stay padded", role, diff)
+    log.warning("%s: " + fallback, role, diff)
     return False
 
 
@@ -143,20 +149,26 @@ def shares_agree(forward: Forward, vocab_size: int, device, dtype: torch.dtype, 
     ids, mask = _check_batch(vocab_size, device, shared=True)
     diff = _largest_difference(forward(ids, mask, None),
                                [run(forward, ids, mask, packed=True, prompts=torch.tensor(CHECK_PROMPTS))], mask)
-    if diff <= TOLERANCE.get(dtype, 2e-2):
-        return True
-    log.warning("%s: share_prompts is on, but this model's outputs differ with a shared prompt and padded (largest "
-                "relative difference %.3g): it does not take a 4-D attention mask as given, so its sequences are "
-                "packed without sharing their prompts", role, diff)
-    return False
+    return _within_tolerance(diff, dtype, role, "share_prompts is on, but this model's outputs differ with a shared "
+                             "prompt and padded (largest relative difference %.3g): it does not take a 4-D attention "
+                             "mask as given, so its sequences are packed without sharing their prompts")
 
 
-def engine_agrees(engine, forward: Forward, vocab_size: int, dtype: torch.dtype, role: str,
-                  check=agrees) -> bool:
-    """`check` (agrees, shares_agree) for a trained engine (PPO policy or value, a DPO rank), in eval mode so dropout
-    cannot tell the layouts apart, then back to training."""
+def choose_layout(forward: Forward, config, device, dtype: torch.dtype, role: str, pack: bool,
+                  share: bool) -> tuple[bool, bool]:
+    """(pack, share): whether the model (of this Transformers config) packs its batches (pack_sequences asked, and
+    `agrees`) and shares prompts in them (share_prompts asked as well, no sliding window, and `shares_agree`)."""
+    check = (forward, config.vocab_size, device, dtype, role)
+    packs = pack and agrees(*check)
+    return packs, packs and share and may_share(config, role) and shares_agree(*check)
+
+
+def engine_layout(engine, forward: Forward, config, dtype: torch.dtype, role: str, pack: bool,
+                  share: bool) -> tuple[bool, bool]:
+    """`choose_layout` for a trained engine (PPO policy or value, an SFT or DPO rank), in eval mode so dropout cannot
+    tell the layouts apart, then back to training."""
     engine.eval()
     try:
-        return check(forward, vocab_size, engine.device, dtype, role)
+        return choose_layout(forward, config, engine.device, dtype, role, pack, share)
     finally:
         engine.train()

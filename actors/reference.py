@@ -20,11 +20,9 @@ class ReferenceModel(Located):
         self.model.eval().requires_grad_(False).to(modeling.device())
         # ppo.pack_sequences and ppo.share_prompts, where this model gives the same outputs so as padded
         # (actors/packed.py)
-        check = (packed.lm_forward(self.model), self.model.config.vocab_size, modeling.device(),
-                 modeling.DTYPES[model.dtype], "reference")
-        self.pack = pack and packed.agrees(*check)
-        self.share = self.pack and share and packed.may_share(self.model.config, "reference") and \
-            packed.shares_agree(*check)
+        self.pack, self.share = packed.choose_layout(packed.lm_forward(self.model), self.model.config,
+                                                     modeling.device(), modeling.DTYPES[model.dtype], "reference",
+                                                     pack, share)
 
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:

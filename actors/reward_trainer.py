@@ -14,7 +14,6 @@ import torch
 
 from actors import modeling, reward, zero
 from actors.algo.preference import bradley_terry_loss
-from actors.sft_data import bucketed_batches, shard_batches
 from actors.zero_trainer import TrainingSetup, ZeroTrainer, run_rank, save_hf_model
 from common.errors import ConfigError, EmptyDatasetError, RecordError
 
@@ -125,9 +124,7 @@ class RewardTrainer(ZeroTrainer):
         return len(self.split.train)
 
     def epoch_batches(self, epoch: int) -> list:
-        batches = bucketed_batches(self.split.train, self.settings.micro_batch_size, self.cfg.seed, epoch,
-                                   length=lambda pair: pair.length, together=self.world * self.settings.grad_accum)
-        return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
+        return self.bucketed_share(self.split.train, epoch, length=lambda pair: pair.length)
 
     def count_units(self, batch) -> int:
         return len(batch)

@@ -8,8 +8,7 @@ import torch
 from actors import modeling, packed, zero
 from actors.algo.fused_ce import linear_cross_entropy_sum
 from actors.chat import IGNORE_INDEX, EncodedChat
-from actors.sft_data import (SFTSplit, bucketed_batches, collate, collate_packed, pack_collated, packed_batches,
-                             packed_rows, shard_batches)
+from actors.sft_data import SFTSplit, collate, collate_packed, pack_collated, packed_batches, packed_rows
 from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
 
 # Transformers' `logits_to_keep` takes position indices; an empty index list makes the model skip its head.
@@ -52,9 +51,10 @@ class SFTWorker(ZeroTrainer):
 
     def setup(self) -> None:
         super().setup()
-        self.pack = self.settings.pack_sequences and not self.cfg.data.packing and packed.engine_agrees(
-            self.engine, packed.lm_forward(self.engine), self.engine.module.config.vocab_size,
-            modeling.DTYPES[self.cfg.model.dtype], "sft")
+        self.pack, _ = packed.engine_layout(
+            self.engine, packed.lm_forward(self.engine), self.engine.module.config,
+            modeling.DTYPES[self.cfg.model.dtype], "sft", self.settings.pack_sequences and not self.cfg.data.packing,
+            share=False)
 
     def build_model(self) -> torch.nn.Module:
         return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora)
@@ -68,13 +68,10 @@ class SFTWorker(ZeroTrainer):
     def epoch_batches(self, epoch: int) -> list:
         """Micro-batches of sft.micro_batch_size sequences: single chats of similar length, or (data.packing)
         rows of chats packed up to data.max_length tokens."""
-        size, seed = self.settings.micro_batch_size, self.cfg.seed
-        if self.cfg.data.packing:
-            batches = packed_batches(packed_rows(self.split.train, self.cfg.data.max_length, seed, epoch), size)
-        else:
-            batches = bucketed_batches(self.split.train, size, seed, epoch,
-                                       together=self.world * self.settings.grad_accum)
-        return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
+        if not self.cfg.data.packing:
+            return self.bucketed_share(self.split.train, epoch)
+        rows = packed_rows(self.split.train, self.cfg.data.max_length, self.cfg.seed, epoch)
+        return self.rank_share(packed_batches(rows, self.settings.micro_batch_size))
 
     def _chats(self, batch) -> list[EncodedChat]:
         return [ex for row in batch for ex in row] if self.cfg.data.packing else batch

@@ -70,11 +70,8 @@ class TrainedRole(DistributedRole):
         """Packs (ppo.pack_sequences) and shares prompts (ppo.share_prompts) where this role's model (of this
         Transformers config) gives the same outputs so as padded (actors/packed.py); returns the layout's name for
         the start-up line."""
-        dtype, vocab_size = modeling.DTYPES[self.model_cfg.dtype], config.vocab_size
-        self.pack = self.ppo.pack_sequences and packed.engine_agrees(self.engine, forward, vocab_size, dtype,
-                                                                      self.role)
-        self.share = self.pack and self.ppo.share_prompts and packed.may_share(config, self.role) and \
-            packed.engine_agrees(self.engine, forward, vocab_size, dtype, self.role, check=packed.shares_agree)
+        self.pack, self.share = packed.engine_layout(self.engine, forward, config, modeling.DTYPES[self.model_cfg.dtype],
+                                                     self.role, self.ppo.pack_sequences, self.ppo.share_prompts)
         return packed.layout_name(self.pack, self.share)
 
     def engine_kind(self) -> str:

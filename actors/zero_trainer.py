@@ -34,6 +34,7 @@ import torch
 
 from actors import modeling, zero
 from actors.plain_engine import PlainEngine
+from actors.sft_data import bucketed_batches, shard_batches
 from actors.threads import node_cores
 from actors.train_driver import stop_flag
 from common.config import (Config, DataConfig, DeepSpeedConfig, DPOConfig, LoraConfig, ModelConfig, RewardModelConfig,
@@ -92,6 +93,18 @@ class ZeroTrainer:
 
     def count_units(self, batch) -> int:
         raise NotImplementedError
+
+    def rank_share(self, batches: list) -> list:
+        """This rank's micro-batches of an epoch's `batches`, dealt step by step (actors/sft_data.shard_batches)."""
+        return shard_batches(batches, self.rank, self.world, self.settings.grad_accum)
+
+    def bucketed_share(self, examples: list, epoch: int, length=None) -> list:
+        """This rank's micro-batches of the epoch's length-bucketed `examples` (actors/sft_data.bucketed_batches),
+        each step's ranks × grad_accum batches neighbours in length, so no rank waits long on another."""
+        extra = {} if length is None else {"length": length}
+        batches = bucketed_batches(examples, self.settings.micro_batch_size, self.cfg.seed, epoch,
+                                   together=self.world * self.settings.grad_accum, **extra)
+        return self.rank_share(batches)
 
     def loss_sum(self, batch) -> torch.Tensor:
         raise NotImplementedError
