@@ -39,9 +39,9 @@ RESULTS = REPO / "bench" / "results"
 PEER = REPO / "bench" / "peer_models.py"
 NEVER = 10**6  # a checkpoint cadence no run reaches
 PROMPTS, ANSWERS, NEW_TOKENS = 8, 4, 24  # per GRPO step: 8 prompts x 4 answers of up to 24 new tokens
-# rayalign's side of GRPO, each run against the same TRL run: as configured (default: packed sequences, lock-step),
-# with padded batches (what packing saves), and with async rollouts (one-step off-policy: a different algorithm,
-# reported beside the matched one, never instead of it).
+# rayalign's side of GRPO, each run against the same TRL run: as configured (default: packed sequences with shared
+# prompts, lock-step), without sharing (what sharing saves), with padded batches (what packing saves), and with async
+# rollouts (one-step off-policy: a different algorithm, reported beside the matched one, never instead of it).
 GRPO_VARIANTS = {"default": [], "unshared": ["ppo.share_prompts=false"], "padded": ["ppo.pack_sequences=false"],
                  "async": ["ppo.async_rollouts=1"]}
 SIZES = {"0.4M": None, "25M": dict(hidden=512, layers=8, heads=8, intermediate=1376)}  # random_llama shapes
