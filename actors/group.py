@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from common.errors import RoleFailure
+from common.imports import collector_paused
 
 
 class Located:
@@ -41,7 +42,8 @@ class DistributedRole(Located):
         return ray.util.get_node_ip_address(), port
 
     def init_process_group(self, master_addr: str, master_port: int, rank: int, world_size: int) -> int:
-        import deepspeed
+        with collector_paused():  # the rank's first DeepSpeed import (common/imports.py)
+            import deepspeed
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")

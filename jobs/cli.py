@@ -96,13 +96,12 @@ def import_in_background(*modules: str) -> threading.Thread:
     tokenizer classes: seconds of CPU on a small machine) load on the other core. A failing import is left to
     the real import later, which raises it where it belongs."""
     def load() -> None:
-        import importlib
+        from common.imports import import_frozen
 
-        for module in modules:
-            try:
-                importlib.import_module(module)
-            except Exception:  # noqa: BLE001 - re-raised by the driver's own import
-                return
+        try:
+            import_frozen(*modules)
+        except Exception:  # noqa: BLE001 - re-raised by the driver's own import
+            return
 
     thread = threading.Thread(target=load, name="import-in-background", daemon=True)
     thread.start()
