@@ -134,9 +134,14 @@ def start(cfg: RayConfig) -> RuntimeInfo:
         # address="local": always a fresh cluster, never one a `ray start` left running on this machine.
         if not cfg.include_dashboard:
             runtime_env["worker_process_setup_hook"] = "cluster.quiet_logs.quiet_embedded_cluster_workers"
+        # Ray would start one idle worker per logical CPU for the first driver (8 on the tiny config), each
+        # importing Ray at once: seconds of CPU, on a small machine the seconds the roles need to load, for
+        # workers most jobs never use. A job's actors start their own workers as they are created instead
+        # (measured, 0.4M GRPO on 2 cores: 2-3 s less from command to last step, bench/peers.py).
         ray.init(address="local", num_cpus=cfg.num_cpus, namespace=cfg.namespace, runtime_env=runtime_env,
                  include_dashboard=cfg.include_dashboard, _node_ip_address="127.0.0.1",
-                 logging_level=logging.WARNING, configure_logging=True)
+                 logging_level=logging.WARNING, configure_logging=True,
+                 _system_config={"prestart_worker_first_driver": False})
         info = _info("embedded", "local")
     log.info("Ray %s at %s in %.1f s: %.0f CPUs, %.0f GPUs", info.mode, info.address, time.perf_counter() - started,
              info.num_cpus, info.num_gpus)
