@@ -7,6 +7,7 @@ entrypoint), else a fresh embedded cluster bound to 127.0.0.1. Joining fails wit
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import socket
@@ -145,6 +146,7 @@ def start(cfg: RayConfig) -> RuntimeInfo:
         info = _info("embedded", "local")
     log.info("Ray %s at %s in %.1f s: %.0f CPUs, %.0f GPUs", info.mode, info.address, time.perf_counter() - started,
              info.num_cpus, info.num_gpus)
+    atexit.register(stop)  # runs before Ray's own exit hook, which then finds nothing left to do
     return info
 
 
@@ -160,7 +162,18 @@ def _info(mode: str, address: str) -> RuntimeInfo:
 
 
 def stop() -> None:
+    """Disconnect from the cluster, ending an embedded one's processes; idempotent, and run at exit (start).
+
+    Ray's own exit hook sleeps 0.5 s for worker logs to print, and it ends the autoscaler monitor after the GCS
+    the monitor reports to: the monitor's SIGTERM handler then waits on the gone GCS through the whole second of
+    grace Ray gives it, and is SIGKILLed after all (1.4 s of a 1.45 s shutdown, measured). Here it is SIGKILLed
+    first, which is how it ends either way, and the rest of the cluster ends as Ray ends it (0.35 s)."""
     import ray
 
-    if ray.is_initialized():
-        ray.shutdown()
+    if not ray.is_initialized():
+        return
+    node = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(node, "_global_node", None)  # Ray's handle on the processes it started; none it can end if joined
+    if node is not None and hasattr(node, "kill_monitor"):
+        node.kill_monitor(check_alive=False)
+    ray.shutdown()

@@ -33,3 +33,30 @@ def test_workers_drop_the_cleaners_state_api_warning_and_nothing_else(ray_sessio
     seen = ray.get(messages_that_reach_handlers.remote(PLACEMENT_GROUP_CLEANER.logger,
                                                        [PLACEMENT_GROUP_CLEANER.message, other]))
     assert seen == [other]
+
+
+STOP_SCRIPT = """
+import ray
+from cluster import runtime
+from common.config import RayConfig
+
+runtime.start(RayConfig(num_cpus=1))
+processes = [info.process for infos in ray._private.worker._global_node.all_processes.values() for info in infos]
+runtime.stop()
+runtime.stop()  # idempotent
+print(ray.is_initialized(), len(processes), [p.poll() is None for p in processes].count(True))
+"""
+
+
+def test_stop_ends_every_process_the_embedded_cluster_started():
+    """runtime.stop ends the autoscaler monitor itself before Ray's shutdown ends the rest; nothing Ray started
+    (raylet, GCS, monitor, log monitor, dashboard agent) may outlive it."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = subprocess.run([sys.executable, "-c", STOP_SCRIPT], capture_output=True, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[2])
+    assert out.returncode == 0, out.stderr[-2000:]
+    initialized, started, alive = out.stdout.split()[-3:]
+    assert (initialized, alive) == ("False", "0") and int(started) >= 4, out.stdout
