@@ -26,7 +26,7 @@ from actors.algo import (
     token_logprobs,
 )
 from actors.algo.sampling import processed_logprobs
-from actors.protocol import PolicyBatch, TokenBatch, select, to_device
+from actors.protocol import PolicyBatch, TokenBatch, row_chunks, to_device
 from actors.trained_role import TrainedRole, reduce_stats
 from actors.weights import hf_named_weights
 from common.config import RolloutConfig
@@ -69,8 +69,7 @@ def sequence_logprobs(model, batch: TokenBatch, temperature: float, chunk: int =
     """[B, L-1] log-prob of every next token at `temperature` (meaningful where action_mask is 1), in chunks
     of rows: the distribution the KL to the reference compares."""
     parts = []
-    for start in range(0, batch.input_ids.shape[0], chunk):
-        part = select(batch, torch.arange(start, min(start + chunk, batch.input_ids.shape[0])))
+    for part in row_chunks(batch, chunk):
         logits = action_logits(model, part.input_ids, part.attention_mask, temperature, pack,
                                packed.prompts_of(part, share))
         parts.append(token_logprobs(logits, part.input_ids[:, 1:]))
@@ -111,8 +110,7 @@ class PolicyRole(TrainedRole):
         self.engine.eval()
         batch = to_device(batch, self.engine.device)
         ratio, kl = [], []
-        for start in range(0, batch.input_ids.shape[0], chunk):
-            part = select(batch, torch.arange(start, min(start + chunk, batch.input_ids.shape[0])))
+        for part in row_chunks(batch, chunk):
             raw = raw_action_logits(self.engine, part.input_ids, part.attention_mask, self.pack,
                                     packed.prompts_of(part, self.share))
             kl.append(token_logprobs(scaled(raw, self._temperature()), part.input_ids[:, 1:]))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Iterator, TypeVar
 
 import torch
 
@@ -47,6 +47,14 @@ def concat(parts: list[T]) -> T:
 def select(batch: T, index: torch.Tensor) -> T:
     return type(batch)(**{k: v[index] if isinstance(v, torch.Tensor) else v
                           for k, v in _tensor_fields(batch).items()})
+
+
+def row_chunks(batch: T, chunk: int) -> Iterator[T]:
+    """The batch in consecutive slices of at most `chunk` rows: the no-grad forwards (log-probs, values) run
+    a chunk at a time so that their logits never hold the whole batch."""
+    rows = batch.input_ids.shape[0]
+    for start in range(0, rows, chunk):
+        yield select(batch, torch.arange(start, min(start + chunk, rows)))
 
 
 @dataclass

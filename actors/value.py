@@ -7,7 +7,7 @@ import torch
 
 from actors import modeling, packed
 from actors.algo import clipped_value_loss
-from actors.protocol import TokenBatch, ValueBatch, select, to_device
+from actors.protocol import TokenBatch, ValueBatch, row_chunks, to_device
 from actors.trained_role import TrainedRole, reduce_stats
 
 
@@ -68,8 +68,7 @@ class ValueRole(TrainedRole):
         self.engine.eval()
         batch = to_device(batch, self.engine.device)
         parts = []
-        for start in range(0, batch.input_ids.shape[0], chunk):
-            part = select(batch, torch.arange(start, min(start + chunk, batch.input_ids.shape[0])))
+        for part in row_chunks(batch, chunk):
             parts.append(action_values(self.engine, part.input_ids, part.attention_mask, self.pack,
                                        packed.prompts_of(part, self.share)))
         self.engine.train()
