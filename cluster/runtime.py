@@ -37,6 +37,16 @@ WORKER_ENV = {
     "RAYALIGN_PROXY_MAX_REQUEST_BYTES": "1000000",
 }
 
+# Ray Train on the embedded cluster (SFT, DPO, reward model). Its controller polls the worker group every 2 s by
+# default, so a run's start and its end each waited up to 2 s to be noticed; a poll is one call per worker. Its
+# preemption watcher, a process of its own (seconds of CPU to start on a small machine), watches for node drains,
+# which one local node never gets. Measured, SFT on the tiny config (2 cores): 29.0 -> 24.9 s, medians of 5.
+# A cluster job keeps Ray's defaults: its runs are long, and its nodes can be drained.
+EMBEDDED_TRAIN_ENV = {
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
 
 
 @dataclass(frozen=True)
@@ -135,6 +145,7 @@ def start(cfg: RayConfig) -> RuntimeInfo:
         # address="local": always a fresh cluster, never one a `ray start` left running on this machine.
         if not cfg.include_dashboard:
             runtime_env["worker_process_setup_hook"] = "cluster.quiet_logs.quiet_embedded_cluster_workers"
+        runtime_env["env_vars"].update({k: os.environ.get(k, v) for k, v in EMBEDDED_TRAIN_ENV.items()})
         # Ray would start one idle worker per logical CPU for the first driver (8 on the tiny config), each
         # importing Ray at once: seconds of CPU, on a small machine the seconds the roles need to load, for
         # workers most jobs never use. A job's actors start their own workers as they are created instead

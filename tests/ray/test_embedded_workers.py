@@ -60,3 +60,22 @@ def test_stop_ends_every_process_the_embedded_cluster_started():
     assert out.returncode == 0, out.stderr[-2000:]
     initialized, started, alive = out.stdout.split()[-3:]
     assert (initialized, alive) == ("False", "0") and int(started) >= 4, out.stdout
+
+
+@ray.remote(num_cpus=0)
+def environment_of_a_worker(names: list[str]) -> dict:
+    import os
+
+    return {name: os.environ.get(name) for name in names}
+
+
+def test_workers_get_the_embedded_ray_train_settings(ray_session):
+    """Ray Train's controller (a worker like any other) polls every 0.25 s and starts no preemption watcher on
+    the embedded cluster; a value the user exported wins."""
+    import os
+
+    from cluster.runtime import EMBEDDED_TRAIN_ENV
+
+    expected = {name: os.environ.get(name, value) for name, value in EMBEDDED_TRAIN_ENV.items()}
+    assert ray.get(environment_of_a_worker.remote(list(EMBEDDED_TRAIN_ENV))) == expected
+    assert EMBEDDED_TRAIN_ENV == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
