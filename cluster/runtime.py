@@ -48,7 +48,6 @@ EMBEDDED_TRAIN_ENV = {
 }
 
 
-
 @dataclass(frozen=True)
 class RuntimeInfo:
     mode: str  # "embedded" or "cluster"
@@ -149,7 +148,7 @@ def start(cfg: RayConfig) -> RuntimeInfo:
         # Ray would start one idle worker per logical CPU for the first driver (8 on the tiny config), each
         # importing Ray at once: seconds of CPU, on a small machine the seconds the roles need to load, for
         # workers most jobs never use. A job's actors start their own workers as they are created instead
-        # (measured, 0.4M GRPO on 2 cores: 2-3 s less from command to last step, bench/peers.py).
+        # (paired 0.4M GRPO runs on 2 cores: 2-3 s less from command to exit).
         ray.init(address="local", num_cpus=cfg.num_cpus, namespace=cfg.namespace, runtime_env=runtime_env,
                  include_dashboard=cfg.include_dashboard, _node_ip_address="127.0.0.1",
                  logging_level=logging.WARNING, configure_logging=True,
