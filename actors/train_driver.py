@@ -10,42 +10,9 @@ import threading
 from pathlib import Path
 
 from actors.group import error_line
+from actors.stop_flag import StopFlag, stop_flag_name
 from common.errors import Preempted, RunFailed
 from common.signals import sigterm_event
-
-
-class StopFlag:
-    """A named actor the driver sets when SIGTERM arrives (ray job stop, an eviction); training ranks poll it
-    after every step. Ray Train workers are not the driver's children, so the signal cannot reach them."""
-
-    def __init__(self):
-        self.stop = False
-
-    def request(self) -> None:
-        self.stop = True
-
-    def requested(self) -> bool:
-        return self.stop
-
-
-def stop_flag_name(output_dir) -> str:
-    return f"rayalign-stop:{Path(output_dir).resolve()}"
-
-
-_FLAGS: dict = {}
-
-
-def stop_flag(output_dir):
-    """The run's StopFlag actor, or None when it was launched without one (a test calling a trainer directly)."""
-    import ray
-
-    name = stop_flag_name(output_dir)
-    if name not in _FLAGS:
-        try:
-            _FLAGS[name] = ray.get_actor(name)
-        except ValueError:  # launched without a flag (a test calling the trainer directly): never stopped
-            _FLAGS[name] = None
-    return _FLAGS[name]
 
 
 def fit(train_loop, payload: dict, settings, output_dir: Path, section: str) -> dict:

@@ -36,7 +36,7 @@ from actors import modeling, zero
 from actors.plain_engine import PlainEngine
 from actors.sft_data import bucketed_batches, shard_batches
 from actors.threads import node_cores
-from actors.train_driver import stop_flag
+from actors.stop_flag import stop_flag
 from common.config import (Config, DataConfig, DeepSpeedConfig, DPOConfig, LoraConfig, ModelConfig, RewardModelConfig,
                            SFTConfig)
 from common.metrics import MetricsLogger
