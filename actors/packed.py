@@ -102,9 +102,9 @@ def _check_batch(vocab_size: int, device, shared: bool) -> tuple[torch.Tensor, t
 def _largest_difference(padded: torch.Tensor, others: list[torch.Tensor], mask: torch.Tensor) -> float:
     """The largest difference of any of `others` from the padded outputs over the real tokens, relative to the
     padded outputs' largest magnitude."""
-    inside = mask.bool()
-    scale = max(float(padded.float()[inside].abs().max()), 1.0)
-    return max(float((padded.float() - other.float()).abs()[inside].max()) / scale for other in others)
+    inside, padded = mask.bool(), padded.float()
+    scale = max(float(padded[inside].abs().max()), 1.0)
+    return max(float((padded - other.float()).abs()[inside].max()) / scale for other in others)
 
 
 @torch.no_grad()
