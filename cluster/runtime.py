@@ -182,8 +182,8 @@ def stop() -> None:
 
     if not ray.is_initialized():
         return
-    node = getattr(getattr(ray, "_private", None), "worker", None)
-    node = getattr(node, "_global_node", None)  # Ray's handle on the processes it started; none it can end if joined
+    worker = getattr(getattr(ray, "_private", None), "worker", None)
+    node = getattr(worker, "_global_node", None)  # Ray's handle on the processes it started; none it can end if joined
     if node is not None and hasattr(node, "kill_monitor"):
         node.kill_monitor(check_alive=False)
     ray.shutdown()
