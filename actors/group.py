@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from common.errors import RoleFailure
-from common.imports import collector_paused
+from common.imports import heavy_imports
 
 
 class Located:
@@ -42,7 +42,7 @@ class DistributedRole(Located):
         return ray.util.get_node_ip_address(), port
 
     def init_process_group(self, master_addr: str, master_port: int, rank: int, world_size: int) -> int:
-        with collector_paused():  # the rank's first DeepSpeed import (common/imports.py)
+        with heavy_imports():  # the rank's first DeepSpeed import (common/imports.py)
             import deepspeed
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),

@@ -17,7 +17,7 @@ import torch
 from common.config import LoraConfig, ModelConfig
 from common.errors import ModelDirError, QuantizationUnavailable
 from common.families import lora_targets
-from common.imports import collector_paused
+from common.imports import heavy_imports
 from common.model_dir import check_model_dir
 
 log = logging.getLogger("rayalign.modeling")
@@ -41,7 +41,7 @@ def load_tokenizer(path: str | Path, chat_template: str | None = None):
     A tokenizer without a pad token gets its EOS (padding positions are masked out of every loss, so the
     choice only has to be a valid id); one without a chat template gets `chat_template` or the default.
     """
-    with collector_paused():  # Transformers' import, seconds of CPU: common/imports.py
+    with heavy_imports():  # Transformers' import, seconds of CPU: common/imports.py
         from transformers import AutoTokenizer
 
     folder = check_model_dir(path)
@@ -84,7 +84,7 @@ def device() -> torch.device:
 
 def load_causal_lm(cfg: ModelConfig, path: str | Path | None = None):
     """A causal LM from a local folder in the configured dtype / quantisation."""
-    with collector_paused():
+    with heavy_imports():
         from transformers import AutoModelForCausalLM
 
     folder = check_model_dir(path or cfg.path, need_tokenizer=False)

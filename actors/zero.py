@@ -13,7 +13,7 @@ from typing import Iterator
 import torch
 
 from common.config import DeepSpeedConfig
-from common.imports import collector_paused
+from common.imports import heavy_imports
 
 
 def ds_config(cfg: DeepSpeedConfig, micro_batch: int, grad_accum: int, max_grad_norm: float,
@@ -65,7 +65,7 @@ def adamw(params, lr: float, weight_decay: float, cfg: DeepSpeedConfig) -> torch
 
 def init_distributed() -> None:
     """Join the process group Ray Train (or our actor group) prepared; gloo on CPU, NCCL on GPU."""
-    with collector_paused():  # the rank's first DeepSpeed import (common/imports.py)
+    with heavy_imports():  # the rank's first DeepSpeed import (common/imports.py)
         import deepspeed
 
     backend = "nccl" if torch.cuda.is_available() else "gloo"
@@ -76,7 +76,7 @@ def init_single_rank() -> None:
     """A process group of one for a rank that no group was formed for (DeepSpeed's engine needs one)."""
     import socket
 
-    with collector_paused():
+    with heavy_imports():
         import deepspeed
 
     if torch.distributed.is_available() and torch.distributed.is_initialized():

@@ -1,4 +1,5 @@
-"""Heavy imports without the cyclic garbage collector, and their objects kept out of later collections.
+"""Heavy imports without the cyclic garbage collector, their objects kept out of later collections, and without the
+optional packages they would load for features rayalign never uses.
 
 Importing torch, Transformers, DeepSpeed and vLLM creates about 800,000 Python objects. While they load, the
 collector runs again and again over the growing heap (each full pass costs 0.3-0.5 s here), and once they are
@@ -6,11 +7,23 @@ loaded every explicit `gc.collect()` scans them all again: vLLM's engine start-u
 (1.35 s of its 3.3 s on this machine). The objects an import leaves are modules, classes and functions that
 live as long as the process, so there is nothing to find in them.
 
-`collector_paused` turns the collector off for the imports and then freezes what exists (`gc.freeze`: moved to a
+`heavy_imports` turns the collector off for the imports and then freezes what exists (`gc.freeze`: moved to a
 generation no collection visits) before turning it back on. Measured on the 2-core machine: torch + Transformers +
 DeepSpeed import in 3.0 s instead of 4.3 s; vLLM's `LLM(...)` starts in 1.1 s instead of 2.7-3.0 s. The cost is
 the cyclic garbage the imports themselves left, which stays: 8 MB of resident memory measured. Only imports
 belong inside it: anything frozen is never freed, so a model or a batch must not be created in it.
+
+Transformers also imports two optional packages whenever they are installed, for features rayalign never uses:
+scikit-learn, from the module every causal LM loads (`transformers/generation/candidate_generator.py`), for the
+confidence threshold of assisted decoding; and SciPy, from `transformers/loss/loss_for_object_detection.py`, for
+the Hungarian matching of object-detection losses. Both stay installed (sentence-transformers, which the encoder
+package depends on, needs them). Measured here: `from transformers import AutoModelForCausalLM` with the collector
+paused takes 2.8-3.2 s with them and 2.1-2.2 s without; the vLLM engine's start (import and `LLM(...)`) 4.6-4.7 s
+with them and 3.9 s without. So a heavy import runs with them hidden (`sys.modules[name] = None`: Python's own way
+to mark a module absent; `importlib.util.find_spec` then answers None and an import raises ImportError), and they
+are unhidden afterwards, so later code that wants them imports them as usual. The consequence, named: in a process
+that hid them, Transformers' assisted decoding with `assistant_confidence_threshold` and its object-detection losses
+would fail (each checks for its package again when called, but never imported the function it calls).
 """
 
 from __future__ import annotations
@@ -18,24 +31,33 @@ from __future__ import annotations
 import contextlib
 import gc
 import importlib
+import sys
+
+UNUSED_OPTIONAL = ("sklearn", "scipy")  # imported by Transformers for features rayalign never uses (see above)
 
 
 @contextlib.contextmanager
-def collector_paused():
-    """Run the block with the collector off, then freeze every object that exists. Nested uses leave the
-    collector as the outermost found it."""
+def heavy_imports():
+    """Run the block with the collector off and UNUSED_OPTIONAL hidden (those not already imported), then freeze
+    every object that exists and unhide them. Nested uses leave the collector as the outermost found it."""
+    hidden = [name for name in UNUSED_OPTIONAL if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None
     enabled = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
         gc.freeze()
         if enabled:
             gc.enable()
 
 
 def import_frozen(*modules: str) -> None:
-    """Import `modules` under `collector_paused` (a module already imported costs nothing)."""
-    with collector_paused():
+    """Import `modules` under `heavy_imports` (a module already imported costs nothing)."""
+    with heavy_imports():
         for module in modules:
             importlib.import_module(module)

@@ -16,7 +16,7 @@ import torch
 from actors.group import Located
 from actors.rollout.sample import Sample, sample_seed
 from common.config import RolloutConfig
-from common.imports import collector_paused
+from common.imports import heavy_imports
 
 UNCHUNKED_TOKEN_BUDGET = 4096  # vLLM's own default budget of tokens per scheduler step
 
@@ -28,7 +28,7 @@ class RolloutEngine(Located):
         # The config decides, not the worker default the runtime exports for every Ray worker (cluster/runtime.py).
         os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        with collector_paused():  # vLLM's import, and the gc.collect() calls of its start-up (common/imports.py)
+        with heavy_imports():  # vLLM's import, and the gc.collect() calls of its start-up (common/imports.py)
             from vllm import LLM
 
         from cluster.quiet_logs import quiet_vllm_weight_push

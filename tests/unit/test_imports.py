@@ -8,7 +8,7 @@ import weakref
 
 import pytest
 
-from common.imports import collector_paused, import_frozen
+from common.imports import heavy_imports, import_frozen
 
 
 class Node:
@@ -18,13 +18,13 @@ class Node:
 
 def test_the_collector_is_off_inside_and_back_on_after():
     assert gc.isenabled()
-    with collector_paused():
+    with heavy_imports():
         assert not gc.isenabled()
     assert gc.isenabled()
 
 
 def test_what_exists_at_the_end_is_frozen_and_what_comes_later_is_collected():
-    with collector_paused():
+    with heavy_imports():
         before = weakref.ref(Node())
     after = weakref.ref(Node())
     gc.collect()
@@ -33,8 +33,8 @@ def test_what_exists_at_the_end_is_frozen_and_what_comes_later_is_collected():
 
 
 def test_a_nested_pause_leaves_the_collector_as_the_outer_one_found_it():
-    with collector_paused():
-        with collector_paused():
+    with heavy_imports():
+        with heavy_imports():
             pass
         assert not gc.isenabled()
     assert gc.isenabled()
@@ -42,7 +42,7 @@ def test_a_nested_pause_leaves_the_collector_as_the_outer_one_found_it():
 
 def test_a_failing_block_still_turns_the_collector_back_on():
     with pytest.raises(ZeroDivisionError):
-        with collector_paused():
+        with heavy_imports():
             1 / 0
     assert gc.isenabled()
 
@@ -53,3 +53,24 @@ def test_import_frozen_imports_and_a_missing_module_raises():
     with pytest.raises(ModuleNotFoundError):
         import_frozen("no_such_module_here")
     assert gc.isenabled()
+
+
+def test_transformers_loads_without_scikit_learn_and_scipy_which_import_as_usual_afterwards():
+    """A causal LM's Transformers import would bring scikit-learn and SciPy (0.7-0.9 s) for features rayalign never
+    uses; inside heavy_imports it does not, and afterwards both import as usual. In a fresh interpreter: this one may
+    have imported either already."""
+    import subprocess
+
+    probe = "\n".join([
+        "import importlib.util, sys",
+        "from common.imports import heavy_imports",
+        "with heavy_imports():",
+        "    hidden = importlib.util.find_spec('sklearn') is None and importlib.util.find_spec('scipy') is None",
+        "    from transformers import AutoModelForCausalLM",
+        "    import transformers.generation.candidate_generator",
+        "print(hidden, 'sklearn' in sys.modules, 'scipy' in sys.modules)",
+        "import sklearn.metrics, scipy.optimize",
+        "print(importlib.util.find_spec('sklearn') is not None)",
+    ])
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "False", "False", "True"]
