@@ -25,6 +25,7 @@ from actors.chat import render
 from actors.group import Located
 from common.config import Config, resolve_path
 from common.errors import RewardModelTooLarge
+from common.imports import heavy_imports
 
 log = logging.getLogger("rayalign.reward")
 
@@ -83,7 +84,8 @@ def input_format(model_config) -> InputFormat:
 
 
 def read_input_format(path: str | Path) -> InputFormat:
-    from transformers import AutoConfig
+    with heavy_imports():  # Transformers' import, seconds of CPU: common/imports.py
+        from transformers import AutoConfig
 
     return input_format(AutoConfig.from_pretrained(str(modeling.check_model_dir(path, need_tokenizer=False))))
 
@@ -107,7 +109,8 @@ def load_reward_tokenizer(path: str | Path, fmt: InputFormat, chat_template: str
 def load_sequence_classifier(path: str | Path, pad_token_id: int, dtype: str = "float32"):
     """A scalar-head sequence classifier (num_labels=1) from a local folder; a fresh head when the folder
     holds a plain backbone."""
-    from transformers import AutoModelForSequenceClassification
+    with heavy_imports():
+        from transformers import AutoModelForSequenceClassification
 
     folder = modeling.check_model_dir(path, need_tokenizer=False)
     try:

@@ -9,6 +9,7 @@ from actors import modeling, packed
 from actors.algo import clipped_value_loss
 from actors.protocol import TokenBatch, ValueBatch, row_chunks, to_device
 from actors.trained_role import TrainedRole, reduce_stats
+from common.imports import heavy_imports
 
 
 class ValueModel(torch.nn.Module):
@@ -45,7 +46,8 @@ def backbone_forward(model: ValueModel) -> packed.Forward:
 
 
 def load_value_model(path: str, dtype: str) -> ValueModel:
-    from transformers import AutoModel
+    with heavy_imports():  # Transformers' import, seconds of CPU: common/imports.py
+        from transformers import AutoModel
 
     folder = modeling.check_model_dir(path, need_tokenizer=False)
     backbone = AutoModel.from_pretrained(str(folder), dtype=modeling.DTYPES[dtype])

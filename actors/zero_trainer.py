@@ -39,6 +39,7 @@ from actors.threads import node_cores
 from actors.stop_flag import stop_flag
 from common.config import (Config, DataConfig, DeepSpeedConfig, DPOConfig, LoraConfig, ModelConfig, RewardModelConfig,
                            SFTConfig)
+from common.imports import heavy_imports
 from common.metrics import MetricsLogger
 
 log = logging.getLogger("rayalign.train")
@@ -124,7 +125,8 @@ class ZeroTrainer:
 
     # ---- setup -------------------------------------------------------------------------------------
     def setup(self) -> None:
-        from transformers import get_cosine_schedule_with_warmup
+        with heavy_imports():  # Transformers' first import in the worker (common/imports.py)
+            from transformers import get_cosine_schedule_with_warmup
 
         zero.init_distributed()
         self.rank, self.world = zero.rank_and_world()

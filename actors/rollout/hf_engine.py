@@ -21,7 +21,10 @@ from common.config import ModelConfig, RolloutConfig
 class HFRolloutEngine(Located):
     engine = "hf"
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32"):
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32",
+                 max_sequences: int | None = None):
+        """max_sequences: unused (vLLM's engine sizes its KV cache by it; generate here keeps no cache between
+        calls)."""
         from transformers import AutoTokenizer
 
         from actors.modeling import load_causal_lm

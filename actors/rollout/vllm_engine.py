@@ -14,6 +14,7 @@ import os
 import torch
 
 from actors.group import Located
+from actors.rollout.kv_cache import kv_cache_bytes
 from actors.rollout.sample import Sample, sample_seed
 from common.config import RolloutConfig
 from common.imports import heavy_imports
@@ -24,9 +25,13 @@ UNCHUNKED_TOKEN_BUDGET = 4096  # vLLM's own default budget of tokens per schedul
 class RolloutEngine(Located):
     engine = "vllm"
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32"):
-        # The config decides, not the worker default the runtime exports for every Ray worker (cluster/runtime.py).
-        os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(cfg.kv_cache_gib)
+    def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32",
+                 max_sequences: int | None = None):
+        """max_sequences: the most sequences one call sends this engine (sizes a CPU engine's KV cache when
+        cfg.kv_cache_fit; None: all of cfg.kv_cache_gib)."""
+        # The config decides, not the worker default the runtime exports for every Ray worker (cluster/runtime.py):
+        # vLLM's CPU platform would put that variable's whole GiB over the size passed below.
+        os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         with heavy_imports():  # vLLM's import, and the gc.collect() calls of its start-up (common/imports.py)
             from vllm import LLM
@@ -42,6 +47,9 @@ class RolloutEngine(Located):
             # A prompt the scheduler splits over two steps (chunked prefill, once a batch's prompts pass its token
             # budget) rewinds the request's seeded generator, which the CPU generator cannot do: vLLM 0.32 fails
             # with "CPU Generator does not use offset". Unchunked, such a prompt waits for the next step instead.
+            kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(model_path, dtype, max_model_len,
+                                                             max_sequences if cfg.kv_cache_fit else None,
+                                                             cfg.kv_cache_gib)
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(max_model_len, UNCHUNKED_TOKEN_BUDGET)
             # The engine runs eagerly (enforce_eager), but its sampler still torch.compiles the rank of each
@@ -138,7 +146,7 @@ class RolloutEngine(Located):
         return True
 
     def kv_cache_tokens(self) -> int:
-        """Tokens the engine's KV cache holds (blocks × block size): what ppo.rollout.kv_cache_gib buys on CPU."""
+        """Tokens the engine's KV cache holds (blocks × block size): what its KV-cache bytes buy on CPU."""
         cache = self.llm.llm_engine.vllm_config.cache_config
         return cache.num_gpu_blocks * cache.block_size
 

@@ -22,7 +22,12 @@ class RolloutConfig:
     max_new_tokens: int = param(64, "response length cap in tokens", gt=0)
     max_prompt_tokens: int = param(128, "prompts longer than this are truncated from the left", gt=0)
     gpu_memory_utilization: float = param(0.3, "vLLM share of GPU memory (CUDA engines)", gt=0.0, le=1.0)
-    kv_cache_gib: int = param(1, "vLLM KV-cache size on CPU engines (VLLM_CPU_KVCACHE_SPACE)", gt=0)
+    kv_cache_gib: int = param(1, "vLLM KV-cache size on CPU engines, GiB (VLLM_CPU_KVCACHE_SPACE); with kv_cache_fit "
+                                 "the most it may take", gt=0)
+    kv_cache_fit: bool = param(True, "CPU engines: reserve only the KV cache one rollout call can fill (the engine's "
+                                     "share of rollout_batch_size × samples_per_prompt, each at the longest episode; "
+                                     "at least 64 MiB, at most kv_cache_gib) instead of all of kv_cache_gib "
+                                     "(actors/rollout/kv_cache.py)")
     max_replacements: int = param(3, "dead engines replaced per run (in the same placement bundle, weights re-synced "
                                      "from the policy) before the job fails", ge=0)
 

@@ -67,15 +67,21 @@ def test_after_the_same_weight_sync_both_engines_stop_at_eos_alike(engines, prom
         assert torch.allclose(torch.tensor(a.response_logprobs), torch.tensor(b.response_logprobs), atol=1e-4)
 
 
-def test_the_kv_cache_size_follows_the_config(engines):
-    """ppo.rollout.kv_cache_gib reaches the engine, though every Ray worker starts with the runtime's default."""
+def test_the_kv_cache_holds_what_the_config_asks(engines):
+    """Unfitted (no max_sequences), the engine takes all of kv_cache_gib; fitted to 100 sequences of 256 tokens, room
+    for those and one more, whatever size the runtime exports to every Ray worker (VLLM_CPU_KVCACHE_SPACE=1) and
+    under a cap of 2 GiB. Hand computation: stories260K-hd32 stores 2 × 5 layers × 4 KV heads × 32 float32 numbers
+    per token, in blocks of 128 tokens on this build."""
     vllm, _ = engines
-    bigger = ray.remote(num_cpus=0.5)(RolloutEngine).remote(str(POLICY_PATH), RolloutConfig(kv_cache_gib=2), 0, 256)
+    per_token, block = 2 * 5 * 4 * 32 * 4, 128
+    fitted = ray.remote(num_cpus=0.5)(RolloutEngine).remote(str(POLICY_PATH), RolloutConfig(kv_cache_gib=2), 0, 256,
+                                                             "float32", 100)
     try:
-        one, two = ray.get(vllm.kv_cache_tokens.remote()), ray.get(bigger.kv_cache_tokens.remote())
+        whole, part = ray.get(vllm.kv_cache_tokens.remote()), ray.get(fitted.kv_cache_tokens.remote())
     finally:
-        ray.kill(bigger)
-    assert one > 0 and two == pytest.approx(2 * one, rel=1e-3)  # whole blocks: within one block of 2x
+        ray.kill(fitted)
+    assert whole == (1 << 30) // (per_token * block) * block
+    assert part == 101 * 256  # (100 + 1) sequences × 256 tokens: 132 MB, over the 64 MiB floor
 
 
 def test_a_batch_past_the_schedulers_token_budget_samples_with_its_seeds(engines, prompts):
