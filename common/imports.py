@@ -21,9 +21,12 @@ package depends on, needs them). Measured here: `from transformers import AutoMo
 paused takes 2.8-3.2 s with them and 2.1-2.2 s without; the vLLM engine's start (import and `LLM(...)`) 4.6-4.7 s
 with them and 3.9 s without. So a heavy import runs with them hidden (`sys.modules[name] = None`: Python's own way
 to mark a module absent; `importlib.util.find_spec` then answers None and an import raises ImportError), and they
-are unhidden afterwards, so later code that wants them imports them as usual. The consequence, named: in a process
-that hid them, Transformers' assisted decoding with `assistant_confidence_threshold` and its object-detection losses
-would fail (each checks for its package again when called, but never imported the function it calls).
+are unhidden afterwards, so later code that wants them imports them as usual. The consequence, named: what a module
+imported inside the window decided about them stays decided. In a process that hid them, Transformers' assisted
+decoding with `assistant_confidence_threshold` and its object-detection losses would fail (each checks for its
+package again when called, but never imported the function it calls), and vLLM's SciPy audio resampling
+(`vllm/multimodal/audio.py`, for audio-input models) is its "please install" placeholder. rayalign's models take
+token ids in and text out, so none of these runs here.
 """
 
 from __future__ import annotations
