@@ -75,7 +75,7 @@ def role_args(cfg: Config, start_model: str) -> dict[str, tuple]:
     # Room for the run report's greedy answers too, which may be longer than the rollouts.
     max_len = episode_tokens(ppo) + 8
     trained = (cfg.model, cfg.lora, cfg.deepspeed, ppo, start_model, seed)
-    per_engine = -(-ppo.rollout_batch_size * ppo.samples_per_prompt // ppo.rollout.num_engines)
+    per_engine = ppo.rollout_batch_size * ppo.samples_per_prompt // ppo.rollout.num_engines  # an even split (config)
     return {"rollout": (start_model, ppo.rollout, seed, max_len, cfg.model.dtype, per_engine),
             "policy": (*trained, threads["policy"]), "value": (*trained, threads["value"]),
             "reference": (cfg.model, ppo.rollout, start_model, threads["reference"], ppo.pack_sequences,

@@ -34,3 +34,16 @@ def test_fitted_bytes_hold_the_sequences_plus_one_in_whole_blocks_between_the_fl
 def test_an_engine_without_a_sequence_count_takes_the_whole_cap():
     assert kv_cache_bytes(str(POLICY_PATH), "float32", 184, None, 2) == 2 * GIB
     assert kv_cache_bytes(str(POLICY_PATH), "float32", 184, 100, 2) == 101 * 256 * 5120
+
+
+def test_each_engine_is_started_with_its_share_of_a_steps_sequences():
+    """role_args hands every engine the sequences one rollout call sends it: 8 prompts × 4 answers over 2 engines
+    (the config holds the split even)."""
+    from actors.ppo_roles import episode_tokens, role_args
+    from common.config import load_config
+    from tests.conftest import TINY_CPU
+
+    cfg = load_config(TINY_CPU, ["ppo.rollout_batch_size=8", "ppo.samples_per_prompt=4", "ppo.rollout.num_engines=2"])
+    model, rollout, seed, max_len, dtype, sequences = role_args(cfg, str(POLICY_PATH))["rollout"]
+    assert (sequences, max_len) == (16, episode_tokens(cfg.ppo) + 8)
+    assert rollout.kv_cache_fit and dtype == cfg.model.dtype
