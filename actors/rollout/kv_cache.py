@@ -20,10 +20,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from actors.modeling import DTYPES
+
 GIB = 1 << 30
 MIN_BYTES = 64 << 20  # a floor: small models get room to spare for the cost of zeroing 64 MiB (~13 ms)
 LARGEST_BLOCK = 256  # tokens per KV block of the CPU backends (128 on this build; 256 for some models)
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def bytes_per_token(config: dict, dtype: str) -> int | None:
@@ -37,7 +38,7 @@ def bytes_per_token(config: dict, dtype: str) -> int | None:
         return None
     kv_heads = text.get("num_key_value_heads") or heads
     head_dim = text.get("head_dim") or width // heads
-    return 2 * layers * kv_heads * head_dim * DTYPE_BYTES[dtype]
+    return 2 * layers * kv_heads * head_dim * DTYPES[dtype].itemsize
 
 
 def fitted_bytes(per_token: int | None, max_model_len: int, sequences: int, cap_gib: int) -> int:

@@ -44,12 +44,13 @@ class RolloutEngine(Located):
         if torch.cuda.is_available():
             kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         else:
-            # A prompt the scheduler splits over two steps (chunked prefill, once a batch's prompts pass its token
-            # budget) rewinds the request's seeded generator, which the CPU generator cannot do: vLLM 0.32 fails
-            # with "CPU Generator does not use offset". Unchunked, such a prompt waits for the next step instead.
+            # The KV cache one call can fill, or all of kv_cache_gib (actors/rollout/kv_cache.py).
             kwargs["kv_cache_memory_bytes"] = kv_cache_bytes(model_path, dtype, max_model_len,
                                                              max_sequences if cfg.kv_cache_fit else None,
                                                              cfg.kv_cache_gib)
+            # A prompt the scheduler splits over two steps (chunked prefill, once a batch's prompts pass its token
+            # budget) rewinds the request's seeded generator, which the CPU generator cannot do: vLLM 0.32 fails
+            # with "CPU Generator does not use offset". Unchunked, such a prompt waits for the next step instead.
             kwargs["enable_chunked_prefill"] = False
             kwargs["max_num_batched_tokens"] = max(max_model_len, UNCHUNKED_TOKEN_BUDGET)
             # The engine runs eagerly (enforce_eager), but its sampler still torch.compiles the rank of each
