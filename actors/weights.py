@@ -145,18 +145,21 @@ class PackedBucket:
     the buffers, no copies; an alias is a view of the same bytes as its source. Views of buffers from Ray's
     object store are read-only: copy from them, never into them."""
 
-    buffers: tuple[np.ndarray, ...]  # uint8, each one out-of-band buffer for Ray's pickler
+    # uint8: numpy arrays, each one out-of-band buffer for Ray's pickler; or tensors on the weights' device (the
+    # collective path, actors/weight_collective.py)
+    buffers: tuple[np.ndarray | torch.Tensor, ...]
     entries: tuple[tuple[str, int, int, str, tuple[int, ...]], ...]  # (name, buffer, byte offset, dtype name, shape)
 
     def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
         with warnings.catch_warnings():  # the store's buffers are read-only, and torch warns about that
             warnings.simplefilter("ignore", UserWarning)
-            flat = [torch.from_numpy(buffer) for buffer in self.buffers]
+            flat = [buffer if isinstance(buffer, torch.Tensor) else torch.from_numpy(buffer)
+                    for buffer in self.buffers]
         for name, index, offset, dtype_name, shape in self.entries:
             dtype = getattr(torch, dtype_name)
             nbytes = math.prod(shape) * dtype.itemsize
             if nbytes == 0:  # an empty slice cannot be viewed as a wider dtype
-                yield name, torch.empty(shape, dtype=dtype)
+                yield name, torch.empty(shape, dtype=dtype, device=flat[index].device)
                 continue
             yield name, flat[index][offset:offset + nbytes].view(dtype).view(shape)
 
@@ -180,11 +183,15 @@ class BucketPacker:
     of the tensor: ray.put makes the only copy. Any other tensor (a ZeRO-3 gather that ends when the stream
     advances, a GPU tensor) is copied into a host staging buffer that is reused from bucket to bucket and sync to
     sync: fresh memory would pay a page fault per 4 KiB (a 110 MB copy here runs at ~18 GB/s into warm memory,
-    ~2.4 GB/s into new). From a GPU the staging buffer is pinned memory."""
+    ~2.4 GB/s into new). From a GPU the staging buffer is pinned memory.
 
-    def __init__(self, bucket_bytes: int):
-        self.bucket_bytes = bucket_bytes
-        self._staging = torch.empty(0, dtype=torch.uint8)
+    With `device` (the collective path, actors/weight_collective.py), every tensor is staged, in a buffer on that
+    device, and each bucket holds that buffer as a tensor: one buffer per bucket to broadcast, and from a GPU no
+    trip through the host."""
+
+    def __init__(self, bucket_bytes: int, device: torch.device | None = None):
+        self.bucket_bytes, self.device = bucket_bytes, device
+        self._staging = torch.empty(0, dtype=torch.uint8, device=device)
 
     def pack(self, named: Iterator[tuple[str, torch.Tensor]], aliases: dict[str, tuple[str, ...]] | None = None,
              stable: bool = False) -> Iterator[PackedBucket]:
@@ -198,7 +205,7 @@ class BucketPacker:
         staged = size = 0  # bytes used in the staging buffer; bytes in the bucket (with alignment padding)
         for name, tensor in named:
             nbytes = tensor.numel() * tensor.element_size()
-            as_view = stable and not tensor.is_cuda
+            as_view = stable and not tensor.is_cuda and self.device is None
             padding = 0 if as_view else _aligned(staged) - staged
             if entries and size + padding + nbytes > self.bucket_bytes:
                 yield self._bucket(staged, own, entries)
@@ -219,12 +226,14 @@ class BucketPacker:
 
     def _bucket(self, staged: int, own: list[np.ndarray], entries: list) -> PackedBucket:
         """Buffer 0 is the used part of the staging buffer (possibly empty), then one buffer per stable tensor."""
-        return PackedBucket((self._staging[:staged].numpy(), *own), tuple(entries))
+        used = self._staging[:staged]
+        return PackedBucket((used if self.device is not None else used.numpy(), *own), tuple(entries))
 
     def _make_room(self, needed: int, used: int, pinned: bool) -> None:
+        pinned = pinned and self.device is None
         if self._staging.numel() >= needed and (not pinned or self._staging.is_pinned()):
             return
         size = max(needed, min(2 * self._staging.numel(), self.bucket_bytes))
-        grown = torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
+        grown = torch.empty(size, dtype=torch.uint8, device=self.device, pin_memory=pinned)
         grown[:used].copy_(self._staging[:used])
         self._staging = grown
