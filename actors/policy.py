@@ -194,10 +194,7 @@ class PolicyRole(TrainedRole):
         from actors.weights import BucketPacker, borrowed_hf_weights, hf_tied_aliases
 
         module = self.engine.module
-        if self.rank != 0:
-            if self.stage == 3:
-                for _ in borrowed_hf_weights(module, self.stage):
-                    pass
+        if self._only_gathers():
             return []
         packer = getattr(self, "_weight_packer", None)
         if packer is None or packer.bucket_bytes != bucket_mb * 2**20:
@@ -205,6 +202,48 @@ class PolicyRole(TrainedRole):
         # Below ZeRO-3 every weight outlives its bucket's put, so none is staged (BucketPacker, `stable`).
         packed = packer.pack(borrowed_hf_weights(module, self.stage), hf_tied_aliases(module), self.stage != 3)
         return [ray.put(bucket) for bucket in packed]
+
+    def _only_gathers(self) -> bool:
+        """Ranks other than 0 send nothing; under ZeRO-3 they take part in rank 0's gathers, weight by weight."""
+        from actors.weights import borrowed_hf_weights
+
+        if self.rank == 0:
+            return False
+        if self.stage == 3:
+            for _ in borrowed_hf_weights(self.engine.module, self.stage):
+                pass
+        return True
+
+    # ---- the collective path (ppo.weight_sync, actors/weight_collective.py) --------------------------------
+    def weight_group_address(self, timeout_s: float) -> tuple[str, int]:
+        """Rank 0: serve the weight-sync group's rendezvous; returns (address, port) for the engines."""
+        from actors.weight_collective import open_store
+
+        self._weight_store, address, port = open_store(timeout_s)
+        return address, port
+
+    def join_weight_group(self, world: int, backend: str, timeout_s: float, generation: int) -> int:
+        """Rank 0: form the weight-sync group with the engines (they join at the same time)."""
+        from actors.weight_collective import WeightGroup
+
+        self.weight_group = None  # the last group's sockets close before the new one forms
+        self.weight_group = WeightGroup(self._weight_store, 0, world, backend, timeout_s, generation)
+        return 0
+
+    def send_weights(self, bucket_mb: int) -> int:
+        """Broadcast the full (LoRA-merged) weights to the engines' group, bucket by bucket, each staged on the
+        group's device; returns the bytes sent (0 on the other ranks, which only take part in ZeRO-3's
+        gathers)."""
+        from actors.weights import BucketPacker, borrowed_hf_weights, hf_tied_aliases
+
+        module = self.engine.module
+        if self._only_gathers():
+            return 0
+        group = self.weight_group
+        packer = getattr(self, "_collective_packer", None)
+        if packer is None or packer.bucket_bytes != bucket_mb * 2**20 or packer.device != group.device:
+            packer = self._collective_packer = BucketPacker(bucket_mb * 2**20, group.device)  # staging kept warm
+        return group.send(packer.pack(borrowed_hf_weights(module, self.stage), hf_tied_aliases(module)))
 
     def export(self, target: str, tokenizer_path: str) -> str | None:
         """The current policy as a Hugging Face model folder (written atomically by rank 0)."""

@@ -10,7 +10,8 @@
     4 values     value actor (skipped by the critic-free estimators: grpo, rloo, reinforce_baseline)
     5 advantages mixed reward, per-token KL penalty, then GAE or a group baseline, whitening — pure functions
     6 train      policy and value ranks update in parallel (DeepSpeed ZeRO, ppo_epochs × mini-batches)
-    7 sync       new policy weights → every vLLM engine through the object store (no disk round trip)
+    7 sync       new policy weights → every vLLM engine through the object store or a broadcast group
+                 (ppo.weight_sync, actors/ppo_weight_sync.py; no disk round trip)
     8 monitor    metrics and training-health alarms
 
 The phases run from one ordered table (PHASES), which also names their timings. The actions the alarms call for
@@ -43,6 +44,7 @@ from actors.ppo_prompts import hold_out, load_prompts, prompts_for_extra_round, 
 from actors.ppo_roles import PPORoles, engine_callbacks, episode_tokens
 from actors.ppo_step import (Advantages, DynamicSampling, LogProbs, PendingRollout, Rollout, Scores, StepResult,
                              StepState, timed)
+from actors.ppo_weight_sync import WeightSync
 from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, shard
 from actors.rollout.sample import Sample, eval_draw, extra_round_draw, turn_draw
 from common.config import Config, resolve_path
@@ -68,6 +70,7 @@ class PPOLoop:
         self.metrics: MetricsLogger | None = None
         self.engine_version = 0  # the step whose policy update the rollout engines hold
         self.prefetched: PendingRollout | None = None  # ppo.async_rollouts: the next step's batch, being sampled
+        self.weight_sync: WeightSync | None = None  # phase 7's transport, once the roles are up
 
     # ---- start-up --------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -86,8 +89,9 @@ class PPOLoop:
                                              target=ppo.kl.target, horizon=ppo.kl.horizon)
         self.monitor = HealthMonitor(ppo.monitor)
         revive, replaced = engine_callbacks(self.roles, self.output_dir, ppo.sync_bucket_mb, lambda: self.step_index,
-                                            self.write_roster)
+                                            self.engines_changed)
         self.roles.start(cfg, start_model, revive, replaced)
+        self.weight_sync = WeightSync(self.roles, ppo)
         self.metrics = MetricsLogger(self.output_dir)
         self.resume()
         if self.step_index == 0:
@@ -100,6 +104,12 @@ class PPOLoop:
 
     def write_roster(self) -> Path:
         return self.roles.write_roster(self.output_dir, self.cfg)
+
+    def engines_changed(self) -> None:
+        """An engine was replaced: the roster names the new one, and a collective sync takes it into its group."""
+        self.write_roster()
+        if self.weight_sync is not None:
+            self.weight_sync.regroup()
 
     # ---- the step --------------------------------------------------------------------------------------
     def step(self, step: int) -> StepResult:
@@ -115,6 +125,8 @@ class PPOLoop:
         if self.eval_prompts and (step % self.cfg.ppo.eval_every == 0 or step == self.cfg.ppo.steps):
             with timed(state.timings, "eval"):
                 result.metrics.update(self.evaluate(step))
+        # 1 when phase 7 broadcast over the weight-sync group, 0 through the object store (by choice or fallback).
+        result.metrics["sync/collective"] = float(self.weight_sync.last_collective)
         result.metrics.update({f"time/{name}": seconds for name, seconds in state.timings.items()})
         result.metrics["time/step"] = sum(state.timings.values())
         return result
@@ -333,9 +345,7 @@ class PPOLoop:
 
     def sync_weights(self) -> int:
         """The policy's current weights into every rollout engine; returns tensors loaded per engine."""
-        buckets = [ref for rank_refs in self.roles.policy.call("weight_buckets", self.cfg.ppo.sync_bucket_mb)
-                   for ref in rank_refs]
-        return self.roles.rollout.call("load_weights", *buckets)[0]
+        return self.weight_sync()
 
     # 8
     def monitor_phase(self, s: StepState) -> StepResult:

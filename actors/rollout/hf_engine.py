@@ -15,10 +15,11 @@ import torch
 from actors.algo.sampling import GREEDY_BELOW, process_next_token_logits
 from actors.group import Located
 from actors.rollout.sample import Sample, sample_seed
+from actors.weight_collective import WeightReceiver
 from common.config import ModelConfig, RolloutConfig
 
 
-class HFRolloutEngine(Located):
+class HFRolloutEngine(WeightReceiver, Located):
     engine = "hf"
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32",

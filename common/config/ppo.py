@@ -221,6 +221,16 @@ class PPOConfig:
                                       "where the model gives other outputs)")
     sync_bucket_mb: int = param(64, "weight-sync bucket size: parameters are gathered and sent this many MB "
                                     "at a time", gt=0)
+    weight_sync: Literal["auto", "object_store", "collective"] = param(
+        "auto", "how phase 7 moves the policy's weights into the rollout engines: object_store (policy rank 0 puts "
+                "packed buckets in Ray's object store, each engine reads them; on one node, shared memory read "
+                "in place), collective (rank 0 broadcasts them to every engine over a process group of their own: "
+                "NCCL between GPUs, gloo between CPUs), or auto: collective where every role has whole GPUs "
+                "(gpus_per_actor >= 1), else the object store. A collective sync that fails (a dead engine) is "
+                "redone through the object store, the named fallback, and the group is formed again")
+    weight_sync_timeout_s: float = param(300.0, "seconds a collective weight-sync operation may wait for its "
+                                                "peers before failing (and falling back to the object store)",
+                                         gt=0)
     max_nan_steps: int = param(3, "stop after this many consecutive steps skipped for a NaN/Inf loss", gt=0)
     max_restarts: int = param(2, "times one job restarts every role from the last checkpoint after a policy or "
                                  "value rank dies (their optimizer state lives in one process group)", ge=0)
@@ -312,6 +322,10 @@ class PPOConfig:
                               f"eval_every too")
         if "{prompt}" not in self.prompt_template:
             raise ConfigError("prompt_template must contain {prompt}")
+        if self.weight_sync == "collective" and 0 < self.gpus_per_actor < 1:
+            raise ConfigError(f"weight_sync=collective broadcasts over NCCL, which needs a GPU of its own per member; "
+                              f"gpus_per_actor={self.gpus_per_actor} shares GPUs: set weight_sync=object_store or "
+                              "auto")
         unknown = sorted(set(self.role_threads) - set(THREADED_ROLES))
         if unknown or any(n < 1 for n in self.role_threads.values()):
             raise ConfigError(f"role_threads takes positive thread counts for {list(THREADED_ROLES)}, got "

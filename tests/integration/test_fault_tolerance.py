@@ -104,8 +104,9 @@ def warnings_of(logger: str):
 @pytest.fixture(scope="module")
 def sabotaged(ray_session, tmp_path_factory):
     root = tmp_path_factory.mktemp("sabotaged")
+    # The collective weight sync (a gloo group), so that the dead engine also tests its fallback and regrouping.
     cfg = load_config(TINY_CPU, [f"run.output_root={root}", *TINY, f"ppo.steps={STEPS}",
-                                 f"ppo.save_every={SAVE_EVERY}", "ppo.policy_workers=2"])
+                                 f"ppo.save_every={SAVE_EVERY}", "ppo.policy_workers=2", "ppo.weight_sync=collective"])
     out = cfg.run.output_dir("ppo")
     saboteur = Saboteur(out)
     saboteur.start()
@@ -133,6 +134,10 @@ def test_dead_engine_was_replaced_without_restarting_the_run(sabotaged):
     assert [(f["rank"], f["step"]) for f in replaced] == [(0, 2)]
     assert "rollout rank 0 died" in replaced[0]["reason"]
     assert all(f["step"] > 2 for f in read_faults(out) if f["event"] == "restart")
+    # Every sync went over the broadcast group, but step 2's when the engine died in it (the object-store
+    # fallback): the group formed again with the replacement.
+    collective = {row["step"]: row["sync/collective"] for row in read_jsonl(out / "metrics.jsonl")}
+    assert all(collective[step] == 1.0 for step in range(1, STEPS + 1) if step != 2), collective
 
 
 def test_crashed_reference_came_back_in_a_new_process_by_itself(sabotaged):

@@ -3,6 +3,8 @@ policy update, NaN steps skipped, and a dead role named in the error."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from actors.group import RoleGroup
 from actors.modeling import load_tokenizer
 from actors.policy import PolicyRole
 from actors.ppo_roles import role_args
+from actors.ppo_weight_sync import WeightSync
 from actors.protocol import PolicyBatch, TokenBatch
 from actors.rollout.engines import rollout_engine_class
 from cluster.placement import RoleResources, release, reserve
@@ -231,6 +234,14 @@ def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora)
     after = engine_logprobs()
     assert torch.allclose(after, policy_logprobs(), atol=1e-4)
     assert (after - before).abs().max() > 1e-3
+    # The collective path (ppo.weight_sync=collective: a gloo group here, NCCL between GPUs) after a second update.
+    update(policy, batch)
+    sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
+                      ppo_config(*overrides, "ppo.weight_sync=collective").ppo)
+    assert sync() > 0 and (sync.generation, sync.last_collective, sync.fallbacks) == (1, True, 0)
+    broadcast = engine_logprobs()
+    assert torch.allclose(broadcast, policy_logprobs(), atol=1e-4)
+    assert (broadcast - after).abs().max() > 1e-3
     engine.kill()
     with pytest.raises(RoleFailure, match="rollout rank 0 died during sequence_logprobs"):
         engine_logprobs()
