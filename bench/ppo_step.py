@@ -1,7 +1,8 @@
 """PPO speed on this machine, each figure next to a baseline measured in the same run. Not a test.
 
     .venv/bin/python bench/ppo_step.py [--steps 6] [--batch 64] [--new-tokens 64] [--sync-sizes 0.4,8,32]
-                                       [--sync-engines vllm,hf] [--sections rollout,step,sync]
+                                       [--sync-engines vllm,hf] [--sync-transports object_store,collective]
+                                       [--sections rollout,step,sync]
 
 1. rollout: tokens/s of the vLLM engine actor vs Hugging Face `generate` (same model, batch, sampling
    settings, max new tokens; both in a Ray actor with one CPU) → ratio.
@@ -10,7 +11,8 @@
 3. sync: weight gather + push into a running rollout engine (vLLM, and the Hugging Face engine for the
    transport's own cost) vs parameter count (random Llama models built in code, no download), as seconds,
    effective GB/s (model bytes / seconds) and share of the one-thread memory-copy bandwidth measured in the
-   same run.
+   same run; through Ray's object store and over the collective path (ppo.weight_sync=collective: a gloo
+   broadcast group here).
 Writes bench/results/ppo_step.json.
 """
 
@@ -22,6 +24,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -123,7 +126,7 @@ def copy_bandwidth(nbytes: int = 110_000_000, reps: int = 7) -> float:
 
 
 def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, reps: int = 5, warmup: int = 3,
-               pause_s: float = 0.5) -> list[dict]:
+               pause_s: float = 0.5, transports: tuple[str, ...] = ("object_store", "collective")) -> list[dict]:
     """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one rollout engine: the sync
     phase's two calls (weight_buckets on the policy: gather, pack, ray.put; load_weights on the engine), timed
     apart, medians of `reps` after `warmup` syncs. The first syncs write into object-store memory the policy has
@@ -133,12 +136,17 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
 
     engine "vllm" loads through vLLM's reload_weights, which on CPU repacks every linear weight into oneDNN's
     blocked layout; "hf" (the Hugging Face engine) copies each weight into its parameter, so its figure is the
-    transport's own cost plus one copy."""
+    transport's own cost plus one copy.
+
+    transport "collective" times the whole sync over a gloo group (actors/ppo_weight_sync.py: the policy stages
+    each bucket and broadcasts it, the engine receives and loads); its sends and loads overlap, so it has no
+    policy/engine split. The group forms before the timed syncs (the run forms it once, at its first sync)."""
     from dataclasses import replace
 
     from actors.group import RoleGroup
     from actors.policy import PolicyRole
     from actors.ppo_roles import role_args
+    from actors.ppo_weight_sync import WeightSync
     from actors.rollout.hf_engine import HFRolloutEngine
     from actors.rollout.vllm_engine import RolloutEngine
     from cluster.placement import RoleResources, release, reserve
@@ -165,23 +173,35 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                 engine = RoleGroup("rollout", engine_classes[name], 1, group, index["rollout"], 1.0, 0,
                                    (path, cfg.ppo.rollout, 0, 256, cfg.model.dtype))
                 engine.call_rank0("ping")  # the engine has started: its start-up is not sync time
-                policy_s, engine_s = [], []
-                for _ in range(warmup + reps):
-                    time.sleep(pause_s)
-                    started = time.perf_counter()
-                    refs = policy.call_rank0("weight_buckets", cfg.ppo.sync_bucket_mb)
-                    packed = time.perf_counter()
-                    engine.call_rank0("load_weights", *refs)
-                    policy_s.append(packed - started)
-                    engine_s.append(time.perf_counter() - packed)
-                    del refs
+                for transport in transports:
+                    if transport == "collective":
+                        sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
+                                          replace(cfg.ppo, weight_sync="collective"))
+                        sync.form_group()
+                    policy_s, engine_s = [], []
+                    for _ in range(warmup + reps):
+                        time.sleep(pause_s)
+                        started = time.perf_counter()
+                        if transport == "collective":
+                            sync()
+                            policy_s.append(time.perf_counter() - started)
+                            engine_s.append(0.0)
+                            continue
+                        refs = policy.call_rank0("weight_buckets", cfg.ppo.sync_bucket_mb)
+                        packed = time.perf_counter()
+                        engine.call_rank0("load_weights", *refs)
+                        policy_s.append(packed - started)
+                        engine_s.append(time.perf_counter() - packed)
+                        del refs
+                    policy_s, engine_s = policy_s[warmup:], engine_s[warmup:]
+                    total = [p + e for p, e in zip(policy_s, engine_s)]
+                    seconds = statistics.median(total)
+                    split = {} if transport == "collective" else {"policy_s": statistics.median(policy_s),
+                                                                  "engine_s": statistics.median(engine_s)}
+                    rows.append({"engine": name, "transport": transport, "params": params, "bytes": nbytes,
+                                 "seconds": seconds, **split, "gb_per_s": nbytes / seconds / 1e9,
+                                 "copy_share": nbytes / seconds / 1e9 / copy_gb_s})
                 engine.kill()
-                policy_s, engine_s = policy_s[warmup:], engine_s[warmup:]
-                total = [p + e for p, e in zip(policy_s, engine_s)]
-                seconds = statistics.median(total)
-                rows.append({"engine": name, "params": params, "bytes": nbytes, "seconds": seconds,
-                             "policy_s": statistics.median(policy_s), "engine_s": statistics.median(engine_s),
-                             "gb_per_s": nbytes / seconds / 1e9, "copy_share": nbytes / seconds / 1e9 / copy_gb_s})
             policy.kill()
             release(group)
     return rows
@@ -197,6 +217,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--sync-sizes", default="0.4,8,32", help="parameter counts in millions (0.4, 8, 32, 100)")
     parser.add_argument("--sync-engines", default="vllm,hf", help="rollout engines the sync loads into")
+    parser.add_argument("--sync-transports", default="object_store,collective",
+                        help="how the sync moves the weights (ppo.weight_sync): Ray's object store, a gloo group")
     parser.add_argument("--sections", default="rollout,step,sync",
                         help="which sections to run; the others keep their last results in the JSON")
     args = parser.parse_args()
@@ -220,13 +242,15 @@ def main() -> None:
     if "sync" in sections:
         results["copy_gb_per_s"] = copy_bandwidth()
         results["sync"] = bench_sync(cfg, [float(s) for s in args.sync_sizes.split(",")],
-                                     args.sync_engines.split(","), results["copy_gb_per_s"])
+                                     args.sync_engines.split(","), results["copy_gb_per_s"],
+                                     transports=tuple(args.sync_transports.split(",")))
         print(f"weight sync (policy: gather + pack + put; engine: load) vs one-thread copy "
               f"{results['copy_gb_per_s']:.1f} GB/s:")
         for row in results["sync"]:
-            print(f"  {row['engine']:<4} {row['params'] / 1e6:7.2f} M params  {row['seconds']:7.3f} s (policy "
-                  f"{row['policy_s']:.3f}, engine {row['engine_s']:.3f})  {row['gb_per_s']:6.2f} GB/s  "
-                  f"{100 * row['copy_share']:5.1f}% of copy")
+            split = f" (policy {row['policy_s']:.3f}, engine {row['engine_s']:.3f})" if "policy_s" in row else ""
+            print(f"  {row['engine']:<4} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
+                  f"{row['seconds']:7.3f} s{split}  {row['gb_per_s']:6.2f} GB/s  {100 * row['copy_share']:5.1f}% "
+                  "of copy")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 
