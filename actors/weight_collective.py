@@ -55,6 +55,9 @@ class WeightGroup:
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timeout
             self.group = dist.ProcessGroupNCCL(prefixed, rank, world, options)
+            # As vLLM's stateless NCCL groups do (vllm/platforms/cuda.py) for every torch version they support:
+            # init_process_group would set the group's collective sequence number, and nothing else does here.
+            self.group._set_sequence_number_for_group()
         self._received: list[torch.Tensor] = []  # an engine's receive buffers, one per bucket, kept warm
 
     @classmethod
