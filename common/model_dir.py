@@ -4,6 +4,7 @@ refuse a wrong path before Ray starts."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from common.errors import ModelDirError
@@ -40,3 +41,40 @@ def context_length(folder: str | Path) -> int | None:
     """The model's context in tokens from its config.json, or None when the config names none."""
     config = json.loads((Path(folder) / "config.json").read_text())
     return next((config[key] for key in CONTEXT_KEYS if isinstance(config.get(key), int)), None)
+
+
+@dataclass(frozen=True)
+class TextShape:
+    """The text model's attention shape, as a Hugging Face config.json gives it."""
+
+    layers: int
+    hidden: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+
+    def kv_bytes_per_token(self, itemsize: float) -> float:
+        """KV-cache bytes one token takes: a key and a value of head_dim numbers per KV head per layer."""
+        return kv_bytes_per_token(self.layers, self.kv_heads, self.head_dim, itemsize)
+
+
+def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, itemsize: float) -> float:
+    return 2 * layers * kv_heads * head_dim * itemsize
+
+
+def text_config(config: dict) -> dict:
+    """The text model's part of a config.json (a multimodal model nests it under text_config)."""
+    return config.get("text_config") or config
+
+
+def text_shape(config: dict) -> TextShape | None:
+    """Layers, width and heads from a config.json under Llama-style or GPT-2-style names, its text model's for a
+    multimodal one; None when it does not name its layers, heads and width (or head_dim)."""
+    text = text_config(config)
+    layers = text.get("num_hidden_layers", text.get("n_layer"))
+    heads = text.get("num_attention_heads", text.get("n_head"))
+    width = text.get("hidden_size", text.get("n_embd"))
+    if not (layers and heads and (width or text.get("head_dim"))):
+        return None
+    head_dim = text.get("head_dim") or width // heads
+    return TextShape(layers, width or heads * head_dim, heads, text.get("num_key_value_heads") or heads, head_dim)

@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 
 from actors.modeling import DTYPES
+from common.model_dir import text_shape
 
 GIB = 1 << 30
 MIN_BYTES = 64 << 20  # a floor: small models get room to spare for the cost of zeroing 64 MiB (~13 ms)
@@ -30,15 +31,8 @@ LARGEST_BLOCK = 256  # tokens per KV block of the CPU backends (128 on this buil
 def bytes_per_token(config: dict, dtype: str) -> int | None:
     """KV-cache bytes one token takes in every attention layer, from a Hugging Face config.json (its text model's
     for a multimodal one); None when the config does not name its layers, heads and width."""
-    text = config.get("text_config") or config
-    layers = text.get("num_hidden_layers", text.get("n_layer"))
-    heads = text.get("num_attention_heads", text.get("n_head"))
-    width = text.get("hidden_size", text.get("n_embd"))
-    if not (layers and heads and (width or text.get("head_dim"))):
-        return None
-    kv_heads = text.get("num_key_value_heads") or heads
-    head_dim = text.get("head_dim") or width // heads
-    return 2 * layers * kv_heads * head_dim * DTYPES[dtype].itemsize
+    shape = text_shape(config)
+    return None if shape is None else int(shape.kv_bytes_per_token(DTYPES[dtype].itemsize))
 
 
 def fitted_bytes(per_token: int | None, max_model_len: int, sequences: int, cap_gib: int) -> int:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from common.config import Config
 from common.errors import ConfigError
 from common.families import DEFAULT_FAMILY, lora_targets
-from common.model_dir import check_model_dir
+from common.model_dir import check_model_dir, kv_bytes_per_token, text_config, text_shape
 
 GIB = 2 ** 30
 WEIGHT_BYTES = {"float32": 4.0, "bfloat16": 2.0, "float16": 2.0, "int8": 1.0, "4bit": 0.5}
@@ -101,11 +101,14 @@ def shape_from_checkpoint(path: str) -> ModelShape:
 
     folder = check_model_dir(path, need_tokenizer=False)
     config = json.loads((folder / "config.json").read_text())
-    heads = config["num_attention_heads"]
-    return ModelShape(float(parameter_count_on_disk(folder)), config["num_hidden_layers"], config["hidden_size"], heads,
-                      config.get("num_key_value_heads") or heads,
-                      config.get("head_dim") or config["hidden_size"] // heads, config["vocab_size"],
-                      config["intermediate_size"])
+    shape, text = text_shape(config), text_config(config)
+    if shape is None or "vocab_size" not in text:
+        raise ConfigError(f"{folder / 'config.json'} does not give the model's layers, heads, width and vocabulary "
+                          "(Llama-style or GPT-2-style names); pass --model-size or set model.size_b")
+    # GPT-2-style configs name the MLP width n_inner, null for the usual 4 × width.
+    intermediate = text.get("intermediate_size") or text.get("n_inner") or 4 * shape.hidden
+    return ModelShape(float(parameter_count_on_disk(folder)), shape.layers, shape.hidden, shape.heads, shape.kv_heads,
+                      shape.head_dim, text["vocab_size"], intermediate)
 
 
 def model_shape(cfg: Config, size: str | None) -> ModelShape:
@@ -185,5 +188,5 @@ def inference_memory(cfg: Config, shape: ModelShape, sequences: int, tokens: int
 def rollout_memory(cfg: Config, shape: ModelShape, sequences: int, tokens: int) -> Memory:
     """A vLLM engine: weights in the model dtype (it does not load bitsandbytes) plus the KV cache."""
     w = WEIGHT_BYTES[cfg.model.dtype]
-    kv = sequences * tokens * 2 * shape.layers * shape.kv_heads * shape.head_dim * w
+    kv = sequences * tokens * kv_bytes_per_token(shape.layers, shape.kv_heads, shape.head_dim, w)
     return Memory(parameters=shape.params * w, kv_cache=kv)

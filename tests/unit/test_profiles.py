@@ -40,6 +40,29 @@ def test_lora_counts_match_the_shapes():
         lora_trainable(tiny, 8, ["query"])
 
 
+def test_a_gpt2_style_checkpoint_gives_its_shape_and_a_config_without_one_is_refused(tmp_path):
+    """The planner reads a checkpoint's shape through the same reader as the rollout engine's KV-cache sizing
+    (common/model_dir.text_shape): GPT-2 names too, the MLP width 4 × n_embd when n_inner is null."""
+    import json
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_layer=3, n_head=4, n_embd=64, vocab_size=120, n_positions=32)).save_pretrained(
+        tmp_path / "gpt2")
+    shape = shape_from_checkpoint(str(tmp_path / "gpt2"))
+    # wte 120×64 + wpe 32×64 + 3 blocks × (2 norms 2×64, attention 64×192+192 and 64×64+64, MLP 64×256+256 and
+    # 256×64+64) + final norm 2×64; the tied output head is not counted twice.
+    block = 2 * 128 + (64 * 192 + 192) + (64 * 64 + 64) + (64 * 256 + 256) + (256 * 64 + 64)
+    assert shape.params == 120 * 64 + 32 * 64 + 3 * block + 128
+    assert (shape.layers, shape.hidden, shape.heads, shape.kv_heads, shape.head_dim, shape.vocab,
+            shape.intermediate) == (3, 64, 4, 4, 16, 120, 256)
+    config = json.loads((tmp_path / "gpt2" / "config.json").read_text())
+    del config["n_layer"]
+    (tmp_path / "gpt2" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ConfigError, match="does not give the model's layers, heads, width and vocabulary"):
+        shape_from_checkpoint(str(tmp_path / "gpt2"))
+
+
 def test_7b_int8_lora_dpo_on_4xa100_by_hand():
     result = make_plan(load_profile("4xa100"), "7B")
     policy = role(result, "dpo", "policy")
