@@ -92,6 +92,7 @@ class PPOLoop:
                                             self.engines_changed)
         self.roles.start(cfg, start_model, revive, replaced)
         self.weight_sync = WeightSync(self.roles, ppo)
+        self.weight_sync.prepare()
         self.metrics = MetricsLogger(self.output_dir)
         self.resume()
         if self.step_index == 0:

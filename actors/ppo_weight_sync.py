@@ -4,7 +4,7 @@ store or broadcast over a group of their own (actors/weight_collective.py).
     object_store  policy rank 0 packs buckets into the store (actors/weights.py); each engine reads them, on one
                   node as views of shared memory. Also the named fallback of the collective path.
     collective    rank 0 broadcasts the buckets to every engine at once: NCCL between GPUs, gloo between CPUs.
-                  The group forms at the first sync. A sync that fails (an engine died) is redone through the
+                  The group forms once the roles are up. A sync that fails (an engine died) is redone through the
                   object store, which replaces the dead engine (actors/fault.py), and the group forms again,
                   with the new engine, at the next sync. A group that cannot form at all sends the whole run
                   through the object store.
@@ -48,17 +48,23 @@ class WeightSync:
             return "Ray's object store"
         return f"{self.backend} broadcast from policy rank 0 to {len(self.roles.rollout)} engine(s)"
 
+    def prepare(self) -> None:
+        """Form the group (collective only) while the roles are up and idle: at a later sync, an engine sampling
+        the next batch (ppo.async_rollouts) would join only once its rollout is done."""
+        if self.transport != "collective" or self.formed:
+            return
+        try:
+            self.form_group()
+        except RoleFailure as failure:
+            # A group that cannot form (a firewall, NCCL refusing the GPUs) would fail the same way, after the
+            # same wait, at every step: the run goes on through the object store.
+            self.transport = "object_store"
+            log.warning("the weight-sync group could not form (%s); every sync of this run goes through Ray's "
+                        "object store (the fallback)", failure)
+
     def __call__(self) -> int:
         """Sync once; returns the tensors each engine loaded."""
-        if self.transport == "collective" and not self.formed:
-            try:
-                self.form_group()
-            except RoleFailure as failure:
-                # A group that cannot form (a firewall, NCCL refusing the GPUs) would fail the same way, after
-                # the same wait, at every step: the run goes on through the object store.
-                self.transport = "object_store"
-                log.warning("the weight-sync group could not form (%s); every sync of this run goes through Ray's "
-                            "object store (the fallback)", failure)
+        self.prepare()
         if self.transport == "collective":
             try:
                 loaded = self._broadcast()

@@ -140,7 +140,7 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
 
     transport "collective" times the whole sync over a gloo group (actors/ppo_weight_sync.py: the policy stages
     each bucket and broadcasts it, the engine receives and loads); its sends and loads overlap, so it has no
-    policy/engine split. The group forms before the timed syncs (the run forms it once, at its first sync)."""
+    policy/engine split. The group forms before the timed syncs, as a run forms it once its roles are up."""
     from dataclasses import replace
 
     from actors.group import RoleGroup
@@ -177,7 +177,7 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                     if transport == "collective":
                         sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
                                           replace(cfg.ppo, weight_sync="collective"))
-                        sync.form_group()
+                        sync.prepare()
                     policy_s, engine_s = [], []
                     for _ in range(warmup + reps):
                         time.sleep(pause_s)

@@ -228,9 +228,10 @@ class PPOConfig:
                 "NCCL between GPUs, gloo between CPUs), or auto: collective where every role has whole GPUs "
                 "(gpus_per_actor >= 1), else the object store. A collective sync that fails (a dead engine) is "
                 "redone through the object store, the named fallback, and the group is formed again")
-    weight_sync_timeout_s: float = param(300.0, "seconds a collective weight-sync operation may wait for its "
-                                                "peers before failing (and falling back to the object store)",
-                                         gt=0)
+    weight_sync_timeout_s: float = param(1800.0, "seconds a collective weight sync may wait for its peers before "
+                                                 "failing (and falling back to the object store); with "
+                                                 "async_rollouts an engine joins a sync only once the rollout it "
+                                                 "is sampling is done, so this bounds a rollout too", gt=0)
     max_nan_steps: int = param(3, "stop after this many consecutive steps skipped for a NaN/Inf loss", gt=0)
     max_restarts: int = param(2, "times one job restarts every role from the last checkpoint after a policy or "
                                  "value rank dies (their optimizer state lives in one process group)", ge=0)
