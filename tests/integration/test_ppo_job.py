@@ -135,8 +135,10 @@ def test_grpo_run_resumes_from_its_last_checkpoint(grpo):
     assert "eval/rm_mean" in longer[-1]  # the last step is always evaluated
 
 
+# Over the collective weight sync (a gloo group): its broadcast waits for an engine still sampling the next batch.
 ASYNC = ["ppo.async_rollouts=1", "ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.rollout_batch_size=8",
-         "ppo.ppo_epochs=1", "ppo.rollout.max_new_tokens=12", "ppo.steps=4", "ppo.save_every=2"]
+         "ppo.ppo_epochs=1", "ppo.rollout.max_new_tokens=12", "ppo.steps=4", "ppo.save_every=2",
+         "ppo.weight_sync=collective"]
 
 
 def test_overlapped_rollouts_train_one_update_behind_and_resume_without_losing_a_step(ray_session, tmp_path):
@@ -153,6 +155,7 @@ def test_overlapped_rollouts_train_one_update_behind_and_resume_without_losing_a
     _, longer = ppo_rows(tmp_path, *ASYNC, "ppo.steps=6")
     assert [r["step"] for r in longer] == [1, 2, 3, 4, 5, 6] and longer[:4] == rows
     assert [r["rollout/staleness"] for r in longer[4:]] == [0.0, 1.0]
+    assert [r["sync/collective"] for r in longer] == [1.0] * 6
 
 
 def test_repeated_nan_steps_stop_the_run(tmp_path):
