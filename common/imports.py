@@ -27,6 +27,11 @@ decoding with `assistant_confidence_threshold` and its object-detection losses w
 package again when called, but never imported the function it calls), and vLLM's SciPy audio resampling
 (`vllm/multimodal/audio.py`, for audio-input models) is its "please install" placeholder. rayalign's models take
 token ids in and text out, so none of these runs here.
+
+The other way round, too: Transformers decides once, when `transformers.utils.import_utils` loads, whether the
+packages are there, and imports them later, lazily, in the modules that use them. A process that loaded it outside
+a window (a plug-in, a notebook) has decided they are there, so a later window does not hide them: hidden, the
+lazy import of `transformers.loss` inside that window would fail ("'scipy' is not a package").
 """
 
 from __future__ import annotations
@@ -37,13 +42,19 @@ import importlib
 import sys
 
 UNUSED_OPTIONAL = ("sklearn", "scipy")  # imported by Transformers for features rayalign never uses (see above)
+DECIDER = "transformers.utils.import_utils"  # where Transformers decides, once, which optional packages exist
+_decided_hidden = False  # whether DECIDER loaded inside a window, with UNUSED_OPTIONAL hidden
 
 
 @contextlib.contextmanager
 def heavy_imports():
-    """Run the block with the collector off and UNUSED_OPTIONAL hidden (those not already imported), then freeze
-    every object that exists and unhide them. Nested uses leave the collector as the outermost found it."""
-    hidden = [name for name in UNUSED_OPTIONAL if name not in sys.modules]
+    """Run the block with the collector off and UNUSED_OPTIONAL hidden (those not already imported, unless
+    Transformers saw them outside a window), then freeze every object that exists and unhide them. Nested uses
+    leave the collector as the outermost found it."""
+    global _decided_hidden
+    decided_before = DECIDER in sys.modules
+    hide = not decided_before or _decided_hidden
+    hidden = [name for name in UNUSED_OPTIONAL if name not in sys.modules] if hide else []
     for name in hidden:
         sys.modules[name] = None
     enabled = gc.isenabled()
@@ -51,6 +62,8 @@ def heavy_imports():
     try:
         yield
     finally:
+        if not decided_before and DECIDER in sys.modules:
+            _decided_hidden = bool(hidden)
         for name in hidden:
             if name in sys.modules and sys.modules[name] is None:
                 del sys.modules[name]

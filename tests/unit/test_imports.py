@@ -74,3 +74,30 @@ def test_transformers_loads_without_scikit_learn_and_scipy_which_import_as_usual
     ])
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "False", "False", "True"]
+
+
+def test_a_transformers_that_saw_scipy_outside_a_window_keeps_it_inside_one():
+    """Transformers loaded outside a window has decided SciPy is there; a later window must not hide it, or the lazy
+    import of its object-detection loss fails. Loaded inside one, it decided SciPy is absent, and later windows
+    keep hiding it. Fresh interpreters: this one has imported Transformers already."""
+    import subprocess
+
+    outside = "\n".join([
+        "import sys, transformers",
+        "from common.imports import heavy_imports",
+        "with heavy_imports():",
+        "    import transformers.loss.loss_for_object_detection",
+        "print('scipy' in sys.modules)",
+    ])
+    inside = "\n".join([
+        "import importlib.util",
+        "from common.imports import heavy_imports",
+        "with heavy_imports():",
+        "    import transformers.utils.import_utils",
+        "with heavy_imports():",
+        "    print(importlib.util.find_spec('scipy') is None)",
+    ])
+    for probe, expected in ((outside, "True"), (inside, "True")):
+        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-1500:]
+        assert done.stdout.split() == [expected]
