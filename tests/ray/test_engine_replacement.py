@@ -1,6 +1,7 @@
 """A vLLM engine killed mid-run is replaced in its placement bundle and re-synced from the policy: the
 replacement answers the interrupted call with the trained weights, not the starting ones; past
-rollout.max_replacements the death is reported like any other."""
+rollout.max_replacements the death is reported like any other. Over the collective weight sync, a sync the
+dead engine was part of falls back to the object store, and the next one forms a new group with the replacement."""
 
 from __future__ import annotations
 
@@ -68,6 +69,55 @@ def test_dead_engine_is_replaced_and_resynced_then_the_limit_holds(ray_session, 
         ray.kill(roles.rollout.actors[0])
         with pytest.raises(RoleFailure, match="rollout rank 0 died during sequence_logprobs"):
             engine_logprobs()
+    finally:
+        roles.rollout.kill()
+        release(group)
+        dispose(policy)
+
+
+def test_a_collective_sync_an_engine_died_in_falls_back_and_the_next_one_regroups(ray_session, batch,  # noqa: F811
+                                                                                   tmp_path):
+    """ppo.weight_sync=collective (a gloo group): the engine dies between syncs; the next sync's broadcast fails at
+    once for every member, is redone through the object store (which replaces the engine), and the sync after
+    forms a new group with the replacement and broadcasts over it. Every sync leaves the engine with the policy's
+    weights."""
+    from actors.ppo_weight_sync import WeightSync
+
+    cfg = ppo_config("ppo.weight_sync=collective")
+    policy = policy_group(cfg, 1)
+    group, index = reserve([RoleResources("rollout", 1, cpus=0.5)])
+    roles = SimpleNamespace(policy=policy, rollout=None)
+    sync: list[WeightSync] = []
+    revive, replaced = engine_callbacks(roles, tmp_path, 64, lambda: 1, lambda: sync[0].regroup())
+    roles.rollout = engine_group(revive, replaced, 1)(
+        "rollout", rollout_engine_class(cfg.ppo.rollout), 1, group, index["rollout"], 0.5, 0,
+        (str(POLICY_PATH), cfg.ppo.rollout, 0, 256), name_prefix="regroup-test")
+    tokens = batch.input_ids[:1], batch.attention_mask[:1], batch.action_mask[:1]
+    n, start = int(tokens[1].sum()), int(tokens[2][0].nonzero()[0]) + 1
+    prompt, response = tokens[0][0, :start].tolist(), tokens[0][0, start:n].tolist()
+
+    def engine_matches_policy() -> bool:
+        engine = torch.tensor(roles.rollout.call("sequence_logprobs", prompt, response)[0])
+        return torch.allclose(engine, policy.call_rank0("raw_logprobs", TokenBatch(*tokens))[0, start - 1:n - 1],
+                              atol=1e-4)
+
+    try:
+        sync.append(WeightSync(roles, cfg.ppo))
+        sync[0].prepare()
+        update(policy, batch)
+        assert sync[0]() > 0 and (sync[0].generation, sync[0].last_collective) == (1, True)
+        assert engine_matches_policy()
+
+        update(policy, batch)
+        first_name = roles.rollout.names[0]
+        ray.kill(ray.get_actor(first_name, namespace="rayalign"))
+        assert sync[0]() > 0  # through the object store, into the replacement
+        assert (sync[0].last_collective, sync[0].fallbacks, roles.rollout.replacements) == (False, 1, 1)
+        assert roles.rollout.names[0] != first_name and engine_matches_policy()
+
+        update(policy, batch)
+        assert sync[0]() > 0 and (sync[0].generation, sync[0].last_collective, sync[0].fallbacks) == (2, True, 1)
+        assert engine_matches_policy()
     finally:
         roles.rollout.kill()
         release(group)
