@@ -9,9 +9,11 @@ store or broadcast over a group of their own (actors/weight_collective.py).
                   with the new engine, at the next sync. A group that cannot form at all sends the whole run
                   through the object store.
     auto          collective where every role has whole GPUs (NCCL needs one GPU per member: colocated roles on
-                  fractions of one GPU cannot join one group), else the object store, which on one CPU node
-                  is as fast or faster (bench/ppo_step.py: 27.5M parameters into vLLM in 0.111 s through the
-                  store, 0.144 s over gloo, which sends them through loopback TCP).
+                  fractions of one GPU cannot join one group), or, on CPUs, where an engine runs on another node
+                  than policy rank 0 (gloo); else the object store. Between two nodes (bench/sync_across_nodes.py)
+                  the gloo broadcast is 2-2.8x faster than the object store (27.5M parameters into vLLM: 0.089 vs
+                  0.188 s); on one node the object store is as fast or faster (bench/ppo_step.py: 0.111 s through
+                  the store, 0.144 s over gloo, which sends the bytes through loopback TCP instead of sharing them).
 """
 
 from __future__ import annotations
@@ -25,12 +27,16 @@ from common.errors import RoleFailure
 log = logging.getLogger("rayalign.ppo")
 
 
-def sync_transport(ppo: PPOConfig) -> tuple[str, str | None]:
-    """(transport, collective backend): ("collective", "nccl" | "gloo") or ("object_store", None)."""
+def sync_transport(ppo: PPOConfig, spans_nodes: bool = False) -> tuple[str, str | None]:
+    """(transport, collective backend): ("collective", "nccl" | "gloo") or ("object_store", None). spans_nodes:
+    some engine runs on another node than policy rank 0."""
     whole_gpus = ppo.gpus_per_actor >= 1  # the config refuses collective on fractions of GPUs
-    if ppo.weight_sync == "object_store" or (ppo.weight_sync == "auto" and not whole_gpus):
-        return "object_store", None
-    return "collective", "nccl" if whole_gpus else "gloo"
+    backend = "nccl" if whole_gpus else "gloo"
+    if ppo.weight_sync == "collective" or (ppo.weight_sync == "auto" and whole_gpus):
+        return "collective", backend
+    if ppo.weight_sync == "auto" and ppo.gpus_per_actor == 0 and spans_nodes:
+        return "collective", backend
+    return "object_store", None
 
 
 class WeightSync:
@@ -38,12 +44,18 @@ class WeightSync:
 
     def __init__(self, roles, ppo: PPOConfig):
         self.roles, self.ppo = roles, ppo
-        self.transport, self.backend = sync_transport(ppo)
+        auto_on_cpus = ppo.weight_sync == "auto" and ppo.gpus_per_actor == 0
+        self.transport, self.backend = sync_transport(ppo, auto_on_cpus and self._spans_nodes())
         self.generation = 0  # groups formed so far: each keys its rendezvous apart from the last one's
         self.formed = False
         self.fallbacks = 0  # syncs the collective path handed to the object store
         self.last_collective = False  # whether the last sync went over the group (the step's sync/collective)
         log.info("weight sync: %s", self.describe())
+
+    def _spans_nodes(self) -> bool:
+        """Whether some engine runs on another node than policy rank 0 (where the weights start)."""
+        source = self.roles.policy.call_rank0("placement_info")["node_id"]
+        return any(info["node_id"] != source for info in self.roles.rollout.call("placement_info"))
 
     def describe(self) -> str:
         if self.transport == "object_store":

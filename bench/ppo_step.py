@@ -126,7 +126,8 @@ def copy_bandwidth(nbytes: int = 110_000_000, reps: int = 7) -> float:
 
 
 def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, reps: int = 5, warmup: int = 3,
-               pause_s: float = 0.5, transports: tuple[str, ...] = ("object_store", "collective")) -> list[dict]:
+               pause_s: float = 0.5, transports: tuple[str, ...] = ("object_store", "collective"),
+               node_resources: dict[str, str] | None = None) -> list[dict]:
     """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one rollout engine: the sync
     phase's two calls (weight_buckets on the policy: gather, pack, ray.put; load_weights on the engine), timed
     apart, medians of `reps` after `warmup` syncs. The first syncs write into object-store memory the policy has
@@ -136,7 +137,8 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
 
     engine "vllm" loads through vLLM's reload_weights, which on CPU repacks every linear weight into oneDNN's
     blocked layout; "hf" (the Hugging Face engine) copies each weight into its parameter, so its figure is the
-    transport's own cost plus one copy.
+    transport's own cost plus one copy. `node_resources` ({"policy": ..., "rollout": ...}) puts each role on the
+    node that declares that custom resource (bench/sync_across_nodes.py).
 
     transport "collective" times the whole sync over a gloo group (actors/ppo_weight_sync.py: the policy stages
     each bucket and broadcasts it, the engine receives and loads); its sends and loads overlap, so it has no
@@ -165,7 +167,9 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                 params = random_llama(Path(tmp), hidden, layers, str(resolve_path(cfg.model.path)))
             run_cfg = replace(cfg, model=replace(cfg.model, path=path))
             nbytes = params * torch.empty(0, dtype=getattr(torch, cfg.model.dtype)).element_size()
-            group, index = reserve([RoleResources("policy", 1, 1.0), RoleResources("rollout", 1, 1.0)])
+            nodes = node_resources or {}
+            group, index = reserve([RoleResources("policy", 1, 1.0, node_resource=nodes.get("policy")),
+                                    RoleResources("rollout", 1, 1.0, node_resource=nodes.get("rollout"))])
             policy = RoleGroup("policy", PolicyRole, 1, group, index["policy"], 1.0, 0,
                                role_args(run_cfg, path)["policy"], True)
             policy.call("setup")

@@ -226,8 +226,9 @@ class PPOConfig:
                 "packed buckets in Ray's object store, each engine reads them; on one node, shared memory read "
                 "in place), collective (rank 0 broadcasts them to every engine over a process group of their own: "
                 "NCCL between GPUs, gloo between CPUs), or auto: collective where every role has whole GPUs "
-                "(gpus_per_actor >= 1), else the object store. A collective sync that fails (a dead engine) is "
-                "redone through the object store, the named fallback, and the group is formed again")
+                "(gpus_per_actor >= 1) or, on CPUs, where an engine runs on another node than policy rank 0, "
+                "else the object store. A collective sync that fails (a dead engine) is redone through the "
+                "object store, the named fallback, and the group is formed again")
     weight_sync_timeout_s: float = param(1800.0, "seconds a collective weight sync may wait for its peers before "
                                                  "failing (and falling back to the object store); with "
                                                  "async_rollouts an engine joins a sync only once the rollout it "

@@ -87,7 +87,8 @@ def probes_placed(roles: tuple[tuple[str, int], ...], *overrides: str) -> dict[s
 
 
 def real_ppo_placed() -> dict:
-    """The real PPO roles (vLLM engines, DeepSpeed ranks, reference) placed by AFFINITY, then one step."""
+    """The real PPO roles (vLLM engines, DeepSpeed ranks, reference) placed by AFFINITY, then one step; the engines
+    are on another node than the policy, so the default weight sync (auto) broadcasts over a gloo group."""
     from actors.ppo_supervisor import run_supervised
     from actors.roster import read_roster
 
@@ -96,7 +97,8 @@ def real_ppo_placed() -> dict:
         loop, _, _ = run_supervised(cfg, cfg.run.output_dir("ppo"))
         roster = read_roster(cfg.run.output_dir("ppo"))
     return {"roles": {f"{a['role']}/{a['rank']}": a["node_id"] for a in roster["actors"]},
-            "steps": loop.step_index, "groups_left": _live_placement_groups()}
+            "steps": loop.step_index, "groups_left": _live_placement_groups(),
+            "weight_sync": loop.weight_sync.describe(), "synced_over_group": loop.weight_sync.last_collective}
 
 
 def infeasible(*overrides: str, ranks: int = 1, cpus: float = 0.5) -> dict:

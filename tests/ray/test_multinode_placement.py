@@ -71,12 +71,15 @@ def test_infeasible_plan_fails_fast_naming_what_is_missing(scenarios, case, mess
     assert outcome["groups_left"] == 0  # nothing stays reserved
 
 
-@pytest.mark.slow
+# Default tier (~25 s): the one run where PPO's roles, and the weight sync auto chooses for them, cross nodes.
 def test_real_ppo_roles_follow_the_plan_and_step_across_nodes(tmp_path):
     result = run_scenarios(tmp_path, "--ppo")
     nodes, roles = result["nodes"], result["ppo"]["roles"]
     assert roles["rollout/0"] == roles["rollout/1"] == nodes["rollout"]
     assert roles["policy/0"] == roles["value/0"] == nodes["train"]
     assert roles["reference/0"] == nodes["head"]
+    # auto chose the gloo group: the engines are on another node than policy rank 0.
+    assert result["ppo"]["weight_sync"] == "gloo broadcast from policy rank 0 to 2 engine(s)"
+    assert result["ppo"]["synced_over_group"] is True
     assert result["ppo"]["steps"] == 1  # generation, training and the weight sync crossed node boundaries
     assert result["ppo"]["groups_left"] == 0

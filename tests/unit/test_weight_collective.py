@@ -95,13 +95,16 @@ def test_a_member_that_leaves_fails_the_sync_for_every_member_instead_of_hanging
     assert isinstance(sender, RuntimeError) and isinstance(engine, RuntimeError), (sender, engine)
 
 
-def test_auto_broadcasts_only_where_every_role_has_a_whole_gpu():
+def test_auto_broadcasts_between_whole_gpus_and_between_cpu_nodes_only():
     def ppo(*overrides):
         return load_config(TINY_CPU, list(overrides)).ppo
 
     assert sync_transport(ppo()) == ("object_store", None)
+    assert sync_transport(ppo(), spans_nodes=True) == ("collective", "gloo")
     assert sync_transport(ppo("ppo.gpus_per_actor=1")) == ("collective", "nccl")
     assert sync_transport(ppo("ppo.gpus_per_actor=0.5")) == ("object_store", None)
+    assert sync_transport(ppo("ppo.gpus_per_actor=0.5"), spans_nodes=True) == ("object_store", None)
+    assert sync_transport(ppo("ppo.weight_sync=object_store"), spans_nodes=True) == ("object_store", None)
     assert sync_transport(ppo("ppo.weight_sync=collective")) == ("collective", "gloo")
     assert sync_transport(ppo("ppo.weight_sync=object_store", "ppo.gpus_per_actor=1")) == ("object_store", None)
     with pytest.raises(ConfigError, match="weight_sync=collective broadcasts over NCCL.*gpus_per_actor=0.5"):
