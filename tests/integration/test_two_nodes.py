@@ -14,6 +14,7 @@ import sys
 import pytest
 import requests
 
+from common.metrics import read_jsonl
 from tests.conftest import POLICY_PATH, SHARED
 from tests.helpers import (HEAD_PORTS, NODE_PORTS, REPO, VENV_BIN, free_port, job_env, start_ray_node, stop_ray_node,
                            wait_for)
@@ -86,6 +87,8 @@ def test_one_ppo_run_spreads_its_actors_over_both_nodes(two_nodes, tmp_path):
     assert status["live_state"].startswith("from the cluster")
     assert {a["state"] for a in status["actors"]} == {"DEAD"}  # the finished job released every actor
     assert status["progress"]["step"] == 2 and status["progress"]["steps"] == 2
+    # The engine is on the other node, so auto synced the weights over a gloo group, at every step.
+    assert [row["sync/collective"] for row in read_jsonl(run_dir / "metrics.jsonl")] == [1.0, 1.0]
 
 
 def test_a_reward_replica_on_the_worker_node_requires_the_token(two_nodes, tmp_path):
