@@ -68,6 +68,7 @@ def gather(run_dir: Path, address: str | None) -> dict:
             "progress": progress(run_dir, rows, roster),
             # Rosters written before samples_per_prompt existed hold rollout_batch_size only (one answer each).
             "throughput": throughput(rows, roster.get("sequences_per_step", roster.get("rollout_batch_size"))),
+            "weight_sync": weight_sync(rows),
             "faults": read_faults(run_dir),
             "actors": actors, "live_state": live_error or f"from the cluster at {address}"}
 
@@ -91,6 +92,13 @@ def throughput(rows: list[dict], sequences_per_step: int | None) -> dict:
     if sequences_per_step:
         result["samples_per_s"] = sequences_per_step / seconds if seconds else None
     return result
+
+
+def weight_sync(rows: list[dict]) -> dict:
+    """How the logged steps' weights reached the engines: over the broadcast group (sync/collective = 1) or through
+    the object store (by choice, or the fallback after a failed broadcast)."""
+    logged = [row["sync/collective"] for row in rows if "sync/collective" in row]
+    return {"steps": len(logged), "over_group": int(sum(logged))}
 
 
 def _with_live_state(actors: list[dict], address: str | None) -> tuple[list[dict], str | None]:
@@ -122,6 +130,12 @@ def render(status: dict) -> str:
         lines.append(f"  {speed['seconds_per_step']:.2f} s/step"
                      + (f", {speed['samples_per_s']:.1f} samples/s" if speed.get("samples_per_s") else "")
                      + f", {speed['rollout_tokens_per_s']:.0f} rollout tokens/s (last {THROUGHPUT_WINDOW} steps)")
+    sync = status.get("weight_sync") or {}
+    if sync.get("over_group"):
+        lines.append(f"  weight sync: over the broadcast group at {sync['over_group']} of {sync['steps']} steps"
+                     + ("" if sync["over_group"] == sync["steps"] else ", the others through Ray's object store"))
+    elif sync.get("steps"):
+        lines.append("  weight sync: through Ray's object store")
     if status["faults"]:
         counts: dict[str, int] = {}
         for fault in status["faults"]:

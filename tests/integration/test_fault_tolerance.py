@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,6 +171,9 @@ def test_status_shows_where_each_role_runs_how_far_the_run_got_and_its_faults(sa
     text = shown.stdout
     assert f"step {STEPS} of {STEPS}, last checkpoint: {STEPS}" in text
     assert "1 × engine_replaced, 1 × restart, 1 × preempted" in text
+    # Step 2's broadcast falls back when the engine dies in it, not when it dies before (then it is replaced first).
+    assert re.search(r"weight sync: over the broadcast group at (9 of 9 steps|8 of 9 steps, the others through "
+                     r"Ray's object store)", text), text
     assert "s/step" in text and "samples/s" in text and "rollout tokens/s" in text
     for role in ("rollout", "policy", "value", "reference"):
         assert f"\n  {role} " in text
