@@ -219,15 +219,16 @@ class PolicyRole(TrainedRole):
         """Rank 0: serve the weight-sync group's rendezvous; returns (address, port) for the engines."""
         from actors.weight_collective import open_store
 
-        self._weight_store, address, port = open_store(timeout_s)
-        return address, port
+        self._weight_store, self._weight_address, port = open_store(timeout_s)
+        return self._weight_address, port
 
     def join_weight_group(self, world: int, backend: str, timeout_s: float, generation: int) -> int:
         """Rank 0: form the weight-sync group with the engines (they join at the same time)."""
         from actors.weight_collective import WeightGroup
 
         self.weight_group = None  # the last group's sockets close before the new one forms
-        self.weight_group = WeightGroup(self._weight_store, 0, world, backend, timeout_s, generation)
+        self.weight_group = WeightGroup(self._weight_store, 0, world, backend, timeout_s, generation,
+                                        self._weight_address)
         return 0
 
     def send_weights(self, bucket_mb: int) -> int:

@@ -15,6 +15,7 @@ here. An engine keeps its receive buffers from sync to sync, since fresh memory 
 from __future__ import annotations
 
 import json
+import os
 from datetime import timedelta
 from typing import Iterable
 
@@ -39,7 +40,9 @@ def open_store(timeout_s: float):
 class WeightGroup:
     """One member of the weight-sync group: `broadcast` from rank 0, `send` (rank 0) and `receive` (the engines)."""
 
-    def __init__(self, store, rank: int, world: int, backend: str, timeout_s: float, generation: int):
+    def __init__(self, store, rank: int, world: int, backend: str, timeout_s: float, generation: int,
+                 address: str | None = None):
+        """address: this member's own address (its Ray node's), where a gloo group listens for its peers."""
         import torch.distributed as dist
 
         if backend not in BACKENDS:
@@ -49,8 +52,15 @@ class WeightGroup:
         # A re-formed group (after an engine was replaced) keeps its keys apart from the last one's.
         prefixed = dist.PrefixStore(f"rayalign-weight-sync/{generation}", store)
         timeout = timedelta(seconds=timeout_s)
-        if backend == "gloo":
-            self.group = dist.ProcessGroupGloo(prefixed, rank, world, timeout)
+        if backend == "gloo" and (address is None or os.environ.get("GLOO_SOCKET_IFNAME")):
+            self.group = dist.ProcessGroupGloo(prefixed, rank, world, timeout)  # torch reads GLOO_SOCKET_IFNAME here
+        elif backend == "gloo":
+            # Left to itself, gloo listens on whatever the machine's hostname resolves to, which on many hosts
+            # (this one included) is a loopback address other nodes cannot reach.
+            options = dist.ProcessGroupGloo._Options()
+            options._timeout = timeout
+            options._devices = [dist.ProcessGroupGloo.create_device(hostname=address)]
+            self.group = dist.ProcessGroupGloo(prefixed, rank, world, options)
         else:
             options = dist.ProcessGroupNCCL.Options()
             options._timeout = timeout
@@ -66,8 +76,10 @@ class WeightGroup:
         """An engine's side: connect to rank 0's store, then form the group with the others."""
         import torch.distributed as dist
 
+        import ray
+
         store = dist.TCPStore(address, port, None, False, timedelta(seconds=timeout_s))
-        return cls(store, rank, world, backend, timeout_s, generation)
+        return cls(store, rank, world, backend, timeout_s, generation, ray.util.get_node_ip_address())
 
     def broadcast(self, tensor: torch.Tensor) -> None:
         import torch.distributed as dist

@@ -32,7 +32,7 @@ def run_members(world: int, member, generation: int = 1) -> list:
         try:
             store = server if rank == 0 else dist.TCPStore("127.0.0.1", server.port, None, False,
                                                            timedelta(seconds=TIMEOUT_S))
-            results[rank] = member(WeightGroup(store, rank, world, "gloo", TIMEOUT_S, generation))
+            results[rank] = member(WeightGroup(store, rank, world, "gloo", TIMEOUT_S, generation, "127.0.0.1"))
         except Exception as error:  # noqa: BLE001 - the test reads each member's outcome
             results[rank] = error
 
@@ -93,6 +93,21 @@ def test_a_member_that_leaves_fails_the_sync_for_every_member_instead_of_hanging
     sender, engine, left = run_members(3, member)
     assert left == "left"
     assert isinstance(sender, RuntimeError) and isinstance(engine, RuntimeError), (sender, engine)
+
+
+def test_a_gloo_member_listens_on_the_address_it_is_given(monkeypatch):
+    """Not where the hostname resolves (a loopback address on many hosts, this one included): an address that is
+    not this machine's cannot be listened on, so a member given one fails at once, naming it. GLOO_SOCKET_IFNAME,
+    set by a user, still decides."""
+    store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=TIMEOUT_S), wait_for_workers=False)
+    monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
+    with pytest.raises(RuntimeError, match="Cannot resolve 192.0.2.1 to a \\(local\\) address"):
+        WeightGroup(store, 0, 1, "gloo", TIMEOUT_S, 1, "192.0.2.1")
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
+    group = WeightGroup(store, 0, 1, "gloo", TIMEOUT_S, 2, "192.0.2.1")  # the variable wins: the address is unused
+    tensor = torch.arange(3.0)
+    group.broadcast(tensor)  # a group of one: rank 0 broadcasts to itself
+    assert tensor.tolist() == [0.0, 1.0, 2.0]
 
 
 def test_auto_broadcasts_between_whole_gpus_and_between_cpu_nodes_only():
