@@ -42,8 +42,17 @@ class DistributedRole(Located):
         return ray.util.get_node_ip_address(), port
 
     def init_process_group(self, master_addr: str, master_port: int, rank: int, world_size: int) -> int:
+        import ray
+
         with heavy_imports():  # the rank's first DeepSpeed import (common/imports.py)
             import deepspeed
+
+        if not torch.cuda.is_available():
+            # gloo listens where the machine's hostname resolves unless told otherwise, and on many hosts (this one
+            # included) that is a loopback address ranks on other nodes cannot reach: the node's own interface.
+            interface = interface_of(ray.util.get_node_ip_address())
+            if interface is not None:
+                os.environ.setdefault("GLOO_SOCKET_IFNAME", interface)
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(world_size), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
@@ -51,6 +60,16 @@ class DistributedRole(Located):
                                    auto_mpi_discovery=False, rank=rank, world_size=world_size,
                                    init_method=f"tcp://{master_addr}:{master_port}")
         return rank
+
+
+def interface_of(address: str) -> str | None:
+    """The name of the local network interface that holds the IPv4 `address`; None when none does."""
+    import psutil
+
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == address for a in addresses):
+            return name
+    return None
 
 
 class RoleGroup:

@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from actors.group import interface_of
 from actors.ppo_weight_sync import sync_transport
 from actors.weight_collective import WeightGroup
 from actors.weights import BucketPacker
@@ -101,13 +102,19 @@ def test_a_gloo_member_listens_on_the_address_it_is_given(monkeypatch):
     set by a user, still decides."""
     store = dist.TCPStore("127.0.0.1", 0, None, True, timedelta(seconds=TIMEOUT_S), wait_for_workers=False)
     monkeypatch.delenv("GLOO_SOCKET_IFNAME", raising=False)
-    with pytest.raises(RuntimeError, match="Cannot resolve 192.0.2.1 to a \\(local\\) address"):
-        WeightGroup(store, 0, 1, "gloo", TIMEOUT_S, 1, "192.0.2.1")
-    monkeypatch.setenv("GLOO_SOCKET_IFNAME", "lo")
-    group = WeightGroup(store, 0, 1, "gloo", TIMEOUT_S, 2, "192.0.2.1")  # the variable wins: the address is unused
+    elsewhere = next(a for a in ("203.0.113.7", "198.51.100.7", "192.0.2.77") if interface_of(a) is None)
+    with pytest.raises(RuntimeError, match=f"Cannot resolve {elsewhere} to a \\(local\\) address"):
+        WeightGroup(store, 0, 1, "gloo", TIMEOUT_S, 1, elsewhere)
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", interface_of("127.0.0.1"))
+    group = WeightGroup(store, 0, 1, "gloo", TIMEOUT_S, 2, elsewhere)  # the variable wins: the address is unused
     tensor = torch.arange(3.0)
     group.broadcast(tensor)  # a group of one: rank 0 broadcasts to itself
     assert tensor.tolist() == [0.0, 1.0, 2.0]
+
+
+def test_the_interface_holding_an_address_is_found_and_a_foreign_address_has_none():
+    assert interface_of("127.0.0.1") is not None  # the loopback interface: "lo" on Linux
+    assert interface_of("203.0.113.7") is None or interface_of("198.51.100.7") is None
 
 
 def test_auto_broadcasts_between_whole_gpus_and_between_cpu_nodes_only():
