@@ -191,16 +191,14 @@ class PolicyRole(TrainedRole):
         rank 0 holds every weight and they have nothing to do."""
         import ray
 
-        from actors.weights import BucketPacker, borrowed_hf_weights, hf_tied_aliases
+        from actors.weights import borrowed_hf_weights, hf_tied_aliases
 
         module = self.engine.module
         if self._only_gathers():
             return []
-        packer = getattr(self, "_weight_packer", None)
-        if packer is None or packer.bucket_bytes != bucket_mb * 2**20:
-            packer = self._weight_packer = BucketPacker(bucket_mb * 2**20)  # its staging buffer is kept warm
         # Below ZeRO-3 every weight outlives its bucket's put, so none is staged (BucketPacker, `stable`).
-        packed = packer.pack(borrowed_hf_weights(module, self.stage), hf_tied_aliases(module), self.stage != 3)
+        packed = self._packer(bucket_mb).pack(borrowed_hf_weights(module, self.stage), hf_tied_aliases(module),
+                                              self.stage != 3)
         return [ray.put(bucket) for bucket in packed]
 
     def _only_gathers(self) -> bool:
@@ -235,16 +233,24 @@ class PolicyRole(TrainedRole):
         """Broadcast the full (LoRA-merged) weights to the engines' group, bucket by bucket, each staged on the
         group's device; returns the bytes sent (0 on the other ranks, which only take part in ZeRO-3's
         gathers)."""
-        from actors.weights import BucketPacker, borrowed_hf_weights, hf_tied_aliases
+        from actors.weights import borrowed_hf_weights, hf_tied_aliases
 
         module = self.engine.module
         if self._only_gathers():
             return 0
-        group = self.weight_group
-        packer = getattr(self, "_collective_packer", None)
-        if packer is None or packer.bucket_bytes != bucket_mb * 2**20 or packer.device != group.device:
-            packer = self._collective_packer = BucketPacker(bucket_mb * 2**20, group.device)  # staging kept warm
-        return group.send(packer.pack(borrowed_hf_weights(module, self.stage), hf_tied_aliases(module)))
+        packer = self._packer(bucket_mb, self.weight_group.device)
+        return self.weight_group.send(packer.pack(borrowed_hf_weights(module, self.stage), hf_tied_aliases(module)))
+
+    def _packer(self, bucket_mb: int, device=None):
+        """The BucketPacker for buckets of bucket_mb staged on `device` (None: the object store's host staging),
+        kept from sync to sync so that its staging buffer stays warm."""
+        from actors.weights import BucketPacker
+
+        packers = self.__dict__.setdefault("_packers", {})  # PolicyRole keeps TrainedRole's __init__
+        packer = packers.get(device)
+        if packer is None or packer.bucket_bytes != bucket_mb * 2**20:
+            packer = packers[device] = BucketPacker(bucket_mb * 2**20, device)
+        return packer
 
     def export(self, target: str, tokenizer_path: str) -> str | None:
         """The current policy as a Hugging Face model folder (written atomically by rank 0)."""
