@@ -20,6 +20,7 @@ from actors.environments import Environments
 from actors.fault import engine_group, record_fault
 from actors.group import RoleGroup
 from actors.policy import PolicyRole
+from actors.ppo_weight_sync import policy_buckets
 from actors.reference import ReferenceModel
 from actors.reward_functions import RewardFunctions
 from actors.reward_sources import make_reward_source
@@ -89,8 +90,8 @@ def engine_callbacks(roles: PPORoles, output_dir: Path, bucket_mb: int, steps_do
     steps, so a rollout redone after a death samples as an unbroken run would. replaced records the fault."""
 
     def revive(engine) -> list:
-        buckets = [ref for rank_refs in roles.policy.call("weight_buckets", bucket_mb) for ref in rank_refs]
-        return [engine.load_weights.remote(*buckets), engine.set_calls.remote(steps_done())]
+        return [engine.load_weights.remote(*policy_buckets(roles.policy, bucket_mb)),
+                engine.set_calls.remote(steps_done())]
 
     def replaced(rank: int, reason: str) -> None:
         record_fault(output_dir, "engine_replaced", role="rollout", rank=rank, step=steps_done() + 1, reason=reason)

@@ -138,6 +138,10 @@ class WeightSync:
             raise
 
     def _through_object_store(self) -> int:
-        buckets = [ref for rank_refs in self.roles.policy.call("weight_buckets", self.ppo.sync_bucket_mb)
-                   for ref in rank_refs]
-        return self.roles.rollout.call("load_weights", *buckets)[0]
+        return self.roles.rollout.call("load_weights", *policy_buckets(self.roles.policy, self.ppo.sync_bucket_mb))[0]
+
+
+def policy_buckets(policy, bucket_mb: int) -> list:
+    """Object refs of the policy's weights packed into Ray's object store (rank 0 puts them; the other ranks take
+    part in ZeRO-3's gathers): what an engine's load_weights takes."""
+    return [ref for rank_refs in policy.call("weight_buckets", bucket_mb) for ref in rank_refs]
