@@ -53,12 +53,10 @@ class TextShape:
     kv_heads: int
     head_dim: int
 
-    def kv_bytes_per_token(self, itemsize: float) -> float:
-        """KV-cache bytes one token takes: a key and a value of head_dim numbers per KV head per layer."""
-        return kv_bytes_per_token(self.layers, self.kv_heads, self.head_dim, itemsize)
-
 
 def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, itemsize: float) -> float:
+    """KV-cache bytes one token takes: a key and a value of head_dim numbers per KV head per layer (the engine's
+    cache sizing and the planner both count with this)."""
     return 2 * layers * kv_heads * head_dim * itemsize
 
 

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 
 from actors.modeling import DTYPES
-from common.model_dir import text_shape
+from common.model_dir import kv_bytes_per_token, text_shape
 
 GIB = 1 << 30
 MIN_BYTES = 64 << 20  # a floor: small models get room to spare for the cost of zeroing 64 MiB (~13 ms)
@@ -32,7 +32,8 @@ def bytes_per_token(config: dict, dtype: str) -> int | None:
     """KV-cache bytes one token takes in every attention layer, from a Hugging Face config.json (its text model's
     for a multimodal one); None when the config does not name its layers, heads and width."""
     shape = text_shape(config)
-    return None if shape is None else int(shape.kv_bytes_per_token(DTYPES[dtype].itemsize))
+    return None if shape is None else int(kv_bytes_per_token(shape.layers, shape.kv_heads, shape.head_dim,
+                                                         DTYPES[dtype].itemsize))
 
 
 def fitted_bytes(per_token: int | None, max_model_len: int, sequences: int, cap_gib: int) -> int:
