@@ -95,3 +95,12 @@ def test_a_batch_past_the_schedulers_token_budget_samples_with_its_seeds(engines
     assert len(first) == 80 and all(len(s.response_ids) == len(s.response_logprobs) == 4 for s in first)
     assert [s.response_ids for s in first] == [s.response_ids for s in again]
     assert len({tuple(s.response_ids) for s in first}) > 1  # each row its own seed
+
+
+def test_rollouts_are_not_detokenized(engines):
+    """Rollouts return token ids and their log-probs, never text: vLLM's detokenizing of each sampled token (and of
+    each log-prob entry's token) was 13% of a rollout at the 0.4M shape (0.263 vs 0.229 s for 32 × 24 tokens,
+    the same tokens and log-probs either way)."""
+    vllm, _ = engines
+    assert ray.get(vllm.sampling_params.remote()).detokenize is False
+    assert ray.get(vllm.sampling_params.remote(0.0, 4, 7)).detokenize is False
