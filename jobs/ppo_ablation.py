@@ -27,7 +27,7 @@ from typing import Sequence
 from common.config import Config, RewardMixConfig, with_overrides
 from common.errors import ConfigError
 from jobs import cli
-from jobs.plots import save_figure
+from jobs.plots import save_figure, stacked_panels
 from jobs.ppo import SECTIONS, run
 from jobs.ppo_report import latest_alarms, markdown_table, summary_window, window_mean, write_atomic
 
@@ -141,12 +141,7 @@ def table_markdown(summaries: Sequence[dict], window: int) -> str:
 
 def plot_comparison(rows_by_run: dict[str, list[dict]], path: Path, title: str) -> Path:
     """One panel per PLOTTED metric, one line per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(PLOTTED), 1, figsize=(7.5, 2.6 * len(PLOTTED)), squeeze=False)
+    fig, axes = stacked_panels(len(PLOTTED), 7.5, 2.6)
     for ax, key in zip(axes[:, 0], PLOTTED):
         for i, (label, rows) in enumerate(rows_by_run.items()):
             points = [(r["step"], r[key]) for r in rows if isinstance(r.get(key), (int, float))]
@@ -157,7 +152,7 @@ def plot_comparison(rows_by_run: dict[str, list[dict]], path: Path, title: str) 
     axes[0, 0].legend(fontsize=7)
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, lay_out=False)
 
 
 # ---- the runs --------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.config import Config
-from jobs.plots import save_figure
+from jobs.plots import save_figure, stacked_panels
 
 # Metrics summarised as first-window vs last-window means (absent ones are skipped).
 HEADLINE = ("reward/rm_mean", "reward/total", "kl", "kl_k3", "kl_coef", "policy/entropy", "response_chars_mean",
@@ -155,15 +155,10 @@ def report_panels(rows: Sequence[dict]) -> dict[str, list[Panel]]:
 def plot_panels(rows: Sequence[dict], panels: Sequence[Panel], path: Path, title: str,
                 marks: Sequence[int] = ()) -> Path | None:
     """A PNG with one subplot per panel that has data; `marks` are steps drawn as dotted red lines (alarms)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     panels = [p for p in panels if any(_series(rows, key) for key in p.left + p.right)]
     if not panels:
         return None
-    fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 2.8 * len(panels)), squeeze=False)
+    fig, axes = stacked_panels(len(panels), 7.5, 2.8, twin_axes=any(panel.right for panel in panels))
     for ax, panel in zip(axes[:, 0], panels):
         lines = _draw(ax, rows, panel.left, "-", first_color=0)
         if any(_series(rows, key) for key in panel.right):
@@ -175,7 +170,7 @@ def plot_panels(rows: Sequence[dict], panels: Sequence[Panel], path: Path, title
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("step")
     fig.suptitle(title)
-    return save_figure(fig, path)
+    return save_figure(fig, path, lay_out=False)
 
 
 def _draw(ax, rows: Sequence[dict], keys: Sequence[str], style: str, first_color: int) -> list:
