@@ -45,16 +45,20 @@ OBSERVATION_MARKUP_TOKENS = 32  # role headers and end-of-turn markers around on
 def thread_plans(cfg: Config) -> dict[str, ThreadPlan]:
     """Each computing role's threads: ppo.role_threads, else the node's cores over the ranks busy at once in the
     phase of each call (phase 3: policy old log-probs beside the reference's; phase 4: the value model alone;
-    phase 6: policy and value ranks train together). With ppo.async_rollouts the engines sample the next batch
-    all through phases 2-7, so they count as busy beside every phase."""
+    phase 6: policy and value ranks train together; phase 1 and the held-out evaluation: the rollout engines, and
+    phase 7 their loads). With ppo.async_rollouts the engines sample the next batch all through phases 2-7, so they
+    count as busy beside every phase, and every other rank beside theirs."""
     ppo = cfg.ppo
     value = ppo.value_workers if ppo.uses_value_model else 0
+    reference = 1 if separate_reference(cfg) else 0
     engines = ppo.rollout.num_engines if ppo.async_rollouts else 0
-    phase3 = ppo.policy_workers + (1 if separate_reference(cfg) else 0) + engines
+    phase3 = ppo.policy_workers + reference + engines
     phase4 = value + engines if value else 0
     phase6 = ppo.policy_workers + value + engines
+    sampling = ppo.rollout.num_engines + (ppo.policy_workers + value + reference if ppo.async_rollouts else 0)
     sharing = {"policy": {"old_logprobs": phase3, "logprobs": phase3, "train": phase6},
-               "value": {"values": phase4, "train": phase6}, "reference": {"logprobs": phase3}}
+               "value": {"values": phase4, "train": phase6}, "reference": {"logprobs": phase3},
+               "rollout": {"generate": sampling, "load_weights": sampling}}
     return {role: ThreadPlan(methods, ppo.role_threads.get(role)) for role, methods in sharing.items()}
 
 
@@ -77,7 +81,7 @@ def role_args(cfg: Config, start_model: str) -> dict[str, tuple]:
     max_len = episode_tokens(ppo) + 8
     trained = (cfg.model, cfg.lora, cfg.deepspeed, ppo, start_model, seed)
     per_engine = ppo.rollout_batch_size * ppo.samples_per_prompt // ppo.rollout.num_engines  # an even split (config)
-    return {"rollout": (start_model, ppo.rollout, seed, max_len, cfg.model.dtype, per_engine),
+    return {"rollout": (start_model, ppo.rollout, seed, max_len, cfg.model.dtype, per_engine, threads["rollout"]),
             "policy": (*trained, threads["policy"]), "value": (*trained, threads["value"]),
             "reference": (cfg.model, ppo.rollout, start_model, threads["reference"], ppo.pack_sequences,
                           ppo.share_prompts)}

@@ -31,5 +31,8 @@ class ThreadPlan:
         """Set this process's torch threads for `method`; returns the count."""
         count = self.threads(method)
         if torch.get_num_threads() != count:
-            torch.set_num_threads(count)
+            # torch._C's own setter: vLLM's CPU worker replaces torch.set_num_threads with a no-op in its process,
+            # for the threads it pins to cores when it runs workers of its own; a rollout engine runs vLLM in the
+            # actor's process, unpinned (actors/rollout/vllm_engine.py).
+            torch._C.set_num_threads(count)
         return count

@@ -3,7 +3,7 @@
     .venv/bin/python bench/phase_threads.py [--steps 6] [--size 0.4M|25M] [--estimator grpo|gae]
 
 The same seeded PPO run twice on this machine: every role on one torch thread (what Ray's OMP_NUM_THREADS=1
-gave each actor before: ppo.role_threads={policy: 1, value: 1, reference: 1}) and with the automatic plan
+gave each actor before: ppo.role_threads={policy: 1, value: 1, reference: 1, rollout: 1}) and with the automatic plan
 (each role gets the node's cores divided by the ranks busy in its phase, actors/threads.py). Prints seconds per
 phase (mean over the steps after the first) side by side with the ratio.
 `--size 25M` builds a Llama-shaped model with random weights (hidden 512, 8 layers, head dim 64) in code.
@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
 PHASES = ("rollout", "score", "reference", "values", "advantages", "train", "sync", "monitor", "act", "step")
-ONE_THREAD = "ppo.role_threads={policy: 1, value: 1, reference: 1}"
+ONE_THREAD = "ppo.role_threads={policy: 1, value: 1, reference: 1, rollout: 1}"
 
 
 def random_llama(folder: Path, hidden: int, layers: int, tokenizer_from: str) -> int:

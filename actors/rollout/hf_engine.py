@@ -15,6 +15,7 @@ import torch
 from actors.algo.sampling import GREEDY_BELOW, process_next_token_logits
 from actors.group import Located
 from actors.rollout.sample import Sample, sample_seed
+from actors.threads import ThreadPlan
 from actors.weight_collective import WeightReceiver
 from common.config import ModelConfig, RolloutConfig
 
@@ -23,14 +24,14 @@ class HFRolloutEngine(WeightReceiver, Located):
     engine = "hf"
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32",
-                 max_sequences: int | None = None):
+                 max_sequences: int | None = None, threads: ThreadPlan | None = None):
         """max_sequences: unused (vLLM's engine sizes its KV cache by it; generate here keeps no cache between
-        calls)."""
+        calls). threads: as the vLLM engine's."""
         from transformers import AutoTokenizer
 
         from actors.modeling import load_causal_lm
 
-        self.cfg, self.seed, self.max_model_len = cfg, seed, max_model_len
+        self.cfg, self.seed, self.max_model_len, self.threads = cfg, seed, max_model_len, threads
         self.calls = 0
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model = load_causal_lm(ModelConfig(path=model_path, dtype=dtype)).to(self.device).eval()
@@ -76,6 +77,8 @@ class HFRolloutEngine(WeightReceiver, Located):
         """Copy weight buckets (iterables of (hf_name, tensor): the sync's PackedBuckets, or lists of pairs) into
         the model; returns the names loaded. A tied weight comes under both names as the same memory and is
         copied once."""
+        if self.threads is not None:
+            self.threads.use("load_weights")
         count = 0
         loaded_from: dict[int, tuple] = {}  # id(parameter) -> the source it was last copied from in this call
         for bucket in buckets:
@@ -103,6 +106,8 @@ class HFRolloutEngine(WeightReceiver, Located):
         its length cap (max_tokens, or what is left of max_model_len)."""
         if any(len(p) >= self.max_model_len for p in prompts):
             raise ValueError(f"a prompt is at least max_model_len={self.max_model_len} tokens long")
+        if self.threads is not None:
+            self.threads.use("generate")
         n, width = len(prompts), max(len(p) for p in prompts)
         limits = [min(max_tokens, self.max_model_len - len(p)) for p in prompts]
         ids = torch.zeros(n, width, dtype=torch.long, device=self.device)

@@ -17,6 +17,7 @@ import torch
 from actors.group import Located
 from actors.rollout.kv_cache import kv_cache_bytes
 from actors.rollout.sample import Sample, sample_seed
+from actors.threads import ThreadPlan
 from actors.weight_collective import WeightReceiver
 from common.config import RolloutConfig
 from common.imports import heavy_imports
@@ -28,9 +29,11 @@ class RolloutEngine(WeightReceiver, Located):
     engine = "vllm"
 
     def __init__(self, model_path: str, cfg: RolloutConfig, seed: int, max_model_len: int, dtype: str = "float32",
-                 max_sequences: int | None = None):
+                 max_sequences: int | None = None, threads: ThreadPlan | None = None):
         """max_sequences: the most sequences one call sends this engine (sizes a CPU engine's KV cache when
-        cfg.kv_cache_fit; None: all of cfg.kv_cache_gib)."""
+        cfg.kv_cache_fit; None: all of cfg.kv_cache_gib). threads: the torch threads each call computes with
+        (actors/threads.py; PPO's plan: the node's cores over the engines sampling at once); None keeps the
+        process's."""
         # The config decides, not the worker default the runtime exports for every Ray worker (cluster/runtime.py):
         # vLLM's CPU platform would put that variable's whole GiB over the size passed below.
         os.environ.pop("VLLM_CPU_KVCACHE_SPACE", None)
@@ -64,6 +67,7 @@ class RolloutEngine(WeightReceiver, Located):
                        enable_prefix_caching=False, logprobs_mode="processed_logprobs", **kwargs)
         self.seed = seed
         self.calls = 0
+        self.threads = threads
         self.drop_tied_head = False  # set once vLLM's model refuses a separate lm_head (load_weights)
 
     def sampling_params(self, temperature: float | None = None, max_tokens: int | None = None, seed: int | None = None):
@@ -92,6 +96,7 @@ class RolloutEngine(WeightReceiver, Located):
             self.calls += 1
         if not prompts:  # more engines than prompts (a small sampled evaluation)
             return []
+        self._use_threads("generate")
         params = [self.sampling_params(temperature, max_tokens,
                                        seed=sample_seed(self.seed, self.calls if draw is None else draw,
                                                         first_index + i if indices is None else indices[i]))
@@ -110,6 +115,7 @@ class RolloutEngine(WeightReceiver, Located):
         left alone, so a run samples the same rollouts whether or not its report asks for answers."""
         from vllm import TokensPrompt
 
+        self._use_threads("generate")
         params = self.sampling_params(temperature=0.0, max_tokens=max_tokens)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [list(out.outputs[0].token_ids) for out in outputs]
@@ -131,6 +137,7 @@ class RolloutEngine(WeightReceiver, Located):
         A bucket is any iterable of (hf_name, tensor): the sync's PackedBuckets (actors/weights.py), which arrive as
         Ray object refs resolved before this method runs and yield views of the object store's shared memory, so
         the only copies here are vLLM's own; or plain lists of pairs."""
+        self._use_threads("load_weights")
         named = [pair for bucket in buckets for pair in bucket]
         try:
             self._reload(named)
@@ -143,6 +150,10 @@ class RolloutEngine(WeightReceiver, Located):
             self._reload(named)
         self.llm.reset_prefix_cache()
         return len(named)
+
+    def _use_threads(self, method: str) -> None:
+        if self.threads is not None:
+            self.threads.use(method)
 
     def _reload(self, named: list) -> None:
         weights = [(n, t) for n, t in named if not (self.drop_tied_head and n == "lm_head.weight")]

@@ -132,7 +132,7 @@ class PlacementConfig:
                                   f"group, so give them one strategy (or set it on one role only)")
 
 
-THREADED_ROLES = ("policy", "value", "reference")
+THREADED_ROLES = ("policy", "value", "reference", "rollout")
 
 
 @dataclass(frozen=True)
@@ -198,11 +198,12 @@ class PPOConfig:
     policy_workers: int = param(1, "DeepSpeed ranks of the policy group", gt=0)
     value_workers: int = param(1, "DeepSpeed ranks of the value group", gt=0)
     cpus_per_actor: float = param(1.0, "CPUs reserved by every role actor", gt=0)
-    role_threads: dict[str, int] = param({}, "torch threads per role, e.g. {policy: 2, reference: 1}; a role not "
-                                             "named gets the node's cores divided by the ranks that compute at the "
-                                             "same time as it in its busiest phase (policy and reference in phase 3, "
-                                             "policy and value in phase 6), so overlapping phases never "
-                                             "oversubscribe the cores")
+    role_threads: dict[str, int] = param({}, "torch threads per role (policy, value, reference, rollout), e.g. "
+                                             "{policy: 2, reference: 1}; a role not named gets the node's cores "
+                                             "divided by the ranks that compute at the same time as it in its "
+                                             "busiest phase (policy and reference in phase 3, policy and value in "
+                                             "phase 6, the engines in phase 1, or beside every phase under "
+                                             "async_rollouts), so overlapping phases never oversubscribe the cores")
     gpus_per_actor: float = param(0.0, "GPUs per role actor (fractions colocate roles on one GPU)", ge=0)
     colocate: bool = param(False, "place policy, value, reference and reward actors in one placement group")
     placement_strategy: PlacementStrategy = param(

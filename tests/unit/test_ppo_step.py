@@ -92,12 +92,17 @@ def test_each_role_gets_the_cores_its_busiest_phase_leaves_it_and_a_fixed_count_
     overlapped = thread_plans(load_config(None, ["ppo.async_rollouts=1"]))
     assert [overlapped["policy"].threads(m, cores=12) for m in ("old_logprobs", "train")] == [4, 4]
     assert overlapped["value"].threads("values", cores=12) == 6
+    # The engines sample alone in phase 1 (and load alone in phase 7); overlapped, beside every other rank.
+    two_engines = thread_plans(load_config(None, ["ppo.rollout.num_engines=2"]))
+    assert [two_engines["rollout"].threads(m, cores=8) for m in ("generate", "load_weights")] == [4, 4]
+    # Policy, value, reference and the engine all busy at once: 12 cores over 4 ranks.
+    assert overlapped["rollout"].threads("generate", cores=12) == 3
 
 
 def test_role_threads_names_only_known_roles():
     from common.errors import ConfigError
 
     with pytest.raises(ConfigError, match="role_threads takes positive thread counts for"):
-        load_config(None, ["ppo.role_threads={rollout: 2}"])
+        load_config(None, ["ppo.role_threads={critic: 2}"])
     with pytest.raises(ConfigError, match="role_threads"):
         load_config(None, ["ppo.role_threads={policy: 0}"])
