@@ -11,6 +11,7 @@ import torch
 
 from actors.rollout.hf_engine import HFRolloutEngine
 from actors.rollout.vllm_engine import RolloutEngine
+from actors.threads import ThreadPlan, node_cores
 from actors.weights import hf_named_weights
 from common.config import RolloutConfig
 from tests.conftest import POLICY_PATH
@@ -33,7 +34,9 @@ def prompts() -> list[list[int]]:
 @pytest.fixture(scope="module")
 def engines(ray_session):
     cfg = RolloutConfig(max_new_tokens=NEW_TOKENS)
-    vllm = ray.remote(num_cpus=0.5)(RolloutEngine).remote(str(POLICY_PATH), cfg, 0, 256)
+    # Sampling alone (PPO's phase 1): the node's cores, whatever one thread Ray's worker started with.
+    vllm = ray.remote(num_cpus=0.5)(RolloutEngine).remote(str(POLICY_PATH), cfg, 0, 256, "float32", None,
+                                                          ThreadPlan({"generate": 1, "load_weights": 1}))
     hf = HFRolloutEngine(str(POLICY_PATH), cfg, 0, 256)
     ray.get(vllm.ping.remote())
     yield vllm, hf
@@ -104,3 +107,19 @@ def test_rollouts_are_not_detokenized(engines):
     vllm, _ = engines
     assert ray.get(vllm.sampling_params.remote()).detokenize is False
     assert ray.get(vllm.sampling_params.remote(0.0, 4, 7)).detokenize is False
+
+
+def test_the_engine_samples_on_the_threads_its_plan_gives_despite_vllms_no_op_setter(engines, prompts):
+    """vLLM's CPU worker replaces torch.set_num_threads with a no-op in the engine's process; the plan still
+    takes effect (ThreadPlan sets threads underneath it), so the engine samples on the node's cores."""
+    vllm, _ = engines
+    ray.get(vllm.greedy.remote(prompts, 2))
+
+    def probe(engine):
+        import torch
+
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)  # vLLM's replacement: changes nothing
+        return before, torch.get_num_threads()
+
+    assert ray.get(vllm.__ray_call__.remote(probe)) == (node_cores(), node_cores())

@@ -44,6 +44,7 @@ def test_each_engine_is_started_with_its_share_of_a_steps_sequences():
     from tests.conftest import TINY_CPU
 
     cfg = load_config(TINY_CPU, ["ppo.rollout_batch_size=8", "ppo.samples_per_prompt=4", "ppo.rollout.num_engines=2"])
-    model, rollout, seed, max_len, dtype, sequences = role_args(cfg, str(POLICY_PATH))["rollout"]
+    model, rollout, seed, max_len, dtype, sequences, threads = role_args(cfg, str(POLICY_PATH))["rollout"]
     assert (sequences, max_len) == (16, episode_tokens(cfg.ppo) + 8)
     assert rollout.kv_cache_fit and dtype == cfg.model.dtype
+    assert threads.threads("generate", cores=8) == 4  # and the cores they sample on: 8 over 2 engines
