@@ -36,3 +36,9 @@ class ThreadPlan:
             # actor's process, unpinned (actors/rollout/vllm_engine.py).
             torch._C.set_num_threads(count)
         return count
+
+
+def use_threads(plan: ThreadPlan | None, method: str) -> None:
+    """plan.use(method); without a plan (an engine outside PPO's roles) the process keeps its threads."""
+    if plan is not None:
+        plan.use(method)

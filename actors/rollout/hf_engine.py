@@ -15,7 +15,7 @@ import torch
 from actors.algo.sampling import GREEDY_BELOW, process_next_token_logits
 from actors.group import Located
 from actors.rollout.sample import Sample, sample_seed
-from actors.threads import ThreadPlan
+from actors.threads import ThreadPlan, use_threads
 from actors.weight_collective import WeightReceiver
 from common.config import ModelConfig, RolloutConfig
 
@@ -77,8 +77,7 @@ class HFRolloutEngine(WeightReceiver, Located):
         """Copy weight buckets (iterables of (hf_name, tensor): the sync's PackedBuckets, or lists of pairs) into
         the model; returns the names loaded. A tied weight comes under both names as the same memory and is
         copied once."""
-        if self.threads is not None:
-            self.threads.use("load_weights")
+        use_threads(self.threads, "load_weights")
         count = 0
         loaded_from: dict[int, tuple] = {}  # id(parameter) -> the source it was last copied from in this call
         for bucket in buckets:
@@ -106,8 +105,7 @@ class HFRolloutEngine(WeightReceiver, Located):
         its length cap (max_tokens, or what is left of max_model_len)."""
         if any(len(p) >= self.max_model_len for p in prompts):
             raise ValueError(f"a prompt is at least max_model_len={self.max_model_len} tokens long")
-        if self.threads is not None:
-            self.threads.use("generate")
+        use_threads(self.threads, "generate")
         n, width = len(prompts), max(len(p) for p in prompts)
         limits = [min(max_tokens, self.max_model_len - len(p)) for p in prompts]
         ids = torch.zeros(n, width, dtype=torch.long, device=self.device)

@@ -17,7 +17,7 @@ import torch
 from actors.group import Located
 from actors.rollout.kv_cache import kv_cache_bytes
 from actors.rollout.sample import Sample, sample_seed
-from actors.threads import ThreadPlan
+from actors.threads import ThreadPlan, use_threads
 from actors.weight_collective import WeightReceiver
 from common.config import RolloutConfig
 from common.imports import heavy_imports
@@ -96,7 +96,7 @@ class RolloutEngine(WeightReceiver, Located):
             self.calls += 1
         if not prompts:  # more engines than prompts (a small sampled evaluation)
             return []
-        self._use_threads("generate")
+        use_threads(self.threads, "generate")
         params = [self.sampling_params(temperature, max_tokens,
                                        seed=sample_seed(self.seed, self.calls if draw is None else draw,
                                                         first_index + i if indices is None else indices[i]))
@@ -115,7 +115,7 @@ class RolloutEngine(WeightReceiver, Located):
         left alone, so a run samples the same rollouts whether or not its report asks for answers."""
         from vllm import TokensPrompt
 
-        self._use_threads("generate")
+        use_threads(self.threads, "generate")
         params = self.sampling_params(temperature=0.0, max_tokens=max_tokens)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, use_tqdm=False)
         return [list(out.outputs[0].token_ids) for out in outputs]
@@ -137,7 +137,7 @@ class RolloutEngine(WeightReceiver, Located):
         A bucket is any iterable of (hf_name, tensor): the sync's PackedBuckets (actors/weights.py), which arrive as
         Ray object refs resolved before this method runs and yield views of the object store's shared memory, so
         the only copies here are vLLM's own; or plain lists of pairs."""
-        self._use_threads("load_weights")
+        use_threads(self.threads, "load_weights")
         named = [pair for bucket in buckets for pair in bucket]
         try:
             self._reload(named)
@@ -150,10 +150,6 @@ class RolloutEngine(WeightReceiver, Located):
             self._reload(named)
         self.llm.reset_prefix_cache()
         return len(named)
-
-    def _use_threads(self, method: str) -> None:
-        if self.threads is not None:
-            self.threads.use(method)
 
     def _reload(self, named: list) -> None:
         weights = [(n, t) for n, t in named if not (self.drop_tied_head and n == "lm_head.weight")]
