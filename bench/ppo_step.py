@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/ppo_step.py [--steps 6] [--batch 64] [--new-tokens 64] [--sync-sizes 0.4,8,32]
                                        [--sync-engines vllm,hf] [--sync-transports object_store,collective]
+                                       [--cpu-weights auto|packed,plain]
                                        [--sections rollout,step,sync]
 
 1. rollout: tokens/s of the vLLM engine actor vs Hugging Face `generate` (same model, batch, sampling
@@ -12,7 +13,8 @@
    transport's own cost) vs parameter count (random Llama models built in code, no download), as seconds,
    effective GB/s (model bytes / seconds) and share of the one-thread memory-copy bandwidth measured in the
    same run; through Ray's object store and over the collective path (ppo.weight_sync=collective: a gloo
-   broadcast group here).
+   broadcast group here); into vLLM with each layout of its weights that --cpu-weights lists
+   (ppo.rollout.cpu_weights: packed for oneDNN, or plain and loaded in place; auto: the default's choice per size).
 Writes bench/results/ppo_step.json.
 """
 
@@ -127,7 +129,7 @@ def copy_bandwidth(nbytes: int = 110_000_000, reps: int = 7) -> float:
 
 def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, reps: int = 5, warmup: int = 3,
                pause_s: float = 0.5, transports: tuple[str, ...] = ("object_store", "collective"),
-               node_resources: dict[str, str] | None = None) -> list[dict]:
+               node_resources: dict[str, str] | None = None, layouts: tuple[str, ...] = ("auto",)) -> list[dict]:
     """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one rollout engine: the sync
     phase's two calls (weight_buckets on the policy: gather, pack, ray.put; load_weights on the engine), timed
     apart, medians of `reps` after `warmup` syncs. The first syncs write into object-store memory the policy has
@@ -135,10 +137,12 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
     the fourth on ~100 faults, 12 ms). Syncs are `pause_s` apart, as a PPO step separates them: back to back,
     the store has not yet freed the last sync's buckets and the new ones land in untouched memory again.
 
-    engine "vllm" loads through vLLM's reload_weights, which on CPU repacks every linear weight into oneDNN's
-    blocked layout; "hf" (the Hugging Face engine) copies each weight into its parameter, so its figure is the
-    transport's own cost plus one copy. `node_resources` ({"policy": ..., "rollout": ...}) puts each role on the
-    node that declares that custom resource (bench/sync_across_nodes.py).
+    engine "vllm" loads as `layouts` say (ppo.rollout.cpu_weights, one engine each): packed through vLLM's
+    reload_weights, which on CPU rebuilds every linear weight's oneDNN handler; plain copies each weight into the
+    layer that kept it (actors/rollout/vllm_weights.py); "hf" (the Hugging Face engine) copies each weight into its
+    parameter, so its figure is the transport's own cost plus one copy. `node_resources`
+    ({"policy": ..., "rollout": ...}) puts each role on the node that declares that custom resource
+    (bench/sync_across_nodes.py).
 
     transport "collective" times the whole sync over a gloo group (actors/ppo_weight_sync.py: the policy stages
     each bucket and broadcasts it, the engine receives and loads); its sends and loads overlap, so it has no
@@ -173,10 +177,13 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
             policy = RoleGroup("policy", PolicyRole, 1, group, index["policy"], 1.0, 0,
                                role_args(run_cfg, path)["policy"], True)
             policy.call("setup")
-            for name in engines:
+            targets = [(name, layout) for name in engines for layout in (layouts if name == "vllm" else ("",))]
+            for name, layout in targets:
+                rollout = replace(cfg.ppo.rollout, cpu_weights=layout) if layout else cfg.ppo.rollout
                 engine = RoleGroup("rollout", engine_classes[name], 1, group, index["rollout"], 1.0, 0,
-                                   (path, cfg.ppo.rollout, 0, 256, cfg.model.dtype))
+                                   (path, rollout, 0, 256, cfg.model.dtype))
                 engine.call_rank0("ping")  # the engine has started: its start-up is not sync time
+                in_place = layout and engine.call_rank0("__ray_call__", lambda actor: actor.in_place)
                 for transport in transports:
                     if transport == "collective":
                         sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
@@ -203,6 +210,7 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                     split = {} if transport == "collective" else {"policy_s": statistics.median(policy_s),
                                                                   "engine_s": statistics.median(engine_s)}
                     rows.append({"engine": name, "transport": transport, "params": params, "bytes": nbytes,
+                                 **({"layout": layout, "in_place": in_place} if layout else {}),
                                  "seconds": seconds, **split, "gb_per_s": nbytes / seconds / 1e9,
                                  "copy_share": nbytes / seconds / 1e9 / copy_gb_s})
                 engine.kill()
@@ -223,6 +231,9 @@ def main() -> None:
     parser.add_argument("--sync-engines", default="vllm,hf", help="rollout engines the sync loads into")
     parser.add_argument("--sync-transports", default="object_store,collective",
                         help="how the sync moves the weights (ppo.weight_sync): Ray's object store, a gloo group")
+    parser.add_argument("--cpu-weights", default="auto",
+                        help="layouts of the vLLM engine's weights to sync into (ppo.rollout.cpu_weights), e.g. "
+                             "packed,plain")
     parser.add_argument("--sections", default="rollout,step,sync",
                         help="which sections to run; the others keep their last results in the JSON")
     args = parser.parse_args()
@@ -247,12 +258,14 @@ def main() -> None:
         results["copy_gb_per_s"] = copy_bandwidth()
         results["sync"] = bench_sync(cfg, [float(s) for s in args.sync_sizes.split(",")],
                                      args.sync_engines.split(","), results["copy_gb_per_s"],
-                                     transports=tuple(args.sync_transports.split(",")))
+                                     transports=tuple(args.sync_transports.split(",")),
+                                     layouts=tuple(args.cpu_weights.split(",")))
         print(f"weight sync (policy: gather + pack + put; engine: load) vs one-thread copy "
               f"{results['copy_gb_per_s']:.1f} GB/s:")
         for row in results["sync"]:
             split = f" (policy {row['policy_s']:.3f}, engine {row['engine_s']:.3f})" if "policy_s" in row else ""
-            print(f"  {row['engine']:<4} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
+            engine = row["engine"] + (f" ({'plain' if row['in_place'] else 'packed'})" if "layout" in row else "")
+            print(f"  {engine:<13} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
                   f"{row['seconds']:7.3f} s{split}  {row['gb_per_s']:6.2f} GB/s  {100 * row['copy_share']:5.1f}% "
                   "of copy")
     RESULTS.mkdir(parents=True, exist_ok=True)

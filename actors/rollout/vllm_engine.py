@@ -10,6 +10,7 @@ between PPO steps.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -17,11 +18,13 @@ import torch
 from actors.group import Located
 from actors.rollout.kv_cache import kv_cache_bytes
 from actors.rollout.sample import Sample, sample_seed
+from actors.rollout.vllm_weights import linear_weights_kept, load_in_place, make_plain, plain_layout
 from actors.threads import ThreadPlan, use_threads
 from actors.weight_collective import WeightReceiver
 from common.config import RolloutConfig
 from common.imports import heavy_imports
 
+log = logging.getLogger("rayalign.rollout")
 UNCHUNKED_TOKEN_BUDGET = 4096  # vLLM's own default budget of tokens per scheduler step
 
 
@@ -63,8 +66,12 @@ class RolloutEngine(WeightReceiver, Located):
             # on this machine. Eager, that rank is one comparison over a decode step's logits. (On a GPU the
             # compiled kernel is kept: there the eager one would hold a tokens × vocabulary mask.)
             torch.compiler.set_stance("force_eager")
-        self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=True,
-                       enable_prefix_caching=False, logprobs_mode="processed_logprobs", **kwargs)
+        plain = not torch.cuda.is_available() and plain_layout(cfg.cpu_weights, model_path, dtype)
+        with linear_weights_kept(plain):
+            self.llm = LLM(model=model_path, dtype=dtype, seed=seed, max_model_len=max_model_len, enforce_eager=True,
+                           enable_prefix_caching=False, logprobs_mode="processed_logprobs", **kwargs)
+        # plain (actors/rollout/vllm_weights.py): a sync copies into the layers' kept weights instead of reloading.
+        self.in_place = plain and self._plain_or_why() is None
         self.seed = seed
         self.calls = 0
         self.threads = threads
@@ -153,7 +160,17 @@ class RolloutEngine(WeightReceiver, Located):
 
     def _reload(self, named: list) -> None:
         weights = [(n, t) for n, t in named if not (self.drop_tied_head and n == "lm_head.weight")]
-        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        if self.in_place:
+            self.llm.collective_rpc(load_in_place, args=(weights,))
+        else:
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+
+    def _plain_or_why(self) -> str | None:
+        """Finish the plain layout after start; None when syncs can load in place, else the logged reason why not."""
+        reason = self.llm.collective_rpc(make_plain)[0]
+        if reason is not None:
+            log.warning("rollout.cpu_weights=plain: %s, so weight syncs go through vLLM's reload", reason)
+        return reason
 
     def ping(self) -> bool:
         return True

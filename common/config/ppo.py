@@ -28,6 +28,12 @@ class RolloutConfig:
                                      "share of rollout_batch_size × samples_per_prompt, each at the longest episode; "
                                      "at least 64 MiB, at most kv_cache_gib) instead of all of kv_cache_gib "
                                      "(actors/rollout/kv_cache.py)")
+    cpu_weights: Literal["auto", "packed", "plain"] = param(
+        "auto", "CPU vLLM engines: packed (vLLM's default: each linear layer's weight reordered for oneDNN, so a "
+                "decode step multiplies fastest, but every weight sync rebuilds them through vLLM's reload), plain "
+                "(the weights kept as loaded and multiplied by torch: a sync copies them in place, 4-8x faster, while "
+                "decode-sized products at hidden size 512 and up are slower), or auto: plain for fp32 models up to "
+                "hidden size 256, where it samples as fast, else packed (actors/rollout/vllm_weights.py)")
     max_replacements: int = param(3, "dead engines replaced per run (in the same placement bundle, weights re-synced "
                                      "from the policy) before the job fails", ge=0)
 

@@ -1,6 +1,6 @@
 """Every model family in the real vLLM engine (CPU build): the tiny model of each (jobs/tiny_models.py) loads, and
 after PPO's weight sync of changed weights (actors/weights.py's names, fused projections and tied embeddings
-included) the engine's log-probs of a fixed response equal the policy's to 1e-4. Slow: one engine start per
+included), copied in place into the plain weights the tiny models keep, the engine's log-probs of a fixed response equal the policy's to 1e-4. Slow: one engine start per
 family; the default tier checks the sync on the Llama policy (tests/ray/test_ppo_roles.py)."""
 
 from __future__ import annotations
@@ -45,6 +45,8 @@ def test_the_engine_takes_the_policys_weights_for_every_family(ray_session, fold
             for parameter in model.parameters():
                 parameter.add_(0.05 * torch.randn_like(parameter))
         named = list(hf_named_weights(model, stage=0))
+        # The tiny fp32 models keep plain weights (ppo.rollout.cpu_weights=auto): the sync copies into each layer.
+        assert ray.get(engine.__ray_call__.remote(lambda actor: actor.in_place)) is True
         assert ray.get(engine.load_weights.remote(named)) == len(named)
         synced = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompt, response)))
         assert torch.allclose(synced, teacher_forced(model, prompt, response), atol=1e-4), (synced, family)

@@ -205,10 +205,12 @@ def test_old_logprobs_are_the_engines_processed_logprobs(ray_session, tokenizer)
     assert float(plain["behaviour_kl"]) > 0.05 and float(plain["ratio_outside_share"]) > 0.05, plain
 
 
-@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora):
+# Both layouts of a CPU engine's weights (ppo.rollout.cpu_weights): the tiny policy's default keeps them plain and a
+# sync copies into them; packed reorders them for oneDNN and a sync goes through vLLM's reload.
+@pytest.mark.parametrize("lora, layout", [(False, "auto"), (True, "packed")], ids=["full-plain", "lora-packed"])
+def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora, layout):
     overrides = ["lora.enabled=true", "lora.rank=8", "lora.alpha=16"] if lora else []
-    cfg = ppo_config(*overrides)
+    cfg = ppo_config(*overrides, f"ppo.rollout.cpu_weights={layout}")
     policy = policy_group(cfg, 1)
     group, index = reserve([RoleResources("rollout", 1, cpus=0.5)])
     engine = RoleGroup("rollout", rollout_engine_class(cfg.ppo.rollout), 1, group, index["rollout"], 0.5, 0,
@@ -227,6 +229,7 @@ def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora)
 
     before = engine_logprobs()
     assert torch.allclose(before, policy_logprobs(), atol=1e-4)
+    assert engine.call_rank0("__ray_call__", lambda actor: actor.in_place) is (layout != "packed")
     update(policy, batch)
     assert not torch.allclose(engine_logprobs(), policy_logprobs(), atol=1e-3)  # the engine is stale
     refs = policy.call_rank0("weight_buckets", 1)

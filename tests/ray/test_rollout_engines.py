@@ -123,3 +123,24 @@ def test_the_engine_samples_on_the_threads_its_plan_gives_despite_vllms_no_op_se
         return before, torch.get_num_threads()
 
     assert ray.get(vllm.__ray_call__.remote(probe)) == (node_cores(), node_cores())
+
+
+def test_the_tiny_fp32_policy_keeps_plain_weights_that_a_sync_updates_in_place(engines):
+    """ppo.rollout.cpu_weights=auto on the tiny fp32 policy: every layer multiplies by torch over the weight it
+    kept (no oneDNN handler), so syncs load in place (the sync test above checks what they load); vLLM's switch is
+    off again once the engine has loaded, and a quantized model would not be loaded in place."""
+    vllm, _ = engines
+
+    def probe(engine):
+        from vllm.model_executor.layers.linear import LinearBase
+
+        from actors.rollout.vllm_weights import in_place_eligible, is_plain
+
+        def eligible(worker, quantization):
+            return in_place_eligible(worker.model_runner.get_model(), quantization)
+
+        return (engine.in_place, engine.llm.collective_rpc(is_plain)[0],
+                "_cpu_skip_gemm_dispatch" in LinearBase.__dict__, engine.llm.collective_rpc(eligible, args=(None,))[0],
+                engine.llm.collective_rpc(eligible, args=("fp8",))[0])
+
+    assert ray.get(vllm.__ray_call__.remote(probe)) == (True, True, False, None, "the model is quantized (fp8)")
