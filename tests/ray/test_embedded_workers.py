@@ -79,3 +79,24 @@ def test_workers_get_the_embedded_ray_train_settings(ray_session):
     expected = {name: os.environ.get(name, value) for name, value in EMBEDDED_TRAIN_ENV.items()}
     assert ray.get(environment_of_a_worker.remote(list(EMBEDDED_TRAIN_ENV))) == expected
     assert EMBEDDED_TRAIN_ENV == {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+
+
+def test_the_embedded_raylet_retries_its_socket_connects_every_tenth_of_a_second(ray_session):
+    """The cluster's system config carries the retry settings (cluster/runtime.py, SOCKET_RETRIES; the GCS holds it
+    and the raylet reads it from there): a raylet that loses the race to its own object store waits 0.1 s instead of
+    Ray's 1 s, and a connect still gives up after 10 s as with Ray's defaults."""
+    import base64
+    import json
+
+    from ray._private import ray_constants, worker
+
+    from cluster.runtime import SOCKET_RETRIES
+
+    gcs = worker._global_node.all_processes[ray_constants.PROCESS_TYPE_GCS_SERVER][0].process.pid
+    with open(f"/proc/{gcs}/cmdline", "rb") as cmdline:
+        args = cmdline.read().decode().split("\0")
+    encoded = next(arg.split("=", 1)[1] for arg in args if arg.startswith("--config_list="))
+    config = json.loads(base64.b64decode(encoded))
+    assert {key: config.get(key) for key in SOCKET_RETRIES} == SOCKET_RETRIES
+    assert SOCKET_RETRIES["raylet_client_connect_timeout_milliseconds"] * \
+        SOCKET_RETRIES["raylet_client_num_connect_attempts"] == 10_000  # Ray's defaults: 1,000 ms × 10
