@@ -118,6 +118,7 @@ class PPORoles:
         self.functions: RewardFunctions | None = None  # plug-in reward functions, in a worker of their own
         self.environments: Environments | None = None  # multi-turn episodes' environments, in a worker of their own
         self.rollout_engine: str | None = None  # "vllm" or "hf"
+        self.rollout_weights: str | None = None  # how the engines hold their weights: plain, packed or reload
         self.sizes: dict = {}
         self.layouts: dict[str, str] = {}  # trained role -> how it lays out its batches (set once they are up)
         self.startup_s = 0.0
@@ -185,6 +186,7 @@ class PPORoles:
         value_sizes = self.value.get(setups["value"], "setup")[0] if self.value is not None else {}
         for group_, refs, method in waits:
             group_.get(refs, method)
+        self.rollout_weights = self.rollout.call_rank0("weight_layout")
         if self.functions is not None:
             self.functions.ready()
         if self.environments is not None:
@@ -194,8 +196,9 @@ class PPORoles:
         self.layouts = {"policy": self.sizes["layout"], **({"value": value_sizes["layout"]} if value_sizes else {})}
         engines = f"policy {self.sizes['engine']} ({self.layouts['policy']})" + \
             (f", value {value_sizes['engine']} ({self.layouts['value']})" if value_sizes else "")
-        log.info("PPO roles up in %.1f s: %d rollout engine(s) (%s), policy ×%d (%d/%d trainable), %s, reference %s, "
-                 "reward from %s; training engines: %s", self.startup_s, len(self.rollout), self.rollout_engine,
+        log.info("PPO roles up in %.1f s: %d rollout engine(s) (%s, %s weights), policy ×%d (%d/%d trainable), %s, "
+                 "reference %s, reward from %s; training engines: %s", self.startup_s, len(self.rollout),
+                 self.rollout_engine, self.rollout_weights,
                  len(self.policy), self.sizes["trainable_params"], self.sizes["total_params"],
                  f"value ×{len(self.value)}" if self.value is not None else
                  f"no value model ({ppo.advantage_estimator}, {ppo.samples_per_prompt} samples per prompt)",
@@ -205,6 +208,7 @@ class PPORoles:
         ppo = cfg.ppo
         run = {"run": cfg.run.name, "steps": ppo.steps, "rollout_batch_size": ppo.rollout_batch_size,
                "sequences_per_step": ppo.sequences_per_step, "rollout_engine": self.rollout_engine,
+               "rollout_weights": self.rollout_weights,
                "layouts": self.layouts}
         return write_roster(output_dir, run, self.groups(), getattr(self.reward, "actor", None))
 

@@ -65,6 +65,7 @@ def gather(run_dir: Path, address: str | None) -> dict:
     rows = read_jsonl(run_dir / "metrics.jsonl")
     actors, live_error = _with_live_state(roster["actors"], address)
     return {"run_dir": str(run_dir), "run": roster.get("run"), "rollout_engine": roster.get("rollout_engine"),
+            "rollout_weights": roster.get("rollout_weights"),
             "progress": progress(run_dir, rows, roster),
             # Rosters written before samples_per_prompt existed hold rollout_batch_size only (one answer each).
             "throughput": throughput(rows, roster.get("sequences_per_step", roster.get("rollout_batch_size"))),
@@ -142,7 +143,8 @@ def render(status: dict) -> str:
             counts[fault["event"]] = counts.get(fault["event"], 0) + 1
         lines.append("  faults: " + ", ".join(f"{n} × {event}" for event, n in counts.items()) + " (faults.jsonl)")
     if status.get("rollout_engine"):
-        lines.append(f"  rollout engine: {status['rollout_engine']}")
+        weights = f" ({status['rollout_weights']} weights)" if status.get("rollout_weights") else ""
+        lines.append(f"  rollout engine: {status['rollout_engine']}{weights}")
     lines.append(f"  actor state: {status['live_state']}")
     header = ("role", "rank", "state", "node", "ip", "pid", "actor")
     table = [header] + [(a["role"], str(a["rank"]), a["state"], a["node_id"][:12], a.get("node_ip") or "?",

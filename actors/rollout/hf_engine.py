@@ -94,6 +94,10 @@ class HFRolloutEngine(WeightReceiver, Located):
     def ping(self) -> bool:
         return True
 
+    def weight_layout(self) -> str:
+        """Plain: a sync copies each weight into its parameter (the names are RolloutEngine.weight_layout's)."""
+        return "plain"
+
     def set_calls(self, calls: int) -> None:
         """Restore the sampling-seed counter on resume (samples after a resume match an unbroken run)."""
         self.calls = calls

@@ -175,6 +175,14 @@ class RolloutEngine(WeightReceiver, Located):
     def ping(self) -> bool:
         return True
 
+    def weight_layout(self) -> str:
+        """How this engine holds its weights, and so how a sync lands (ppo.rollout.cpu_weights): plain (kept as
+        loaded and copied into in place), packed (oneDNN handlers on CPU, rebuilt by vLLM's reload) or, on a GPU,
+        reload (vLLM's layerwise reload)."""
+        if self.in_place:
+            return "plain"
+        return "reload" if torch.cuda.is_available() else "packed"
+
     def kv_cache_tokens(self) -> int:
         """Tokens the engine's KV cache holds (blocks × block size): what its KV-cache bytes buy on CPU."""
         cache = self.llm.llm_engine.vllm_config.cache_config

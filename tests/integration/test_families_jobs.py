@@ -43,3 +43,4 @@ def test_sft_with_lora_then_ppo_on_every_family(ray_session, tmp_path, family):
     assert result.steps == 2
     roles = json.loads((tmp_path / "tiny-cpu" / "ppo" / "roles.json").read_text())
     assert roles["rollout_engine"] == "vllm"  # vLLM's CPU build knows all seven architectures
+    assert roles["rollout_weights"] == "plain"  # the tiny fp32 models' syncs copy in place (ppo.rollout.cpu_weights)

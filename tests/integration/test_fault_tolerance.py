@@ -178,6 +178,7 @@ def test_status_shows_where_each_role_runs_how_far_the_run_got_and_its_faults(sa
     for role in ("rollout", "policy", "value", "reference"):
         assert f"\n  {role} " in text
     assert "1 node(s): " in text and "policy ×2" in text
+    assert "rollout engine: vllm (plain weights)" in text, text
     helped = subprocess.run([sys.executable, "-m", "jobs.status", "--help"], cwd=REPO, env=job_env(),
                             capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "--address" in helped.stdout and "--run-dir" in helped.stdout

@@ -41,6 +41,8 @@ def assert_rollouts_ran_on_vllm(output_dir) -> None:
     otherwise turn every "real vLLM" test here into a Hugging Face run without a word."""
     roster = json.loads((output_dir / "roles.json").read_text())
     assert roster["rollout_engine"] == ("vllm" if vllm_importable() else "hf"), roster["rollout_engine"]
+    # The tiny fp32 policy's engine keeps plain weights that each sync copies into (ppo.rollout.cpu_weights=auto).
+    assert roster["rollout_weights"] == "plain", roster["rollout_weights"]
 
 
 def window_mean(rows, key, first: bool, n: int = 5) -> float:
