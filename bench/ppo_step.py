@@ -183,7 +183,7 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                 engine = RoleGroup("rollout", engine_classes[name], 1, group, index["rollout"], 1.0, 0,
                                    (path, rollout, 0, 256, cfg.model.dtype))
                 engine.call_rank0("ping")  # the engine has started: its start-up is not sync time
-                in_place = layout and engine.call_rank0("__ray_call__", lambda actor: actor.in_place)
+                weights = layout and engine.call_rank0("weight_layout")  # what auto chose: plain or packed
                 for transport in transports:
                     if transport == "collective":
                         sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
@@ -210,7 +210,7 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                     split = {} if transport == "collective" else {"policy_s": statistics.median(policy_s),
                                                                   "engine_s": statistics.median(engine_s)}
                     rows.append({"engine": name, "transport": transport, "params": params, "bytes": nbytes,
-                                 **({"layout": layout, "in_place": in_place} if layout else {}),
+                                 **({"layout": layout, "weights": weights} if layout else {}),
                                  "seconds": seconds, **split, "gb_per_s": nbytes / seconds / 1e9,
                                  "copy_share": nbytes / seconds / 1e9 / copy_gb_s})
                 engine.kill()
@@ -264,7 +264,7 @@ def main() -> None:
               f"{results['copy_gb_per_s']:.1f} GB/s:")
         for row in results["sync"]:
             split = f" (policy {row['policy_s']:.3f}, engine {row['engine_s']:.3f})" if "policy_s" in row else ""
-            engine = row["engine"] + (f" ({'plain' if row['in_place'] else 'packed'})" if "layout" in row else "")
+            engine = row["engine"] + (f" ({row['weights']})" if "layout" in row else "")
             print(f"  {engine:<13} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
                   f"{row['seconds']:7.3f} s{split}  {row['gb_per_s']:6.2f} GB/s  {100 * row['copy_share']:5.1f}% "
                   "of copy")

@@ -108,7 +108,7 @@ def load_in_place(worker, weights: list) -> None:
 
 
 def is_plain(worker) -> bool:
-    """Whether every layer of the engine's model multiplies with `F.linear` over its kept weight (tests, logs)."""
+    """Whether every layer of the engine's model multiplies with `F.linear` over its kept weight (the tests' probe)."""
     import torch.nn.functional as F
 
     layers = [m for m in worker.model_runner.get_model().modules() if hasattr(m, "cpu_linear")]

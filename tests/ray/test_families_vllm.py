@@ -46,7 +46,7 @@ def test_the_engine_takes_the_policys_weights_for_every_family(ray_session, fold
                 parameter.add_(0.05 * torch.randn_like(parameter))
         named = list(hf_named_weights(model, stage=0))
         # The tiny fp32 models keep plain weights (ppo.rollout.cpu_weights=auto): the sync copies into each layer.
-        assert ray.get(engine.__ray_call__.remote(lambda actor: actor.in_place)) is True
+        assert ray.get(engine.weight_layout.remote()) == "plain"
         assert ray.get(engine.load_weights.remote(named)) == len(named)
         synced = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompt, response)))
         assert torch.allclose(synced, teacher_forced(model, prompt, response), atol=1e-4), (synced, family)

@@ -229,7 +229,7 @@ def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora,
 
     before = engine_logprobs()
     assert torch.allclose(before, policy_logprobs(), atol=1e-4)
-    assert engine.call_rank0("__ray_call__", lambda actor: actor.in_place) is (layout != "packed")
+    assert engine.call_rank0("weight_layout") == ("packed" if layout == "packed" else "plain")
     update(policy, batch)
     assert not torch.allclose(engine_logprobs(), policy_logprobs(), atol=1e-3)  # the engine is stale
     refs = policy.call_rank0("weight_buckets", 1)

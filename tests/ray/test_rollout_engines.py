@@ -139,8 +139,8 @@ def test_the_tiny_fp32_policy_keeps_plain_weights_that_a_sync_updates_in_place(e
         def eligible(worker, quantization):
             return in_place_eligible(worker.model_runner.get_model(), quantization)
 
-        return (engine.in_place, engine.llm.collective_rpc(is_plain)[0],
+        return (engine.weight_layout(), engine.llm.collective_rpc(is_plain)[0],
                 "_cpu_skip_gemm_dispatch" in LinearBase.__dict__, engine.llm.collective_rpc(eligible, args=(None,))[0],
                 engine.llm.collective_rpc(eligible, args=("fp8",))[0])
 
-    assert ray.get(vllm.__ray_call__.remote(probe)) == (True, True, False, None, "the model is quantized (fp8)")
+    assert ray.get(vllm.__ray_call__.remote(probe)) == ("plain", True, False, None, "the model is quantized (fp8)")
