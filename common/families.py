@@ -31,8 +31,6 @@ def lora_targets(configured: list[str] | None, model_type: str | None) -> list[s
 
 def model_type_of(folder) -> str | None:
     """config.json's model_type of a Hugging Face folder (None when it has none)."""
-    import json
-    from pathlib import Path
+    from common.model_dir import config_json
 
-    config = Path(folder) / "config.json"
-    return json.loads(config.read_text()).get("model_type") if config.is_file() else None
+    return config_json(folder).get("model_type")

@@ -33,6 +33,12 @@ def check_model_dir(path: str | Path, need_tokenizer: bool = True, what: str = "
     return folder
 
 
+def config_json(folder: str | Path) -> dict:
+    """A Hugging Face folder's config.json ({} when the folder has none)."""
+    config = Path(folder) / "config.json"
+    return json.loads(config.read_text()) if config.is_file() else {}
+
+
 # Where Hugging Face configs keep the context length: most families, GPT-2, a few others.
 CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length")
 

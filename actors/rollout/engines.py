@@ -12,6 +12,7 @@ from actors.rollout.hf_engine import HFRolloutEngine
 from actors.rollout.vllm_engine import RolloutEngine
 from common.config import RolloutConfig
 from common.errors import ConfigError
+from common.model_dir import config_json
 
 log = logging.getLogger("rayalign.rollout")
 
@@ -52,10 +53,7 @@ def rollout_engine_class(cfg: RolloutConfig, model_path: str | None = None) -> t
 def unknown_to_vllm(model_path: str) -> str | None:
     """The checkpoint's architecture when vLLM's model registry lacks it; None when vLLM knows it (or the
     checkpoint names none)."""
-    import json
-
-    config = Path(model_path) / "config.json"
-    architectures = json.loads(config.read_text()).get("architectures") or [] if config.is_file() else []
+    architectures = config_json(model_path).get("architectures") or []
     if not architectures:
         return None
     known = vllm_architectures()

@@ -28,10 +28,8 @@ model) is synced through vLLM's reload as with packed, and the engine says so in
 from __future__ import annotations
 
 import contextlib
-import json
-from pathlib import Path
 
-from common.model_dir import text_shape
+from common.model_dir import config_json, text_shape
 
 PLAIN_UP_TO_HIDDEN = 256  # auto's bound: the widest hidden size measured to sample as fast plain as packed (above)
 
@@ -41,8 +39,7 @@ def plain_layout(choice: str, model_path: str, dtype: str) -> bool:
     model at most PLAIN_UP_TO_HIDDEN wide (a config.json without a width: packed)."""
     if choice != "auto":
         return choice == "plain"
-    config = Path(model_path) / "config.json"
-    shape = text_shape(json.loads(config.read_text())) if config.is_file() else None
+    shape = text_shape(config_json(model_path))
     return dtype == "float32" and shape is not None and shape.hidden <= PLAIN_UP_TO_HIDDEN
 
 
