@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/ppo_step.py [--steps 6] [--batch 64] [--new-tokens 64] [--sync-sizes 0.4,8,32]
                                        [--sync-engines vllm,hf] [--sync-transports object_store,collective]
-                                       [--cpu-weights auto|packed,plain]
+                                       [--cpu-weights auto|packed,plain] [--zero-copy on|on,off]
                                        [--sections rollout,step,sync]
 
 1. rollout: tokens/s of the vLLM engine actor vs Hugging Face `generate` (same model, batch, sampling
@@ -14,7 +14,9 @@
    effective GB/s (model bytes / seconds) and share of the one-thread memory-copy bandwidth measured in the
    same run; through Ray's object store and over the collective path (ppo.weight_sync=collective: a gloo
    broadcast group here); into vLLM with each layout of its weights that --cpu-weights lists
-   (ppo.rollout.cpu_weights: packed for oneDNN, or plain and loaded in place; auto: the default's choice per size).
+   (ppo.rollout.cpu_weights: packed for oneDNN, or plain and loaded in place; auto: the default's choice per size),
+   plain engines with their parameters made the synced buckets in the store or copied into (--zero-copy on,off:
+   ppo.rollout.zero_copy_sync).
 Writes bench/results/ppo_step.json.
 """
 
@@ -129,7 +131,8 @@ def copy_bandwidth(nbytes: int = 110_000_000, reps: int = 7) -> float:
 
 def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, reps: int = 5, warmup: int = 3,
                pause_s: float = 0.5, transports: tuple[str, ...] = ("object_store", "collective"),
-               node_resources: dict[str, str] | None = None, layouts: tuple[str, ...] = ("auto",)) -> list[dict]:
+               node_resources: dict[str, str] | None = None, layouts: tuple[str, ...] = ("auto",),
+               zero_copies: tuple[bool, ...] = (True,)) -> list[dict]:
     """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one rollout engine: the sync
     phase's two calls (weight_buckets on the policy: gather, pack, ray.put; load_weights on the engine), timed
     apart, medians of `reps` after `warmup` syncs. The first syncs write into object-store memory the policy has
@@ -139,10 +142,11 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
 
     engine "vllm" loads as `layouts` say (ppo.rollout.cpu_weights, one engine each): packed through vLLM's
     reload_weights, which on CPU rebuilds every linear weight's oneDNN handler; plain copies each weight into the
-    layer that kept it (actors/rollout/vllm_weights.py); "hf" (the Hugging Face engine) copies each weight into its
-    parameter, so its figure is the transport's own cost plus one copy. `node_resources`
-    ({"policy": ..., "rollout": ...}) puts each role on the node that declares that custom resource
-    (bench/sync_across_nodes.py).
+    layer that kept it (actors/rollout/vllm_weights.py), or, with zero copy (`zero_copies`,
+    ppo.rollout.zero_copy_sync), points each parameter at its bytes in the synced buckets where they lie as vLLM
+    stacks them and copies the rest; "hf" (the Hugging Face engine) copies each weight into its parameter, so its
+    figure is the transport's own cost plus one copy. `node_resources` ({"policy": ..., "rollout": ...}) puts each
+    role on the node that declares that custom resource (bench/sync_across_nodes.py).
 
     transport "collective" times the whole sync over a gloo group (actors/ppo_weight_sync.py: the policy stages
     each bucket and broadcasts it, the engine receives and loads); its sends and loads overlap, so it has no
@@ -177,9 +181,12 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
             policy = RoleGroup("policy", PolicyRole, 1, group, index["policy"], 1.0, 0,
                                role_args(run_cfg, path)["policy"], True)
             policy.call("setup")
-            targets = [(name, layout) for name in engines for layout in (layouts if name == "vllm" else ("",))]
-            for name, layout in targets:
-                rollout = replace(cfg.ppo.rollout, cpu_weights=layout) if layout else cfg.ppo.rollout
+            targets = [(name, layout, zero_copy) for name in engines
+                       for layout in (layouts if name == "vllm" else ("",))
+                       for zero_copy in (zero_copies if layout in ("plain", "auto") else zero_copies[:1])]
+            for name, layout, zero_copy in targets:
+                rollout = (replace(cfg.ppo.rollout, cpu_weights=layout, zero_copy_sync=zero_copy) if layout
+                           else cfg.ppo.rollout)
                 engine = RoleGroup("rollout", engine_classes[name], 1, group, index["rollout"], 1.0, 0,
                                    (path, rollout, 0, 256, cfg.model.dtype))
                 engine.call_rank0("ping")  # the engine has started: its start-up is not sync time
@@ -209,8 +216,9 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                     seconds = statistics.median(total)
                     split = {} if transport == "collective" else {"policy_s": statistics.median(policy_s),
                                                                   "engine_s": statistics.median(engine_s)}
-                    rows.append({"engine": name, "transport": transport, "params": params, "bytes": nbytes,
-                                 **({"layout": layout, "weights": weights} if layout else {}),
+                    viewing = layout and engine.call_rank0("zero_copy")  # (parameters that are the store's bytes, all)
+                    shape = {"layout": layout, "weights": weights, "zero_copy": list(viewing)} if layout else {}
+                    rows.append({"engine": name, "transport": transport, "params": params, "bytes": nbytes, **shape,
                                  "seconds": seconds, **split, "gb_per_s": nbytes / seconds / 1e9,
                                  "copy_share": nbytes / seconds / 1e9 / copy_gb_s})
                 engine.kill()
@@ -234,6 +242,9 @@ def main() -> None:
     parser.add_argument("--cpu-weights", default="auto",
                         help="layouts of the vLLM engine's weights to sync into (ppo.rollout.cpu_weights), e.g. "
                              "packed,plain")
+    parser.add_argument("--zero-copy", default="on",
+                        help="plain vLLM engines whose parameters are the synced buckets in the store (on) or copied "
+                             "into (off): ppo.rollout.zero_copy_sync; e.g. on,off")
     parser.add_argument("--sections", default="rollout,step,sync",
                         help="which sections to run; the others keep their last results in the JSON")
     args = parser.parse_args()
@@ -259,13 +270,16 @@ def main() -> None:
         results["sync"] = bench_sync(cfg, [float(s) for s in args.sync_sizes.split(",")],
                                      args.sync_engines.split(","), results["copy_gb_per_s"],
                                      transports=tuple(args.sync_transports.split(",")),
-                                     layouts=tuple(args.cpu_weights.split(",")))
+                                     layouts=tuple(args.cpu_weights.split(",")),
+                                     zero_copies=tuple(value == "on" for value in args.zero_copy.split(",")))
         print(f"weight sync (policy: gather + pack + put; engine: load) vs one-thread copy "
               f"{results['copy_gb_per_s']:.1f} GB/s:")
         for row in results["sync"]:
             split = f" (policy {row['policy_s']:.3f}, engine {row['engine_s']:.3f})" if "policy_s" in row else ""
-            engine = row["engine"] + (f" ({row['weights']})" if "layout" in row else "")
-            print(f"  {engine:<13} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
+            viewed, parameters = row.get("zero_copy") or (0, 0)
+            weights = f"{row['weights']}, {viewed}/{parameters} viewed" if viewed else row.get("weights")
+            engine = row["engine"] + (f" ({weights})" if "layout" in row else "")
+            print(f"  {engine:<26} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
                   f"{row['seconds']:7.3f} s{split}  {row['gb_per_s']:6.2f} GB/s  {100 * row['copy_share']:5.1f}% "
                   "of copy")
     RESULTS.mkdir(parents=True, exist_ok=True)

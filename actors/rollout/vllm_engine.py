@@ -18,6 +18,7 @@ import torch
 from actors.group import Located
 from actors.rollout.kv_cache import kv_cache_bytes
 from actors.rollout.sample import Sample, sample_seed
+from actors.rollout.store_views import adopt, in_store, release
 from actors.rollout.vllm_weights import linear_weights_kept, load_in_place, make_plain, plain_layout
 from actors.threads import ThreadPlan, use_threads
 from actors.weight_collective import WeightReceiver
@@ -72,6 +73,11 @@ class RolloutEngine(WeightReceiver, Located):
                            enable_prefix_caching=False, logprobs_mode="processed_logprobs", **kwargs)
         # plain (actors/rollout/vllm_weights.py): a sync copies into the layers' kept weights instead of reloading.
         self.in_place = plain and self._plain_or_why() is None
+        # zero_copy_sync (actors/rollout/store_views.py): None until the first sync through the store proves the
+        # model's parameters can be its buckets' bytes, then whether they can.
+        self.views_fit: bool | None = None if self.in_place and cfg.zero_copy_sync else False
+        self.viewed: list = []  # the buckets the parameters are views of, held so that their memory stays valid
+        self.views = (0, 0)  # (parameters that are views of them, parameters)
         self.seed = seed
         self.calls = 0
         self.threads = threads
@@ -146,6 +152,37 @@ class RolloutEngine(WeightReceiver, Located):
         the only copies here are vLLM's own; or plain lists of pairs."""
         use_threads(self.threads, "load_weights")
         named = [pair for bucket in buckets for pair in bucket]
+        if not (self.views_fit is not False and in_store(buckets) and self._view(buckets, named)):
+            self._copy(named)
+        self.llm.reset_prefix_cache()
+        return len(named)
+
+    def _view(self, buckets: tuple, named: list) -> bool:
+        """Point the parameters at the synced buckets' bytes in the store where they lie as vLLM stacks them, and
+        copy the rest (zero_copy_sync); returns whether the weights are loaded. The first such sync loads with
+        vLLM's loader and then checks that every parameter equals its parts."""
+        first = self.views_fit is None
+        if first:
+            self._copy(named)
+        result = self.llm.collective_rpc(adopt, args=(self._sent(named), not first))[0]
+        if isinstance(result, str):
+            log.warning("rollout.zero_copy_sync: %s, so %s", result,
+                        "weight syncs copy into the engine" if first else "this sync copies into the engine")
+        else:
+            self.viewed, self.views = list(buckets), result  # the last sync's buckets are let go only now
+            if first:
+                log.info("rollout engine: %d of its %d parameters are the synced weights in Ray's object store "
+                         "(zero-copy sync)", *result)
+        if first:
+            self.views_fit = not isinstance(result, str)
+        return first or not isinstance(result, str)
+
+    def _copy(self, named: list) -> None:
+        """Copy the weights into the engine's own parameters (given back their private memory first, when they
+        were views of the store's buffers)."""
+        if self.viewed:
+            self.llm.collective_rpc(release)
+            self.viewed, self.views = [], (0, 0)
         try:
             self._reload(named)
         except ValueError as exc:
@@ -155,11 +192,12 @@ class RolloutEngine(WeightReceiver, Located):
                 raise
             self.drop_tied_head = True
             self._reload(named)
-        self.llm.reset_prefix_cache()
-        return len(named)
+
+    def _sent(self, named: list) -> list:
+        return [(n, t) for n, t in named if not (self.drop_tied_head and n == "lm_head.weight")]
 
     def _reload(self, named: list) -> None:
-        weights = [(n, t) for n, t in named if not (self.drop_tied_head and n == "lm_head.weight")]
+        weights = self._sent(named)
         if self.in_place:
             self.llm.collective_rpc(load_in_place, args=(weights,))
         else:
@@ -182,6 +220,11 @@ class RolloutEngine(WeightReceiver, Located):
         if self.in_place:
             return "plain"
         return "reload" if torch.cuda.is_available() else "packed"
+
+    def zero_copy(self) -> tuple[int, int]:
+        """(parameters that are, at present, views of the last synced buckets in Ray's object store, parameters):
+        rollout.zero_copy_sync (actors/rollout/store_views.py); (0, 0) while none is."""
+        return self.views
 
     def kv_cache_tokens(self) -> int:
         """Tokens the engine's KV cache holds (blocks × block size): what its KV-cache bytes buy on CPU."""

@@ -34,6 +34,11 @@ class RolloutConfig:
                 "(the weights kept as loaded and multiplied by torch: a sync copies them in place, 4-8x faster, while "
                 "decode-sized products at hidden size 512 and up are slower), or auto: plain for fp32 models up to "
                 "hidden size 256, where it samples as fast, else packed (actors/rollout/vllm_weights.py)")
+    zero_copy_sync: bool = param(
+        True, "CPU vLLM engines with plain weights: after a sync through Ray's object store, the engine's parameters "
+              "are the synced buckets in the store, not copies of them (no copy in the engine, one copy of the "
+              "weights per node however many engines it runs); a model whose loader changes its weights on the way "
+              "is found at the first sync and keeps copying (actors/rollout/store_views.py)")
     max_replacements: int = param(3, "dead engines replaced per run (in the same placement bundle, weights re-synced "
                                      "from the policy) before the job fails", ge=0)
 

@@ -237,6 +237,10 @@ def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora,
     after = engine_logprobs()
     assert torch.allclose(after, policy_logprobs(), atol=1e-4)
     assert (after - before).abs().max() > 1e-3
+    # Plain weights become the synced buckets themselves (rollout.zero_copy_sync), but for the fused projections
+    # whose parts these 1 MiB buckets split, which are copied; packed ones cannot.
+    viewed, parameters = engine.call_rank0("zero_copy")
+    assert 0 < viewed < parameters if layout != "packed" else viewed == parameters == 0
     # The collective path (ppo.weight_sync=collective: a gloo group here, NCCL between GPUs) after a second update.
     update(policy, batch)
     sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
@@ -245,6 +249,12 @@ def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora,
     broadcast = engine_logprobs()
     assert torch.allclose(broadcast, policy_logprobs(), atol=1e-4)
     assert (broadcast - after).abs().max() > 1e-3
+    assert engine.call_rank0("zero_copy") == (0, 0)  # a broadcast is copied: the group reuses its buffers
+    # Through the store again, after a third update: viewed again where the engine is plain.
+    update(policy, batch)
+    assert engine.call_rank0("load_weights", *policy.call_rank0("weight_buckets", 1)) > 0
+    assert torch.allclose(engine_logprobs(), policy_logprobs(), atol=1e-4)
+    assert engine.call_rank0("zero_copy") == ((viewed, parameters) if layout != "packed" else (0, 0))
     engine.kill()
     with pytest.raises(RoleFailure, match="rollout rank 0 died during sequence_logprobs"):
         engine_logprobs()

@@ -144,3 +144,38 @@ def test_the_tiny_fp32_policy_keeps_plain_weights_that_a_sync_updates_in_place(e
                 engine.llm.collective_rpc(eligible, args=("fp8",))[0])
 
     assert ray.get(vllm.__ray_call__.remote(probe)) == ("plain", True, False, None, "the model is quantized (fp8)")
+
+
+def test_a_sync_through_the_store_leaves_the_engines_parameters_in_it_where_its_layout_fits(engines, prompts):
+    """rollout.zero_copy_sync (on by default; the tiny policy's engine keeps plain weights): after a sync through
+    Ray's object store the engine's parameters are views of the synced buckets, and it samples as the Hugging Face
+    engine does with the same weights. Weights not laid out as vLLM stacks them (here packed in reverse, so v comes
+    before k and q, and up before gate) are copied instead, the rest still viewed, and the next sync that fits is
+    viewed whole again."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.weights import BucketPacker, hf_tied_aliases
+
+    vllm, hf = engines
+    model = AutoModelForCausalLM.from_pretrained(str(POLICY_PATH), dtype=torch.float32)
+    generator = torch.Generator().manual_seed(3)
+    prompt, response = prompts[1], prompts[3][1:9]
+
+    def sync(order) -> tuple[tuple[int, int], torch.Tensor]:
+        with torch.no_grad():
+            for param in model.parameters():
+                param.add_(0.05 * torch.randn(param.shape, generator=generator))
+        named = order([(name, param.detach()) for name, param in model.named_parameters()])
+        refs = [ray.put(bucket) for bucket in BucketPacker(2**26).pack(iter(named), hf_tied_aliases(model), True)]
+        ray.get(vllm.load_weights.remote(*refs))
+        hf.load_weights(list(hf_named_weights(model, stage=0)))
+        ours = torch.tensor(ray.get(vllm.sequence_logprobs.remote(prompt, response)))
+        assert torch.allclose(ours, torch.tensor(hf.sequence_logprobs(prompt, response)), atol=1e-4)
+        return ray.get(vllm.zero_copy.remote()), ours
+
+    (viewed, parameters), first = sync(list)
+    assert viewed == parameters > 0
+    (partly, _), second = sync(lambda named: named[::-1])
+    fused = 2 * 5  # the tiny policy's 5 layers: qkv_proj and gate_up_proj in each
+    assert partly == parameters - fused and (second - first).abs().max() > 1e-3  # the new weights, in part copied
+    assert sync(list)[0] == (parameters, parameters)

@@ -1,0 +1,192 @@
+"""A plain-layout engine whose weights are the synced buckets themselves, where Ray's object store put them
+(ppo.rollout.zero_copy_sync).
+
+With plain weights (actors/rollout/vllm_weights.py) a sync copies every tensor from the store into the engine's
+own parameters. Those bytes are already in memory every process on the node can read, mostly laid out as the
+engine needs them: each bucket is one object in the store, its weights side by side in the order the policy packed
+them (actors/weights.py), so a fused projection's parts (q, k and v for qkv_proj; gate and up for gate_up_proj) lie
+back to back as vLLM stacks them. Here each such parameter is pointed at its bytes instead (`param.data = view`),
+and only the others are copied: a fused projection whose parts a bucket boundary splits, or whose parts have
+another weight between them (Qwen2's biases come between its q, k and v weights). A sync then costs the policy's
+one copy into the store and little or no copy in the engine, and the engines of a node share one copy of what they
+view.
+
+The engine holds the buckets it views until the next sync's are in place: a bucket read from the store stays
+mapped and pinned there while the engine holds it, so the views stay valid, and the store frees it once the engine
+lets go.
+
+Checked rather than assumed:
+- Which checkpoint weights make a parameter comes from its name and the model class's own
+  `packed_modules_mapping` (vLLM's map of its fused layers), and the first sync through the store proves it: the
+  engine loads that sync with vLLM's loader as before, then compares every parameter with its parts stacked. A
+  model whose loader changes a weight on the way (a padded vocabulary, a transposed or scaled tensor, renamed
+  modules) fails that comparison, and its syncs keep using vLLM's loader, with a warning naming the parameter.
+- Every later sync is matched against the model again (every part present, of the parameter's dtype, stacking to
+  its shape, no weight left over); one that does not match is loaded by vLLM's loader, with a warning.
+- Nothing writes into the views: the store's buffers are read-only; a parameter copied into gets private memory
+  first when it was a view, and vLLM's loader runs only after every view was given a private copy (`release`).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from actors.weights import PackedBucket
+
+
+def in_store(buckets) -> bool:
+    """Whether every bucket came out of Ray's object store: PackedBuckets whose buffers are the store's read-only
+    shared memory (the collective path's buckets are tensors the receiver reuses, and a list of pairs is a copy of
+    its own)."""
+    return bool(buckets) and all(
+        isinstance(bucket, PackedBucket)
+        and all(isinstance(buffer, np.ndarray) and not buffer.flags.writeable for buffer in bucket.buffers)
+        for bucket in buckets)
+
+
+def checkpoint_names(name: str, fused: dict[str, list[str]]) -> list[str]:
+    """The checkpoint weights a parameter is made of, in the order vLLM stacks them: `model.layers.0.self_attn.
+    qkv_proj.weight` with {"qkv_proj": ["q_proj", "k_proj", "v_proj"]} is the q, k and v projections' weights."""
+    module, _, leaf = name.rpartition(".")
+    parent, _, layer = module.rpartition(".")
+    parts = fused.get(layer)
+    if not parts:
+        return [name]
+    return [".".join(filter(None, (parent, part, leaf))) for part in parts]
+
+
+@dataclass(frozen=True)
+class Target:
+    """A parameter and what it is made of, read once per model (vLLM's parameters answer attribute reads through
+    a __torch_function__ hook, slow enough to matter in a loop run at every sync)."""
+    name: str
+    param: torch.Tensor
+    parts: tuple[str, ...]  # its checkpoint weights, stacked on the first dimension in this order
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    nbytes: int
+
+
+_TARGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its Targets
+
+
+def targets(model: torch.nn.Module) -> list[Target]:
+    if model not in _TARGETS:
+        fused = getattr(type(model), "packed_modules_mapping", None) or {}
+        _TARGETS[model] = [Target(name, param, tuple(checkpoint_names(name, fused)), tuple(param.data.shape),
+                                  param.data.dtype, param.data.numel() * param.data.element_size())
+                           for name, param in model.named_parameters()]
+    return _TARGETS[model]
+
+
+def fits(parts: list[torch.Tensor], target: Target) -> bool:
+    """Whether `parts` stacked on the first dimension make a tensor of the target's shape and dtype."""
+    rows, tail = 0, target.shape[1:]
+    for part in parts:
+        if part.dtype != target.dtype or part.device.type != "cpu" or tuple(part.shape[1:]) != tail:
+            return False
+        rows += part.shape[0] if part.dim() else 1
+    return rows == (target.shape[0] if target.shape else 1)
+
+
+def region(parts: list[torch.Tensor], target: Target) -> torch.Tensor | None:
+    """A tensor shaped as the target parameter over the bytes of `parts` (which fit it) when they lie back to back
+    in memory, in order; else None. One part is returned as it is; several get a view of their whole span, which
+    is valid for as long as the buffer holding them is (the caller holds it)."""
+    if not all(part.is_contiguous() for part in parts):
+        return None
+    if len(parts) == 1:
+        return parts[0].view(target.shape)
+    start = end = parts[0].data_ptr()
+    for part in parts:
+        if part.data_ptr() != end:
+            return None
+        end += part.numel() * part.element_size()
+    raw = np.ctypeslib.as_array((ctypes.c_uint8 * (end - start)).from_address(start))
+    return torch.from_numpy(raw).view(target.dtype).view(target.shape)
+
+
+def stacked(parts: list[torch.Tensor], into: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(slice of `into`, part) pairs: where each part lands when the parts are stacked on the first dimension."""
+    flat, offset = into.view(-1), 0
+    for part in parts:
+        yield flat[offset:offset + part.numel()], part.reshape(-1)
+        offset += part.numel()
+
+
+def plan(model: torch.nn.Module, weights: list[tuple[str, torch.Tensor]]) -> list | str:
+    """[(Target, its parts in `weights`, a view of them as the parameter or None)] for every parameter of the
+    model, or why the sync does not match the model. Parts that do not lie side by side (a fused projection split
+    between two buckets, or with another weight between its parts) have no view: they are copied. Every received
+    weight must be some parameter's part, or share its bytes with one (a tied output head sent under both names)."""
+    received = dict(weights)
+    steps, used, viewed = [], set(), set()
+    for target in targets(model):
+        missing = [part for part in target.parts if part not in received]
+        if missing:
+            return f"parameter {target.name} needs {missing[0]}, which the sync does not send under that name"
+        parts = [received[part] for part in target.parts]
+        if not fits(parts, target):
+            return f"the weights making parameter {target.name} ({', '.join(target.parts)}) do not stack to its shape"
+        steps.append((target, parts, region(parts, target)))
+        used.update(target.parts)
+        viewed.update(part.data_ptr() for part in parts)
+    for name, tensor in weights:
+        if name not in used and tensor.data_ptr() not in viewed:
+            return f"the sync sends {name}, which is no parameter's weight"
+    return steps
+
+
+_VIEWING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → names of its parameters that are views
+
+
+def adopt(worker, weights: list, verified: bool) -> tuple[int, int] | str:
+    """Run in the engine's worker: point each parameter at its bytes in `weights` (views of the store's buffers)
+    where they lie side by side, and copy the others into the parameter's own memory. Unless `verified`, every
+    parameter must first equal its parts stacked (it was just loaded from them by vLLM's loader: the proof that the
+    loader takes them as they are), and only the views are set. Returns (parameters viewed, parameters), or why
+    not, with nothing changed."""
+    model = worker.model_runner.get_model()
+    steps = plan(model, weights)
+    if isinstance(steps, str):
+        return steps
+    if not verified:
+        for target, parts, _ in steps:
+            if not all(torch.equal(place, part) for place, part in stacked(parts, target.param.data)):
+                return f"parameter {target.name} as vLLM loaded it differs from the weights it was loaded from"
+    viewing = _VIEWING.setdefault(model, set())
+    for target, parts, view in steps:
+        if view is not None:
+            target.param.data = view
+            viewing.add(target.name)
+        elif verified:
+            if target.name in viewing:  # its memory is the last sync's bucket, read-only: a private copy now
+                target.param.data = torch.empty(target.shape, dtype=target.dtype)
+                viewing.discard(target.name)
+            for place, part in stacked(parts, target.param.data):
+                place.copy_(part)
+    return len(viewing), len(steps)
+
+
+def release(worker) -> None:
+    """Run in the engine's worker: give every parameter that views the store a private copy of its values, so
+    that the engine may copy into them and let go of the buckets it viewed."""
+    model = worker.model_runner.get_model()
+    viewing = _VIEWING.pop(model, set())
+    for target in targets(model):
+        if target.name in viewing:
+            target.param.data = target.param.data.clone()
+
+
+def viewed_parameters(worker, buckets: list[PackedBucket]) -> int:
+    """Run in the engine's worker: how many parameters lie inside the buffers of `buckets` (the tests' probe)."""
+    spans = [(buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes) for bucket in buckets
+             for buffer in bucket.buffers if buffer.nbytes]
+    return sum(any(start <= param.data_ptr() < end for start, end in spans)
+               for param in worker.model_runner.get_model().parameters())
