@@ -28,7 +28,7 @@ from actors.algo import (
 from actors.algo.sampling import processed_logprobs
 from actors.protocol import PolicyBatch, TokenBatch, row_chunks, to_device
 from actors.trained_role import TrainedRole, reduce_stats
-from actors.weights import hf_named_weights
+from actors.weights import flatten_parameters, hf_named_weights
 from common.config import RolloutConfig
 
 log = logging.getLogger("rayalign.policy")
@@ -83,6 +83,8 @@ class PolicyRole(TrainedRole):
         model = modeling.trainable_causal_lm(self.model_cfg, self.lora_cfg, self.start_model)
         trainable, total = modeling.count_parameters(model)
         engine = self._make_engine(model, self.ppo.lr)
+        if engine == "plain":
+            flatten_parameters(model)  # one buffer: each weight-sync bucket is one buffer for Ray's put
         layout = self._choose_layout(packed.lm_forward(self.engine), model.config)
         return {"trainable_params": trainable, "total_params": total, "engine": engine, "layout": layout}
 

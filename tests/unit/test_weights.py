@@ -9,7 +9,8 @@ import copy
 import pytest
 import torch
 
-from actors.weights import ALIGN, BucketPacker, PackedBucket, borrowed_hf_weights, hf_named_weights, hf_tied_aliases
+from actors.weights import (ALIGN, BucketPacker, PackedBucket, borrowed_hf_weights, flatten_parameters, hf_named_weights,
+                            hf_tied_aliases)
 from tests.conftest import POLICY_PATH
 
 
@@ -142,3 +143,45 @@ def test_the_hf_engine_loads_packed_buckets(model):
     loaded = dict(engine.model.named_parameters(remove_duplicate=False))
     for name, tensor in perturbed.state_dict().items():
         assert torch.equal(loaded[name], tensor), name
+
+
+def test_flattened_parameters_are_views_of_one_aligned_buffer_that_training_updates():
+    """flatten_parameters (a plain-engine policy at setup): the same parameters, values kept, each a view of one
+    buffer at an ALIGN-byte boundary, a tied weight once; an optimizer built before still steps them."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(POLICY_PATH), dtype=torch.float32)
+    before = {name: param.detach().clone() for name, param in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    flat = flatten_parameters(model)
+    params = list(model.parameters())
+    assert flat is not None and len(params) == len(before)  # the tied embedding once, as named_parameters gives it
+    base = flat.data_ptr()
+    for (name, param), start in zip(model.named_parameters(), [p.data_ptr() for p in params]):
+        assert torch.equal(param, before[name]), name
+        assert param.untyped_storage().data_ptr() == base and (start - base) % ALIGN == 0, name
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+    model(torch.tensor([[1, 5, 9]])).logits.sum().backward()
+    optimizer.step()
+    assert not torch.equal(params[0], before["model.embed_tokens.weight"])
+    assert torch.equal(flat[:params[0].numel()].view(params[0].shape), params[0])  # the step wrote into the buffer
+    mixed = torch.nn.Linear(2, 2)
+    mixed.bias.data = mixed.bias.data.double()
+    assert flatten_parameters(mixed) is None
+
+
+def test_flattened_parameters_pack_as_one_buffer_per_bucket_with_nothing_staged():
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(POLICY_PATH), dtype=torch.float32)
+    flatten_parameters(model)
+    named = list(borrowed_hf_weights(model, stage=0))
+    total = sum(t.numel() * t.element_size() for _, t in named)
+    for bucket_bytes in (1 << 30, total // 3):
+        out, packed = unpacked(BucketPacker(bucket_bytes), named, hf_tied_aliases(model), stable=True)
+        assert all(len(bucket.buffers) == 2 and bucket.buffers[0].nbytes == 0 for bucket in packed)
+        assert len(packed) == 1 if bucket_bytes > total else len(packed) >= 3
+        assert [name for name, _ in out] == [name for name, _ in named][:1] + ["lm_head.weight"] + [
+            name for name, _ in named][1:]
+        sent = dict(named)
+        assert all(torch.equal(tensor, sent.get(name, sent["model.embed_tokens.weight"])) for name, tensor in out)
