@@ -9,8 +9,8 @@ import copy
 import pytest
 import torch
 
-from actors.weights import (ALIGN, BucketPacker, PackedBucket, borrowed_hf_weights, flatten_parameters, hf_named_weights,
-                            hf_tied_aliases)
+from actors.weights import (ALIGN, BucketPacker, PackedBucket, borrowed_hf_weights, flatten_parameters,
+                            hf_named_weights, hf_tied_aliases)
 from tests.conftest import POLICY_PATH
 
 
