@@ -6,10 +6,11 @@ own parameters. Those bytes are already in memory every process on the node can 
 engine needs them: each bucket is one object in the store, its weights side by side in the order the policy packed
 them (actors/weights.py), so a fused projection's parts (q, k and v for qkv_proj; gate and up for gate_up_proj) lie
 back to back as vLLM stacks them. Here each such parameter is pointed at its bytes instead (`param.data = view`),
-and only the others are copied: a fused projection whose parts a bucket boundary splits, or whose parts have
-another weight between them (Qwen2's biases come between its q, k and v weights). A sync then costs the policy's
-one copy into the store and little or no copy in the engine, and the engines of a node share one copy of what they
-view.
+and only the others are loaded into the engine's own memory: stacked here where their parts lie apart (split
+between two buckets, or with another weight between them: Qwen2's biases follow each of its q, k and v weights),
+and by vLLM's loader where they do not stack to the parameter's shape (an embedding whose vocabulary vLLM pads to a
+multiple of 64 rows). A sync then costs the policy's one copy into the store and little or no copy in the engine,
+and the engines of a node share one copy of what they view. bench/ppo_step.py --zero-copy on,off measures it.
 
 The engine holds the buckets it views until the next sync's are in place: a bucket read from the store stays
 mapped and pinned there while the engine holds it, so the views stay valid, and the store frees it once the engine
@@ -19,12 +20,14 @@ Checked rather than assumed:
 - Which checkpoint weights make a parameter comes from its name and the model class's own
   `packed_modules_mapping` (vLLM's map of its fused layers), and the first sync through the store proves it: the
   engine loads that sync with vLLM's loader as before, then compares every parameter with its parts stacked. A
-  model whose loader changes a weight on the way (a padded vocabulary, a transposed or scaled tensor, renamed
-  modules) fails that comparison, and its syncs keep using vLLM's loader, with a warning naming the parameter.
-- Every later sync is matched against the model again (every part present, of the parameter's dtype, stacking to
-  its shape, no weight left over); one that does not match is loaded by vLLM's loader, with a warning.
-- Nothing writes into the views: the store's buffers are read-only; a parameter copied into gets private memory
-  first when it was a view, and vLLM's loader runs only after every view was given a private copy (`release`).
+  model whose loader changes a weight on the way (GPT-2, whose Conv1D weights vLLM transposes; any renamed or
+  scaled weight) fails that comparison, and its syncs keep using vLLM's loader, with a warning naming the
+  parameter. tests/ray/test_families_vllm.py records what each of the seven families views.
+- Every later sync is matched against the model again (every part present, of the parameter's dtype, no weight
+  left over); one that does not match is loaded by vLLM's loader, with a warning.
+- Nothing writes into the views: the store's buffers are read-only; a parameter loaded into gets private memory
+  first when it was a view, and vLLM's loader loads a whole sync only after every view was given a private copy
+  (`release`).
 """
 
 from __future__ import annotations
@@ -121,10 +124,12 @@ def stacked(parts: list[torch.Tensor], into: torch.Tensor) -> Iterator[tuple[tor
 
 
 def plan(model: torch.nn.Module, weights: list[tuple[str, torch.Tensor]]) -> list | str:
-    """[(Target, its parts in `weights`, a view of them as the parameter or None)] for every parameter of the
-    model, or why the sync does not match the model. Parts that do not lie side by side (a fused projection split
-    between two buckets, or with another weight between its parts) have no view: they are copied. Every received
-    weight must be some parameter's part, or share its bytes with one (a tied output head sent under both names)."""
+    """[(Target, its parts in `weights`, how it takes them)] for every parameter of the model, or why the sync does
+    not match the model. How: a view of the parts (a tensor) where they lie side by side as the parameter stacks
+    them; "stack" where they stack to its shape but lie apart (a fused projection split between two buckets, or
+    with another weight between its parts), copied by stacking; "loader" where they do not stack to its shape (a
+    vocabulary vLLM pads to a multiple of 64 rows), left to vLLM's loader. Every received weight must be some
+    parameter's part, or share its bytes with one (a tied output head sent under both names)."""
     received = dict(weights)
     steps, used, viewed = [], set(), set()
     for target in targets(model):
@@ -132,9 +137,8 @@ def plan(model: torch.nn.Module, weights: list[tuple[str, torch.Tensor]]) -> lis
         if missing:
             return f"parameter {target.name} needs {missing[0]}, which the sync does not send under that name"
         parts = [received[part] for part in target.parts]
-        if not fits(parts, target):
-            return f"the weights making parameter {target.name} ({', '.join(target.parts)}) do not stack to its shape"
-        steps.append((target, parts, region(parts, target)))
+        how = region(parts, target) if fits(parts, target) else "loader"
+        steps.append((target, parts, "stack" if how is None else how))
         used.update(target.parts)
         viewed.update(part.data_ptr() for part in parts)
     for name, tensor in weights:
@@ -148,29 +152,36 @@ _VIEWING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → n
 
 def adopt(worker, weights: list, verified: bool) -> tuple[int, int] | str:
     """Run in the engine's worker: point each parameter at its bytes in `weights` (views of the store's buffers)
-    where they lie side by side, and copy the others into the parameter's own memory. Unless `verified`, every
-    parameter must first equal its parts stacked (it was just loaded from them by vLLM's loader: the proof that the
-    loader takes them as they are), and only the views are set. Returns (parameters viewed, parameters), or why
-    not, with nothing changed."""
+    where they lie side by side, and load the others into the parameter's own memory (stacked here, or by vLLM's
+    loader). Unless `verified`, every parameter that stacks must first equal its parts stacked (vLLM's loader has
+    just loaded all of `weights`: the proof that it takes them as they are), and only the views are set. Returns
+    (parameters viewed, parameters), or why not, with nothing changed."""
     model = worker.model_runner.get_model()
     steps = plan(model, weights)
     if isinstance(steps, str):
         return steps
     if not verified:
-        for target, parts, _ in steps:
-            if not all(torch.equal(place, part) for place, part in stacked(parts, target.param.data)):
+        for target, parts, how in steps:
+            if how != "loader" and not all(torch.equal(place, part)
+                                           for place, part in stacked(parts, target.param.data)):
                 return f"parameter {target.name} as vLLM loaded it differs from the weights it was loaded from"
     viewing = _VIEWING.setdefault(model, set())
-    for target, parts, view in steps:
-        if view is not None:
-            target.param.data = view
+    for target, _, how in steps:
+        if isinstance(how, torch.Tensor):
+            target.param.data = how
             viewing.add(target.name)
-        elif verified:
-            if target.name in viewing:  # its memory is the last sync's bucket, read-only: a private copy now
-                target.param.data = torch.empty(target.shape, dtype=target.dtype)
-                viewing.discard(target.name)
-            for place, part in stacked(parts, target.param.data):
-                place.copy_(part)
+        elif target.name in viewing:  # its memory is the last sync's bucket, read-only: a private copy first
+            target.param.data = torch.empty(target.shape, dtype=target.dtype)
+            viewing.discard(target.name)
+    if verified:
+        for target, parts, how in steps:
+            if how == "stack":
+                for place, part in stacked(parts, target.param.data):
+                    place.copy_(part)
+        received = dict(weights)
+        loaded = [(name, received[name]) for target, _, how in steps if how == "loader" for name in target.parts]
+        if loaded:
+            model.load_weights(loaded)
     return len(viewing), len(steps)
 
 

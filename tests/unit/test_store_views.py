@@ -80,24 +80,25 @@ def test_parts_apart_or_out_of_order_or_of_another_dtype_are_not_viewed():
 def test_parts_that_are_not_side_by_side_are_planned_for_a_copy_that_stacks_them():
     model = Attention()
     weights = checkpoint()
-    steps = {target.name: (parts, view) for target, parts, view in plan(model, packed(weights, stable=True))}
-    parts, view = steps["qkv_proj.weight"]  # stable tensors: buffers of their own, side by side only in the store
-    assert view is None and steps["norm"][1] is not None
+    steps = {target.name: (parts, how) for target, parts, how in plan(model, packed(weights, stable=True))}
+    parts, how = steps["qkv_proj.weight"]  # stable tensors: buffers of their own, side by side only in the store
+    assert how == "stack" and isinstance(steps["norm"][1], torch.Tensor)
     into = torch.empty(12, 16)
     for place, part in stacked(parts, into):
         place.copy_(part)
     assert torch.equal(into, torch.cat([tensor for _, tensor in weights[:3]]))
 
 
-def test_a_sync_that_does_not_fit_says_which_parameter_or_weight():
+def test_a_sync_that_does_not_match_the_model_says_which_parameter_or_weight():
     model = Attention()
     weights = checkpoint()
     assert plan(model, packed(weights[1:])) == ("parameter qkv_proj.weight needs q_proj.weight, which the sync does "
                                                  "not send under that name")
     assert plan(model, packed(weights + [("extra.weight", torch.ones(16))], stable=False)) == (
         "the sync sends extra.weight, which is no parameter's weight")
-    assert plan(model, packed(weights[:3] + [("norm", torch.ones(15))])) == (
-        "the weights making parameter norm (norm) do not stack to its shape")
+    # a part that does not stack to its parameter's shape (vLLM pads a vocabulary) is left to vLLM's loader
+    assert {target.name: how for target, _, how in plan(model, packed(weights[:3] + [("norm", torch.ones(15))]))
+            }["norm"] == "loader"
 
 
 def test_a_tied_name_sharing_a_parameters_bytes_is_accepted():
