@@ -50,6 +50,7 @@ class WeightSync:
         self.formed = False
         self.fallbacks = 0  # syncs the collective path handed to the object store
         self.last_collective = False  # whether the last sync went over the group (the step's sync/collective)
+        self.store_synced = False  # whether a sync went through the object store yet
         log.info("weight sync: %s", self.describe())
 
     def _spans_nodes(self) -> bool:
@@ -138,7 +139,14 @@ class WeightSync:
             raise
 
     def _through_object_store(self) -> int:
-        return self.roles.rollout.call("load_weights", *policy_buckets(self.roles.policy, self.ppo.sync_bucket_mb))[0]
+        loaded = self.roles.rollout.call("load_weights", *policy_buckets(self.roles.policy, self.ppo.sync_bucket_mb))[0]
+        if not self.store_synced:  # once a run: how the engines took it (rollout.zero_copy_sync)
+            self.store_synced = True
+            viewed, parameters = self.roles.rollout.call_rank0("zero_copy")
+            if parameters:
+                log.info("weight sync: engine parameters viewing the synced weights in Ray's object store (zero "
+                         "copy): %d of %d", viewed, parameters)
+        return loaded
 
 
 def policy_buckets(policy, bucket_mb: int) -> list:

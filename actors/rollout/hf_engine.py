@@ -98,6 +98,10 @@ class HFRolloutEngine(WeightReceiver, Located):
         """Plain: a sync copies each weight into its parameter (the names are RolloutEngine.weight_layout's)."""
         return "plain"
 
+    def zero_copy(self) -> tuple[int, int]:
+        """(0, 0): this engine copies every sync into its parameters (vLLM's engine may view them in the store)."""
+        return 0, 0
+
     def set_calls(self, calls: int) -> None:
         """Restore the sampling-seed counter on resume (samples after a resume match an unbroken run)."""
         self.calls = calls
