@@ -196,35 +196,54 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                         sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
                                           replace(cfg.ppo, weight_sync="collective"))
                         sync.prepare()
-                    policy_s, engine_s = [], []
-                    for _ in range(warmup + reps):
-                        time.sleep(pause_s)
-                        started = time.perf_counter()
-                        if transport == "collective":
-                            sync()
-                            policy_s.append(time.perf_counter() - started)
-                            engine_s.append(0.0)
-                            continue
-                        refs = policy.call_rank0("weight_buckets", cfg.ppo.sync_bucket_mb)
-                        packed = time.perf_counter()
-                        engine.call_rank0("load_weights", *refs)
-                        policy_s.append(packed - started)
-                        engine_s.append(time.perf_counter() - packed)
-                        del refs
-                    policy_s, engine_s = policy_s[warmup:], engine_s[warmup:]
-                    total = [p + e for p, e in zip(policy_s, engine_s)]
-                    seconds = statistics.median(total)
-                    split = {} if transport == "collective" else {"policy_s": statistics.median(policy_s),
-                                                                  "engine_s": statistics.median(engine_s)}
+                    times = {warm: timed_syncs(policy, engine, sync if transport == "collective" else None,
+                                               cfg.ppo.sync_bucket_mb, warmup, reps, pause_s, warm)
+                             for warm in (False, True)}
+                    (seconds, split), (warm_seconds, warm_split) = times[False], times[True]
                     viewing = layout and engine.call_rank0("zero_copy")  # (parameters that are the store's bytes, all)
                     shape = {"layout": layout, "weights": weights, "zero_copy": list(viewing)} if layout else {}
                     rows.append({"engine": name, "transport": transport, "params": params, "bytes": nbytes, **shape,
                                  "seconds": seconds, **split, "gb_per_s": nbytes / seconds / 1e9,
-                                 "copy_share": nbytes / seconds / 1e9 / copy_gb_s})
+                                 "copy_share": nbytes / seconds / 1e9 / copy_gb_s, "warm_seconds": warm_seconds,
+                                 **{f"warm_{key}": value for key, value in warm_split.items()},
+                                 "warm_copy_share": nbytes / warm_seconds / 1e9 / copy_gb_s})
                 engine.kill()
             policy.kill()
             release(group)
     return rows
+
+
+def timed_syncs(policy, engine, collective, bucket_mb: int, warmup: int, reps: int, pause_s: float,
+                warm: bool) -> tuple[float, dict]:
+    """(median seconds, {policy_s, engine_s} medians or {} for the collective path) of `reps` syncs after `warmup`,
+    each `pause_s` after the last. `warm`: both roles answer a call just before each sync, as the policy has just
+    trained when a step syncs. On this machine a role that sat idle answers its next call late, the longer the
+    idle the later: a no-op actor call took 1.5 ms after 2 ms idle, 6 ms after 0.1 s and 13-45 ms after 0.5 s,
+    depending on the machine's mode (a pipe round trip between two processes: 0.3 ms after 0.3 s). Cold syncs
+    (the default) carry that; warm ones show the transport's own cost."""
+    policy_s, engine_s = [], []
+    for _ in range(warmup + reps):
+        time.sleep(pause_s)
+        if warm:
+            policy.call_rank0("placement_info")
+            engine.call_rank0("placement_info")
+        started = time.perf_counter()
+        if collective is not None:
+            collective()
+            policy_s.append(time.perf_counter() - started)
+            engine_s.append(0.0)
+            continue
+        refs = policy.call_rank0("weight_buckets", bucket_mb)
+        packed = time.perf_counter()
+        engine.call_rank0("load_weights", *refs)
+        policy_s.append(packed - started)
+        engine_s.append(time.perf_counter() - packed)
+        del refs
+    policy_s, engine_s = policy_s[warmup:], engine_s[warmup:]
+    seconds = statistics.median([p + e for p, e in zip(policy_s, engine_s)])
+    split = {} if collective is not None else {"policy_s": statistics.median(policy_s),
+                                               "engine_s": statistics.median(engine_s)}
+    return seconds, split
 
 
 def main() -> None:
@@ -279,9 +298,10 @@ def main() -> None:
             viewed, parameters = row.get("zero_copy") or (0, 0)
             weights = f"{row['weights']}, {viewed}/{parameters} viewed" if viewed else row.get("weights")
             engine = row["engine"] + (f" ({weights})" if "layout" in row else "")
+            warm = f" (policy {row['warm_policy_s']:.3f}, engine {row['warm_engine_s']:.3f})" if split else ""
             print(f"  {engine:<26} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
                   f"{row['seconds']:7.3f} s{split}  {row['gb_per_s']:6.2f} GB/s  {100 * row['copy_share']:5.1f}% "
-                  "of copy")
+                  f"of copy; warm {row['warm_seconds']:.3f} s{warm}  {100 * row['warm_copy_share']:5.1f}%")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 
