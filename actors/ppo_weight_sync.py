@@ -139,7 +139,13 @@ class WeightSync:
             raise
 
     def _through_object_store(self) -> int:
-        loaded = self.roles.rollout.call("load_weights", *policy_buckets(self.roles.policy, self.ppo.sync_bucket_mb))[0]
+        policy, engines = self.roles.policy, self.roles.rollout
+        # Both calls at once: each engine waits for the policy's bucket lists and reads them itself.
+        packed = policy.submit("weight_buckets", self.ppo.sync_bucket_mb)
+        loads = engines.submit("load_policy_buckets", *packed)
+        with self._reading_all(loads):  # a policy failure fails the loads too: they are read before it is raised
+            policy.get(packed, "weight_buckets")
+        loaded = engines.settle("load_policy_buckets", loads, [tuple(packed)] * len(engines))[0]
         if not self.store_synced:  # once a run: how the engines took it (rollout.zero_copy_sync)
             self.store_synced = True
             viewed, parameters = self.roles.rollout.call_rank0("zero_copy")

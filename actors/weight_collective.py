@@ -166,6 +166,16 @@ class WeightReceiver:
         self.weight_group = WeightGroup.join(address, port, rank, world, backend, timeout_s, generation)
         return rank
 
+    def load_policy_buckets(self, *rank_lists: list) -> int:
+        """The object-store sync in one call (actors/ppo_weight_sync.py): each argument is a policy rank's list of
+        bucket refs, which Ray hands over once the policy's weight_buckets returns it. The driver submits this
+        call together with the policy's, so the engine takes it while the policy packs: an engine that sat idle
+        answers its next call late on some machines (bench/ppo_step.py, timed_syncs), and that wait now overlaps
+        the packing instead of following it."""
+        import ray
+
+        return self.load_weights(*ray.get([ref for refs in rank_lists for ref in refs]))
+
     def receive_weights(self) -> int:
         """Take one sync's broadcast and load it; returns the names loaded (as load_weights does)."""
         if self.weight_group is None:

@@ -133,9 +133,10 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                pause_s: float = 0.5, transports: tuple[str, ...] = ("object_store", "collective"),
                node_resources: dict[str, str] | None = None, layouts: tuple[str, ...] = ("auto",),
                zero_copies: tuple[bool, ...] = (True,)) -> list[dict]:
-    """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one rollout engine: the sync
-    phase's two calls (weight_buckets on the policy: gather, pack, ray.put; load_weights on the engine), timed
-    apart, medians of `reps` after `warmup` syncs. The first syncs write into object-store memory the policy has
+    """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one rollout engine: the run's
+    own sync (actors/ppo_weight_sync.WeightSync over each of `transports`), medians of `reps` after `warmup` syncs,
+    cold and warm (timed_syncs). Through the object store the policy gathers, packs and puts its buckets while the
+    engine, called at the same time, waits for them and loads them. The first syncs write into object-store memory the policy has
     never touched and pay a page fault per 4 KiB (measured at 27.5M: 10-27k faults, 0.12-0.34 s per put; from
     the fourth on ~100 faults, 12 ms). Syncs are `pause_s` apart, as a PPO step separates them: back to back,
     the store has not yet freed the last sync's buckets and the new ones land in untouched memory again.
@@ -148,9 +149,8 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
     figure is the transport's own cost plus one copy. `node_resources` ({"policy": ..., "rollout": ...}) puts each
     role on the node that declares that custom resource (bench/sync_across_nodes.py).
 
-    transport "collective" times the whole sync over a gloo group (actors/ppo_weight_sync.py: the policy stages
-    each bucket and broadcasts it, the engine receives and loads); its sends and loads overlap, so it has no
-    policy/engine split. The group forms before the timed syncs, as a run forms it once its roles are up."""
+    transport "collective" times the sync over a gloo group (the policy stages each bucket and broadcasts it, the
+    engine receives and loads). The group forms before the timed syncs, as a run forms it once its roles are up."""
     from dataclasses import replace
 
     from actors.group import RoleGroup
@@ -192,20 +192,17 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                 engine.call_rank0("ping")  # the engine has started: its start-up is not sync time
                 weights = layout and engine.call_rank0("weight_layout")  # what auto chose: plain or packed
                 for transport in transports:
-                    if transport == "collective":
-                        sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
-                                          replace(cfg.ppo, weight_sync="collective"))
-                        sync.prepare()
-                    times = {warm: timed_syncs(policy, engine, sync if transport == "collective" else None,
-                                               cfg.ppo.sync_bucket_mb, warmup, reps, pause_s, warm)
-                             for warm in (False, True)}
-                    (seconds, split), (warm_seconds, warm_split) = times[False], times[True]
+                    # The run's own sync (actors/ppo_weight_sync.py), over this transport.
+                    sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
+                                      replace(cfg.ppo, weight_sync=transport))
+                    sync.prepare()  # the collective path's group forms before the timed syncs, as in a run
+                    seconds, warm_seconds = (timed_syncs(policy, engine, sync, warmup, reps, pause_s, warm)
+                                             for warm in (False, True))
                     viewing = layout and engine.call_rank0("zero_copy")  # (parameters that are the store's bytes, all)
                     shape = {"layout": layout, "weights": weights, "zero_copy": list(viewing)} if layout else {}
                     rows.append({"engine": name, "transport": transport, "params": params, "bytes": nbytes, **shape,
-                                 "seconds": seconds, **split, "gb_per_s": nbytes / seconds / 1e9,
+                                 "seconds": seconds, "gb_per_s": nbytes / seconds / 1e9,
                                  "copy_share": nbytes / seconds / 1e9 / copy_gb_s, "warm_seconds": warm_seconds,
-                                 **{f"warm_{key}": value for key, value in warm_split.items()},
                                  "warm_copy_share": nbytes / warm_seconds / 1e9 / copy_gb_s})
                 engine.kill()
             policy.kill()
@@ -213,37 +210,23 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
     return rows
 
 
-def timed_syncs(policy, engine, collective, bucket_mb: int, warmup: int, reps: int, pause_s: float,
-                warm: bool) -> tuple[float, dict]:
-    """(median seconds, {policy_s, engine_s} medians or {} for the collective path) of `reps` syncs after `warmup`,
-    each `pause_s` after the last. `warm`: both roles answer a call just before each sync, as the policy has just
-    trained when a step syncs. On this machine a role that sat idle answers its next call late, the longer the
-    idle the later: a no-op actor call took 1.5 ms after 2 ms idle, 6 ms after 0.1 s and 13-45 ms after 0.5 s,
-    depending on the machine's mode (a pipe round trip between two processes: 0.3 ms after 0.3 s). Cold syncs
-    (the default) carry that; warm ones show the transport's own cost."""
-    policy_s, engine_s = [], []
+def timed_syncs(policy, engine, sync, warmup: int, reps: int, pause_s: float, warm: bool) -> float:
+    """Median seconds of `reps` calls of `sync` after `warmup`, each `pause_s` after the last. `warm`: both roles
+    answer a call just before each sync, as the policy has just trained when a step syncs. On this machine a role
+    that sat idle answers its next call late, the longer the idle the later: a no-op actor call took 1.5 ms after
+    2 ms idle, 6 ms after 0.1 s and 13-45 ms after 0.5 s, depending on the machine's mode (a pipe round trip
+    between two processes: 0.3 ms after 0.3 s). Cold syncs (the default) carry that; warm ones show the
+    transport's own cost."""
+    times = []
     for _ in range(warmup + reps):
         time.sleep(pause_s)
         if warm:
             policy.call_rank0("placement_info")
             engine.call_rank0("placement_info")
         started = time.perf_counter()
-        if collective is not None:
-            collective()
-            policy_s.append(time.perf_counter() - started)
-            engine_s.append(0.0)
-            continue
-        refs = policy.call_rank0("weight_buckets", bucket_mb)
-        packed = time.perf_counter()
-        engine.call_rank0("load_weights", *refs)
-        policy_s.append(packed - started)
-        engine_s.append(time.perf_counter() - packed)
-        del refs
-    policy_s, engine_s = policy_s[warmup:], engine_s[warmup:]
-    seconds = statistics.median([p + e for p, e in zip(policy_s, engine_s)])
-    split = {} if collective is not None else {"policy_s": statistics.median(policy_s),
-                                               "engine_s": statistics.median(engine_s)}
-    return seconds, split
+        sync()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times[warmup:])
 
 
 def main() -> None:
@@ -291,17 +274,15 @@ def main() -> None:
                                      transports=tuple(args.sync_transports.split(",")),
                                      layouts=tuple(args.cpu_weights.split(",")),
                                      zero_copies=tuple(value == "on" for value in args.zero_copy.split(",")))
-        print(f"weight sync (policy: gather + pack + put; engine: load) vs one-thread copy "
+        print(f"weight sync (policy: gather + pack + put; engine: load), cold and warm, vs one-thread copy "
               f"{results['copy_gb_per_s']:.1f} GB/s:")
         for row in results["sync"]:
-            split = f" (policy {row['policy_s']:.3f}, engine {row['engine_s']:.3f})" if "policy_s" in row else ""
             viewed, parameters = row.get("zero_copy") or (0, 0)
             weights = f"{row['weights']}, {viewed}/{parameters} viewed" if viewed else row.get("weights")
             engine = row["engine"] + (f" ({weights})" if "layout" in row else "")
-            warm = f" (policy {row['warm_policy_s']:.3f}, engine {row['warm_engine_s']:.3f})" if split else ""
             print(f"  {engine:<26} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
-                  f"{row['seconds']:7.3f} s{split}  {row['gb_per_s']:6.2f} GB/s  {100 * row['copy_share']:5.1f}% "
-                  f"of copy; warm {row['warm_seconds']:.3f} s{warm}  {100 * row['warm_copy_share']:5.1f}%")
+                  f"{row['seconds']:7.3f} s  {row['gb_per_s']:6.2f} GB/s  {100 * row['copy_share']:5.1f}% "
+                  f"of copy; warm {row['warm_seconds']:.3f} s  {100 * row['warm_copy_share']:5.1f}%")
     RESULTS.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2))
 
