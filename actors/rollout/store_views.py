@@ -73,7 +73,6 @@ class Target:
     parts: tuple[str, ...]  # its checkpoint weights, stacked on the first dimension in this order
     shape: tuple[int, ...]
     dtype: torch.dtype
-    nbytes: int
 
 
 _TARGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its Targets
@@ -83,8 +82,7 @@ def targets(model: torch.nn.Module) -> list[Target]:
     if model not in _TARGETS:
         fused = getattr(type(model), "packed_modules_mapping", None) or {}
         _TARGETS[model] = [Target(name, param, tuple(checkpoint_names(name, fused)), tuple(param.data.shape),
-                                  param.data.dtype, param.data.numel() * param.data.element_size())
-                           for name, param in model.named_parameters()]
+                                  param.data.dtype) for name, param in model.named_parameters()]
     return _TARGETS[model]
 
 
@@ -193,11 +191,3 @@ def release(worker) -> None:
     for target in targets(model):
         if target.name in viewing:
             target.param.data = target.param.data.clone()
-
-
-def viewed_parameters(worker, buckets: list[PackedBucket]) -> int:
-    """Run in the engine's worker: how many parameters lie inside the buffers of `buckets` (the tests' probe)."""
-    spans = [(buffer.ctypes.data, buffer.ctypes.data + buffer.nbytes) for bucket in buckets
-             for buffer in bucket.buffers if buffer.nbytes]
-    return sum(any(start <= param.data_ptr() < end for start, end in spans)
-               for param in worker.model_runner.get_model().parameters())
