@@ -176,8 +176,7 @@ def adopt(worker, weights: list, verified: bool) -> tuple[int, int] | str:
             if how == "stack":
                 for place, part in stacked(parts, target.param.data):
                     place.copy_(part)
-        received = dict(weights)
-        loaded = [(name, received[name]) for target, _, how in steps if how == "loader" for name in target.parts]
+        loaded = [pair for target, parts, how in steps if how == "loader" for pair in zip(target.parts, parts)]
         if loaded:
             model.load_weights(loaded)
     return len(viewing), len(steps)
