@@ -22,11 +22,11 @@ from dataclasses import dataclass, replace
 import torch
 
 from actors import modeling, packed, zero
-from actors.algo.logprobs import shift_for_causal_lm, token_logprobs
 from actors.algo.packing import prompt_lengths
 from actors.algo.preference import dpo_loss, sequence_logprob
 from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
 from actors.reward_trainer import wilson_interval
+from actors.scored import scored_logprobs
 from actors.sft_data import collate
 from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
 from common.errors import EmptyDatasetError, RecordError
@@ -95,15 +95,15 @@ def build_dpo_split(records: list[dict], tokenizer, max_length: int, eval_fracti
 
 
 def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int, pack: bool = False,
-                  share: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                  share: bool = False, fused: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-probs of the chosen and of the rejected replies [B] each, from one forward pass over both (over
-    packed rows when `pack`, each pair's prompt laid down once when `share` as well: actors/packed.py)."""
+    packed rows when `pack`, each pair's prompt laid down once when `share` as well: actors/packed.py), the head
+    run at the replies' positions alone where `fused` allows (actors/scored.py)."""
     inputs = collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id)
     replies = inputs["labels"][:, 1:] != IGNORE_INDEX  # in the action space: position t is about token t + 1
     prompts = prompt_lengths(replies, inputs["attention_mask"]) if share else None
-    logits = packed.run(packed.lm_forward(model), inputs["input_ids"], inputs["attention_mask"], pack, prompts)
-    logits, labels = shift_for_causal_lm(logits, inputs["labels"])
-    logp = sequence_logprob(token_logprobs(logits, labels.clamp(min=0)), labels != IGNORE_INDEX)
+    logp = sequence_logprob(scored_logprobs(model, inputs["input_ids"], inputs["attention_mask"], replies, pack,
+                                            prompts, fused), replies)
     return logp[:len(pairs)], logp[len(pairs):]
 
 
@@ -193,7 +193,7 @@ class DPOTrainer(ZeroTrainer):
         bit (reward margins exactly 0, loss exactly ln 2)."""
         self.engine.eval()
         parts = [pair_logprobs(self.engine, pairs[start:start + self.settings.micro_batch_size], self.pad_id, self.pack,
-                               self.share)
+                               self.share, self.cfg.model.fused_loss)
                  for start in range(0, len(pairs), self.settings.micro_batch_size)]
         self.engine.train()
         return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
@@ -213,7 +213,7 @@ class DPOTrainer(ZeroTrainer):
         return len(batch)
 
     def loss_sum(self, batch) -> torch.Tensor:
-        logprobs = pair_logprobs(self.engine, batch, self.pad_id, self.pack, self.share)
+        logprobs = pair_logprobs(self.engine, batch, self.pad_id, self.pack, self.share, self.cfg.model.fused_loss)
         loss, chosen_rewards, rejected_rewards = self.dpo_terms(*logprobs, batch)
         self.step_tally.add(float(loss.detach()) * len(batch), chosen_rewards, rejected_rewards)
         return loss * len(batch)

@@ -8,11 +8,9 @@ import torch
 from actors import modeling, packed, zero
 from actors.algo.fused_ce import linear_cross_entropy_sum
 from actors.chat import IGNORE_INDEX, EncodedChat
+from actors.scored import final_hidden
 from actors.sft_data import SFTSplit, collate, collate_packed, pack_collated, packed_batches, packed_rows
 from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
-
-# Transformers' `logits_to_keep` takes position indices; an empty index list makes the model skip its head.
-NO_LOGITS = torch.zeros(0, dtype=torch.long)
 
 
 def causal_lm_loss_sums(model, batch: dict, fused: bool = True, chunk_size: int = 4096) -> tuple[torch.Tensor, int]:
@@ -20,18 +18,15 @@ def causal_lm_loss_sums(model, batch: dict, fused: bool = True, chunk_size: int 
     (`attention_mask`) or packed rows (`position_ids`, no mask; see actors.sft_data.collate_packed).
 
     With `fused`, when the model allows it (modeling.fused_loss_head), the loss runs from the final hidden
-    states through the output projection in chunks: the model is asked for no logits at all. The call
-    still goes through `model` (the DeepSpeed engine), whose forward arms ZeRO's backward hooks."""
+    states of the assistant tokens alone through the output projection in chunks (actors/scored.py): the model is
+    asked for no logits at all, and the prompts' and the padding's positions never meet the head."""
     labels = batch["labels"][:, 1:]
     mask = labels != IGNORE_INDEX
     head = modeling.fused_loss_head(model) if fused else None
     inputs = {key: batch[key] for key in ("input_ids", "attention_mask", "position_ids") if key in batch}
     if head is not None:
-        out = model(**inputs, output_hidden_states=True, use_cache=False,
-                    logits_to_keep=NO_LOGITS.to(batch["input_ids"].device))
-        hidden = out.hidden_states[-1][:, :-1]
-        total = linear_cross_entropy_sum(hidden.reshape(-1, hidden.size(-1)), head.weight, labels.reshape(-1), chunk_size)
-        return total, int(mask.sum())
+        hidden = final_hidden(model, **inputs)[:, :-1]
+        return linear_cross_entropy_sum(hidden[mask], head.weight, labels[mask], chunk_size), int(mask.sum())
     logits = model(**inputs, use_cache=False).logits
     logits = logits[:, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.clamp(min=0).reshape(-1),

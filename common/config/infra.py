@@ -51,8 +51,9 @@ class ModelConfig:
         "sdpa", "attention kernel: PyTorch scaled_dot_product_attention (flash / memory-efficient on CUDA), "
                 "the eager reference, or the flash-attn package")
     compile: bool = param(False, "torch.compile each decoder layer (faster steps on CUDA after a one-off compile)")
-    fused_loss: bool = param(True, "compute the LM loss from the final hidden states through the output "
-                                   "projection in chunks, never holding the full [tokens × vocab] logits")
+    fused_loss: bool = param(True, "SFT and DPO: run the output projection at the scored (reply) tokens' final "
+                                   "hidden states alone, the SFT loss in chunks: never the full [tokens × vocab] "
+                                   "logits (off: the model's own logits at every position)")
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,32 @@ def test_packed_rows_give_the_padded_logits_gradients_and_hidden_states(folders,
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_the_head_at_the_scored_tokens_alone_gives_the_whole_logits_log_probs(folders, family):
+    """actors/scored.py (SFT's and DPO's loss with model.fused_loss): the output projection at the scored positions
+    alone gives each family's own log-probs there. Gemma 2 soft-caps its logits (here at 1.0, so capping moves every
+    log-prob): its head is not a plain projection, so it takes the whole logits."""
+    from transformers import AutoModelForCausalLM
+
+    from actors.algo.logprobs import token_logprobs
+    from actors.scored import scored_logprobs
+
+    model = AutoModelForCausalLM.from_pretrained(folders[family]).eval()
+    if family == "gemma2":
+        model.config.final_logit_softcapping = 1.0
+    assert (modeling.fused_loss_head(model) is None) == (family == "gemma2")
+    ids = torch.randint(3, model.config.vocab_size, (3, 10), generator=torch.Generator().manual_seed(2))
+    mask = (torch.arange(10).unsqueeze(0) < torch.tensor([[10], [7], [9]])).long()
+    scored = torch.zeros(3, 9, dtype=torch.bool)
+    scored[0, 4:], scored[1, 2:6], scored[2, 5:8] = True, True, True  # the replies, off the padding
+    with torch.no_grad():
+        expected = token_logprobs(model(input_ids=ids, attention_mask=mask).logits[:, :-1], ids[:, 1:]) * scored
+        plain, head = (scored_logprobs(model, ids, mask, scored, fused=fused) for fused in (False, True))
+    assert torch.allclose(plain, expected, atol=1e-5)
+    assert torch.allclose(head, expected, atol=1e-5)
+    assert (head[scored] < 0).all() and (head[~scored] == 0).all()
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_a_reward_head_on_the_backbone_scores_and_trains(folders, family):
     from actors import reward
 
