@@ -23,10 +23,10 @@ from actors.algo import (
     entropy_from_logits,
     kl_loss_term,
     masked_sum,
-    token_logprobs,
 )
-from actors.algo.sampling import processed_logprobs
+from actors.algo.sampling import processed_logprobs_at
 from actors.protocol import PolicyBatch, TokenBatch, row_chunks, to_device
+from actors.scored import picked_logprobs, scored_logits, spread
 from actors.trained_role import TrainedRole, reduce_stats
 from actors.weights import flatten_parameters, hf_named_weights
 from common.config import RolloutConfig
@@ -34,19 +34,12 @@ from common.config import RolloutConfig
 log = logging.getLogger("rayalign.policy")
 
 
-def action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, temperature: float,
-                  pack: bool = False, prompts: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits for positions 0..L-2 (each predicting the next token), divided by the sampling temperature so
-    log-probs are those of the model's distribution at the rollout temperature (before top_p and the penalty)."""
-    return scaled(raw_action_logits(model, input_ids, attention_mask, pack, prompts), temperature)
-
-
-def raw_action_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                      pack: bool = False, prompts: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, L-1, V] float32 logits for positions 0..L-2, as the model gives them; computed over packed rows when
-    `pack`, with sequences of the same prompt sharing it when `prompts` gives their prompt lengths
-    (actors/packed.py: the same logits without the padding's or the repeated prompts' work)."""
-    return packed.run(packed.lm_forward(model), input_ids, attention_mask, pack, prompts)[:, :-1].float()
+def response_logits(model, batch, pack: bool = False, share: bool = False, fused: bool = True) -> torch.Tensor:
+    """[N, V] float32 logits at the batch's N response positions (action_mask, row-major), as the model gives
+    them: over packed rows when `pack`, the answers to one prompt sharing it when `share` (actors/packed.py),
+    the head run at those positions alone where `fused` allows (actors/scored.py, model.fused_loss)."""
+    return scored_logits(model, batch.input_ids, batch.attention_mask, batch.action_mask.bool(), pack,
+                         packed.prompts_of(batch, share), fused).float()
 
 
 def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -54,26 +47,29 @@ def scaled(logits: torch.Tensor, temperature: float) -> torch.Tensor:
 
 
 def ratio_logprobs(raw_logits: torch.Tensor, batch, rollout: RolloutConfig, mode: str) -> torch.Tensor:
-    """[B, L-1] log-probs PPO's ratio is taken under (ppo.trainer_logprobs): the sampler's processed distribution
-    (actors/algo/sampling.py; 0 off the response tokens), or the temperature-scaled one."""
-    if mode == "processed":
-        return processed_logprobs(raw_logits, batch.input_ids, rollout.temperature, rollout.top_p,
-                                  rollout.repetition_penalty, attention_mask=batch.attention_mask,
-                                  action_mask=batch.action_mask)
-    return token_logprobs(scaled(raw_logits, rollout.temperature), batch.input_ids[:, 1:])
+    """[B, L-1] log-probs PPO's ratio is taken under (ppo.trainer_logprobs), from the response logits [N, V]:
+    the sampler's processed distribution (actors/algo/sampling.py), or the temperature-scaled one; 0 off the
+    response tokens."""
+    if mode != "processed":
+        return tempered_logprobs(raw_logits, batch, rollout.temperature)
+    actions = batch.action_mask.bool()
+    return spread(processed_logprobs_at(raw_logits, batch.input_ids, actions, rollout.temperature, rollout.top_p,
+                                        rollout.repetition_penalty, attention_mask=batch.attention_mask), actions)
+
+
+def tempered_logprobs(raw_logits: torch.Tensor, batch, temperature: float) -> torch.Tensor:
+    """[B, L-1] log-probs of the response tokens at `temperature` from their logits [N, V]; 0 elsewhere."""
+    actions = batch.action_mask.bool()
+    return spread(picked_logprobs(scaled(raw_logits, temperature), batch.input_ids[:, 1:][actions]), actions)
 
 
 @torch.no_grad()
 def sequence_logprobs(model, batch: TokenBatch, temperature: float, chunk: int = 16,
-                      pack: bool = False, share: bool = False) -> torch.Tensor:
-    """[B, L-1] log-prob of every next token at `temperature` (meaningful where action_mask is 1), in chunks
-    of rows: the distribution the KL to the reference compares."""
-    parts = []
-    for part in row_chunks(batch, chunk):
-        logits = action_logits(model, part.input_ids, part.attention_mask, temperature, pack,
-                               packed.prompts_of(part, share))
-        parts.append(token_logprobs(logits, part.input_ids[:, 1:]))
-    return torch.cat(parts)
+                      pack: bool = False, share: bool = False, fused: bool = True) -> torch.Tensor:
+    """[B, L-1] log-prob of every response token at `temperature` (0 elsewhere), in chunks of rows: the
+    distribution the KL to the reference compares."""
+    return torch.cat([tempered_logprobs(response_logits(model, part, pack, share, fused), part, temperature)
+                      for part in row_chunks(batch, chunk)])
 
 
 class PolicyRole(TrainedRole):
@@ -99,7 +95,7 @@ class PolicyRole(TrainedRole):
         context = self.engine.module.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with context:
             out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), self._temperature(),
-                                    pack=self.pack, share=self.share)
+                                    pack=self.pack, share=self.share, fused=self.model_cfg.fused_loss)
         self.engine.train()
         return out.cpu()
 
@@ -113,9 +109,8 @@ class PolicyRole(TrainedRole):
         batch = to_device(batch, self.engine.device)
         ratio, kl = [], []
         for part in row_chunks(batch, chunk):
-            raw = raw_action_logits(self.engine, part.input_ids, part.attention_mask, self.pack,
-                                    packed.prompts_of(part, self.share))
-            kl.append(token_logprobs(scaled(raw, self._temperature()), part.input_ids[:, 1:]))
+            raw = response_logits(self.engine, part, self.pack, self.share, self.model_cfg.fused_loss)
+            kl.append(tempered_logprobs(raw, part, self._temperature()))
             ratio.append(kl[-1] if self.ppo.trainer_logprobs == "temperature"
                          else ratio_logprobs(raw, part, self.ppo.rollout, "processed"))
         self.engine.train()
@@ -125,7 +120,7 @@ class PolicyRole(TrainedRole):
         """Log-probs at temperature 1: what a vLLM engine holding the same weights reports."""
         self.engine.eval()
         out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), 1.0, pack=self.pack,
-                                share=self.share)
+                                share=self.share, fused=self.model_cfg.fused_loss)
         self.engine.train()
         return out.cpu()
 
@@ -150,10 +145,8 @@ class PolicyRole(TrainedRole):
                                  ppo.rollout_correction_cap)
             mask = correction.mask
             normalizer, tokens = zero.all_reduce_sum([aggregation.units(mask), float(mask.sum())])
-            raw = raw_action_logits(self.engine, mini.input_ids, mini.attention_mask, self.pack,
-                                    packed.prompts_of(mini, self.share))
-            logits = scaled(raw, self._temperature())
-            logp_kl = token_logprobs(logits, mini.input_ids[:, 1:])
+            raw = response_logits(self.engine, mini, self.pack, self.share, self.model_cfg.fused_loss)
+            logp_kl = tempered_logprobs(raw, mini, self._temperature())
             logp = logp_kl if ppo.trainer_logprobs == "temperature" else \
                 ratio_logprobs(raw, mini, ppo.rollout, ppo.trainer_logprobs)
             loss, stats = clipped_policy_loss(logp, mini.old_logprobs, mini.advantages, mask, ppo.clip_range,
@@ -165,7 +158,8 @@ class PolicyRole(TrainedRole):
                                            normalizer=tokens)
             local = float(mask.sum())
             with torch.no_grad():
-                sums["entropy"] += float(masked_sum(entropy_from_logits(logits), mask))
+                entropy = entropy_from_logits(scaled(raw, self._temperature()).unsqueeze(0)).squeeze(0)
+                sums["entropy"] += float(masked_sum(spread(entropy, mini.action_mask.bool()), mask))
             # This rank's loss is its share of the mini-batch loss; weighting each share by the mini-batch's
             # units (this rank's part of them) makes the reduced figure the units-weighted mean of mini-batch
             # losses, the same number a single rank would report.

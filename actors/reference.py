@@ -16,6 +16,7 @@ class ReferenceModel(Located):
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, start_model: str,
                  threads: ThreadPlan = ThreadPlan(), pack: bool = False, share: bool = False):
         self.rollout, self.threads = rollout, threads
+        self.fused = model.fused_loss  # the head at the response tokens alone (actors/scored.py)
         self.model = modeling.load_causal_lm(model, start_model)
         self.model.eval().requires_grad_(False).to(modeling.device())
         # ppo.pack_sequences and ppo.share_prompts, where this model gives the same outputs so as padded
@@ -28,7 +29,8 @@ class ReferenceModel(Located):
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:
         self.threads.use("logprobs")
         batch = to_device(batch, modeling.device())
-        return sequence_logprobs(self.model, batch, self.rollout.temperature, pack=self.pack, share=self.share).cpu()
+        return sequence_logprobs(self.model, batch, self.rollout.temperature, pack=self.pack, share=self.share,
+                                 fused=self.fused).cpu()
 
     def ping(self) -> bool:
         return True

@@ -38,16 +38,29 @@ def hidden_forward(model) -> packed.Forward:
     return forward
 
 
-def scored_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor,
-                    pack: bool = False, prompts: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
-    """[B, L-1] log-probs of each next token (position t: token t + 1) where `scored` [B, L-1] is True, 0 elsewhere;
-    laid out as packed.run lays out the batch (`pack`, `prompts`). With `fused` and a plain head, the head runs at
-    the scored positions only; otherwise over all of them, with the same numbers up to float rounding."""
-    targets = input_ids[:, 1:]
+def scored_logits(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor,
+                  pack: bool = False, prompts: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
+    """[N, V] logits of the N positions where `scored` [B, L-1] is True (position t predicts token t + 1), in
+    row-major order, as the model gives them; the batch laid out as packed.run lays it out (`pack`, `prompts`).
+    With `fused` and a plain head, the head runs at those positions alone; otherwise over all of them."""
     head = modeling.fused_loss_head(model) if fused else None
     if head is None:
-        logits = packed.run(packed.lm_forward(model), input_ids, attention_mask, pack, prompts)[:, :-1]
-        return token_logprobs(logits, targets).masked_fill(~scored, 0.0)
-    hidden = packed.run(hidden_forward(model), input_ids, attention_mask, pack, prompts)[:, :-1]
-    picked = token_logprobs(head(hidden[scored]).unsqueeze(0), targets[scored].unsqueeze(0)).squeeze(0)
-    return torch.zeros(scored.shape, dtype=picked.dtype, device=picked.device).masked_scatter(scored, picked)
+        return packed.run(packed.lm_forward(model), input_ids, attention_mask, pack, prompts)[:, :-1][scored]
+    return head(packed.run(hidden_forward(model), input_ids, attention_mask, pack, prompts)[:, :-1][scored])
+
+
+def scored_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, scored: torch.Tensor,
+                    pack: bool = False, prompts: torch.Tensor | None = None, fused: bool = True) -> torch.Tensor:
+    """[B, L-1] log-probs of each next token where `scored` is True, 0 elsewhere (scored_logits' positions)."""
+    logits = scored_logits(model, input_ids, attention_mask, scored, pack, prompts, fused)
+    return spread(picked_logprobs(logits, input_ids[:, 1:][scored]), scored)
+
+
+def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """[N] log softmax(logits)[targets] for logits [N, V] (upcast as token_logprobs does)."""
+    return token_logprobs(logits.unsqueeze(0), targets.unsqueeze(0)).squeeze(0)
+
+
+def spread(values: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """[B, T] with `values` [N] at the positions where `scored` [B, T] is True (row-major), 0 elsewhere."""
+    return torch.zeros(scored.shape, dtype=values.dtype, device=values.device).masked_scatter(scored, values)

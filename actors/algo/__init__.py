@@ -43,7 +43,7 @@ from actors.algo.rollout_correction import (
     behaviour_mismatch,
     behaviour_ratio,
 )
-from actors.algo.sampling import process_next_token_logits, processed_logprobs
+from actors.algo.sampling import process_next_token_logits, processed_logprobs, processed_logprobs_at
 from actors.algo.value_loss import clipped_value_loss
 
 __all__ = [
@@ -85,6 +85,7 @@ __all__ = [
     "per_token",
     "process_next_token_logits",
     "processed_logprobs",
+    "processed_logprobs_at",
     "reinforce",
     "sequence_logprob",
     "shift_for_causal_lm",

@@ -105,40 +105,59 @@ def processed_logprobs(
     space). input_ids [B, T+1]. seen_t = the tokens at positions ≤ t where attention_mask [B, T+1] is set
     (all positions when None): for a response token that is the whole prompt plus the response drawn so
     far, exactly vLLM's prompt mask | output mask. A token counts once however often it occurs.
-    action_mask [B, T] (optional): positions outside it are returned as 0.0; the sampler never drew those
-    tokens, and a prompt token outside the nucleus would otherwise be −inf and poison sums with NaN.
+    action_mask [B, T] (optional): positions outside it are returned as 0.0 and not computed; the sampler never
+    drew those tokens, and a prompt token outside the nucleus would otherwise be −inf and poison sums with NaN.
 
     A response token that top-k/top-p now drop (possible once the policy has moved, never for the weights
     that sampled it) gets −inf: PPO's ratio is 0 there and the clipped loss has no gradient for it, but
     (logp − old)² is inf; clamp before statistics that square a log-ratio.
-
-    Memory: rows go through in chunks of at most CHUNK_ELEMENTS logits; per chunk the extra tensors are a few
-    copies of its [c, T, V] logits (the sort keeps int64 indices: 8 bytes per entry) and the seen set, built from
-    each token's first position ([V] int64 per row).
     """
     batch, positions, vocab = logits.shape
     if input_ids.shape != (batch, positions + 1):
         raise ValueError(f"input_ids must be [B, T+1] = [{batch}, {positions + 1}] for logits "
                          f"[{batch}, {positions}, {vocab}], got {list(input_ids.shape)}")
-    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
     selected = torch.ones_like(input_ids[:, 1:], dtype=torch.bool) if action_mask is None else action_mask.bool()
-    # Padding may hold ids outside the vocabulary (e.g. −100); gather needs a valid index there.
-    targets = torch.where(selected, input_ids[:, 1:], torch.zeros_like(input_ids[:, 1:]))
-    step = torch.arange(positions, device=input_ids.device)
-    # Rows go through in chunks of at most CHUNK_ELEMENTS logits: one batched pass where the vocabulary is small
-    # (Python per row would cost more than the arithmetic), bounded memory where it is large.
-    rows_per_chunk = max(1, CHUNK_ELEMENTS // max(positions * vocab, 1))
+    picked = processed_logprobs_at(logits[selected], input_ids, selected, temperature, top_p, repetition_penalty,
+                                   top_k, attention_mask)
+    return torch.zeros(selected.shape, dtype=picked.dtype, device=picked.device).masked_scatter(selected, picked)
+
+
+def processed_logprobs_at(
+    logits: torch.Tensor,
+    input_ids: torch.Tensor,
+    selected: torch.Tensor,
+    temperature: float,
+    top_p: float = 1.0,
+    repetition_penalty: float = 1.0,
+    top_k: int = -1,
+    attention_mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """processed_logprobs at the selected positions alone → [N]: logits [N, V] are those of the positions where
+    selected [B, T] is True, in row-major order (`full_logits[selected]`); input_ids [B, T+1] and attention_mask
+    as processed_logprobs takes them. A PPO role hands the logits of the response tokens alone
+    (actors/scored.py), so neither the head nor the sampler's sort runs at the prompt's positions.
+
+    Memory: positions go through in chunks of at most CHUNK_ELEMENTS logits; per chunk the extra tensors are a few
+    copies of its [n, V] logits (the sort keeps int64 indices: 8 bytes per entry) and the seen set, built from
+    each row's first position of every token ([B, V] int64).
+    """
+    vocab = logits.shape[-1]
+    valid = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+    rows, steps = selected.nonzero(as_tuple=True)
+    targets = input_ids[rows, steps + 1]
+    first = torch.stack([_first_positions(input_ids[i], valid[i], vocab) for i in range(input_ids.shape[0])])
+    # Positions go through in chunks of at most CHUNK_ELEMENTS logits: one batched pass where the vocabulary is
+    # small (Python per position would cost more than the arithmetic), bounded memory where it is large.
+    per_chunk = max(1, CHUNK_ELEMENTS // max(vocab, 1))
     parts = []
-    for start in range(0, batch, rows_per_chunk):
-        end = min(start + rows_per_chunk, batch)
-        first = torch.stack([_first_positions(input_ids[i], valid[i], vocab) for i in range(start, end)])
-        seen = first[:, None, :] <= step[None, :, None]  # [c, T, V]: seen by position t iff first occurrence ≤ t
-        z = process_next_token_logits(logits[start:end].reshape(-1, vocab), seen.reshape(-1, vocab), temperature,
-                                      top_p, repetition_penalty, top_k)
-        picked = z.log_softmax(dim=-1).gather(-1, targets[start:end].reshape(-1, 1).long())
-        parts.append(picked.view(end - start, positions))
-    out = torch.cat(parts)
-    return torch.where(selected, out, torch.zeros_like(out))
+    for start in range(0, logits.shape[0], per_chunk):
+        end = min(start + per_chunk, logits.shape[0])
+        seen = first[rows[start:end]] <= steps[start:end, None]  # seen by position t iff first occurrence ≤ t
+        z = process_next_token_logits(logits[start:end], seen, temperature, top_p, repetition_penalty, top_k)
+        parts.append(z.log_softmax(dim=-1).gather(-1, targets[start:end, None].long()).squeeze(-1))
+    if not parts:  # no selected position
+        return logits.new_zeros(0, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    return torch.cat(parts)
 
 
 def _first_positions(ids: torch.Tensor, valid: torch.Tensor, vocab: int) -> torch.Tensor:

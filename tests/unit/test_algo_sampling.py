@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from actors.algo.logprobs import token_logprobs
-from actors.algo.sampling import fill_dropped, process_next_token_logits, processed_logprobs
+from actors.algo import sampling
+from actors.algo.sampling import fill_dropped, process_next_token_logits, processed_logprobs, processed_logprobs_at
 
 F64 = torch.float64
 LN2, LN3, LN4 = math.log(2.0), math.log(3.0), math.log(4.0)
@@ -188,6 +189,28 @@ def test_sequence_log_probs_equal_the_one_step_helper_on_seen_sets_built_by_hand
             seen[0, input_ids[b, :pos + 1]] = True
             z = process_next_token_logits(logits[b, pos][None], seen, **settings)
             assert torch.equal(got[b, pos], z.log_softmax(-1)[0, input_ids[b, pos + 1]])
+
+
+def test_at_selected_positions_alone_in_chunks_equals_the_one_step_helper(monkeypatch):
+    """processed_logprobs_at (a PPO role's response tokens: actors/policy.py) from the selected positions' logits
+    alone, in chunks of 2 positions, gives the one-step helper's log-prob at each, row-major."""
+    monkeypatch.setattr(sampling, "CHUNK_ELEMENTS", 2 * 11)
+    generator = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 6, 11, dtype=F64, generator=generator) * 2
+    input_ids = torch.randint(0, 6, (3, 7), generator=generator)
+    selected = torch.zeros(3, 6, dtype=torch.bool)
+    selected[0, 2:5], selected[2, 1:] = True, True  # row 1: nothing
+    settings = dict(temperature=0.8, top_p=0.85, repetition_penalty=1.3, top_k=6)
+    got = processed_logprobs_at(logits[selected], input_ids, selected, **settings)
+    expected = []
+    for b, pos in selected.nonzero().tolist():
+        seen = torch.zeros(1, 11, dtype=torch.bool)
+        seen[0, input_ids[b, :pos + 1]] = True
+        z = process_next_token_logits(logits[b, pos][None], seen, **settings)
+        expected.append(z.log_softmax(-1)[0, input_ids[b, pos + 1]])
+    assert got.shape == (8,) and torch.equal(got, torch.stack(expected))
+    none = torch.zeros_like(selected)
+    assert processed_logprobs_at(logits[none], input_ids, none, **settings).shape == (0,)
 
 
 # Masks, precision, errors

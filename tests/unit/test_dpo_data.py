@@ -194,16 +194,17 @@ def test_packed_pairs_give_the_padded_log_probs(real_pairs, tokenizer):
 def test_head_at_the_replies_alone_gives_the_whole_logits_log_probs_and_gradients(real_pairs, tokenizer, lora):
     """model.fused_loss: the output projection runs at the replies' positions alone (actors/scored.py), packed with
     shared prompts as the recipe runs; the summed log-probs and every trained weight's gradient of a DPO-like
-    objective match the model's own logits at every position, padded."""
+    objective match the model's own logits at every position, laid out the same way."""
     from actors import modeling
 
     cfg = load_config(TINY_CPU, [f"lora.enabled={str(lora).lower()}", "lora.rank=4", "lora.dropout=0.0"])
+    torch.manual_seed(0)  # LoRA's A matrices
     model = modeling.trainable_causal_lm(cfg.model, cfg.lora)
     assert modeling.fused_loss_head(model) is not None
     results = []
-    for fused, pack in ((False, False), (True, True)):
+    for fused in (False, True):
         model.zero_grad()
-        chosen, rejected = pair_logprobs(model, real_pairs, tokenizer.pad_token_id, pack, share=pack, fused=fused)
+        chosen, rejected = pair_logprobs(model, real_pairs, tokenizer.pad_token_id, True, share=True, fused=fused)
         torch.nn.functional.logsigmoid(0.1 * (chosen - rejected)).sum().backward()
         results.append((chosen.detach(), rejected.detach(),
                         {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}))
@@ -211,6 +212,7 @@ def test_head_at_the_replies_alone_gives_the_whole_logits_log_probs_and_gradient
     assert plain_c.abs().min() > 1.0  # real sums of many tokens' log-probs, not zeros
     torch.testing.assert_close(fused_c, plain_c, atol=1e-3, rtol=1e-5)
     torch.testing.assert_close(fused_r, plain_r, atol=1e-3, rtol=1e-5)
+    assert sum(float(grad.abs().max()) > 0 for grad in plain_g.values()) >= len(plain_g) // 2
     for name, grad in plain_g.items():
-        torch.testing.assert_close(fused_g[name], grad, rtol=1e-3, atol=1e-5, msg=name)
+        torch.testing.assert_close(fused_g[name], grad, rtol=1e-4, atol=1e-5 * float(grad.abs().max()), msg=name)
 

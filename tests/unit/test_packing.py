@@ -66,22 +66,29 @@ def prompt_and_response_batch():
 
 def test_ppo_logprobs_are_the_padded_ones(llama):
     from actors.algo import token_logprobs
-    from actors.algo.sampling import processed_logprobs
-    from actors.policy import raw_action_logits, sequence_logprobs
+    from actors.algo.sampling import processed_logprobs_at
+    from actors.policy import response_logits, sequence_logprobs
+    from actors.scored import picked_logprobs
 
     batch = prompt_and_response_batch()
     assert plan_for(batch.attention_mask).rows < batch.input_ids.shape[0]  # packing has something to save
     padded, packed = (sequence_logprobs(llama, batch, temperature=0.7, pack=p) for p in (False, True))
     actions = batch.action_mask.bool()
     assert torch.allclose(padded[actions], packed[actions], atol=1e-5)
+    # The head at the response tokens alone (actors/scored.py) against the model's own logits at every position.
+    with torch.no_grad():
+        logits = llama(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits[:, :-1] / 0.7
+        whole = token_logprobs(logits, batch.input_ids[:, 1:])
+    unfused = sequence_logprobs(llama, batch, temperature=0.7, fused=False)
+    for got in (padded, unfused):
+        assert torch.allclose(got[actions], whole[actions], atol=1e-5) and (got[~actions] == 0).all()
     # The sampler's processed distribution (top_p, repetition penalty) reads whole sequences: the same too.
     with torch.no_grad():
-        processed = [processed_logprobs(raw_action_logits(llama, batch.input_ids, batch.attention_mask, p),
-                                        batch.input_ids, 0.7, 0.9, 1.2, attention_mask=batch.attention_mask,
-                                        action_mask=batch.action_mask) for p in (False, True)]
-    assert torch.allclose(processed[0], processed[1], atol=1e-5)
-    assert torch.isfinite(token_logprobs(raw_action_logits(llama, batch.input_ids, batch.attention_mask, True),
-                                         batch.input_ids[:, 1:])).all()
+        processed = [processed_logprobs_at(response_logits(llama, batch, p), batch.input_ids, actions, 0.7, 0.9, 1.2,
+                                           attention_mask=batch.attention_mask) for p in (False, True)]
+        assert torch.allclose(processed[0], processed[1], atol=1e-5)
+        targets = batch.input_ids[:, 1:][actions]
+        assert torch.isfinite(picked_logprobs(response_logits(llama, batch, True), targets)).all()
 
 
 def test_a_model_that_ignores_position_restarts_stays_padded(llama, caplog):
@@ -160,17 +167,17 @@ def grpo_like_batch():
 
 
 def test_shared_prompts_give_the_padded_logits_and_gradients(llama):
-    from actors.policy import raw_action_logits
+    from actors.policy import response_logits
 
     batch = grpo_like_batch()
     prompts = prompt_lengths(batch.action_mask, batch.attention_mask)
     assert plan_shared(batch.input_ids, batch.attention_mask, prompts).tokens < plan_for(batch.attention_mask).tokens
     outputs = []
-    for pack_, share in ((False, None), (True, prompts)):
+    for pack_ in (False, True):  # sharing the answers' prompts where packed
         llama.zero_grad()
-        logits = raw_action_logits(llama, batch.input_ids, batch.attention_mask, pack_, share)
-        (torch.log_softmax(logits, -1).amax(-1) * batch.action_mask).sum().backward()
-        outputs.append((logits.detach()[batch.action_mask.bool()],
+        logits = response_logits(llama, batch, pack_, share=pack_)  # [response tokens, V]
+        torch.log_softmax(logits, -1).amax(-1).sum().backward()
+        outputs.append((logits.detach(),
                         torch.cat([p.grad.flatten() for p in llama.parameters() if p.grad is not None])))
     llama.zero_grad()
     assert torch.allclose(outputs[0][0], outputs[1][0], atol=1e-5)
