@@ -14,8 +14,10 @@ L = layers, V = vocabulary):
   activations  training: b·s·h·L·34 bytes in 16-bit (Korthikanti et al. 2022, eq. 2, without the 5·a·s/h
                attention-score term that fused attention never stores), doubled in fp32; with gradient
                checkpointing b·s·h·(2·L + 34): each layer's input plus one layer recomputed. Plus b·s·V·4 for the
-               fp32 logits a language-model loss reads (not for reward models' scalar head). Inference roles
-               hold one layer at a time: b·s·h·34 (+ logits).
+               fp32 logits a language-model loss reads (not for reward models' scalar head); PPO's policy and
+               reference with model.fused_loss run the head at the response tokens alone (actors/scored.py):
+               b·n·V·4 for n = ppo.rollout.max_new_tokens. Inference roles hold one layer at a time: b·s·h·34
+               (+ logits).
   KV cache     rollout engines: b·s·2·L·kv_heads·head_dim·w_kv (w_kv = 2 in 16-bit, 4 in fp32).
 
 LoRA's trained share T comes from the shapes of the targeted projections: r·(in + out) per module per layer.
@@ -55,6 +57,11 @@ class ModelShape:
     head_dim: int
     vocab: int
     intermediate: int
+    capped_logits: bool = False  # the head is more than a projection (soft-capping): its logits run everywhere
+
+    def response_logits_only(self, fused_loss: bool) -> bool:
+        """Whether PPO's policy and reference project the response tokens alone (actors/scored.py)."""
+        return fused_loss and not self.capped_logits
 
     def projection_dims(self) -> dict[str, tuple[int, int]]:
         """(in, out) of each linear layer LoRA can target, Llama naming."""
@@ -107,8 +114,9 @@ def shape_from_checkpoint(path: str) -> ModelShape:
                           "(Llama-style or GPT-2-style names); pass --model-size or set model.size_b")
     # GPT-2-style configs name the MLP width n_inner, null for the usual 4 × width.
     intermediate = text.get("intermediate_size") or text.get("n_inner") or 4 * shape.hidden
+    capped = bool(text.get("final_logit_softcapping") or text.get("logit_scale"))  # as modeling.fused_loss_head
     return ModelShape(float(parameter_count_on_disk(folder)), shape.layers, shape.hidden, shape.heads, shape.kv_heads,
-                      shape.head_dim, text["vocab_size"], intermediate)
+                      shape.head_dim, text["vocab_size"], intermediate, capped)
 
 
 def model_shape(cfg: Config, size: str | None) -> ModelShape:
@@ -156,8 +164,9 @@ def trained_parameters(cfg: Config, shape: ModelShape, lora: bool) -> float:
 
 
 def training_memory(cfg: Config, shape: ModelShape, lora: bool, ranks: int, sequences: int, tokens: int,
-                    logits: bool = True, quantized: bool = True) -> Memory:
-    """One DeepSpeed rank of a trained role (formulas in the module docstring)."""
+                    logit_tokens: int | None = None, quantized: bool = True) -> Memory:
+    """One DeepSpeed rank of a trained role (formulas in the module docstring); `logit_tokens` of each sequence's
+    `tokens` meet the head (None: all of them; 0: none, a scalar head)."""
     ds = cfg.deepspeed
     trained = trained_parameters(cfg, shape, lora)
     p = TRAIN_BYTES[ds.precision]
@@ -170,19 +179,22 @@ def training_memory(cfg: Config, shape: ModelShape, lora: bool, ranks: int, sequ
     scale = p / 2
     per_token = (shape.hidden * (CHECKPOINTED_BYTES_16BIT * shape.layers + ACTIVATION_BYTES_16BIT) * scale
                  if cfg.model.gradient_checkpointing else shape.hidden * shape.layers * ACTIVATION_BYTES_16BIT * scale)
-    activations = sequences * tokens * (per_token + (shape.vocab * LOGIT_BYTES if logits else 0))
+    logits = sequences * (tokens if logit_tokens is None else logit_tokens) * shape.vocab * LOGIT_BYTES
+    activations = sequences * tokens * per_token + logits
     offloaded = (parameters if ds.offload_param else 0.0) + (optimizer if ds.offload_optimizer else 0.0)
     return Memory(0.0 if ds.offload_param else parameters, gradients, 0.0 if ds.offload_optimizer else optimizer,
                   activations, 0.0, offloaded)
 
 
-def inference_memory(cfg: Config, shape: ModelShape, sequences: int, tokens: int, logits: bool = True,
+def inference_memory(cfg: Config, shape: ModelShape, sequences: int, tokens: int, logit_tokens: int | None = None,
                      quantized: bool = True) -> Memory:
-    """A frozen model that only scores: its weights plus one layer's activations (+ logits)."""
+    """A frozen model that only scores: its weights plus one layer's activations (+ the logits of `logit_tokens`
+    of each sequence's tokens, as training_memory)."""
     dtype = cfg.model.quantization if quantized and cfg.model.quantization != "none" else cfg.model.dtype
     scale = WEIGHT_BYTES[cfg.model.dtype] / 2
-    per_token = shape.hidden * ACTIVATION_BYTES_16BIT * scale + (shape.vocab * LOGIT_BYTES if logits else 0)
-    return Memory(parameters=shape.params * WEIGHT_BYTES[dtype], activations=sequences * tokens * per_token)
+    logits = sequences * (tokens if logit_tokens is None else logit_tokens) * shape.vocab * LOGIT_BYTES
+    return Memory(parameters=shape.params * WEIGHT_BYTES[dtype],
+                  activations=sequences * tokens * shape.hidden * ACTIVATION_BYTES_16BIT * scale + logits)
 
 
 def rollout_memory(cfg: Config, shape: ModelShape, sequences: int, tokens: int) -> Memory:

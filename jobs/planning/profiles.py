@@ -51,7 +51,7 @@ def _reward_model_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
     # Size matching (SPEC §3) makes the policy's shape the reward model's; both replies of a pair go through. The
     # reward backbone loads unquantised (actors/reward.py) and has a scalar head, no vocabulary logits.
     memory = training_memory(cfg, shape, rm.lora, rm.num_workers, 2 * rm.micro_batch_size, rm.max_length,
-                             logits=False, quantized=False)
+                             logit_tokens=0, quantized=False)
     return [RolePlan("reward_model", "reward", rm.num_workers, float(rm.use_gpu), memory,
                      f"{rm.micro_batch_size} pairs × accum {rm.grad_accum} × {rm.num_workers} ranks")]
 
@@ -69,29 +69,33 @@ def _dpo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
 def _ppo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
     ppo, gpus = cfg.ppo, cfg.ppo.gpus_per_actor
     tokens = ppo.rollout.max_prompt_tokens + ppo.rollout.max_new_tokens
+    # With model.fused_loss the policy and the reference project the response tokens alone (actors/scored.py).
+    logit_tokens = ppo.rollout.max_new_tokens if shape.response_logits_only(cfg.model.fused_loss) else None
     where = "colocated in one placement group" if ppo.colocate else f"own placement group ({ppo.placement_strategy})"
     per_engine = math.ceil(ppo.sequences_per_step / ppo.rollout.num_engines)
     roles = [RolePlan("ppo", "rollout", ppo.rollout.num_engines, gpus,
                       rollout_memory(cfg, shape, per_engine, tokens), f"vLLM, {per_engine} sequences each; {where}"),
              RolePlan("ppo", "policy", ppo.policy_workers, gpus,
                       training_memory(cfg, shape, cfg.lora.enabled, ppo.policy_workers,
-                                      max(ppo.mini_batch_size // ppo.policy_workers, 1), tokens), where)]
+                                      max(ppo.mini_batch_size // ppo.policy_workers, 1), tokens, logit_tokens),
+                      where)]
     if ppo.uses_value_model:
         roles.append(RolePlan("ppo", "value", ppo.value_workers, gpus,
                               training_memory(cfg, shape, cfg.lora.enabled, ppo.value_workers,
-                                              max(ppo.mini_batch_size // ppo.value_workers, 1), tokens, logits=False),
+                                              max(ppo.mini_batch_size // ppo.value_workers, 1), tokens, logit_tokens=0),
                               where))
     else:
         roles.append(RolePlan("ppo", "value", 0, 0.0, None,
                               f"none: {ppo.advantage_estimator} uses the other answers to each prompt as baseline"))
     if ppo.reference == "copy" or not cfg.lora.enabled:
         chunk = min(INFERENCE_CHUNK, ppo.sequences_per_step)
-        roles.append(RolePlan("ppo", "reference", 1, gpus, inference_memory(cfg, shape, chunk, tokens), where))
+        roles.append(RolePlan("ppo", "reference", 1, gpus, inference_memory(cfg, shape, chunk, tokens, logit_tokens),
+                              where))
     else:
         roles.append(RolePlan("ppo", "reference", 0, 0.0, None, "the policy ranks with adapters disabled"))
     if ppo.reward.rm_source == "model":
         roles.append(RolePlan("ppo", "reward", 1, gpus,
-                              inference_memory(cfg, shape, cfg.reward_model.score_batch_size, tokens, logits=False,
+                              inference_memory(cfg, shape, cfg.reward_model.score_batch_size, tokens, logit_tokens=0,
                                                quantized=False), where))
     return roles
 
@@ -286,8 +290,8 @@ def format_plan(plan: Plan) -> str:
              + f"{'total':>9}{'budget':>11}  (GiB per rank)"]
     lines += [role_row(r, cfg) for r in plan.roles]
     lines += ["", "formulas: params N·w (+T·p trained), ZeRO-3 /D; grads T·p, ZeRO-2+ /D; AdamW T·12 (fp32: 8), "
-                  "ZeRO-1+ /D; activations b·s·h·L·34 (checkpointing b·s·h·(2L+34)) + b·s·V·4 logits; "
-                  "KV b·s·2·L·kv·hd·w (python -m jobs.plan --help)"]
+                  "ZeRO-1+ /D; activations b·s·h·L·34 (checkpointing b·s·h·(2L+34)) + b·s·V·4 logits (PPO: "
+                  "b·n·V·4, n new tokens); KV b·s·2·L·kv·hd·w (python -m jobs.plan --help)"]
     lines += ["", *format_costs(plan)]
     lines.append("verdict   " + ("fits" if plan.fits else "does not fit: " + plan.problems[0]))
     return "\n".join(lines)

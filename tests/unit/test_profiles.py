@@ -77,6 +77,30 @@ def test_7b_int8_lora_dpo_on_4xa100_by_hand():
     assert result.fits and result.stages == ["curate", "sft", "dpo"] and role(result, "dpo", "reference").memory is None
 
 
+def test_ppo_policy_and_reference_hold_the_logits_of_the_response_tokens_alone_by_hand():
+    """With model.fused_loss (the default) PPO's policy and reference project the response tokens alone
+    (actors/scored.py): their logits are b·n·V·4 for n = 512 new tokens of s = 1024, not b·s·V·4."""
+    fused, whole = (make_plan(load_profile("multi-node", [f"model.fused_loss={flag}"]), "7B")
+                    for flag in ("true", "false"))
+    layers = 4096 * (2 * 32 + 34)  # bf16, gradient checkpointing: b·s·h·(2L + 34)
+    # 16 sequences a mini-batch over 8 policy ranks: 2 per rank; the reference scores 16 sequences at a time.
+    assert role(fused, "ppo", "policy").memory.activations == 2 * 1024 * layers + 2 * 512 * 32000 * 4
+    assert role(whole, "ppo", "policy").memory.activations == 2 * 1024 * layers + 2 * 1024 * 32000 * 4
+    assert role(fused, "ppo", "reference").memory.activations == 16 * 1024 * 4096 * 34 + 16 * 512 * 32000 * 4
+    assert role(whole, "ppo", "reference").memory.activations == 16 * 1024 * 4096 * 34 + 16 * 1024 * 32000 * 4
+
+
+def test_a_soft_capped_checkpoint_keeps_every_positions_logits_in_the_plan(tmp_path):
+    """Gemma 2 caps its logits, so its head runs everywhere (modeling.fused_loss_head) and the plan counts it so."""
+    from jobs.tiny_models import build
+
+    gemma = shape_from_checkpoint(str(build("gemma2", tmp_path / "gemma2")))
+    llama = shape_from_checkpoint(str(POLICY_PATH))
+    assert gemma.capped_logits and not gemma.response_logits_only(fused_loss=True)
+    assert not llama.capped_logits and llama.response_logits_only(fused_loss=True)
+    assert not llama.response_logits_only(fused_loss=False)
+
+
 def test_13b_full_zero3_sft_on_multi_node_by_hand():
     result = make_plan(load_profile("multi-node"), "13B")
     sft = role(result, "sft", "policy")
