@@ -26,7 +26,7 @@ from actors.algo.packing import prompt_lengths
 from actors.algo.preference import dpo_loss, sequence_logprob
 from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
 from actors.reward_trainer import wilson_interval
-from actors.scored import scored_logprobs
+from actors.scored import head_agrees, scored_logprobs
 from actors.sft_data import collate
 from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
 from common.errors import EmptyDatasetError, RecordError
@@ -160,6 +160,7 @@ class DPOTrainer(ZeroTrainer):
         self.step_tally = RewardTally()
         self.pack = False  # dpo.pack_sequences, once setup has checked the model (actors/packed.py)
         self.share = False  # dpo.share_prompts, likewise
+        self.fused = False  # model.fused_loss: the head at the replies alone, likewise (actors/scored.py)
 
     def build_model(self) -> torch.nn.Module:
         return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora)
@@ -172,6 +173,8 @@ class DPOTrainer(ZeroTrainer):
         self.pack, self.share = packed.engine_layout(
             self.engine, packed.lm_forward(self.engine), self.engine.module.config,
             modeling.DTYPES[self.cfg.model.dtype], "dpo", self.settings.pack_sequences, self.settings.share_prompts)
+        self.fused = head_agrees(self.engine, self.engine.module.config.vocab_size, self.engine.device,
+                                 modeling.DTYPES[self.cfg.model.dtype], "dpo", self.cfg.model.fused_loss)
         # Here, not in run(): a resumed run must score with the start weights, before its checkpoint loads.
         self.split = replace(self.split, train=with_reference(self.split.train, self.reference_table(self.split.train)),
                              eval=with_reference(self.split.eval, self.reference_table(self.split.eval)))
@@ -193,7 +196,7 @@ class DPOTrainer(ZeroTrainer):
         bit (reward margins exactly 0, loss exactly ln 2)."""
         self.engine.eval()
         parts = [pair_logprobs(self.engine, pairs[start:start + self.settings.micro_batch_size], self.pad_id, self.pack,
-                               self.share, self.cfg.model.fused_loss)
+                               self.share, self.fused)
                  for start in range(0, len(pairs), self.settings.micro_batch_size)]
         self.engine.train()
         return torch.cat([c for c, _ in parts]), torch.cat([r for _, r in parts])
@@ -213,7 +216,7 @@ class DPOTrainer(ZeroTrainer):
         return len(batch)
 
     def loss_sum(self, batch) -> torch.Tensor:
-        logprobs = pair_logprobs(self.engine, batch, self.pad_id, self.pack, self.share, self.cfg.model.fused_loss)
+        logprobs = pair_logprobs(self.engine, batch, self.pad_id, self.pack, self.share, self.fused)
         loss, chosen_rewards, rejected_rewards = self.dpo_terms(*logprobs, batch)
         self.step_tally.add(float(loss.detach()) * len(batch), chosen_rewards, rejected_rewards)
         return loss * len(batch)

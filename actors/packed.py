@@ -87,7 +87,7 @@ def run(forward: Forward, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     return unpack(forward(ids, None, positions), plan, input_ids.shape[1])
 
 
-def _check_batch(vocab_size: int, device, shared: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def check_batch(vocab_size: int, device, shared: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(input_ids, attention_mask) of the start-up checks: seeded sequences of CHECK_LENGTHS, right-padded; with
     `shared`, sequences 0, 2 and 4 start with the same 4 tokens (CHECK_PROMPTS)."""
     generator = torch.Generator().manual_seed(1 if shared else 0)
@@ -111,16 +111,16 @@ def _largest_difference(padded: torch.Tensor, others: list[torch.Tensor], mask: 
 def agrees(forward: Forward, vocab_size: int, device, dtype: torch.dtype, role: str) -> bool:
     """Whether the model's outputs on a small seeded batch are the same packed as padded (at the dtype's
     tolerance); logs the fallback to padding when they are not."""
-    ids, mask = _check_batch(vocab_size, device, shared=False)
+    ids, mask = check_batch(vocab_size, device, shared=False)
     # Both layouts run() may choose: packed rows, and the right-padded rows under the causal mask alone.
     diff = _largest_difference(forward(ids, mask, None), [run(forward, ids, mask, packed=True),
                                                            forward(ids, None, None)], mask)
-    return _within_tolerance(diff, dtype, role, "pack_sequences is on, but this model's outputs differ packed and "
+    return within_tolerance(diff, dtype, role, "pack_sequences is on, but this model's outputs differ packed and "
                              "padded (largest relative difference %.3g): it does not read restarting position ids as "
                              "sequence boundaries, so its batches stay padded")
 
 
-def _within_tolerance(diff: float, dtype: torch.dtype, role: str, fallback: str) -> bool:
+def within_tolerance(diff: float, dtype: torch.dtype, role: str, fallback: str) -> bool:
     """Whether a check's largest relative difference is within the dtype's tolerance; logs `fallback` (formatted
     with the difference) for the role when it is not."""
     if diff <= TOLERANCE.get(dtype, 2e-2):
@@ -146,10 +146,10 @@ def may_share(config, role: str) -> bool:
 def shares_agree(forward: Forward, vocab_size: int, device, dtype: torch.dtype, role: str) -> bool:
     """Whether the model's outputs are the same with prompts shared as padded (a seeded batch where three sequences
     share a prompt); logs the fallback to packing without sharing when they are not."""
-    ids, mask = _check_batch(vocab_size, device, shared=True)
+    ids, mask = check_batch(vocab_size, device, shared=True)
     diff = _largest_difference(forward(ids, mask, None),
                                [run(forward, ids, mask, packed=True, prompts=torch.tensor(CHECK_PROMPTS))], mask)
-    return _within_tolerance(diff, dtype, role, "share_prompts is on, but this model's outputs differ with a shared "
+    return within_tolerance(diff, dtype, role, "share_prompts is on, but this model's outputs differ with a shared "
                              "prompt and padded (largest relative difference %.3g): it does not take a 4-D attention "
                              "mask as given, so its sequences are packed without sharing their prompts")
 

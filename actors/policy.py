@@ -26,7 +26,7 @@ from actors.algo import (
 )
 from actors.algo.sampling import processed_logprobs_at
 from actors.protocol import PolicyBatch, TokenBatch, row_chunks, to_device
-from actors.scored import picked_logprobs, scored_logits, spread
+from actors.scored import head_agrees, picked_logprobs, scored_logits, spread
 from actors.trained_role import TrainedRole, reduce_stats
 from actors.weights import flatten_parameters, hf_named_weights
 from common.config import RolloutConfig
@@ -82,7 +82,11 @@ class PolicyRole(TrainedRole):
         if engine == "plain":
             flatten_parameters(model)  # one buffer: each weight-sync bucket is one buffer for Ray's put
         layout = self._choose_layout(packed.lm_forward(self.engine), model.config)
-        return {"trainable_params": trainable, "total_params": total, "engine": engine, "layout": layout}
+        # model.fused_loss, where this model's log-probs are the same so (actors/scored.py)
+        self.fused = head_agrees(self.engine, model.config.vocab_size, self.engine.device,
+                                 modeling.DTYPES[self.model_cfg.dtype], self.role, self.model_cfg.fused_loss)
+        return {"trainable_params": trainable, "total_params": total, "engine": engine, "layout": layout,
+                "scored_head": self.fused}
 
     def _temperature(self) -> float:
         return self.ppo.rollout.temperature
@@ -95,7 +99,7 @@ class PolicyRole(TrainedRole):
         context = self.engine.module.disable_adapter() if disable_adapter else contextlib.nullcontext()
         with context:
             out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), self._temperature(),
-                                    pack=self.pack, share=self.share, fused=self.model_cfg.fused_loss)
+                                    pack=self.pack, share=self.share, fused=self.fused)
         self.engine.train()
         return out.cpu()
 
@@ -109,7 +113,7 @@ class PolicyRole(TrainedRole):
         batch = to_device(batch, self.engine.device)
         ratio, kl = [], []
         for part in row_chunks(batch, chunk):
-            raw = response_logits(self.engine, part, self.pack, self.share, self.model_cfg.fused_loss)
+            raw = response_logits(self.engine, part, self.pack, self.share, self.fused)
             kl.append(tempered_logprobs(raw, part, self._temperature()))
             ratio.append(kl[-1] if self.ppo.trainer_logprobs == "temperature"
                          else ratio_logprobs(raw, part, self.ppo.rollout, "processed"))
@@ -120,7 +124,7 @@ class PolicyRole(TrainedRole):
         """Log-probs at temperature 1: what a vLLM engine holding the same weights reports."""
         self.engine.eval()
         out = sequence_logprobs(self.engine, to_device(batch, self.engine.device), 1.0, pack=self.pack,
-                                share=self.share, fused=self.model_cfg.fused_loss)
+                                share=self.share, fused=self.fused)
         self.engine.train()
         return out.cpu()
 
@@ -145,7 +149,7 @@ class PolicyRole(TrainedRole):
                                  ppo.rollout_correction_cap)
             mask = correction.mask
             normalizer, tokens = zero.all_reduce_sum([aggregation.units(mask), float(mask.sum())])
-            raw = response_logits(self.engine, mini, self.pack, self.share, self.model_cfg.fused_loss)
+            raw = response_logits(self.engine, mini, self.pack, self.share, self.fused)
             logp_kl = tempered_logprobs(raw, mini, self._temperature())
             logp = logp_kl if ppo.trainer_logprobs == "temperature" else \
                 ratio_logprobs(raw, mini, ppo.rollout, ppo.trainer_logprobs)

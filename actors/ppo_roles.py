@@ -194,7 +194,8 @@ class PPORoles:
         self.startup_s = time.perf_counter() - started
         # How each trained role lays out its batches (actors/packed.py): padded, packed, or packed with shared prompts.
         self.layouts = {"policy": self.sizes["layout"], **({"value": value_sizes["layout"]} if value_sizes else {})}
-        engines = f"policy {self.sizes['engine']} ({self.layouts['policy']})" + \
+        head = "; head at the response tokens" if self.sizes.get("scored_head") else ""  # actors/scored.py
+        engines = f"policy {self.sizes['engine']} ({self.layouts['policy']}{head})" + \
             (f", value {value_sizes['engine']} ({self.layouts['value']})" if value_sizes else "")
         log.info("PPO roles up in %.1f s: %d rollout engine(s) (%s, %s weights), policy ×%d (%d/%d trainable), %s, "
                  "reference %s, reward from %s; training engines: %s", self.startup_s, len(self.rollout),

@@ -8,6 +8,7 @@ from actors import modeling, packed
 from actors.group import Located
 from actors.policy import sequence_logprobs
 from actors.protocol import TokenBatch, to_device
+from actors.scored import head_agrees
 from actors.threads import ThreadPlan
 from common.config import ModelConfig, RolloutConfig
 
@@ -16,7 +17,6 @@ class ReferenceModel(Located):
     def __init__(self, model: ModelConfig, rollout: RolloutConfig, start_model: str,
                  threads: ThreadPlan = ThreadPlan(), pack: bool = False, share: bool = False):
         self.rollout, self.threads = rollout, threads
-        self.fused = model.fused_loss  # the head at the response tokens alone (actors/scored.py)
         self.model = modeling.load_causal_lm(model, start_model)
         self.model.eval().requires_grad_(False).to(modeling.device())
         # ppo.pack_sequences and ppo.share_prompts, where this model gives the same outputs so as padded
@@ -24,6 +24,9 @@ class ReferenceModel(Located):
         self.pack, self.share = packed.choose_layout(packed.lm_forward(self.model), self.model.config,
                                                      modeling.device(), modeling.DTYPES[model.dtype], "reference",
                                                      pack, share)
+        # The head at the response tokens alone (model.fused_loss), where the log-probs are the same so
+        self.fused = head_agrees(self.model, self.model.config.vocab_size, modeling.device(),
+                                 modeling.DTYPES[model.dtype], "reference", model.fused_loss)
 
     @torch.no_grad()
     def logprobs(self, batch: TokenBatch) -> torch.Tensor:

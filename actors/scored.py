@@ -16,10 +16,14 @@ the scored ones are picked from them."""
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from actors import modeling, packed
 from actors.algo.logprobs import token_logprobs
+
+log = logging.getLogger("rayalign.scored")
 
 # Transformers' `logits_to_keep` takes position indices; an empty index list makes the model skip its head.
 NO_LOGITS = torch.zeros(0, dtype=torch.long)
@@ -66,3 +70,32 @@ def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
 def spread(values: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     """[B, T] with `values` [N] at the positions where `scored` [B, T] is True (row-major), 0 elsewhere."""
     return torch.zeros(scored.shape, dtype=values.dtype, device=values.device).masked_scatter(scored, values)
+
+
+def head_agrees(model, vocab_size: int, device, dtype: torch.dtype, role: str, fused: bool = True) -> bool:
+    """Whether this role may run the head at the scored positions alone (model.fused_loss, `fused`): the model's
+    head is a plain projection (modeling.fused_loss_head) and, on a small seeded batch in eval mode, gives the same
+    log-probs so as the model's own logits (at the dtype's tolerance, actors/packed.py). Logs the fallback when not."""
+    if not fused or modeling.fused_loss_head(model) is None:
+        return False
+    ids, mask = packed.check_batch(vocab_size, device)
+    scored = mask[:, 1:].bool()
+    module = getattr(model, "module", model)
+    training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            whole = scored_logprobs(model, ids, mask, scored, fused=False)
+            try:
+                head = scored_logprobs(model, ids, mask, scored, fused=True)
+            except (TypeError, ValueError, AttributeError) as exc:  # a forward without logits_to_keep or hidden states
+                log.warning("%s: model.fused_loss is on, but this model's forward refused the head-less call (%s): "
+                            "it computes the logits at every position", role, exc)
+                return False
+    finally:
+        module.train(training)
+    scale = max(float(whole[scored].abs().max()), 1.0)
+    diff = float((head - whole)[scored].abs().max()) / scale
+    return packed.within_tolerance(diff, dtype, role, "model.fused_loss is on, but this model's log-probs differ with "
+                                   "the head at the scored tokens alone (largest relative difference %.3g): its "
+                                   "forward changes the logits, so it computes them at every position")

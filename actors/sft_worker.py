@@ -8,7 +8,7 @@ import torch
 from actors import modeling, packed, zero
 from actors.algo.fused_ce import linear_cross_entropy_sum
 from actors.chat import IGNORE_INDEX, EncodedChat
-from actors.scored import final_hidden
+from actors.scored import final_hidden, head_agrees
 from actors.sft_data import SFTSplit, collate, collate_packed, pack_collated, packed_batches, packed_rows
 from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
 
@@ -43,6 +43,7 @@ class SFTWorker(ZeroTrainer):
         super().__init__(cfg, lr, output_dir)
         self.split, self.pad_id, self.tokenizer_path = split, pad_id, tokenizer_path
         self.pack = False  # sft.pack_sequences, once setup has checked the model (actors/packed.py)
+        self.fused = False  # model.fused_loss: the head at the assistant tokens alone, likewise (actors/scored.py)
 
     def setup(self) -> None:
         super().setup()
@@ -50,6 +51,8 @@ class SFTWorker(ZeroTrainer):
             self.engine, packed.lm_forward(self.engine), self.engine.module.config,
             modeling.DTYPES[self.cfg.model.dtype], "sft", self.settings.pack_sequences and not self.cfg.data.packing,
             share=False)
+        self.fused = head_agrees(self.engine, self.engine.module.config.vocab_size, self.engine.device,
+                                 modeling.DTYPES[self.cfg.model.dtype], "sft", self.cfg.model.fused_loss)
 
     def build_model(self) -> torch.nn.Module:
         return modeling.trainable_causal_lm(self.cfg.model, self.cfg.lora)
@@ -80,7 +83,7 @@ class SFTWorker(ZeroTrainer):
         else:
             tensors = collate(batch, self.pad_id)
             tensors = pack_collated(tensors) if self.pack else tensors
-        total, _ = causal_lm_loss_sums(self.engine, tensors, self.cfg.model.fused_loss)
+        total, _ = causal_lm_loss_sums(self.engine, tensors, self.fused)
         return total
 
     def evaluate(self) -> dict[str, float]:
@@ -93,7 +96,7 @@ class SFTWorker(ZeroTrainer):
         with torch.no_grad():
             for start in range(0, len(share), self.settings.micro_batch_size):
                 batch = collate(share[start:start + self.settings.micro_batch_size], self.pad_id)
-                total, n = causal_lm_loss_sums(self.engine, batch, self.cfg.model.fused_loss)
+                total, n = causal_lm_loss_sums(self.engine, batch, self.fused)
                 nll, count = nll + float(total), count + n
         self.engine.train()
         nll, count = zero.all_reduce_sum([nll, float(count)])
