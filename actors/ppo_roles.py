@@ -210,7 +210,7 @@ class PPORoles:
         run = {"run": cfg.run.name, "steps": ppo.steps, "rollout_batch_size": ppo.rollout_batch_size,
                "sequences_per_step": ppo.sequences_per_step, "rollout_engine": self.rollout_engine,
                "rollout_weights": self.rollout_weights,
-               "layouts": self.layouts}
+               "layouts": self.layouts, "policy_scored_head": bool(self.sizes.get("scored_head"))}
         return write_roster(output_dir, run, self.groups(), getattr(self.reward, "actor", None))
 
     def shutdown(self) -> None:

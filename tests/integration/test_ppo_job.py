@@ -112,6 +112,7 @@ def test_grpo_learns_with_no_value_model(grpo):
     assert_rollouts_ran_on_vllm(result.output_dir)
     assert roster["sequences_per_step"] == 32
     assert roster["layouts"] == {"policy": "packed, shared prompts"}  # each group's answers share its prompt
+    assert roster["policy_scored_head"] is True  # the head at the response tokens alone (actors/scored.py)
     checkpoint = result.output_dir / "checkpoints" / "step_000020"
     assert sorted(p.name for p in checkpoint.iterdir()) == ["policy", "state.json"]
     assert not any(key.startswith("value/") for row in rows for key in row)
