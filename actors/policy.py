@@ -32,6 +32,7 @@ from actors.weights import flatten_parameters, hf_named_weights
 from common.config import RolloutConfig
 
 log = logging.getLogger("rayalign.policy")
+ENTROPY_LOGITS = 1 << 22  # logits per pass of the entropy statistic (16 MB of float32), as token_logprobs' bound
 
 
 def response_logits(model, batch, pack: bool = False, share: bool = False, fused: bool = True) -> torch.Tensor:
@@ -61,6 +62,14 @@ def tempered_logprobs(raw_logits: torch.Tensor, batch, temperature: float) -> to
     """[B, L-1] log-probs of the response tokens at `temperature` from their logits [N, V]; 0 elsewhere."""
     actions = batch.action_mask.bool()
     return spread(picked_logprobs(scaled(raw_logits, temperature), batch.input_ids[:, 1:][actions]), actions)
+
+
+def response_entropy(raw_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[N] entropy at `temperature` of each response position's logits [N, V], ENTROPY_LOGITS logits at a time:
+    its temporaries (a few [n, V] float32 copies) stay bounded however long the responses."""
+    per_chunk = max(1, ENTROPY_LOGITS // max(raw_logits.shape[-1], 1))
+    return torch.cat([entropy_from_logits(scaled(part, temperature).unsqueeze(0)).squeeze(0)
+                      for part in raw_logits.split(per_chunk)]) if len(raw_logits) else raw_logits.sum(dim=-1)
 
 
 @torch.no_grad()
@@ -162,8 +171,8 @@ class PolicyRole(TrainedRole):
                                            normalizer=tokens)
             local = float(mask.sum())
             with torch.no_grad():
-                entropy = entropy_from_logits(scaled(raw, self._temperature()).unsqueeze(0)).squeeze(0)
-                sums["entropy"] += float(masked_sum(spread(entropy, mini.action_mask.bool()), mask))
+                sums["entropy"] += float(masked_sum(spread(response_entropy(raw, self._temperature()),
+                                                           mini.action_mask.bool()), mask))
             # This rank's loss is its share of the mini-batch loss; weighting each share by the mini-batch's
             # units (this rank's part of them) makes the reduced figure the units-weighted mean of mini-batch
             # losses, the same number a single rank would report.

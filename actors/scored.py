@@ -30,10 +30,18 @@ NO_LOGITS = torch.zeros(0, dtype=torch.long)
 
 
 def final_hidden(model, **inputs) -> torch.Tensor:
-    """[B, L, d] final hidden states (after the last norm) of `model`, its head skipped."""
-    out = model(**inputs, output_hidden_states=True, use_cache=False,
+    """[B, L, d] final hidden states (after the last norm) of `model`, its head skipped. Only the last layer's are
+    asked for: Transformers keeps every requested layer's output until the forward ends, which a forward without
+    gradients would otherwise hold for nothing ((layers + 1) x the hidden states)."""
+    out = model(**inputs, output_hidden_states=[_layers(model) - 1], use_cache=False,
                 logits_to_keep=NO_LOGITS.to(inputs["input_ids"].device))
     return out.hidden_states[-1]
+
+
+def _layers(model) -> int:
+    module = getattr(model, "module", model)  # a training engine's model
+    config = module.config.get_text_config() if hasattr(module.config, "get_text_config") else module.config
+    return config.num_hidden_layers
 
 
 def hidden_forward(model) -> packed.Forward:
@@ -88,7 +96,7 @@ def head_agrees(model, vocab_size: int, device, dtype: torch.dtype, role: str, f
             whole = scored_logprobs(model, ids, mask, scored, fused=False)
             try:
                 head = scored_logprobs(model, ids, mask, scored, fused=True)
-            except (TypeError, ValueError, AttributeError) as exc:  # a forward without logits_to_keep or hidden states
+            except Exception as exc:  # noqa: BLE001 - any refusal of the head-less call means: keep the whole logits
                 log.warning("%s: model.fused_loss is on, but this model's forward refused the head-less call (%s): "
                             "it computes the logits at every position", role, exc)
                 return False

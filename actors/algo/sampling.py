@@ -155,8 +155,8 @@ def processed_logprobs_at(
         seen = first[rows[start:end]] <= steps[start:end, None]  # seen by position t iff first occurrence ≤ t
         z = process_next_token_logits(logits[start:end], seen, temperature, top_p, repetition_penalty, top_k)
         parts.append(z.log_softmax(dim=-1).gather(-1, targets[start:end, None].long()).squeeze(-1))
-    if not parts:  # no selected position
-        return logits.new_zeros(0, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    if not parts:  # no selected position: an empty result still joined to the logits' graph, so a loss can backward
+        return logits.sum(dim=-1).to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     return torch.cat(parts)
 
 

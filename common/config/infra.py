@@ -51,9 +51,10 @@ class ModelConfig:
         "sdpa", "attention kernel: PyTorch scaled_dot_product_attention (flash / memory-efficient on CUDA), "
                 "the eager reference, or the flash-attn package")
     compile: bool = param(False, "torch.compile each decoder layer (faster steps on CUDA after a one-off compile)")
-    fused_loss: bool = param(True, "SFT and DPO: run the output projection at the scored (reply) tokens' final "
-                                   "hidden states alone, the SFT loss in chunks: never the full [tokens × vocab] "
-                                   "logits (off: the model's own logits at every position)")
+    fused_loss: bool = param(True, "run the output projection at the scored tokens' final hidden states alone (PPO's "
+                                   "response tokens, DPO's replies, SFT's assistant turns; the SFT loss in chunks), "
+                                   "where a start-up check finds the same log-probs: never the full [tokens × vocab] "
+                                   "logits (off: the model's own logits at every position; actors/scored.py)")
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,8 @@ L = layers, V = vocabulary):
                checkpointing b·s·h·(2·L + 34): each layer's input plus one layer recomputed. Plus b·s·V·4 for the
                fp32 logits a language-model loss reads (not for reward models' scalar head); PPO's policy and
                reference with model.fused_loss run the head at the response tokens alone (actors/scored.py):
-               b·n·V·4 for n = ppo.rollout.max_new_tokens. Inference roles hold one layer at a time: b·s·h·34
-               (+ logits).
+               b·n·V·4 for n = ppo.rollout.max_new_tokens (not a ZeRO-3 policy: its head is partitioned).
+               Inference roles hold one layer at a time: b·s·h·34 (+ logits).
   KV cache     rollout engines: b·s·2·L·kv_heads·head_dim·w_kv (w_kv = 2 in 16-bit, 4 in fp32).
 
 LoRA's trained share T comes from the shapes of the targeted projections: r·(in + out) per module per layer.

@@ -69,15 +69,17 @@ def _dpo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
 def _ppo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
     ppo, gpus = cfg.ppo, cfg.ppo.gpus_per_actor
     tokens = ppo.rollout.max_prompt_tokens + ppo.rollout.max_new_tokens
-    # With model.fused_loss the policy and the reference project the response tokens alone (actors/scored.py).
+    # With model.fused_loss the reference, and the policy below ZeRO-3 (which partitions the head, so it computes
+    # every position's logits), project the response tokens alone (actors/scored.py).
     logit_tokens = ppo.rollout.max_new_tokens if shape.response_logits_only(cfg.model.fused_loss) else None
+    policy_logit_tokens = logit_tokens if cfg.deepspeed.stage < 3 else None
     where = "colocated in one placement group" if ppo.colocate else f"own placement group ({ppo.placement_strategy})"
     per_engine = math.ceil(ppo.sequences_per_step / ppo.rollout.num_engines)
     roles = [RolePlan("ppo", "rollout", ppo.rollout.num_engines, gpus,
                       rollout_memory(cfg, shape, per_engine, tokens), f"vLLM, {per_engine} sequences each; {where}"),
              RolePlan("ppo", "policy", ppo.policy_workers, gpus,
                       training_memory(cfg, shape, cfg.lora.enabled, ppo.policy_workers,
-                                      max(ppo.mini_batch_size // ppo.policy_workers, 1), tokens, logit_tokens),
+                                      max(ppo.mini_batch_size // ppo.policy_workers, 1), tokens, policy_logit_tokens),
                       where)]
     if ppo.uses_value_model:
         roles.append(RolePlan("ppo", "value", ppo.value_workers, gpus,

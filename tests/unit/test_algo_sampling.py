@@ -209,8 +209,13 @@ def test_at_selected_positions_alone_in_chunks_equals_the_one_step_helper(monkey
         z = process_next_token_logits(logits[b, pos][None], seen, **settings)
         expected.append(z.log_softmax(-1)[0, input_ids[b, pos + 1]])
     assert got.shape == (8,) and torch.equal(got, torch.stack(expected))
-    none = torch.zeros_like(selected)
-    assert processed_logprobs_at(logits[none], input_ids, none, **settings).shape == (0,)
+    # No selected position (a mini-batch without a response token): empty, yet joined to the graph, so a loss built
+    # on it alone can still backward (to zero gradients).
+    none, leaf = torch.zeros_like(selected), logits.clone().requires_grad_()
+    empty = processed_logprobs_at(leaf[none], input_ids, none, **settings)
+    assert empty.shape == (0,) and empty.requires_grad
+    empty.sum().backward()
+    assert torch.equal(leaf.grad, torch.zeros_like(leaf))
 
 
 # Masks, precision, errors

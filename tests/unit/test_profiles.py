@@ -79,15 +79,19 @@ def test_7b_int8_lora_dpo_on_4xa100_by_hand():
 
 def test_ppo_policy_and_reference_hold_the_logits_of_the_response_tokens_alone_by_hand():
     """With model.fused_loss (the default) PPO's policy and reference project the response tokens alone
-    (actors/scored.py): their logits are b·n·V·4 for n = 512 new tokens of s = 1024, not b·s·V·4."""
-    fused, whole = (make_plan(load_profile("multi-node", [f"model.fused_loss={flag}"]), "7B")
-                    for flag in ("true", "false"))
+    (actors/scored.py): their logits are b·n·V·4 for n = 512 new tokens of s = 1024, not b·s·V·4; under ZeRO-3 (the
+    multi-node recipe's stage) the policy's head is partitioned and computes them all."""
+    fused, whole = (make_plan(load_profile("multi-node", ["deepspeed.stage=2", f"model.fused_loss={flag}"]),
+                              "7B") for flag in ("true", "false"))
+    zero3 = make_plan(load_profile("multi-node"), "7B")
     layers = 4096 * (2 * 32 + 34)  # bf16, gradient checkpointing: b·s·h·(2L + 34)
     # 16 sequences a mini-batch over 8 policy ranks: 2 per rank; the reference scores 16 sequences at a time.
     assert role(fused, "ppo", "policy").memory.activations == 2 * 1024 * layers + 2 * 512 * 32000 * 4
     assert role(whole, "ppo", "policy").memory.activations == 2 * 1024 * layers + 2 * 1024 * 32000 * 4
-    assert role(fused, "ppo", "reference").memory.activations == 16 * 1024 * 4096 * 34 + 16 * 512 * 32000 * 4
-    assert role(whole, "ppo", "reference").memory.activations == 16 * 1024 * 4096 * 34 + 16 * 1024 * 32000 * 4
+    assert role(zero3, "ppo", "policy").memory.activations == 2 * 1024 * layers + 2 * 1024 * 32000 * 4
+    for plan_, tokens in ((fused, 512), (whole, 1024), (zero3, 512)):  # the reference is no ZeRO rank
+        reference = role(plan_, "ppo", "reference").memory
+        assert reference.activations == 16 * 1024 * 4096 * 34 + 16 * tokens * 32000 * 4
 
 
 def test_a_soft_capped_checkpoint_keeps_every_positions_logits_in_the_plan(tmp_path):

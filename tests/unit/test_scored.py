@@ -59,3 +59,15 @@ def test_a_forward_without_logits_to_keep_keeps_the_whole_logits_with_a_warning(
 def test_a_soft_capped_head_is_not_tried(llama, caplog):
     llama.config.final_logit_softcapping = 30.0
     assert not agrees(llama) and caplog.text == ""
+
+
+def test_the_entropy_statistic_in_chunks_is_the_whole_ones(monkeypatch):
+    """PPO's entropy over the response logits [N, V] goes ENTROPY_LOGITS logits at a time (bounded temporaries)."""
+    from actors import policy
+    from actors.algo import entropy_from_logits
+
+    logits = torch.randn(7, 11, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 3
+    monkeypatch.setattr(policy, "ENTROPY_LOGITS", 2 * 11)  # 4 chunks: 2, 2, 2, 1 positions
+    whole = entropy_from_logits((logits / 0.7).unsqueeze(0)).squeeze(0)
+    assert torch.allclose(policy.response_entropy(logits, 0.7), whole, rtol=1e-12, atol=0)
+    assert policy.response_entropy(logits[:0], 0.7).shape == (0,)
