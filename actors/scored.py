@@ -21,7 +21,7 @@ import logging
 import torch
 
 from actors import modeling, packed
-from actors.algo.logprobs import token_logprobs
+from actors.algo.logprobs import WHOLE_BATCH_LOGITS, token_logprobs
 
 log = logging.getLogger("rayalign.scored")
 
@@ -71,8 +71,14 @@ def scored_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
 
 
 def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """[N] log softmax(logits)[targets] for logits [N, V] (upcast as token_logprobs does)."""
-    return token_logprobs(logits.unsqueeze(0), targets.unsqueeze(0)).squeeze(0)
+    """[N] log softmax(logits)[targets] for logits [N, V] (upcast as token_logprobs does), WHOLE_BATCH_LOGITS logits
+    at a time: the upcast copy and logsumexp's temporaries stay one chunk's however many positions are scored (as
+    token_logprobs bounds them to one row's)."""
+    per_chunk = max(1, WHOLE_BATCH_LOGITS // max(logits.shape[-1], 1))
+    if logits.shape[0] <= per_chunk:
+        return token_logprobs(logits.unsqueeze(0), targets.unsqueeze(0)).squeeze(0)
+    return torch.cat([token_logprobs(part.unsqueeze(0), wanted.unsqueeze(0)).squeeze(0)
+                      for part, wanted in zip(logits.split(per_chunk), targets.split(per_chunk))])
 
 
 def spread(values: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
