@@ -24,15 +24,15 @@ from actors.algo import (
     kl_loss_term,
     masked_sum,
 )
+from actors.algo.logprobs import picked_logprobs, positions_per_pass, spread
 from actors.algo.sampling import processed_logprobs_at
 from actors.protocol import PolicyBatch, TokenBatch, row_chunks, to_device
-from actors.scored import head_agrees, picked_logprobs, scored_logits, spread
+from actors.scored import head_agrees, scored_logits
 from actors.trained_role import TrainedRole, reduce_stats
 from actors.weights import flatten_parameters, hf_named_weights
 from common.config import RolloutConfig
 
 log = logging.getLogger("rayalign.policy")
-ENTROPY_LOGITS = 1 << 22  # logits per pass of the entropy statistic (16 MB of float32), as token_logprobs' bound
 
 
 def response_logits(model, batch, pack: bool = False, share: bool = False, fused: bool = True) -> torch.Tensor:
@@ -65,11 +65,11 @@ def tempered_logprobs(raw_logits: torch.Tensor, batch, temperature: float) -> to
 
 
 def response_entropy(raw_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """[N] entropy at `temperature` of each response position's logits [N, V], ENTROPY_LOGITS logits at a time:
-    its temporaries (a few [n, V] float32 copies) stay bounded however long the responses."""
-    per_chunk = max(1, ENTROPY_LOGITS // max(raw_logits.shape[-1], 1))
+    """[N] entropy at `temperature` of each response position's logits [N, V], positions_per_pass at a time: its
+    temporaries (a few [n, V] float32 copies) stay bounded however long the responses."""
+    per_pass = positions_per_pass(raw_logits.shape[-1])
     return torch.cat([entropy_from_logits(scaled(part, temperature).unsqueeze(0)).squeeze(0)
-                      for part in raw_logits.split(per_chunk)]) if len(raw_logits) else raw_logits.sum(dim=-1)
+                      for part in raw_logits.split(per_pass)]) if len(raw_logits) else raw_logits.sum(dim=-1)
 
 
 @torch.no_grad()

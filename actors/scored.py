@@ -21,7 +21,7 @@ import logging
 import torch
 
 from actors import modeling, packed
-from actors.algo.logprobs import WHOLE_BATCH_LOGITS, token_logprobs
+from actors.algo.logprobs import picked_logprobs, spread
 
 log = logging.getLogger("rayalign.scored")
 
@@ -68,22 +68,6 @@ def scored_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     """[B, L-1] log-probs of each next token where `scored` is True, 0 elsewhere (scored_logits' positions)."""
     logits = scored_logits(model, input_ids, attention_mask, scored, pack, prompts, fused)
     return spread(picked_logprobs(logits, input_ids[:, 1:][scored]), scored)
-
-
-def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """[N] log softmax(logits)[targets] for logits [N, V] (upcast as token_logprobs does), WHOLE_BATCH_LOGITS logits
-    at a time: the upcast copy and logsumexp's temporaries stay one chunk's however many positions are scored (as
-    token_logprobs bounds them to one row's)."""
-    per_chunk = max(1, WHOLE_BATCH_LOGITS // max(logits.shape[-1], 1))
-    if logits.shape[0] <= per_chunk:
-        return token_logprobs(logits.unsqueeze(0), targets.unsqueeze(0)).squeeze(0)
-    return torch.cat([token_logprobs(part.unsqueeze(0), wanted.unsqueeze(0)).squeeze(0)
-                      for part, wanted in zip(logits.split(per_chunk), targets.split(per_chunk))])
-
-
-def spread(values: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
-    """[B, T] with `values` [N] at the positions where `scored` [B, T] is True (row-major), 0 elsewhere."""
-    return torch.zeros(scored.shape, dtype=values.dtype, device=values.device).masked_scatter(scored, values)
 
 
 def head_agrees(model, vocab_size: int, device, dtype: torch.dtype, role: str, fused: bool = True) -> bool:

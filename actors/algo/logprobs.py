@@ -40,6 +40,30 @@ def _picked_minus_logsumexp(logits: torch.Tensor, labels: torch.Tensor) -> torch
     return picked - torch.logsumexp(logits, dim=-1)
 
 
+def positions_per_pass(vocab: int) -> int:
+    """Positions of [N, V] logits (one per scored token: actors/scored.py) a pass takes so that it holds at most
+    WHOLE_BATCH_LOGITS logits: the bound token_logprobs keeps per row."""
+    return max(1, WHOLE_BATCH_LOGITS // max(vocab, 1))
+
+
+def picked_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """log softmax(logits)[n, targets[n]] → [N] for the logits [N, V] of N positions (upcast as token_logprobs
+    does), positions_per_pass at a time: the upcast copy and logsumexp's temporaries stay one pass's however many
+    positions there are."""
+    per_pass = positions_per_pass(logits.shape[-1])
+    dtype = _compute_dtype(logits)
+    if logits.shape[0] <= per_pass:
+        return _picked_minus_logsumexp(logits.to(dtype), targets)
+    return torch.cat([_picked_minus_logsumexp(part.to(dtype), wanted)
+                      for part, wanted in zip(logits.split(per_pass), targets.split(per_pass))])
+
+
+def spread(values: torch.Tensor, where: torch.Tensor) -> torch.Tensor:
+    """[B, T] with `values` [N] at the positions where `where` [B, T] is True (row-major, as `x[where]` reads
+    them), 0 elsewhere."""
+    return torch.zeros(where.shape, dtype=values.dtype, device=values.device).masked_scatter(where, values)
+
+
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of softmax(logits) at every position → [B, T] (nats).
 

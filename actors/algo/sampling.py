@@ -37,6 +37,8 @@ from __future__ import annotations
 
 import torch
 
+from actors.algo.logprobs import spread
+
 GREEDY_BELOW = 1e-5  # vLLM samples greedily (argmax of the penalised logits) at temperatures under this
 CHUNK_ELEMENTS = 2 ** 24  # logits per batched pass of processed_logprobs (64 MiB of float32)
 
@@ -119,7 +121,7 @@ def processed_logprobs(
     selected = torch.ones_like(input_ids[:, 1:], dtype=torch.bool) if action_mask is None else action_mask.bool()
     picked = processed_logprobs_at(logits[selected], input_ids, selected, temperature, top_p, repetition_penalty,
                                    top_k, attention_mask)
-    return torch.zeros(selected.shape, dtype=picked.dtype, device=picked.device).masked_scatter(selected, picked)
+    return spread(picked, selected)
 
 
 def processed_logprobs_at(

@@ -68,7 +68,7 @@ def test_ppo_logprobs_are_the_padded_ones(llama):
     from actors.algo import token_logprobs
     from actors.algo.sampling import processed_logprobs_at
     from actors.policy import response_logits, sequence_logprobs
-    from actors.scored import picked_logprobs
+    from actors.algo.logprobs import picked_logprobs
 
     batch = prompt_and_response_batch()
     assert plan_for(batch.attention_mask).rows < batch.input_ids.shape[0]  # packing has something to save

@@ -62,29 +62,29 @@ def test_a_soft_capped_head_is_not_tried(llama, caplog):
 
 
 def test_the_entropy_statistic_in_chunks_is_the_whole_ones(monkeypatch):
-    """PPO's entropy over the response logits [N, V] goes ENTROPY_LOGITS logits at a time (bounded temporaries)."""
+    """PPO's entropy over the response logits [N, V] goes positions_per_pass at a time (bounded temporaries)."""
     from actors import policy
-    from actors.algo import entropy_from_logits
+    from actors.algo import entropy_from_logits, logprobs
 
     logits = torch.randn(7, 11, generator=torch.Generator().manual_seed(3), dtype=torch.float64) * 3
-    monkeypatch.setattr(policy, "ENTROPY_LOGITS", 2 * 11)  # 4 chunks: 2, 2, 2, 1 positions
+    monkeypatch.setattr(logprobs, "WHOLE_BATCH_LOGITS", 2 * 11)  # 4 chunks: 2, 2, 2, 1 positions
     whole = entropy_from_logits((logits / 0.7).unsqueeze(0)).squeeze(0)
     assert torch.allclose(policy.response_entropy(logits, 0.7), whole, rtol=1e-12, atol=0)
     assert policy.response_entropy(logits[:0], 0.7).shape == (0,)
 
 
 def test_picked_log_probs_in_chunks_are_the_whole_ones_with_the_same_gradient(monkeypatch):
-    """The scored positions' log-probs go WHOLE_BATCH_LOGITS logits at a time (bounded temporaries when every
-    position is scored), with the values and gradient of one pass."""
-    from actors import scored
+    """The scored positions' log-probs (actors/algo/logprobs.picked_logprobs) go positions_per_pass at a time
+    (bounded temporaries when every position is scored), with the values and gradient of one pass."""
+    from actors.algo import logprobs
 
     generator = torch.Generator().manual_seed(4)
     logits = (torch.randn(9, 13, generator=generator, dtype=torch.float64) * 2).requires_grad_()
     targets = torch.randint(0, 13, (9,), generator=generator)
-    whole = scored.picked_logprobs(logits, targets)
+    whole = logprobs.picked_logprobs(logits, targets)
     (whole_grad,) = torch.autograd.grad(whole.sum(), logits)
-    monkeypatch.setattr(scored, "WHOLE_BATCH_LOGITS", 2 * 13)  # chunks of 2 positions
-    chunked = scored.picked_logprobs(logits, targets)
+    monkeypatch.setattr(logprobs, "WHOLE_BATCH_LOGITS", 2 * 13)  # chunks of 2 positions
+    chunked = logprobs.picked_logprobs(logits, targets)
     (chunked_grad,) = torch.autograd.grad(chunked.sum(), logits)
     expected = logits.detach().log_softmax(-1).gather(-1, targets[:, None]).squeeze(-1)
     assert torch.allclose(whole, expected, rtol=1e-12, atol=0) and torch.equal(chunked, whole)
