@@ -99,7 +99,7 @@ def check_batch(vocab_size: int, device, shared: bool = False) -> tuple[torch.Te
     return (ids * mask).to(device), mask.to(device)
 
 
-def _largest_difference(padded: torch.Tensor, others: list[torch.Tensor], mask: torch.Tensor) -> float:
+def largest_difference(padded: torch.Tensor, others: list[torch.Tensor], mask: torch.Tensor) -> float:
     """The largest difference of any of `others` from the padded outputs over the real tokens, relative to the
     padded outputs' largest magnitude."""
     inside, padded = mask.bool(), padded.float()
@@ -113,7 +113,7 @@ def agrees(forward: Forward, vocab_size: int, device, dtype: torch.dtype, role: 
     tolerance); logs the fallback to padding when they are not."""
     ids, mask = check_batch(vocab_size, device, shared=False)
     # Both layouts run() may choose: packed rows, and the right-padded rows under the causal mask alone.
-    diff = _largest_difference(forward(ids, mask, None), [run(forward, ids, mask, packed=True),
+    diff = largest_difference(forward(ids, mask, None), [run(forward, ids, mask, packed=True),
                                                            forward(ids, None, None)], mask)
     return within_tolerance(diff, dtype, role, "pack_sequences is on, but this model's outputs differ packed and "
                              "padded (largest relative difference %.3g): it does not read restarting position ids as "
@@ -147,7 +147,7 @@ def shares_agree(forward: Forward, vocab_size: int, device, dtype: torch.dtype, 
     """Whether the model's outputs are the same with prompts shared as padded (a seeded batch where three sequences
     share a prompt); logs the fallback to packing without sharing when they are not."""
     ids, mask = check_batch(vocab_size, device, shared=True)
-    diff = _largest_difference(forward(ids, mask, None),
+    diff = largest_difference(forward(ids, mask, None),
                                [run(forward, ids, mask, packed=True, prompts=torch.tensor(CHECK_PROMPTS))], mask)
     return within_tolerance(diff, dtype, role, "share_prompts is on, but this model's outputs differ with a shared "
                              "prompt and padded (largest relative difference %.3g): it does not take a 4-D attention "

@@ -92,8 +92,7 @@ def head_agrees(model, vocab_size: int, device, dtype: torch.dtype, role: str, f
                 return False
     finally:
         module.train(training)
-    scale = max(float(whole[scored].abs().max()), 1.0)
-    diff = float((head - whole)[scored].abs().max()) / scale
-    return packed.within_tolerance(diff, dtype, role, "model.fused_loss is on, but this model's log-probs differ with "
-                                   "the head at the scored tokens alone (largest relative difference %.3g): its "
-                                   "forward changes the logits, so it computes them at every position")
+    return packed.within_tolerance(packed.largest_difference(whole, [head], scored), dtype, role,
+                                   "model.fused_loss is on, but this model's log-probs differ with the head at the "
+                                   "scored tokens alone (largest relative difference %.3g): its forward changes the "
+                                   "logits, so it computes them at every position")
