@@ -116,6 +116,11 @@ def compile_decoder_layers(model) -> int:
     return len(layers)
 
 
+# Config fields of a model whose logits are more than its head's product (soft-capping, a scale): read here and by
+# the memory planner (jobs/planning/memory.py), which then counts every position's logits.
+LOGIT_RESCALING = ("final_logit_softcapping", "logit_scale")
+
+
 def fused_loss_head(model) -> torch.nn.Linear | None:
     """The output projection when the LM loss may be computed from the final hidden states through it in
     chunks (actors/algo/fused_ce.py), else None and callers take the plain logits path.
@@ -131,7 +136,7 @@ def fused_loss_head(model) -> torch.nn.Linear | None:
     if type(head) is not torch.nn.Linear or head.bias is not None or hasattr(head.weight, "ds_id"):
         return None
     config = getattr(module, "config", None)
-    if getattr(config, "final_logit_softcapping", None) or getattr(config, "logit_scale", None):
+    if any(getattr(config, field, None) for field in LOGIT_RESCALING):
         return None
     return head
 

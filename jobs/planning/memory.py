@@ -104,7 +104,7 @@ def shape_for_size(size_b: float) -> ModelShape:
 
 def shape_from_checkpoint(path: str) -> ModelShape:
     """The shape of a local Hugging Face causal LM, parameters counted from its safetensors headers."""
-    from actors.modeling import parameter_count_on_disk
+    from actors.modeling import LOGIT_RESCALING, parameter_count_on_disk
 
     folder = check_model_dir(path, need_tokenizer=False)
     config = json.loads((folder / "config.json").read_text())
@@ -114,7 +114,7 @@ def shape_from_checkpoint(path: str) -> ModelShape:
                           "(Llama-style or GPT-2-style names); pass --model-size or set model.size_b")
     # GPT-2-style configs name the MLP width n_inner, null for the usual 4 × width.
     intermediate = text.get("intermediate_size") or text.get("n_inner") or 4 * shape.hidden
-    capped = bool(text.get("final_logit_softcapping") or text.get("logit_scale"))  # as modeling.fused_loss_head
+    capped = any(text.get(field) for field in LOGIT_RESCALING)  # as modeling.fused_loss_head reads them
     return ModelShape(float(parameter_count_on_disk(folder)), shape.layers, shape.hidden, shape.heads, shape.kv_heads,
                       shape.head_dim, text["vocab_size"], intermediate, capped)
 
