@@ -136,9 +136,9 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
     """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one rollout engine: the run's
     own sync (actors/ppo_weight_sync.WeightSync over each of `transports`), medians of `reps` after `warmup` syncs,
     cold and warm (timed_syncs). Through the object store the policy gathers, packs and puts its buckets while the
-    engine, called at the same time, waits for them and loads them. The first syncs write into object-store memory the policy has
-    never touched and pay a page fault per 4 KiB (measured at 27.5M: 10-27k faults, 0.12-0.34 s per put; from
-    the fourth on ~100 faults, 12 ms). Syncs are `pause_s` apart, as a PPO step separates them: back to back,
+    engine, called at the same time, waits for them and loads them. The first syncs write into object-store memory
+    the policy has never touched and pay a page fault per 4 KiB (measured at 27.5M: 10-27k faults, 0.12-0.34 s per
+    put; from the fourth on ~100 faults, 12 ms). Syncs are `pause_s` apart, as a PPO step separates them: back to back,
     the store has not yet freed the last sync's buckets and the new ones land in untouched memory again.
 
     engine "vllm" loads as `layouts` say (ppo.rollout.cpu_weights, one engine each): packed through vLLM's
