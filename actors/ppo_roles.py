@@ -118,7 +118,8 @@ class PPORoles:
         self.functions: RewardFunctions | None = None  # plug-in reward functions, in a worker of their own
         self.environments: Environments | None = None  # multi-turn episodes' environments, in a worker of their own
         self.rollout_engine: str | None = None  # "vllm" or "hf"
-        self.rollout_weights: str | None = None  # how the engines hold their weights: plain, packed or reload
+        # How the engines hold their weights: plain, packed, packed-reload or reload (RolloutEngine.weight_layout).
+        self.rollout_weights: str | None = None
         self.sizes: dict = {}
         self.layouts: dict[str, str] = {}  # trained role -> how it lays out its batches (set once they are up)
         self.startup_s = 0.0

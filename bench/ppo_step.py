@@ -3,6 +3,7 @@
     .venv/bin/python bench/ppo_step.py [--steps 6] [--batch 64] [--new-tokens 64] [--sync-sizes 0.4,8,32]
                                        [--sync-engines vllm,hf] [--sync-transports object_store,collective]
                                        [--cpu-weights auto|packed,plain] [--zero-copy on|on,off]
+                                       [--packed-sync rebuild|rebuild,reload] [--out ppo_step.json]
                                        [--sections rollout,step,sync]
 
 1. rollout: tokens/s of the vLLM engine actor vs Hugging Face `generate` (same model, batch, sampling
@@ -16,8 +17,9 @@
    broadcast group here); into vLLM with each layout of its weights that --cpu-weights lists
    (ppo.rollout.cpu_weights: packed for oneDNN, or plain and loaded in place; auto: the default's choice per size),
    plain engines with their parameters made the synced buckets in the store or copied into (--zero-copy on,off:
-   ppo.rollout.zero_copy_sync).
-Writes bench/results/ppo_step.json.
+   ppo.rollout.zero_copy_sync), packed engines rebuilding their oneDNN weights from the synced ones or through
+   vLLM's reload (--packed-sync rebuild,reload: ppo.rollout.packed_sync).
+Writes bench/results/ppo_step.json (--out: another name there).
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ def copy_bandwidth(nbytes: int = 110_000_000, reps: int = 7) -> float:
 def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, reps: int = 5, warmup: int = 3,
                pause_s: float = 0.5, transports: tuple[str, ...] = ("object_store", "collective"),
                node_resources: dict[str, str] | None = None, layouts: tuple[str, ...] = ("auto",),
-               zero_copies: tuple[bool, ...] = (True,)) -> list[dict]:
+               zero_copies: tuple[bool, ...] = (True,), packed_syncs: tuple[str, ...] = ("rebuild",)) -> list[dict]:
     """Gather + push time vs parameters, policy (1 rank, ZeRO stage from config) → one rollout engine: the run's
     own sync (actors/ppo_weight_sync.WeightSync over each of `transports`), medians of `reps` after `warmup` syncs,
     cold and warm (timed_syncs). Through the object store the policy gathers, packs and puts its buckets while the
@@ -141,8 +143,9 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
     put; from the fourth on ~100 faults, 12 ms). Syncs are `pause_s` apart, as a PPO step separates them: back to back,
     the store has not yet freed the last sync's buckets and the new ones land in untouched memory again.
 
-    engine "vllm" loads as `layouts` say (ppo.rollout.cpu_weights, one engine each): packed through vLLM's
-    reload_weights, which on CPU rebuilds every linear weight's oneDNN handler; plain copies each weight into the
+    engine "vllm" loads as `layouts` say (ppo.rollout.cpu_weights, one engine each): packed rebuilds every linear
+    weight's oneDNN handler, from the synced weights themselves or through vLLM's reload_weights (`packed_syncs`,
+    ppo.rollout.packed_sync: rebuild, reload; actors/rollout/packed_rebuild.py); plain copies each weight into the
     layer that kept it (actors/rollout/vllm_weights.py), or, with zero copy (`zero_copies`,
     ppo.rollout.zero_copy_sync), points each parameter at its bytes in the synced buckets where they lie as vLLM
     stacks them and copies the rest; "hf" (the Hugging Face engine) copies each weight into its parameter, so its
@@ -181,16 +184,18 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
             policy = RoleGroup("policy", PolicyRole, 1, group, index["policy"], 1.0, 0,
                                role_args(run_cfg, path)["policy"], True)
             policy.call("setup")
-            targets = [(name, layout, zero_copy) for name in engines
+            targets = [(name, layout, zero_copy, packed_sync) for name in engines
                        for layout in (layouts if name == "vllm" else ("",))
-                       for zero_copy in (zero_copies if layout in ("plain", "auto") else zero_copies[:1])]
-            for name, layout, zero_copy in targets:
-                rollout = (replace(cfg.ppo.rollout, cpu_weights=layout, zero_copy_sync=zero_copy) if layout
-                           else cfg.ppo.rollout)
-                engine = RoleGroup("rollout", engine_classes[name], 1, group, index["rollout"], 1.0, 0,
-                                   (path, rollout, 0, 256, cfg.model.dtype))
+                       for zero_copy in (zero_copies if layout in ("plain", "auto") else zero_copies[:1])
+                       for packed_sync in (packed_syncs if layout in ("packed", "auto") else packed_syncs[:1])]
+            for name, layout, zero_copy, packed_sync in targets:
+                rollout = (replace(cfg.ppo.rollout, cpu_weights=layout, zero_copy_sync=zero_copy,
+                                   packed_sync=packed_sync) if layout else cfg.ppo.rollout)
+                # The run's own engine arguments, its thread plan included: a packed engine's sync reorders the
+                # weights on the threads the plan gives its loads (the node's cores for one engine).
+                engine_args = role_args(replace(run_cfg, ppo=replace(run_cfg.ppo, rollout=rollout)), path)["rollout"]
+                engine = RoleGroup("rollout", engine_classes[name], 1, group, index["rollout"], 1.0, 0, engine_args)
                 engine.call_rank0("ping")  # the engine has started: its start-up is not sync time
-                weights = layout and engine.call_rank0("weight_layout")  # what auto chose: plain or packed
                 for transport in transports:
                     # The run's own sync (actors/ppo_weight_sync.py), over this transport.
                     sync = WeightSync(SimpleNamespace(policy=policy, rollout=engine),
@@ -199,6 +204,9 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                     seconds, warm_seconds = (timed_syncs(policy, engine, sync, warmup, reps, pause_s, warm)
                                              for warm in (False, True))
                     viewing = layout and engine.call_rank0("zero_copy")  # (parameters that are the store's bytes, all)
+                    # What auto chose (plain or packed), and how a packed engine's syncs went: packed once its first
+                    # sync proved the rebuild, packed-reload through vLLM's reload.
+                    weights = layout and engine.call_rank0("weight_layout")
                     shape = {"layout": layout, "weights": weights, "zero_copy": list(viewing)} if layout else {}
                     rows.append({"engine": name, "transport": transport, "params": params, "bytes": nbytes, **shape,
                                  "seconds": seconds, "gb_per_s": nbytes / seconds / 1e9,
@@ -247,13 +255,17 @@ def main() -> None:
     parser.add_argument("--zero-copy", default="on",
                         help="plain vLLM engines whose parameters are the synced buckets in the store (on) or copied "
                              "into (off): ppo.rollout.zero_copy_sync; e.g. on,off")
+    parser.add_argument("--packed-sync", default="rebuild",
+                        help="how packed vLLM engines take a sync (ppo.rollout.packed_sync): rebuild their oneDNN "
+                             "weights from the synced ones, or vLLM's reload; e.g. rebuild,reload")
+    parser.add_argument("--out", default="ppo_step.json", help="the results file, in bench/results/")
     parser.add_argument("--sections", default="rollout,step,sync",
                         help="which sections to run; the others keep their last results in the JSON")
     args = parser.parse_args()
     sections = set(args.sections.split(","))
     cfg = load_config(REPO / "configs" / "tiny-cpu.yaml")
     runtime.start(cfg.ray)
-    out = RESULTS / "ppo_step.json"
+    out = RESULTS / args.out
     results = json.loads(out.read_text()) if out.exists() and sections != {"rollout", "step", "sync"} else {}
     results["machine"] = f"{torch.get_num_threads()} torch threads, CPU"
     if "rollout" in sections:
@@ -273,14 +285,15 @@ def main() -> None:
                                      args.sync_engines.split(","), results["copy_gb_per_s"],
                                      transports=tuple(args.sync_transports.split(",")),
                                      layouts=tuple(args.cpu_weights.split(",")),
-                                     zero_copies=tuple(value == "on" for value in args.zero_copy.split(",")))
+                                     zero_copies=tuple(value == "on" for value in args.zero_copy.split(",")),
+                                     packed_syncs=tuple(args.packed_sync.split(",")))
         print(f"weight sync (policy: gather + pack + put; engine: load), cold and warm, vs one-thread copy "
               f"{results['copy_gb_per_s']:.1f} GB/s:")
         for row in results["sync"]:
             viewed, parameters = row.get("zero_copy") or (0, 0)
             weights = f"{row['weights']}, {viewed}/{parameters} viewed" if viewed else row.get("weights")
             engine = row["engine"] + (f" ({weights})" if "layout" in row else "")
-            print(f"  {engine:<26} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
+            print(f"  {engine:<33} {row['transport']:<12} {row['params'] / 1e6:7.2f} M params  "
                   f"{row['seconds']:7.3f} s  {row['gb_per_s']:6.2f} GB/s  {100 * row['copy_share']:5.1f}% "
                   f"of copy; warm {row['warm_seconds']:.3f} s  {100 * row['warm_copy_share']:5.1f}%")
     RESULTS.mkdir(parents=True, exist_ok=True)

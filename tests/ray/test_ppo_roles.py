@@ -206,7 +206,8 @@ def test_old_logprobs_are_the_engines_processed_logprobs(ray_session, tokenizer)
 
 
 # Both layouts of a CPU engine's weights (ppo.rollout.cpu_weights): the tiny policy's default keeps them plain and a
-# sync copies into them; packed reorders them for oneDNN and a sync goes through vLLM's reload.
+# sync copies into them; packed reorders them for oneDNN, and a sync rebuilds the reordered weights from the synced
+# ones once the first sync, through vLLM's reload, proved that equal (ppo.rollout.packed_sync).
 @pytest.mark.parametrize("lora, layout", [(False, "auto"), (True, "packed")], ids=["full-plain", "lora-packed"])
 def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora, layout):
     overrides = ["lora.enabled=true", "lora.rank=8", "lora.alpha=16"] if lora else []
@@ -255,11 +256,46 @@ def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora,
     assert engine.call_rank0("load_weights", *policy.call_rank0("weight_buckets", 1)) > 0
     assert torch.allclose(engine_logprobs(), policy_logprobs(), atol=1e-4)
     assert engine.call_rank0("zero_copy") == ((viewed, parameters) if layout != "packed" else (0, 0))
+    # The later syncs rebuilt the packed layers (the first proved it; a failed proof reads packed-reload).
+    assert engine.call_rank0("weight_layout") == ("packed" if layout == "packed" else "plain")
+    if layout == "packed":
+        assert_the_proof_finds_a_changed_weight(engine, policy)
     engine.kill()
     with pytest.raises(RoleFailure, match="rollout rank 0 died during sequence_logprobs"):
         engine_logprobs()
     release(engine.placement)
     dispose(policy)
+
+
+def assert_the_proof_finds_a_changed_weight(engine: RoleGroup, policy: RoleGroup) -> None:
+    """The first sync's proof (actors/rollout/packed_rebuild.rebuild_agrees) compares every packed layer's output
+    after vLLM's reload with its output rebuilt from the synced weights. Rebuilt from weights one of whose parts
+    differs (as a loader that changed a weight on the way would make them), it names that layer; a sync missing a
+    part is refused with nothing changed."""
+    import ray
+
+    def probe(rollout, refs):
+        from actors.rollout.packed_rebuild import rebuild, rebuild_agrees
+
+        named = [pair for bucket in ray.get(refs) for pair in bucket]
+        changed = [(name, tensor * 1.01 if name == "model.layers.1.self_attn.k_proj.weight" else tensor)
+                   for name, tensor in named]
+        missing = [(name, tensor) for name, tensor in named if name != "model.layers.0.mlp.up_proj.weight"]
+        llm = rollout.llm
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
+        results = (llm.collective_rpc(rebuild_agrees, args=(named,))[0],
+                   llm.collective_rpc(rebuild_agrees, args=(changed,))[0],
+                   llm.collective_rpc(rebuild, args=(missing,))[0])
+        llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
+        return results
+
+    refs = policy.call_rank0("weight_buckets", 1)
+    same, changed, missing = ray.get(engine.actors[0].__ray_call__.remote(probe, refs))
+    assert same is None
+    assert changed == "layer model.layers.1.self_attn.qkv_proj rebuilt from the synced weights differs from vLLM's " \
+                      "reload of them"
+    assert missing == "layer model.layers.0.mlp.gate_up_proj needs model.layers.0.mlp.up_proj.weight, which the " \
+                      "sync does not send under that name"
 
 
 def test_a_lora_policy_with_adapters_off_is_the_starting_model(ray_session, batch):
