@@ -31,8 +31,9 @@ class RolloutConfig:
     cpu_weights: Literal["auto", "packed", "plain"] = param(
         "auto", "CPU vLLM engines: packed (vLLM's default: each linear layer's weight reordered for oneDNN, so a "
                 "decode step multiplies fastest, but every weight sync reorders them again: packed_sync), plain "
-                "(the weights kept as loaded and multiplied by torch: a sync copies them in place, 4-8x faster, while "
-                "decode-sized products at hidden size 512 and up are slower), or auto: plain for fp32 models up to "
+                "(the weights kept as loaded and multiplied by torch: a sync copies them in place or views them, with "
+                "nothing to reorder, while decode-sized products at hidden size 512 and up are slower), or auto: "
+                "plain for fp32 models up to "
                 "hidden size 256, where it samples as fast, else packed (actors/rollout/vllm_weights.py)")
     packed_sync: Literal["rebuild", "reload"] = param(
         "rebuild", "CPU vLLM engines with packed weights: a sync rebuilds each packed layer's oneDNN weights straight "
