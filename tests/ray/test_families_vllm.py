@@ -38,6 +38,16 @@ def teacher_forced(model, prompt: list[int], response: list[int]) -> torch.Tenso
     return logprobs.gather(-1, ids[0, len(prompt):, None]).squeeze(-1)
 
 
+def sync_through_the_store(model, engine) -> None:
+    """Move every weight of `model` (a trained policy), then sync it into `engine` through Ray's object store, as PPO
+    syncs a one-rank policy whose parameters lie in one buffer (flatten_parameters)."""
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    buckets = BucketPacker(2**26).pack(borrowed_hf_weights(model, 0), hf_tied_aliases(model), True)
+    ray.get(engine.load_weights.remote(*[ray.put(bucket) for bucket in buckets]))
+
+
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_the_engine_takes_the_policys_weights_for_every_family(ray_session, folders, family):
     from transformers import AutoModelForCausalLM
@@ -64,11 +74,7 @@ def test_the_engine_takes_the_policys_weights_for_every_family(ray_session, fold
         # on the first such sync and trusted on the next.
         flatten_parameters(model)
         for _ in range(2):
-            with torch.no_grad():
-                for parameter in model.parameters():
-                    parameter.add_(0.05 * torch.randn_like(parameter))
-            buckets = BucketPacker(2**26).pack(borrowed_hf_weights(model, 0), hf_tied_aliases(model), True)
-            ray.get(engine.load_weights.remote(*[ray.put(bucket) for bucket in buckets]))
+            sync_through_the_store(model, engine)
             viewed, parameters = ray.get(engine.zero_copy.remote())
             assert (viewed, parameters) == VIEWS[family]
             viewing = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompt, response)))
@@ -96,11 +102,7 @@ def test_a_packed_engine_rebuilds_its_layers_from_the_synced_weights_for_every_f
         loaded = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompt, response)))
         flatten_parameters(model)
         for _ in range(2):
-            with torch.no_grad():
-                for parameter in model.parameters():
-                    parameter.add_(0.05 * torch.randn_like(parameter))
-            buckets = BucketPacker(2**26).pack(borrowed_hf_weights(model, 0), hf_tied_aliases(model), True)
-            ray.get(engine.load_weights.remote(*[ray.put(bucket) for bucket in buckets]))
+            sync_through_the_store(model, engine)
             synced = torch.tensor(ray.get(engine.sequence_logprobs.remote(prompt, response)))
             assert torch.allclose(synced, teacher_forced(model, prompt, response), atol=1e-4), (synced, family)
             assert (synced - loaded).abs().max() > 1e-2
