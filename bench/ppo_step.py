@@ -207,7 +207,8 @@ def bench_sync(cfg, sizes_m: list[float], engines: list[str], copy_gb_s: float, 
                     # What auto chose (plain or packed), and how a packed engine's syncs went: packed once its first
                     # sync proved the rebuild, packed-reload through vLLM's reload.
                     weights = layout and engine.call_rank0("weight_layout")
-                    shape = {"layout": layout, "weights": weights, "zero_copy": list(viewing)} if layout else {}
+                    shape = {"layout": layout, "weights": weights, "zero_copy": list(viewing),
+                             "packed_sync": packed_sync} if layout else {}
                     rows.append({"engine": name, "transport": transport, "params": params, "bytes": nbytes, **shape,
                                  "seconds": seconds, "gb_per_s": nbytes / seconds / 1e9,
                                  "copy_share": nbytes / seconds / 1e9 / copy_gb_s, "warm_seconds": warm_seconds,

@@ -4,22 +4,30 @@ A packed engine (actors/rollout/vllm_weights.py) holds each linear layer's weigh
 weight reordered into oneDNN's blocked layout, and drops the layer's own tensor. vLLM's `reload_weights` brings new
 weights in by restoring every layer's original parameters, loading the checkpoint names into them layer by layer
 through their weight loaders, and then running each layer's `process_weights_after_loading`, which builds the
-handler again. Only that last step is needed: the handler reads the new weight once and keeps its own reordered
-copy. So here each such layer gets a tensor of the synced weights, stacked as vLLM fuses them (q, k and v for
-qkv_proj; gate and up for gate_up_proj), and vLLM's own `process_weights_after_loading` builds its handler from it
-and drops it again. The stack is a view of the synced bytes where its parts lie back to back (a bucket in Ray's
-object store; actors/rollout/store_views.py), so nothing is copied but by the handler's reorder. The layers that keep
-their weights beside a handler (the embedding and the output head) and the rest (norms, biases) are loaded by the
-model's `load_weights`, and the kept ones' handlers rebuilt the same way.
+handler again. Only the loading of the dropped weights needs the restore: the handler reads the new weight once
+and keeps its own reordered copy. So here each such layer gets a tensor of the synced weights, stacked as vLLM fuses
+them (q, k and v for qkv_proj; gate and up for gate_up_proj); everything else (the embedding and the output head,
+which keep their weights beside a handler, norms, biases) is loaded by the model's `load_weights`; and then vLLM's
+own post-load step runs over the whole model, as after its first load (`process_weights_after_loading` of
+vllm/model_executor/model_loader/utils.py: each layer's handler built from its weight, which is dropped again, and
+whatever an attention layer or the model derives from its weights). The stack is a view of the synced bytes where its
+parts lie back to back (a bucket in Ray's object store; actors/rollout/store_views.py), so the only copy in the
+engine is the handler's reorder; a layer that keeps its weight after all (vLLM's plain fallback when oneDNN refuses
+it) is given a private copy, so nothing the engine keeps points into the store.
 
-Measured in one process at 27.5M parameters (hidden 512, fp32, 2 threads): 35 ms a sync against 53 ms for vLLM's
-reload, of which 21-25 ms are oneDNN's reorders (a one-thread copy of the same bytes takes 17 ms).
+Measured in one process at 27.5M parameters (hidden 512, fp32, 2 threads): 34 ms a sync against 53-57 ms for
+vLLM's reload, of which 21-25 ms are oneDNN's reorders (a two-thread clone of the same bytes takes 9 ms).
 
-Checked rather than assumed: the first sync loads through vLLM's reload, then every packed layer's output on a
-probe batch is recorded, the layers are rebuilt from the same weights, and each output must be equal bit for bit.
-A model whose loader changes a weight on the way (GPT-2's Conv1D weights, which vLLM transposes) fails that, and
-its engine keeps vLLM's reload, with a warning naming the layer. A later sync that does not match the layers (a part
-missing, of another shape or dtype) is loaded by vLLM's reload, with a warning.
+Checked rather than assumed:
+- What the layers are made of: the first sync loads through vLLM's reload, then every packed layer's output on a
+  probe batch is recorded, the model is rebuilt from the same weights, and each output must be equal bit for bit.
+  A model whose loader changes a weight on the way (GPT-2's Conv1D weights, which vLLM transposes) fails that, and
+  its engine keeps vLLM's reload, with a warning naming the layer.
+- What the probe cannot see is refused up front (`rebuild_or_why`): quantized or mixture-of-experts layers (as for
+  plain weights), layers split over ranks, convolution weights vLLM prepacks in place, and the Zen CPU path, whose
+  kernels keep the very tensor they were given.
+- A later sync that does not match the layers (a part missing, of another shape or dtype) is loaded by vLLM's
+  reload, with a warning; so is one whose rebuild fails half way (the engine then keeps the reload).
 """
 
 from __future__ import annotations
@@ -68,7 +76,11 @@ def _find_layers(model: torch.nn.Module) -> list[PackedLayer] | str:
         if weight is not None and weight.numel() > 0:
             shape, dtype, dropped = tuple(weight.shape), weight.dtype, False
         elif isinstance(method, UnquantizedLinearMethod) and getattr(module, "tp_size", 1) == 1:
-            shape = (sum(module.output_partition_sizes), module.input_size_per_partition)
+            # ReplicatedLinear names no per-partition input size: its input is whole, as every layer's of one rank.
+            inputs = getattr(module, "input_size_per_partition", getattr(module, "input_size", None))
+            if inputs is None:
+                return f"layer {name} was packed without its weight, and names no input size"
+            shape = (sum(module.output_partition_sizes), inputs)
             dtype, dropped = module.params_dtype, True
         else:
             return f"layer {name} was packed without its weight, and is no unquantized linear layer of one rank"
@@ -81,14 +93,26 @@ def _find_layers(model: torch.nn.Module) -> list[PackedLayer] | str:
 
 def rebuild_or_why(worker) -> str | None:
     """Run in the engine's worker at start: None when its syncs can rebuild the packed layers, else why not."""
+    from vllm.platforms import current_platform
+
     from actors.rollout.vllm_weights import in_place_eligible
 
     model = worker.model_runner.get_model()
     if worker.vllm_config.parallel_config.tensor_parallel_size != 1:
         return "the engine's layers are split over several ranks"
     reason = in_place_eligible(model, worker.vllm_config.model_config.quantization)
-    layers = packed_layers(model)
-    return reason or (layers if isinstance(layers, str) else None)
+    if reason is not None:
+        return reason
+    if current_platform.is_zen_cpu():
+        return "vLLM's Zen CPU kernels keep the weight tensors they were built from"
+    for name, module in model.named_modules():
+        if hasattr(module, "_cpu_unpacked_conv_weight"):
+            return f"layer {name}'s convolution weight is prepacked in place"
+    try:
+        layers = packed_layers(model)
+    except Exception as exc:  # a layer class this module does not know: the reload it is
+        return f"the packed layers could not be read ({type(exc).__name__}: {exc})"
+    return layers if isinstance(layers, str) else None
 
 
 def _weights_of(layers: list[PackedLayer], received: dict) -> list[torch.Tensor] | str:
@@ -122,14 +146,18 @@ def rebuild(worker, weights: list) -> str | None:
     stacks = _weights_of(layers, received)
     if isinstance(stacks, str):
         return stacks
-    # In vLLM's order: every weight loaded (biases included, which a handler may convert), then each layer packed.
+    from vllm.model_executor.model_loader.utils import process_weights_after_loading
+
+    # In vLLM's order: every weight loaded (biases included, which a handler may convert), then its post-load step.
     rebuilt = {part for layer in layers if layer.dropped for part in layer.parts}
     model.load_weights([(name, tensor) for name, tensor in weights if name not in rebuilt])
-    dropped = iter(stacks)
-    for layer in layers:
-        if layer.dropped:  # the handler reorders a copy of the weight; vLLM then drops the tensor again
-            layer.module.weight = torch.nn.Parameter(next(dropped), requires_grad=False)
-        layer.module.quant_method.process_weights_after_loading(layer.module)
+    dropped = [layer for layer in layers if layer.dropped]
+    for layer, weight in zip(dropped, stacks):  # the handler reorders a copy of it; vLLM then drops it again
+        layer.module.weight = torch.nn.Parameter(weight, requires_grad=False)
+    process_weights_after_loading(model, worker.vllm_config.model_config, torch.device("cpu"))
+    for layer in dropped:
+        if layer.module.weight.numel():  # kept after all (vLLM's plain fallback): not the store's bytes
+            layer.module.weight = torch.nn.Parameter(layer.module.weight.detach().clone(), requires_grad=False)
     return None
 
 

@@ -79,6 +79,7 @@ class RolloutEngine(WeightReceiver, Located):
         # packed_sync=rebuild (actors/rollout/packed_rebuild.py): None until the first sync proves that rebuilding
         # the packed layers from the synced weights gives vLLM's reload of them, then whether it does.
         self.rebuilds: bool | None = False
+        self.packed_syncs = {"rebuilt": 0, "reloaded": 0}  # how a packed engine's syncs landed (packed_sync_counts)
         if not plain and not torch.cuda.is_available() and cfg.packed_sync == "rebuild" and \
                 self._rebuild_or_why() is None:
             self.rebuilds = None
@@ -211,23 +212,34 @@ class RolloutEngine(WeightReceiver, Located):
             self.llm.collective_rpc(load_in_place, args=(weights,))
             return
         if self.rebuilds:
-            reason = self.llm.collective_rpc(rebuild, args=(weights,))[0]
+            reason = self._in_worker(rebuild, weights)
             if reason is None:
+                self.packed_syncs["rebuilt"] += 1
                 return
             log.warning("rollout.packed_sync=rebuild: %s, so this sync goes through vLLM's reload", reason)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})
+        self.packed_syncs["reloaded"] += 1
         if self.rebuilds is None:
             self._prove_rebuild(weights)
 
     def _prove_rebuild(self, weights: list) -> None:
         """At the first sync, just reloaded by vLLM: rebuild the packed layers from the same weights and compare."""
-        reason = self.llm.collective_rpc(rebuild_agrees, args=(weights,))[0]
+        reason = self._in_worker(rebuild_agrees, weights)
         self.rebuilds = reason is None
         if reason is None:
             log.info("rollout engine: syncs rebuild its packed layers from the synced weights (packed_sync=rebuild)")
             return
         log.warning("rollout.packed_sync=rebuild: %s, so weight syncs go through vLLM's reload", reason)
         self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights})  # vLLM's own layers again
+
+    def _in_worker(self, method, weights: list) -> str | None:
+        """A rebuild step in the engine's worker: None when done, else why not. One that fails half way leaves the
+        layers part rebuilt: the reload that follows it loads every weight again, and later syncs keep the reload."""
+        try:
+            return self.llm.collective_rpc(method, args=(weights,))[0]
+        except Exception as exc:  # vLLM's loaders raise what they raise: the reload is the named fallback
+            self.rebuilds = False
+            return f"the rebuild failed ({type(exc).__name__}: {exc})"
 
     def _rebuild_or_why(self) -> str | None:
         """Whether syncs may rebuild the packed layers (packed_sync=rebuild); else the logged reason why not."""
@@ -256,6 +268,11 @@ class RolloutEngine(WeightReceiver, Located):
         if torch.cuda.is_available():
             return "reload"
         return "packed-reload" if self.rebuilds is False else "packed"
+
+    def packed_sync_counts(self) -> dict[str, int]:
+        """How this engine's syncs landed while its weights are packed (ppo.rollout.packed_sync): rebuilt from the
+        synced weights, or reloaded by vLLM (the first sync, which proves the rebuild, and every fallback)."""
+        return dict(self.packed_syncs)
 
     def zero_copy(self) -> tuple[int, int]:
         """(parameters that are, at present, views of the last synced buckets in Ray's object store, parameters):

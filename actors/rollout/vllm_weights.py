@@ -4,7 +4,7 @@ packed (vLLM's default): at load, each linear layer's weight is reordered into a
 tensor is dropped, so a sync must build every handler again. Through vLLM's layerwise reload that took 69-79 ms at
 27.5M parameters (111 MB, fp32, 2 threads), about 12% of this machine's memory-copy bandwidth, half of it the
 handler builds, which nothing in vLLM 0.32 updates in place; built straight from the synced weights
-(actors/rollout/packed_rebuild.py, ppo.rollout.packed_sync) the sync takes 31 ms instead of 52 in one process.
+(actors/rollout/packed_rebuild.py, ppo.rollout.packed_sync) the sync takes 34 ms instead of 53-57 in one process.
 
 plain: the layers keep their weights as loaded and multiply with torch's `F.linear`. This is vLLM's own path for a
 layer it should not pack (`_cpu_skip_gemm_dispatch`, which its MLA layers set); here it is set for every linear

@@ -36,10 +36,11 @@ class RolloutConfig:
                 "plain for fp32 models up to "
                 "hidden size 256, where it samples as fast, else packed (actors/rollout/vllm_weights.py)")
     packed_sync: Literal["rebuild", "reload"] = param(
-        "rebuild", "CPU vLLM engines with packed weights: a sync rebuilds each packed layer's oneDNN weights straight "
-                   "from the synced weights with vLLM's own packing step (rebuild: about 1.5x faster at 27.5M "
-                   "parameters; proved equal to the reload, bit for bit, at the first sync, else the engine reloads), "
-                   "or goes through vLLM's layerwise reload_weights (reload) (actors/rollout/packed_rebuild.py)")
+        "rebuild", "CPU vLLM engines with packed weights: a sync hands each packed layer the synced weights and runs "
+                   "vLLM's own post-load step, which reorders them for oneDNN again (rebuild: about 1.5x faster at "
+                   "27.5M parameters; at the first sync every packed layer must compute bit for bit as after vLLM's "
+                   "reload, else the engine keeps the reload), or goes through vLLM's layerwise reload_weights "
+                   "(reload) (actors/rollout/packed_rebuild.py)")
     zero_copy_sync: bool = param(
         True, "CPU vLLM engines with plain weights: after a sync through Ray's object store, the engine's parameters "
               "are the synced buckets in the store, not copies of them (no copy in the engine, one copy of the "

@@ -108,5 +108,7 @@ def test_a_packed_engine_rebuilds_its_layers_from_the_synced_weights_for_every_f
             assert (synced - loaded).abs().max() > 1e-2
             loaded = synced
         assert ray.get(engine.weight_layout.remote()) == REBUILT[family]
+        rebuilt = REBUILT[family] == "packed"  # the second sync rebuilt, or both went through vLLM's reload
+        assert ray.get(engine.packed_sync_counts.remote()) == {"rebuilt": int(rebuilt), "reloaded": 2 - rebuilt}
     finally:
         ray.kill(engine)

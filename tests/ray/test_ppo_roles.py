@@ -256,9 +256,11 @@ def test_weight_sync_makes_the_engine_match_the_policy(ray_session, batch, lora,
     assert engine.call_rank0("load_weights", *policy.call_rank0("weight_buckets", 1)) > 0
     assert torch.allclose(engine_logprobs(), policy_logprobs(), atol=1e-4)
     assert engine.call_rank0("zero_copy") == ((viewed, parameters) if layout != "packed" else (0, 0))
-    # The later syncs rebuilt the packed layers (the first proved it; a failed proof reads packed-reload).
+    # The later syncs rebuilt the packed layers (the first proved it, through vLLM's reload; a failed proof reads
+    # packed-reload).
     assert engine.call_rank0("weight_layout") == ("packed" if layout == "packed" else "plain")
     if layout == "packed":
+        assert engine.call_rank0("packed_sync_counts") == {"rebuilt": 2, "reloaded": 1}
         assert_the_proof_finds_a_changed_weight(engine, policy)
     engine.kill()
     with pytest.raises(RoleFailure, match="rollout rank 0 died during sequence_logprobs"):
@@ -275,27 +277,33 @@ def assert_the_proof_finds_a_changed_weight(engine: RoleGroup, policy: RoleGroup
     import ray
 
     def probe(rollout, refs):
-        from actors.rollout.packed_rebuild import rebuild, rebuild_agrees
+        from actors.rollout.packed_rebuild import _probe_outputs, packed_layers, rebuild, rebuild_agrees
 
         named = [pair for bucket in ray.get(refs) for pair in bucket]
         changed = [(name, tensor * 1.01 if name == "model.layers.1.self_attn.k_proj.weight" else tensor)
                    for name, tensor in named]
         missing = [(name, tensor) for name, tensor in named if name != "model.layers.0.mlp.up_proj.weight"]
+        def outputs(worker):
+            return _probe_outputs(packed_layers(worker.model_runner.get_model()))
+
         llm = rollout.llm
         llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
         results = (llm.collective_rpc(rebuild_agrees, args=(named,))[0],
-                   llm.collective_rpc(rebuild_agrees, args=(changed,))[0],
-                   llm.collective_rpc(rebuild, args=(missing,))[0])
+                   llm.collective_rpc(rebuild_agrees, args=(changed,))[0])
+        before = llm.collective_rpc(outputs)[0]
+        refused = llm.collective_rpc(rebuild, args=(missing,))[0]
+        unchanged = all(torch.equal(a, b) for a, b in zip(before, llm.collective_rpc(outputs)[0]))
         llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
-        return results
+        return (*results, refused, unchanged)
 
     refs = policy.call_rank0("weight_buckets", 1)
-    same, changed, missing = ray.get(engine.actors[0].__ray_call__.remote(probe, refs))
+    same, changed, missing, unchanged = ray.get(engine.actors[0].__ray_call__.remote(probe, refs))
     assert same is None
     assert changed == "layer model.layers.1.self_attn.qkv_proj rebuilt from the synced weights differs from vLLM's " \
                       "reload of them"
     assert missing == "layer model.layers.0.mlp.gate_up_proj needs model.layers.0.mlp.up_proj.weight, which the " \
                       "sync does not send under that name"
+    assert unchanged  # refused before any layer changed (the layers then hold the changed weights' rebuild)
 
 
 def test_a_lora_policy_with_adapters_off_is_the_starting_model(ray_session, batch):
