@@ -146,12 +146,16 @@ class WeightSync:
         with self._reading_all(loads):  # a policy failure fails the loads too: they are read before it is raised
             policy.get(packed, "weight_buckets")
         loaded = engines.settle("load_policy_buckets", loads, [tuple(packed)] * len(engines))[0]
-        if not self.store_synced:  # once a run: how the engines took it (rollout.zero_copy_sync)
+        if not self.store_synced:  # once a run: how the engines took it (rollout.zero_copy_sync, packed_sync)
             self.store_synced = True
             viewed, parameters = self.roles.rollout.call_rank0("zero_copy")
             if parameters:
                 log.info("weight sync: engine parameters viewing the synced weights in Ray's object store (zero "
                          "copy): %d of %d", viewed, parameters)
+            layout = self.roles.rollout.call_rank0("weight_layout")
+            if layout in ("packed", "packed-reload"):  # the first sync proved the rebuild, or the reload it stays
+                log.info("weight sync: the engines' packed layers are %s (ppo.rollout.packed_sync)",
+                         "rebuilt from the synced weights" if layout == "packed" else "reloaded by vLLM")
         return loaded
 
 
