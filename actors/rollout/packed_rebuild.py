@@ -115,7 +115,7 @@ def rebuild_or_why(worker) -> str | None:
     return layers if isinstance(layers, str) else None
 
 
-def _weights_of(layers: list[PackedLayer], received: dict) -> list[torch.Tensor] | str:
+def dropped_weights(layers: list[PackedLayer], received: dict) -> list[torch.Tensor] | str:
     """Each dropped layer's new weight, stacked from its parts (a view where they lie back to back), or why the sync
     does not match the layers."""
     stacks = []
@@ -143,7 +143,7 @@ def rebuild(worker, weights: list) -> str | None:
     if isinstance(layers, str):
         return layers
     received = dict(weights)
-    stacks = _weights_of(layers, received)
+    stacks = dropped_weights(layers, received)
     if isinstance(stacks, str):
         return stacks
     from vllm.model_executor.model_loader.utils import process_weights_after_loading
