@@ -161,7 +161,8 @@ def rebuild(worker, weights: list) -> str | None:
     return None
 
 
-def _probe_outputs(layers: list[PackedLayer]) -> list[torch.Tensor]:
+def probe_outputs(layers: list[PackedLayer]) -> list[torch.Tensor]:
+    """Each packed layer's output on the same seeded batch of 3 inputs: what rebuild_agrees compares."""
     generator = torch.Generator().manual_seed(0)
     outputs = []
     for layer in layers:
@@ -178,11 +179,11 @@ def rebuild_agrees(worker, weights: list) -> str | None:
     if isinstance(layers, str):
         return layers
     with torch.no_grad():
-        before = _probe_outputs(layers)
+        before = probe_outputs(layers)
         reason = rebuild(worker, weights)
         if reason is not None:
             return reason
-        after = _probe_outputs(layers)
+        after = probe_outputs(layers)
     for layer, old, new in zip(layers, before, after):
         if not torch.equal(old, new):
             return f"layer {layer.name} rebuilt from the synced weights differs from vLLM's reload of them"

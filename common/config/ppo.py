@@ -33,8 +33,8 @@ class RolloutConfig:
                 "decode step multiplies fastest, but every weight sync reorders them again: packed_sync), plain "
                 "(the weights kept as loaded and multiplied by torch: a sync copies them in place or views them, with "
                 "nothing to reorder, while decode-sized products at hidden size 512 and up are slower), or auto: "
-                "plain for fp32 models up to "
-                "hidden size 256, where it samples as fast, else packed (actors/rollout/vllm_weights.py)")
+                "plain for fp32 models up to hidden size 256, where it samples as fast, else packed "
+                "(actors/rollout/vllm_weights.py)")
     packed_sync: Literal["rebuild", "reload"] = param(
         "rebuild", "CPU vLLM engines with packed weights: a sync hands each packed layer the synced weights and runs "
                    "vLLM's own post-load step, which reorders them for oneDNN again (rebuild: about 1.5x faster at "

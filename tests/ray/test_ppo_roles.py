@@ -277,14 +277,14 @@ def assert_the_proof_finds_a_changed_weight(engine: RoleGroup, policy: RoleGroup
     import ray
 
     def probe(rollout, refs):
-        from actors.rollout.packed_rebuild import _probe_outputs, packed_layers, rebuild, rebuild_agrees
+        from actors.rollout.packed_rebuild import probe_outputs, packed_layers, rebuild, rebuild_agrees
 
         named = [pair for bucket in ray.get(refs) for pair in bucket]
         changed = [(name, tensor * 1.01 if name == "model.layers.1.self_attn.k_proj.weight" else tensor)
                    for name, tensor in named]
         missing = [(name, tensor) for name, tensor in named if name != "model.layers.0.mlp.up_proj.weight"]
         def outputs(worker):
-            return _probe_outputs(packed_layers(worker.model_runner.get_model()))
+            return probe_outputs(packed_layers(worker.model_runner.get_model()))
 
         llm = rollout.llm
         llm.collective_rpc("reload_weights", kwargs={"weights_iterator": named})
