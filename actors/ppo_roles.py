@@ -25,10 +25,11 @@ from actors.reference import ReferenceModel
 from actors.reward_functions import RewardFunctions
 from actors.reward_sources import make_reward_source
 from actors.rollout.engines import rollout_engine_class
+from actors.role_start import Launch, launch_in_turn, trainer_slots
 from actors.roster import write_roster
-from actors.threads import ThreadPlan
+from actors.threads import ThreadPlan, node_cores
 from actors.value import ValueRole
-from cluster.placement import RoleResources, release, reserve_roles
+from cluster.placement import RoleResources, bundles_on_node, release, reserve_roles
 from common.config import Config
 
 log = logging.getLogger("rayalign.ppo")
@@ -123,6 +124,7 @@ class PPORoles:
         self.sizes: dict = {}
         self.layouts: dict[str, str] = {}  # trained role -> how it lays out its batches (set once they are up)
         self.startup_s = 0.0
+        self.trainer_slots = 0  # trained roles that loaded at once beside the engines (actors/role_start.py)
 
     def groups(self) -> dict[str, RoleGroup | None]:
         return {"rollout": self.rollout, "policy": self.policy, "value": self.value, "reference": self.reference}
@@ -151,19 +153,15 @@ class PPORoles:
             return kind(role, cls, ranks, self.placement[role], bundles[role], cpus, gpus, args[role], distributed,
                         name_prefix=cfg.run.name, max_restarts=max_restarts, connect=False)
 
-        # Every actor is spawned before any is waited for, so the engine loads vLLM while the trainers import
-        # DeepSpeed and load their models: start-up takes the longest role, not the sum.
+        # The engines load first; the trained roles load beside them, in turn where the node has fewer cores than
+        # loading processes (actors/role_start.py): start-up takes the longest role, not the sum.
         started = time.perf_counter()
         engine_class = rollout_engine_class(ppo.rollout, start_model)
         self.rollout_engine = engine_class.engine
         # A dead engine is replaced and re-synced from the policy; Ray rebuilds the frozen reference itself.
         self.rollout = group("rollout", engine_class, ppo.rollout.num_engines,
                              kind=engine_group(revive, replaced, ppo.rollout.max_replacements))
-        self.policy = group("policy", PolicyRole, ppo.policy_workers, distributed=True)
-        if ppo.uses_value_model:
-            self.value = group("value", ValueRole, ppo.value_workers, distributed=True)
-        if separate_reference(cfg):
-            self.reference = group("reference", ReferenceModel, 1, max_restarts=ppo.stateless_max_restarts)
+        engines_up = self.rollout.submit("ping")
         if reward_actor:
             self.reward = make_reward_source(ppo, cfg.reward_model, cfg.serve,
                                              (self.placement["reward"], bundles["reward"][0]))
@@ -174,19 +172,13 @@ class PPORoles:
         if ppo.environment.name is not None:
             env = ppo.environment
             self.environments = Environments(env.name, env.kwargs, env.timeout_s, {"num_cpus": 0})
-        for trained in (self.policy, self.value):
-            if trained is not None:
-                trained.connect()
-        setups = {"policy": self.policy.submit("setup")}
-        if self.value is not None:
-            setups["value"] = self.value.submit("setup")
-        waits = [(self.rollout, self.rollout.submit("ping"), "ping")]
-        if self.reference is not None:
-            waits.append((self.reference, self.reference.submit("ping"), "ping"))
-        self.sizes = self.policy.get(setups["policy"], "setup")[0]
-        value_sizes = self.value.get(setups["value"], "setup")[0] if self.value is not None else {}
-        for group_, refs, method in waits:
-            group_.get(refs, method)
+        launches = self._trainer_launches(cfg, group)
+        cores = self._driver_node_cores(bundles)
+        self.trainer_slots = trainer_slots(cores, ppo.rollout.num_engines + int(reward_actor), len(launches))
+        loaded = launch_in_turn(launches, self.trainer_slots)
+        self.sizes = loaded["policy"][0]
+        value_sizes = loaded["value"][0] if "value" in loaded else {}
+        self.rollout.get(engines_up, "ping")
         self.rollout_weights = self.rollout.call_rank0("weight_layout")
         if self.functions is not None:
             self.functions.ready()
@@ -199,12 +191,49 @@ class PPORoles:
         engines = f"policy {self.sizes['engine']} ({self.layouts['policy']}{head})" + \
             (f", value {value_sizes['engine']} ({self.layouts['value']})" if value_sizes else "")
         log.info("PPO roles up in %.1f s: %d rollout engine(s) (%s, %s weights), policy ×%d (%d/%d trainable), %s, "
-                 "reference %s, reward from %s; training engines: %s", self.startup_s, len(self.rollout),
-                 self.rollout_engine, self.rollout_weights,
+                 "reference %s, reward from %s; training engines: %s; trained roles loaded %s",
+                 self.startup_s, len(self.rollout), self.rollout_engine, self.rollout_weights,
                  len(self.policy), self.sizes["trainable_params"], self.sizes["total_params"],
                  f"value ×{len(self.value)}" if self.value is not None else
                  f"no value model ({ppo.advantage_estimator}, {ppo.samples_per_prompt} samples per prompt)",
-                 "actor" if self.reference else "adapters off", ppo.reward.rm_source, engines)
+                 "actor" if self.reference else "adapters off", ppo.reward.rm_source, engines,
+                 "at once" if self.trainer_slots >= len(launches) else
+                 f"{self.trainer_slots} at a time beside the loading engines ({cores} cores)")
+
+    def _trainer_launches(self, cfg: Config, group: Callable) -> list[Launch]:
+        """The trained roles' starts, policy first: each group is recorded as it is created, so that `shutdown`
+        frees it if the start-up fails later."""
+        ppo = cfg.ppo
+
+        def spawn(role: str, cls: type, ranks: int, **kwargs) -> Callable[[], RoleGroup]:
+            def create() -> RoleGroup:
+                setattr(self, role, group(role, cls, ranks, **kwargs))
+                return getattr(self, role)
+            return create
+
+        def set_up(trained: RoleGroup) -> list:
+            trained.connect()
+            return trained.submit("setup")
+
+        launches = [Launch("policy", spawn("policy", PolicyRole, ppo.policy_workers, distributed=True), set_up,
+                           "setup")]
+        if ppo.uses_value_model:
+            launches.append(Launch("value", spawn("value", ValueRole, ppo.value_workers, distributed=True), set_up,
+                                   "setup"))
+        if separate_reference(cfg):
+            launches.append(Launch("reference", spawn("reference", ReferenceModel, 1,
+                                                      max_restarts=ppo.stateless_max_restarts),
+                                   lambda reference: reference.submit("ping"), "ping"))
+        return launches
+
+    def _driver_node_cores(self, bundles: dict[str, list[int]]) -> int | None:
+        """The driver's cores when every role's bundles lie on the driver's node (the embedded cluster, a
+        one-node cluster), else None: the cores of other nodes are not known here."""
+        import ray
+
+        here = ray.get_runtime_context().get_node_id()
+        local = all(bundles_on_node(self.placement[role], indices, here) for role, indices in bundles.items())
+        return node_cores() if local else None
 
     def write_roster(self, output_dir: Path, cfg: Config) -> Path:
         ppo = cfg.ppo

@@ -171,6 +171,14 @@ def reserve(resources: list[RoleResources], strategy: str = "PACK", timeout_s: f
     return group, index
 
 
+def bundles_on_node(group, indices: list[int], node_id: str) -> bool:
+    """Whether the bundles `indices` of a reserved placement group all lie on the node `node_id` (hex)."""
+    from ray.util import placement_group_table
+
+    where = placement_group_table(group)["bundles_to_node_id"]
+    return all(where.get(index) == node_id for index in indices)
+
+
 def release(group) -> None:
     import ray
 
