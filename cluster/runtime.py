@@ -13,7 +13,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 from common.config import RayConfig
@@ -62,6 +62,7 @@ class RuntimeInfo:
     address: str
     num_cpus: float
     num_gpus: float
+    started_here: bool = True  # False: Ray was already up in this process (a test session, a pipeline's stage)
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -133,7 +134,8 @@ def start(cfg: RayConfig) -> RuntimeInfo:
     import ray
 
     if ray.is_initialized():
-        return _info("cluster" if _resolved_address(cfg) else "embedded", _resolved_address(cfg) or "local")
+        info = _info("cluster" if _resolved_address(cfg) else "embedded", _resolved_address(cfg) or "local")
+        return replace(info, started_here=False)
     started = time.perf_counter()
     address = _resolved_address(cfg)
     runtime_env = {"env_vars": {k: os.environ[k] for k in WORKER_ENV}}

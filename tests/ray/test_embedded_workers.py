@@ -40,16 +40,18 @@ import ray
 from cluster import runtime
 from common.config import RayConfig
 
-runtime.start(RayConfig(num_cpus=1))
+first = runtime.start(RayConfig(num_cpus=1))
+again = runtime.start(RayConfig(num_cpus=1))  # Ray is up already: this start is not the one to stop it
 processes = [info.process for infos in ray._private.worker._global_node.all_processes.values() for info in infos]
 runtime.stop()
 runtime.stop()  # idempotent
-print(ray.is_initialized(), len(processes), [p.poll() is None for p in processes].count(True))
+print(first.started_here, again.started_here, ray.is_initialized(), len(processes),
+      [p.poll() is None for p in processes].count(True))
 """
 
 
 def test_stop_ends_every_process_the_embedded_cluster_started():
-    """runtime.stop ends the autoscaler monitor itself before Ray's shutdown ends the rest; nothing Ray started
+    """A start that found Ray up says so (a job then leaves the cluster to whoever started it). runtime.stop ends the autoscaler monitor itself before Ray's shutdown ends the rest; nothing Ray started
     (raylet, GCS, monitor, log monitor, dashboard agent) may outlive it."""
     import subprocess
     import sys
@@ -58,7 +60,8 @@ def test_stop_ends_every_process_the_embedded_cluster_started():
     out = subprocess.run([sys.executable, "-c", STOP_SCRIPT], capture_output=True, text=True, timeout=120,
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr[-2000:]
-    initialized, started, alive = out.stdout.split()[-3:]
+    first, again, initialized, started, alive = out.stdout.split()[-5:]
+    assert (first, again) == ("True", "False"), out.stdout
     assert (initialized, alive) == ("False", "0") and int(started) >= 4, out.stdout
 
 
