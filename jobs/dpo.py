@@ -87,14 +87,15 @@ def run(cfg: Config) -> DPOResult:
     tokenizer, split = prepare(cfg)
     output_dir = cfg.run.output_dir("dpo")
     output_dir.mkdir(parents=True, exist_ok=True)
-    runtime.start(cfg.ray)
+    cluster = runtime.start(cfg.ray)
     payload = {"setup": TrainingSetup.of(cfg, "dpo"), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
                "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
     final = fit(train_loop, payload, cfg.dpo, output_dir, "dpo")
-    rows = read_jsonl(output_dir / "metrics.jsonl")
-    plot_curves(rows, PLOTTED, output_dir / "dpo.png", f"DPO {cfg.run.name}")
-    report = build_report(cfg, split, final, rows)
-    write_json_atomically(output_dir / "report.json", report)
+    with cli.cluster_winding_down(cluster):  # the figure and the report read only files
+        rows = read_jsonl(output_dir / "metrics.jsonl")
+        plot_curves(rows, PLOTTED, output_dir / "dpo.png", f"DPO {cfg.run.name}")
+        report = build_report(cfg, split, final, rows)
+        write_json_atomically(output_dir / "report.json", report)
     log.info("DPO done: %d steps; held-out implicit-reward accuracy %.3f at step 0 → %.3f (95%% CI %.3f-%.3f), "
              "margin %.3f; model: %s", report["steps"], report["before_training"]["accuracy"] or 0.0,
              report["heldout"]["accuracy"], *report["heldout"]["ci95"], report["heldout"]["margin"],

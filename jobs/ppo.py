@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import logging
 import sys
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,18 +53,9 @@ def run(cfg: Config) -> PPOResult:
 
     # Dead engines are replaced, dead training ranks resume from the last checkpoint, SIGTERM checkpoints.
     loop, final, model_dir = run_supervised(cfg, output_dir, functools.partial(write_answers, output_dir))
-    # The run's work on the cluster is done. One this run started winds down (0.35 s, mostly waiting on its threads
-    # and processes to end) while the plots and the report, which read only files, are drawn; one that was up
-    # before (a pipeline's, a test session's) stays up.
-    stopping = threading.Thread(target=runtime.stop, name="ray-stop")
-    if cluster.started_here:
-        stopping.start()
-    try:
+    with cli.cluster_winding_down(cluster):  # the figures and the report read only files
         plot_curves(read_jsonl(output_dir / "metrics.jsonl"), PLOTTED, output_dir / "ppo.png", f"PPO {cfg.run.name}")
         write_report(cfg, output_dir)
-    finally:
-        if cluster.started_here:
-            stopping.join()
     log.info("PPO done at step %d: rm %.3f, kl %.3f; model: %s", loop.step_index,
              final.get("reward/rm_mean", float("nan")), final.get("kl", float("nan")), model_dir)
     return PPOResult(output_dir, Path(model_dir) if model_dir else None, loop.step_index, final)

@@ -61,13 +61,13 @@ def run(cfg: Config) -> SFTResult:
     tokenizer, split, lr = prepare(cfg)
     output_dir = cfg.run.output_dir("sft")
     output_dir.mkdir(parents=True, exist_ok=True)
-    runtime.start(cfg.ray)
+    cluster = runtime.start(cfg.ray)
     payload = {"setup": TrainingSetup.of(cfg, "sft"), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
                "lr": lr, "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
     final = fit(train_loop, payload, cfg.sft, output_dir, "sft")
-    rows = read_jsonl(output_dir / "metrics.jsonl")
-    plot_curves(rows, ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"], output_dir / "loss.png",
-                f"SFT {cfg.run.name}")
+    with cli.cluster_winding_down(cluster):  # the figure reads only files
+        plot_curves(read_jsonl(output_dir / "metrics.jsonl"), ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"],
+                    output_dir / "loss.png", f"SFT {cfg.run.name}")
     model_dir = Path(final["exported"]) if final.get("exported") else None
     log.info("SFT done: %d steps, final loss %.4f, eval loss %s; model: %s", final["step"], final.get("loss", 0.0),
              final.get("eval_loss"), model_dir)

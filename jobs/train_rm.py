@@ -114,15 +114,16 @@ def run(cfg: Config) -> RewardModelResult:
     prepared = prepare(cfg)
     output_dir = cfg.run.output_dir("reward_model")
     output_dir.mkdir(parents=True, exist_ok=True)
-    runtime.start(cfg.ray)
+    cluster = runtime.start(cfg.ray)
     payload = {"setup": TrainingSetup.of(cfg, "reward_model"), "split_ref": ray.put(prepared.split),
                "backbone": str(prepared.backbone), "pad_id": prepared.pad_id, "output_dir": str(output_dir)}
     final = fit(train_loop, payload, cfg.reward_model, output_dir, "reward_model")
-    rows = read_jsonl(output_dir / "metrics.jsonl")
-    plot_curves(rows, ["loss", "eval_accuracy", "eval_margin", "lr", "grad_norm"], output_dir / "accuracy.png",
-                f"reward model {cfg.run.name}")
-    report = build_report(cfg, prepared, final, rows)
-    write_json_atomically(output_dir / "report.json", report)
+    with cli.cluster_winding_down(cluster):  # the figure and the report read only files
+        rows = read_jsonl(output_dir / "metrics.jsonl")
+        plot_curves(rows, ["loss", "eval_accuracy", "eval_margin", "lr", "grad_norm"], output_dir / "accuracy.png",
+                    f"reward model {cfg.run.name}")
+        report = build_report(cfg, prepared, final, rows)
+        write_json_atomically(output_dir / "report.json", report)
     heldout = report["heldout"]
     log.info("reward model done: %d steps; held-out accuracy %.3f (95%% CI %.3f-%.3f, n=%d), mean margin %.3f; "
              "model: %s", report["steps"], heldout["accuracy"], *heldout["ci95"], heldout["pairs"],
