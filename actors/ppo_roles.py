@@ -25,7 +25,7 @@ from actors.reference import ReferenceModel
 from actors.reward_functions import RewardFunctions
 from actors.reward_sources import make_reward_source
 from actors.rollout.engines import rollout_engine_class
-from actors.role_start import Launch, launch_in_turn, trainer_slots
+from actors.role_start import Launch, all_fit, launch_in_turn, loading_budget
 from actors.roster import write_roster
 from actors.threads import ThreadPlan, node_cores
 from actors.value import ValueRole
@@ -124,7 +124,7 @@ class PPORoles:
         self.sizes: dict = {}
         self.layouts: dict[str, str] = {}  # trained role -> how it lays out its batches (set once they are up)
         self.startup_s = 0.0
-        self.trainer_slots = 0  # trained roles that loaded at once beside the engines (actors/role_start.py)
+        self.loading_budget: int | None = None  # trained-role processes loading at once (actors/role_start.py)
 
     def groups(self) -> dict[str, RoleGroup | None]:
         return {"rollout": self.rollout, "policy": self.policy, "value": self.value, "reference": self.reference}
@@ -174,8 +174,8 @@ class PPORoles:
             self.environments = Environments(env.name, env.kwargs, env.timeout_s, {"num_cpus": 0})
         launches = self._trainer_launches(cfg, group)
         cores = self._driver_node_cores(bundles)
-        self.trainer_slots = trainer_slots(cores, ppo.rollout.num_engines + int(reward_actor), len(launches))
-        loaded = launch_in_turn(launches, self.trainer_slots)
+        self.loading_budget = loading_budget(cores, ppo.rollout.num_engines + int(reward_actor))
+        loaded = launch_in_turn(launches, self.loading_budget)
         self.sizes = loaded["policy"][0]
         value_sizes = loaded["value"][0] if "value" in loaded else {}
         self.rollout.get(engines_up, "ping")
@@ -197,8 +197,8 @@ class PPORoles:
                  f"value ×{len(self.value)}" if self.value is not None else
                  f"no value model ({ppo.advantage_estimator}, {ppo.samples_per_prompt} samples per prompt)",
                  "actor" if self.reference else "adapters off", ppo.reward.rm_source, engines,
-                 "at once" if self.trainer_slots >= len(launches) else
-                 f"{self.trainer_slots} at a time beside the loading engines ({cores} cores)")
+                 "at once" if all_fit(launches, self.loading_budget) else
+                 f"in turn, {self.loading_budget} process(es) at a time beside the loading engines ({cores} cores)")
 
     def _trainer_launches(self, cfg: Config, group: Callable) -> list[Launch]:
         """The trained roles' starts, policy first: each group is recorded as it is created, so that `shutdown`
@@ -215,22 +215,26 @@ class PPORoles:
             trained.connect()
             return trained.submit("setup")
 
-        launches = [Launch("policy", spawn("policy", PolicyRole, ppo.policy_workers, distributed=True), set_up,
-                           "setup")]
+        launches = [Launch("policy", ppo.policy_workers, spawn("policy", PolicyRole, ppo.policy_workers,
+                                                               distributed=True), set_up, "setup")]
         if ppo.uses_value_model:
-            launches.append(Launch("value", spawn("value", ValueRole, ppo.value_workers, distributed=True), set_up,
-                                   "setup"))
+            launches.append(Launch("value", ppo.value_workers, spawn("value", ValueRole, ppo.value_workers,
+                                                                     distributed=True), set_up, "setup"))
         if separate_reference(cfg):
-            launches.append(Launch("reference", spawn("reference", ReferenceModel, 1,
-                                                      max_restarts=ppo.stateless_max_restarts),
+            launches.append(Launch("reference", 1, spawn("reference", ReferenceModel, 1,
+                                                         max_restarts=ppo.stateless_max_restarts),
                                    lambda reference: reference.submit("ping"), "ping"))
         return launches
 
     def _driver_node_cores(self, bundles: dict[str, list[int]]) -> int | None:
         """The driver's cores when every role's bundles lie on the driver's node (the embedded cluster, a
-        one-node cluster), else None: the cores of other nodes are not known here."""
+        one-node cluster), else None: the cores of other nodes are not known here. A Ray Client driver (ray://)
+        is told the head node's id, not its own machine's, so it counts as elsewhere."""
         import ray
+        from ray.util.client import ray as client
 
+        if client.is_connected():
+            return None
         here = ray.get_runtime_context().get_node_id()
         local = all(bundles_on_node(self.placement[role], indices, here) for role, indices in bundles.items())
         return node_cores() if local else None

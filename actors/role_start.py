@@ -9,8 +9,9 @@ start, and the trainers the rest: the same CPU work, less waiting. Measured, 0.4
 policy, reference; 4 alternating pairs, 2026-12-06): roles up in 6.4-7.0 s with the reference loading after the
 policy, 7.3-7.5 s with both beside the engine.
 
-Where a node has a core for every loading process, or the roles are spread over nodes whose cores the driver
-does not see, every role loads at once, as before.
+The budget counts processes, not roles: a role of two ranks loads two. Roles start in order while their ranks fit
+the cores the other loads leave (a role larger than that starts alone). Where a node has a core for every loading
+process, or the roles lie on nodes whose cores the driver does not see, every role loads at once, as before.
 """
 
 from __future__ import annotations
@@ -21,34 +22,44 @@ from typing import Callable
 from actors.group import RoleGroup
 
 
-def trainer_slots(cores: int | None, beside: int, trainers: int) -> int:
-    """How many of `trainers` trained roles load at once on a node of `cores` cores where `beside` other
-    processes load too (the engines, a reward-model actor); cores None (not known): every one at once. The cores
-    the others leave, at least one."""
-    if cores is None:
-        return max(trainers, 1)
-    return max(1, min(trainers, cores - beside))
+def loading_budget(cores: int | None, beside: int) -> int | None:
+    """How many trained-role processes (ranks) load at once on a node of `cores` cores where `beside` other
+    processes load too (the engines, a reward-model actor): the cores those leave, at least one; None when the
+    cores are not known (every role at once)."""
+    return None if cores is None else max(1, cores - beside)
 
 
 @dataclass
 class Launch:
-    """One trained role's start: `spawn` creates its actors without waiting for them (and records the group
+    """One trained role's start: `spawn` creates its `ranks` actors without waiting for them (and records the group
     where a failed start-up can free it), `ready` submits the call whose end means the role is loaded and returns
     its refs; `method` names that call in errors."""
     role: str
+    ranks: int
     spawn: Callable[[], RoleGroup]
     ready: Callable[[RoleGroup], list]
     method: str
 
 
-def launch_in_turn(launches: list[Launch], slots: int) -> dict[str, list]:
-    """Start the launches in order, at most `slots` loading at once; as one is loaded the next starts. Returns
-    each role's ready results (per rank); a rank that fails raises the group's RoleFailure at once."""
+def all_fit(launches: list[Launch], budget: int | None) -> bool:
+    return budget is None or sum(launch.ranks for launch in launches) <= budget
+
+
+def launch_in_turn(launches: list[Launch], budget: int | None) -> dict[str, list]:
+    """Start the launches in order, as many at once as their ranks fit in `budget` processes (None: all; a launch
+    larger than the budget starts alone); as one is loaded the next start. Returns each role's ready results (per
+    rank); a rank that fails raises the group's RoleFailure at once."""
     import ray
 
     waiting, loading, done = list(launches), {}, {}
 
-    def begin(count: int) -> None:
+    def begin() -> None:
+        used = sum(launch.ranks for launch, _, _ in loading.values())
+        count = 0
+        for launch in waiting:
+            if budget is not None and (loading or count) and used + launch.ranks > budget:
+                break
+            used, count = used + launch.ranks, count + 1
         batch = [(launch, launch.spawn()) for launch in waiting[:count]]
         del waiting[:count]
         # Every actor of the batch is created before any is waited for (a distributed role's `ready` waits for
@@ -56,12 +67,12 @@ def launch_in_turn(launches: list[Launch], slots: int) -> dict[str, list]:
         for launch, group in batch:
             loading[launch.role] = (launch, group, launch.ready(group))
 
-    begin(slots)
+    begin()
     while loading:
         ray.wait([ref for _, _, refs in loading.values() for ref in refs], num_returns=1)
         for role, (launch, group, refs) in list(loading.items()):
             if ray.wait(refs, num_returns=1, timeout=0)[0]:  # a rank is done (or failed): wait for the others
                 done[role] = group.get(refs, launch.method)
                 del loading[role]
-        begin(slots - len(loading))
+        begin()
     return done

@@ -1,5 +1,6 @@
 """Trained roles loading in turn on real Ray actors (actors/role_start.py): in order, each after the one before is
-loaded when there is one slot, all at once when there are enough, and a failed load named at once."""
+loaded when the budget holds one, as many as their ranks fit otherwise, all at once without a budget, and a failed
+load named at once."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from cluster.placement import RoleResources, bundles_on_node, release, reserve
 from common.errors import RoleFailure
 
 pytestmark = [pytest.mark.ray]
+
+RANKS = {"policy": 2, "value": 1, "reference": 1}
 
 
 class Loader:
@@ -31,62 +34,84 @@ class Loader:
 
 @pytest.fixture
 def placed(ray_session):
-    group, index = reserve([RoleResources(role, 1, cpus=0.5) for role in ("policy", "value", "reference")])
+    group, index = reserve([RoleResources(role, ranks, cpus=0.5) for role, ranks in RANKS.items()])
     yield group, index
     release(group)
 
 
-def launches(placed, events: list, failing: str | None = None) -> tuple[list[Launch], dict]:
-    """A Launch per role that logs, on the driver, when it spawns (and which roles are loaded by then) and when it
-    submits its load."""
-    import ray
+class Recorded:
+    """A Launch per role that logs, on the driver, when it spawns (with the roles loaded by then) and when it
+    submits its load; kills every group it made."""
 
-    group, index = placed
-    groups, submitted = {}, {}
+    def __init__(self, placed, failing: str | None = None):
+        self.placed, self.failing = placed, failing
+        self.events, self.groups, self.submitted = [], {}, {}
 
-    def spawn(role):
-        def create():
-            events.append(("spawn", role, sorted(r for r, refs in submitted.items()
-                                                 if len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs))))
-            groups[role] = RoleGroup(role, Loader, 1, group, index[role], 0.5, 0, (role == failing,), connect=False)
-            return groups[role]
+    def launches(self) -> list[Launch]:
+        return [Launch(role, ranks, self._spawn(role), self._ready(role), "setup") for role, ranks in RANKS.items()]
+
+    def loaded(self) -> list[str]:
+        import ray
+
+        return sorted(role for role, refs in self.submitted.items()
+                      if len(ray.wait(refs, num_returns=len(refs), timeout=0)[0]) == len(refs))
+
+    def _spawn(self, role: str):
+        def create() -> RoleGroup:
+            group, index = self.placed
+            self.events.append(("spawn", role, self.loaded()))
+            self.groups[role] = RoleGroup(role, Loader, RANKS[role], group, index[role], 0.5, 0,
+                                          (role == self.failing,), connect=False)
+            return self.groups[role]
         return create
 
-    def ready(role):
-        def submit(loaded: RoleGroup):
-            events.append(("ready", role))
-            submitted[role] = loaded.submit("setup")
-            return submitted[role]
+    def _ready(self, role: str):
+        def submit(group: RoleGroup) -> list:
+            self.events.append(("ready", role))
+            self.submitted[role] = group.submit("setup")
+            return self.submitted[role]
         return submit
 
-    return [Launch(role, spawn(role), ready(role), "setup") for role in ("policy", "value", "reference")], groups
+    def kill(self) -> None:
+        for group in self.groups.values():
+            group.kill()
 
 
-def test_one_slot_loads_each_role_after_the_one_before_and_a_failure_stops_the_rest(placed):
-    events = []
-    steps, groups = launches(placed, events, failing="value")
+def test_a_budget_of_one_loads_each_role_after_the_one_before_and_a_failure_stops_the_rest(placed):
+    run = Recorded(placed, failing="value")
     try:
         with pytest.raises(RoleFailure, match="value rank 0 failed in setup: .*no weights here"):
-            launch_in_turn(steps, slots=1)
-        assert events == [("spawn", "policy", []), ("ready", "policy"),
-                          ("spawn", "value", ["policy"]), ("ready", "value")]  # the reference never starts
+            launch_in_turn(run.launches(), budget=1)
+        # The two-rank policy is larger than the budget and starts alone; the reference never starts.
+        assert run.events == [("spawn", "policy", []), ("ready", "policy"),
+                              ("spawn", "value", ["policy"]), ("ready", "value")]
     finally:
-        for group in groups.values():
-            group.kill()
+        run.kill()
 
 
-def test_enough_slots_spawn_every_role_before_any_is_waited_for(placed):
-    events = []
-    steps, groups = launches(placed, events)
+def test_roles_start_together_as_far_as_their_ranks_fit_the_budget(placed):
+    run = Recorded(placed)
     try:
-        loaded = launch_in_turn(steps, slots=3)
-        assert events == [("spawn", "policy", []), ("spawn", "value", []), ("spawn", "reference", []),
-                          ("ready", "policy"), ("ready", "value"), ("ready", "reference")]
+        loaded = launch_in_turn(run.launches(), budget=3)
+        # policy (2 ranks) and value (1) fill the budget of 3; the reference waits for one of them.
+        assert run.events[:4] == [("spawn", "policy", []), ("spawn", "value", []),
+                                  ("ready", "policy"), ("ready", "value")]
+        assert run.events[4][:2] == ("spawn", "reference") and run.events[4][2] in (["policy"], ["value"],
+                                                                                     ["policy", "value"])
         assert sorted(loaded) == ["policy", "reference", "value"]
-        assert len({result for results in loaded.values() for result in results}) == 3  # three processes
+        assert len({result for results in loaded.values() for result in results}) == 4  # four processes
     finally:
-        for group in groups.values():
-            group.kill()
+        run.kill()
+
+
+def test_without_a_budget_every_role_spawns_before_any_is_waited_for(placed):
+    run = Recorded(placed)
+    try:
+        launch_in_turn(run.launches(), budget=None)
+        assert run.events == [("spawn", "policy", []), ("spawn", "value", []), ("spawn", "reference", []),
+                              ("ready", "policy"), ("ready", "value"), ("ready", "reference")]
+    finally:
+        run.kill()
 
 
 def test_a_placement_groups_bundles_are_on_this_node_and_no_other(placed):
