@@ -96,10 +96,21 @@ def cluster_winding_down(cluster) -> Iterator[None]:
     """Run the block (a job's last figures and reports, which read only files) while a Ray cluster the job started
     (`cluster`: runtime.start's answer) ends on a thread: Ray's shutdown is 0.35 s mostly spent waiting on its
     threads and processes. A cluster that was up before the job (a pipeline's, a test session's) stays up."""
+    import gc
+
     from cluster import runtime
 
-    stopping = threading.Thread(target=runtime.stop, name="ray-stop")
+    def stop() -> None:
+        try:
+            runtime.stop()
+        except Exception as exc:  # noqa: BLE001 - the exit hook tries again; the job's outputs are what matter here
+            logging.getLogger("rayalign.runtime").warning("stopping Ray while the figures drew: %s", exc)
+
+    stopping = threading.Thread(target=stop, name="ray-stop")
     if cluster.started_here:
+        # Cyclic garbage that holds Ray handles (a restarted run's roles) is freed now, while Ray is connected: a
+        # collection while the figures draw would release them into a core worker that is shutting down.
+        gc.collect()
         stopping.start()
     try:
         yield
