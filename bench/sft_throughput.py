@@ -70,7 +70,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     args = parser.parse_args()
     cfg = load_config(REPO / "configs" / "tiny-cpu.yaml")
-    runtime.start(cfg.ray)
+    runtime.start(cfg.ray, ray_train=True)  # SFT through Ray Train
     results = {"single_process": single_process(cfg, args.steps)}
     with tempfile.TemporaryDirectory() as root:
         for stage in (2, 3):

@@ -87,7 +87,7 @@ def run(cfg: Config) -> DPOResult:
     tokenizer, split = prepare(cfg)
     output_dir = cfg.run.output_dir("dpo")
     output_dir.mkdir(parents=True, exist_ok=True)
-    cluster = runtime.start(cfg.ray)
+    cluster = runtime.start(cfg.ray, ray_train=True)
     payload = {"setup": TrainingSetup.of(cfg, "dpo"), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
                "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
     final = fit(train_loop, payload, cfg.dpo, output_dir, "dpo")

@@ -185,7 +185,7 @@ def run(cfg: Config) -> dict:
     check_stages(cfg, stages)
     run_dir = cfg.run.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    runtime.start(cfg.ray)
+    runtime.start(cfg.ray, ray_train=True)
     outputs: dict = {}
     seconds: dict[str, float] = {}
     for stage in stages:

@@ -61,7 +61,7 @@ def run(cfg: Config) -> SFTResult:
     tokenizer, split, lr = prepare(cfg)
     output_dir = cfg.run.output_dir("sft")
     output_dir.mkdir(parents=True, exist_ok=True)
-    cluster = runtime.start(cfg.ray)
+    cluster = runtime.start(cfg.ray, ray_train=True)
     payload = {"setup": TrainingSetup.of(cfg, "sft"), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
                "lr": lr, "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
     final = fit(train_loop, payload, cfg.sft, output_dir, "sft")

@@ -114,7 +114,7 @@ def run(cfg: Config) -> RewardModelResult:
     prepared = prepare(cfg)
     output_dir = cfg.run.output_dir("reward_model")
     output_dir.mkdir(parents=True, exist_ok=True)
-    cluster = runtime.start(cfg.ray)
+    cluster = runtime.start(cfg.ray, ray_train=True)
     payload = {"setup": TrainingSetup.of(cfg, "reward_model"), "split_ref": ray.put(prepared.split),
                "backbone": str(prepared.backbone), "pad_id": prepared.pad_id, "output_dir": str(output_dir)}
     final = fit(train_loop, payload, cfg.reward_model, output_dir, "reward_model")

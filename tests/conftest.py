@@ -24,7 +24,7 @@ def ray_session():
     from cluster import runtime
     from common.config import RayConfig
 
-    info = runtime.start(RayConfig(num_cpus=8))
+    info = runtime.start(RayConfig(num_cpus=8), ray_train=True)  # the session runs every kind of job
     yield info
     runtime.stop()
 

@@ -42,6 +42,17 @@ from common.config import RayConfig
 
 first = runtime.start(RayConfig(num_cpus=1))
 again = runtime.start(RayConfig(num_cpus=1))  # Ray is up already: this start is not the one to stop it
+
+
+@ray.remote(num_cpus=0)
+def seen():
+    import json
+    import os
+
+    return os.environ.get("VLLM_CPU_KVCACHE_SPACE"), json.dumps(dict(ray.get_runtime_context().runtime_env))
+
+
+print("WORKER", *ray.get(seen.remote()))
 processes = [info.process for infos in ray._private.worker._global_node.all_processes.values() for info in infos]
 runtime.stop()
 runtime.stop()  # idempotent
@@ -51,7 +62,8 @@ print(first.started_here, again.started_here, ray.is_initialized(), len(processe
 
 
 def test_stop_ends_every_process_the_embedded_cluster_started():
-    """A start that found Ray up says so (a job then leaves the cluster to whoever started it). runtime.stop ends the autoscaler monitor itself before Ray's shutdown ends the rest; nothing Ray started
+    """A start that found Ray up says so (a job then leaves the cluster to whoever started it); workers inherit the
+    driver's environment without a runtime_env. runtime.stop ends the autoscaler monitor itself before Ray's shutdown ends the rest; nothing Ray started
     (raylet, GCS, monitor, log monitor, dashboard agent) may outlive it."""
     import subprocess
     import sys
@@ -62,6 +74,9 @@ def test_stop_ends_every_process_the_embedded_cluster_started():
     assert out.returncode == 0, out.stderr[-2000:]
     first, again, initialized, started, alive = out.stdout.split()[-5:]
     assert (first, again) == ("True", "False"), out.stdout
+    # A job outside Ray Train gives the embedded cluster no runtime_env (each worker would start through Ray's
+    # setup_worker.py first): its workers inherit the environment the driver set.
+    assert "WORKER 1 {}" in out.stdout, out.stdout
     assert (initialized, alive) == ("False", "0") and int(started) >= 4, out.stdout
 
 
