@@ -10,7 +10,8 @@ policy, reference; 4 alternating pairs, 2026-12-06): roles up in 6.4-7.0 s with 
 policy, 7.3-7.5 s with both beside the engine.
 
 The budget counts processes, not roles: a role of two ranks loads two. Roles start in order while their ranks fit
-the cores the other loads leave (a role larger than that starts alone). Where a node has a core for every loading
+the cores the other loads leave (a role larger than that starts alone), and once the engines are up their cores
+join the budget (with a value model, the reference then loads beside it instead of after it). Where a node has a core for every loading
 process, or the roles lie on nodes whose cores the driver does not see, every role loads at once, as before.
 """
 
@@ -45,13 +46,16 @@ def all_fit(launches: list[Launch], budget: int | None) -> bool:
     return budget is None or sum(launch.ranks for launch in launches) <= budget
 
 
-def launch_in_turn(launches: list[Launch], budget: int | None) -> dict[str, list]:
+def launch_in_turn(launches: list[Launch], budget: int | None, engines_up: list = (), engines: int = 0
+                   ) -> dict[str, list]:
     """Start the launches in order, as many at once as their ranks fit in `budget` processes (None: all; a launch
-    larger than the budget starts alone); as one is loaded the next start. Returns each role's ready results (per
-    rank); a rank that fails raises the group's RoleFailure at once."""
+    larger than the budget starts alone); as one is loaded the next start. `engines_up`: refs whose end means the
+    `engines` loading beside the trainers are up (or failed: their group reports it); their cores then join the
+    budget. Returns each role's ready results (per rank); a rank that fails raises the group's RoleFailure at once."""
     import ray
 
     waiting, loading, done = list(launches), {}, {}
+    engines_loading = list(engines_up)
 
     def begin() -> None:
         used = sum(launch.ranks for launch, _, _ in loading.values())
@@ -69,7 +73,11 @@ def launch_in_turn(launches: list[Launch], budget: int | None) -> dict[str, list
 
     begin()
     while loading:
-        ray.wait([ref for _, _, refs in loading.values() for ref in refs], num_returns=1)
+        ray.wait([ref for _, _, refs in loading.values() for ref in refs] + engines_loading, num_returns=1)
+        if engines_loading:
+            engines_loading = ray.wait(engines_loading, num_returns=len(engines_loading), timeout=0)[1]
+            if not engines_loading and budget is not None:
+                budget += engines
         for role, (launch, group, refs) in list(loading.items()):
             if ray.wait(refs, num_returns=1, timeout=0)[0]:  # a rank is done (or failed): wait for the others
                 done[role] = group.get(refs, launch.method)

@@ -104,6 +104,22 @@ def test_roles_start_together_as_far_as_their_ranks_fit_the_budget(placed):
         run.kill()
 
 
+def test_the_engines_cores_join_the_budget_once_they_are_up(placed):
+    import ray
+
+    run = Recorded(placed)
+    try:
+        engines_up = [ray.put("up")]  # two engines already up: their cores are free at the first wake
+        launch_in_turn(run.launches(), budget=1, engines_up=engines_up, engines=2)
+        # The policy (2 ranks) starts alone in a budget of 1; the value then fits the budget of 3 beside it before
+        # anything has loaded; the reference (3 + 1 > 3) waits for a role to finish.
+        assert run.events[:4] == [("spawn", "policy", []), ("ready", "policy"), ("spawn", "value", []),
+                                  ("ready", "value")]
+        assert run.events[4][:2] == ("spawn", "reference") and run.events[4][2]
+    finally:
+        run.kill()
+
+
 def test_without_a_budget_every_role_spawns_before_any_is_waited_for(placed):
     run = Recorded(placed)
     try:
