@@ -11,8 +11,9 @@ policy, 7.3-7.5 s with both beside the engine.
 
 The budget counts processes, not roles: a role of two ranks loads two. Roles start in order while their ranks fit
 the cores the other loads leave (a role larger than that starts alone), and once the engines are up their cores
-join the budget (with a value model, the reference then loads beside it instead of after it). Where a node has a core for every loading
-process, or the roles lie on nodes whose cores the driver does not see, every role loads at once, as before.
+join the budget (with a value model, the reference then loads beside the value instead of after it). Where a node
+has a core for every loading process, or the roles lie on nodes whose cores the driver does not see, every role
+loads at once, as before.
 """
 
 from __future__ import annotations

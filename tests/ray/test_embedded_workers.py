@@ -63,8 +63,9 @@ print(first.started_here, again.started_here, ray.is_initialized(), len(processe
 
 def test_stop_ends_every_process_the_embedded_cluster_started():
     """A start that found Ray up says so (a job then leaves the cluster to whoever started it); workers inherit the
-    driver's environment without a runtime_env. runtime.stop ends the autoscaler monitor itself before Ray's shutdown ends the rest; nothing Ray started
-    (raylet, GCS, monitor, log monitor, dashboard agent) may outlive it."""
+    driver's environment without a runtime_env. runtime.stop ends the autoscaler monitor itself before Ray's
+    shutdown ends the rest; nothing Ray started (raylet, GCS, monitor, log monitor, dashboard agent) may outlive
+    it."""
     import subprocess
     import sys
     from pathlib import Path
