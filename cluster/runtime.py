@@ -120,12 +120,15 @@ def tools_beside_interpreter_first() -> None:
 
 
 def prepare_process(cfg: RayConfig) -> None:
-    """Environment for this driver, set before Ray is imported: worker defaults, this environment's tools
-    first on PATH, and client-side token authentication when the job will join an existing cluster."""
+    """Environment for this driver, set before Ray is imported: worker defaults (and Ray Train's on an embedded
+    cluster, whose workers inherit them), this environment's tools first on PATH, and client-side token
+    authentication when the job will join an existing cluster. A value already exported wins."""
     os.environ.update({k: v for k, v in WORKER_ENV.items() if k not in os.environ})
     tools_beside_interpreter_first()
     if _resolved_address(cfg):
         enable_client_auth()
+    else:
+        os.environ.update({k: v for k, v in EMBEDDED_TRAIN_ENV.items() if k not in os.environ})
 
 
 def start(cfg: RayConfig, ray_train: bool = False) -> RuntimeInfo:
@@ -155,12 +158,11 @@ def start(cfg: RayConfig, ray_train: bool = False) -> RuntimeInfo:
         info = _info("cluster", address)
     else:
         # address="local": always a fresh cluster, never one a `ray start` left running on this machine.
-        # Its processes are this driver's children, so its workers inherit the environment set here and in
-        # prepare_process, and need no runtime_env for it. A runtime_env of any kind makes each worker start
+        # Its processes are this driver's children, so its workers inherit the environment prepare_process set,
+        # and need no runtime_env for it. A runtime_env of any kind makes each worker start
         # through Ray's setup_worker.py, a Python start with Ray's imports before the worker's own: an actor's
         # process took 0.58 s of CPU to come up instead of 0.29 s (measured here, three actors each way). So a job
         # has one only for the setup hook Ray Train's workers need without a dashboard (cluster/quiet_logs.py).
-        os.environ.update({k: v for k, v in EMBEDDED_TRAIN_ENV.items() if k not in os.environ})
         runtime_env = {"worker_process_setup_hook": "cluster.quiet_logs.quiet_embedded_cluster_workers"} \
             if ray_train and not cfg.include_dashboard else None
         # Ray would start one idle worker per logical CPU for the first driver (8 on the tiny config), each
