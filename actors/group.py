@@ -144,6 +144,12 @@ class RoleGroup:
             results[rank] = self._result(ready, rank, method)
         return [results[rank] for rank in range(len(refs))]
 
+    def check(self, refs: list, ended: list, method: str) -> None:
+        """Raise the RoleFailure of the first failed call among `ended`, finished calls out of a call's `refs` (each
+        named by its rank in `refs`); the others' results are left to `get`."""
+        for ref in ended:
+            self._result(ref, refs.index(ref), method)
+
     def _result(self, ref, rank: int, method: str) -> Any:
         import ray
 

@@ -47,12 +47,14 @@ def all_fit(launches: list[Launch], budget: int | None) -> bool:
     return budget is None or sum(launch.ranks for launch in launches) <= budget
 
 
-def launch_in_turn(launches: list[Launch], budget: int | None, engines_up: list = (), engines: int = 0
-                   ) -> dict[str, list]:
+def launch_in_turn(launches: list[Launch], budget: int | None, engines_up: list = (), engines: int = 0,
+                   check_engines: Callable[[list], object] | None = None) -> dict[str, list]:
     """Start the launches in order, as many at once as their ranks fit in `budget` processes (None: all; a launch
     larger than the budget starts alone); as one is loaded the next start. `engines_up`: refs whose end means the
-    `engines` loading beside the trainers are up (or failed: their group reports it); their cores then join the
-    budget. Returns each role's ready results (per rank); a rank that fails raises the group's RoleFailure at once."""
+    `engines` loading beside the trainers are up; their cores then join the budget. `check_engines` is handed the
+    engines' refs as they end and raises where one failed, so a dead engine ends the start at once instead of after
+    the trainers have loaded (minutes for large models). Returns each role's ready results (per rank); a rank that
+    fails raises the group's RoleFailure at once."""
     import ray
 
     waiting, loading, done = list(launches), {}, {}
@@ -76,7 +78,9 @@ def launch_in_turn(launches: list[Launch], budget: int | None, engines_up: list 
     while loading:
         ray.wait([ref for _, _, refs in loading.values() for ref in refs] + engines_loading, num_returns=1)
         if engines_loading:
-            engines_loading = ray.wait(engines_loading, num_returns=len(engines_loading), timeout=0)[1]
+            ended, engines_loading = ray.wait(engines_loading, num_returns=len(engines_loading), timeout=0)
+            if ended and check_engines is not None:
+                check_engines(ended)
             if not engines_loading and budget is not None:
                 budget += engines
         for role, (launch, group, refs) in list(loading.items()):

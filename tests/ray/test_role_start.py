@@ -1,6 +1,6 @@
 """Trained roles loading in turn on real Ray actors (actors/role_start.py): in order, each after the one before is
 loaded when the budget holds one, as many as their ranks fit otherwise, all at once without a budget, and a failed
-load named at once."""
+load, a trainer's or an engine's, named at once."""
 
 from __future__ import annotations
 
@@ -17,16 +17,16 @@ RANKS = {"policy": 2, "value": 1, "reference": 1}
 
 
 class Loader:
-    """A role whose load is a short wait, or a failure."""
+    """A role whose load is a wait (short unless told), or a failure."""
 
-    def __init__(self, fails: bool):
-        self.fails = fails
+    def __init__(self, fails: bool, seconds: float = 0.2):
+        self.fails, self.seconds = fails, seconds
 
     def setup(self) -> str:
         import os
         import time
 
-        time.sleep(0.2)
+        time.sleep(self.seconds)
         if self.fails:
             raise ValueError("no weights here")
         return f"loaded in {os.getpid()}"
@@ -43,8 +43,8 @@ class Recorded:
     """A Launch per role that logs, on the driver, when it spawns (with the roles loaded by then) and when it
     submits its load; kills every group it made."""
 
-    def __init__(self, placed, failing: str | None = None):
-        self.placed, self.failing = placed, failing
+    def __init__(self, placed, failing: str | None = None, seconds: float = 0.2):
+        self.placed, self.failing, self.seconds = placed, failing, seconds
         self.events, self.groups, self.submitted = [], {}, {}
 
     def launches(self) -> list[Launch]:
@@ -61,7 +61,7 @@ class Recorded:
             group, index = self.placed
             self.events.append(("spawn", role, self.loaded()))
             self.groups[role] = RoleGroup(role, Loader, RANKS[role], group, index[role], 0.5, 0,
-                                          (role == self.failing,), connect=False)
+                                          (role == self.failing, self.seconds), connect=False)
             return self.groups[role]
         return create
 
@@ -118,6 +118,25 @@ def test_the_engines_cores_join_the_budget_once_they_are_up(placed):
         assert run.events[4][:2] == ("spawn", "reference") and run.events[4][2]
     finally:
         run.kill()
+
+
+def test_an_engine_that_fails_to_load_ends_the_start_before_the_trainers_have_loaded(placed):
+    import ray
+
+    engine_group, engine_index = reserve([RoleResources("rollout", 1, cpus=0.5)])
+    engine = RoleGroup("rollout", Loader, 1, engine_group, engine_index["rollout"], 0.5, 0, (True,), connect=False)
+    run = Recorded(placed, seconds=60)  # trainers far slower to load than the engine is to fail
+    try:
+        engines_up = engine.submit("setup")
+        with pytest.raises(RoleFailure, match="rollout rank 0 failed in setup: .*no weights here"):
+            launch_in_turn(run.launches(), budget=1, engines_up=engines_up, engines=1,
+                           check_engines=lambda ended: engine.check(engines_up, ended, "setup"))
+        assert run.events == [("spawn", "policy", []), ("ready", "policy")]
+        assert not ray.wait(run.submitted["policy"], timeout=0)[0]  # raised while the policy was still loading
+    finally:
+        run.kill()
+        engine.kill()
+        release(engine_group)
 
 
 def test_without_a_budget_every_role_spawns_before_any_is_waited_for(placed):
