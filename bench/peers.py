@@ -1,6 +1,7 @@
 """rayalign vs TRL 1.16 on identical work, each side run end to end as a user runs it, all in one run. Not a test.
 
-    .venv/bin/python bench/peers.py [--only grpo,sft,dpo] [--sizes 0.4M,25M] [--steps N] [--out PATH] [--workdir DIR]
+    .venv/bin/python bench/peers.py [--only grpo,sft,dpo] [--sizes 0.4M,25M] [--steps N] [--repeat N] [--out PATH]
+                                    [--workdir DIR]
 
 Every run is a subprocess started and timed from here, one after another (never two at once): `python -m jobs.<x>
 --config configs/tiny-cpu.yaml ...` for rayalign, `python bench/peer_models.py <x> ...` for TRL (single process,
@@ -18,6 +19,10 @@ What each comparison matches, and what it cannot, is in its compare_* docstring;
 same config onto TRL's arguments. Speed ratio = TRL seconds / rayalign seconds (above 1: rayalign is faster).
 Checkpoints and model export are off on both sides (TRL saves nothing either). Writes bench/results/peers.json,
 replacing only the sections this run measured (each stamped with its command, date and load average).
+
+--repeat N runs each comparison N times, TRL first in every other round so that a drift of the machine's speed
+within the run (this machine swings by 10-25% between runs of one hour) falls on both sides alike, and reports each
+ratio's median and range over the rounds; the section keeps the first round's figures and adds every round's.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -135,7 +141,7 @@ def grpo_overrides(steps: int, model_path: str) -> tuple[list[str], list[str]]:
     return fixed + optional, dropped
 
 
-def compare_grpo(size: str, steps: int, root: Path, variants: list[str]) -> dict:
+def compare_grpo(size: str, steps: int, root: Path, variants: list[str], peer_first: bool = False) -> dict:
     """GRPO, identical work: the first 8 x steps prompts of rayalign's default PPO prompt file, taken in the order
     rayalign's steps pick them, through its DEFAULT_CHAT_TEMPLATE (the token ids are checked equal; prompts up to
     128 tokens so none is cut); sampling at temperature 0.7, top_p 0.9, repetition penalty 1.2, top_k off; 8 prompts
@@ -161,10 +167,13 @@ def compare_grpo(size: str, steps: int, root: Path, variants: list[str]) -> dict
     overrides, dropped = grpo_overrides(steps, model_path)
     check_overrides(overrides)
     seqs = PROMPTS * ANSWERS
+    peer_run = (lambda: trl("grpo", overrides, root, f"grpo-{size}-trl"))
+    peer_wall, result = peer_run() if peer_first else (None, None)
     sides = {name: rayalign_grpo(overrides + GRPO_VARIANTS[name], root, f"grpo-{size}-rayalign-{name}", seqs)
              for name in variants}
     ray = sides[variants[0]]
-    peer_wall, result = trl("grpo", overrides, root, f"grpo-{size}-trl")
+    if not peer_first:
+        peer_wall, result = peer_run()
     peer = grpo_side(peer_wall, result["steps"], result["optimizer_steps"])
     peer.update(prompt_ids_match_rayalign=result["prompt_ids_match_rayalign"], beta=result["beta"])
     for side in sides.values():
@@ -223,7 +232,7 @@ def trl_training_side(wall: float, result: dict, unit: str, per_step: list[float
             "final_loss": losses[-1], "eval_start": evals[0], "eval_end": evals[-1]}
 
 
-def compare_sft(steps: int, root: Path) -> dict:
+def compare_sft(steps: int, root: Path, peer_first: bool = False) -> dict:
     """SFT on the recipe's data (llms-from-scratch instructions, 600 records, 5% held out, max_length 192), the
     same tokenized chats with the loss on assistant tokens only, 16 chats per optimizer step in micro-batches of 8
     (rayalign: 2 workers x 8, or 1 worker x 8 x 2 accumulation; TRL: 8 x 2 accumulation), in the order rayalign's
@@ -237,9 +246,12 @@ def compare_sft(steps: int, root: Path) -> dict:
     out = {"steps": steps, "sequences_per_step": 16}
     runs = {"rayalign_2_workers": base + ["sft.num_workers=2", "sft.grad_accum=1"],
             "rayalign_1_worker": base + ["sft.num_workers=1", "sft.grad_accum=2"]}
+    peer_run = (lambda: trl("sft", runs["rayalign_2_workers"], root, "sft-trl", workers=2))
+    peer_wall, result = peer_run() if peer_first else (None, None)
     for label, overrides in runs.items():
         out[label] = training_side(*rayalign("sft", overrides, root, f"sft-{label}"), "tokens")
-    peer_wall, result = trl("sft", runs["rayalign_2_workers"], root, "sft-trl", workers=2)
+    if not peer_first:
+        peer_wall, result = peer_run()
     out["trl"] = trl_training_side(peer_wall, result, "tokens", result["step_tokens"])
     print(f"\nSFT: {steps} steps x 16 chats (max_length 192), assistant-only loss")
     print_training(out, "tokens", "eval_loss", ("eval_loss",))
@@ -247,7 +259,7 @@ def compare_sft(steps: int, root: Path) -> dict:
 
 
 # ---- 3. DPO --------------------------------------------------------------------------------------------------
-def compare_dpo(steps: int, root: Path) -> dict:
+def compare_dpo(steps: int, root: Path, peer_first: bool = False) -> dict:
     """DPO on the recipe's pairs (llms-from-scratch preference file, 10% held out, max_length 192): the same
     encoded pairs (prompt tokens, chosen and rejected reply tokens) in the order rayalign's 2 ranks take them, 16
     pairs per optimizer step in micro-batches of 8, sigmoid loss with beta 0.1, reference log-probs computed once
@@ -258,10 +270,13 @@ def compare_dpo(steps: int, root: Path) -> dict:
     overrides = [f"dpo.max_steps={steps}", f"dpo.save_every={NEVER}", "dpo.export=false"]
     check_overrides(overrides)
     out = {"steps": steps, "pairs_per_step": 16}
+    peer_run = (lambda: trl("dpo", overrides, root, "dpo-trl", workers=2))
+    peer_wall, result = peer_run() if peer_first else (None, None)
     out["rayalign_2_workers"] = training_side(*rayalign("dpo", overrides, root, "dpo-rayalign"), "pairs")
     one = overrides + ["dpo.num_workers=1", "dpo.grad_accum=2"]  # the plain engine; its own pair order
     out["rayalign_1_worker"] = training_side(*rayalign("dpo", one, root, "dpo-rayalign-1"), "pairs")
-    peer_wall, result = trl("dpo", overrides, root, "dpo-trl", workers=2)
+    if not peer_first:
+        peer_wall, result = peer_run()
     pairs = [result["pairs_per_step"]] * len(result["step_seconds"])
     out["trl"] = trl_training_side(peer_wall, result, "pairs", pairs)
     print(f"\nDPO: {steps} steps x 16 pairs (max_length 192), beta 0.1")
@@ -286,6 +301,47 @@ def print_training(out: dict, unit: str, eval_label: str, eval_keys: tuple[str, 
             side["speed_throughput"] = side[f"{unit}_per_s"] / out["trl"][f"{unit}_per_s"]
             print(f"  {label} / TRL: {side['speed_end_to_end']:.2f}x end to end, {side['speed_throughput']:.2f}x "
                   f"{unit}/s")
+
+
+# ---- repeated rounds ------------------------------------------------------------------------------------------
+GRPO_RATIOS = {"end to end": ("speed_end_to_end",), "per step": ("speed_per_step",)}
+TRAINING_RATIOS = {f"{label} {kind}": (side, key) for side, label in (("rayalign_2_workers", "2 workers"),
+                                                                      ("rayalign_1_worker", "1 worker"))
+                   for kind, key in (("throughput", "speed_throughput"), ("end to end", "speed_end_to_end"))}
+
+
+def repeated(name: str, measure: Callable[[bool, Path], dict], repeat: int, ratios: dict[str, tuple[str, ...]],
+             root: Path) -> dict:
+    """The first of `repeat` rounds of `measure(peer_first, folder)` (TRL first in every other round; each round in
+    a folder of its own, since a rayalign job re-run in the same output folder resumes from its last checkpoint),
+    with every round's `ratios` (each a key path into a round's section) and each ratio's median, mean and range."""
+    rounds = []
+    for index in range(repeat):
+        folder = root / f"round-{index + 1}" if index else root
+        folder.mkdir(parents=True, exist_ok=True)
+        rounds.append(measure(bool(index % 2), folder))
+    section = rounds[0]
+    if repeat == 1:
+        return section
+
+    def dig(values: dict, path: tuple[str, ...]) -> float:
+        for key in path:
+            values = values[key]
+        return values
+
+    section["rounds"] = [{label: dig(one, path) for label, path in ratios.items()} | {"peer_first": bool(index % 2)}
+                         for index, one in enumerate(rounds)]
+    section["summary"] = {label: spread([dig(one, path) for one in rounds]) for label, path in ratios.items()}
+    print(f"\n{name}, {repeat} rounds (TRL first in every other one): rayalign / TRL speed")
+    for label, figures in section["summary"].items():
+        print(f"  {label:<24} median {figures['median']:.2f}x, mean {figures['mean']:.2f}x, "
+              f"range {figures['min']:.2f}-{figures['max']:.2f}x")
+    return section
+
+
+def spread(values: list[float]) -> dict:
+    return {"median": statistics.median(values), "mean": statistics.fmean(values), "min": min(values),
+            "max": max(values), "values": values}
 
 
 def merged(path: Path, results: dict) -> dict:
@@ -326,7 +382,11 @@ def main() -> None:
     parser.add_argument("--grpo-variants", default="default,unshared,padded,async",
                         help=f"rayalign GRPO runs against the one TRL run, the first one the headline ({', '.join(GRPO_VARIANTS)})")
     parser.add_argument("--steps", type=int, default=None, help="steps of every run (default: GRPO 20, SFT/DPO 30)")
-    parser.add_argument("--out", type=Path, default=RESULTS / "peers.json")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="rounds of each comparison, TRL first in every other one; the ratios' median and range "
+                             "over them are printed and saved")
+    parser.add_argument("--out", type=Path, default=RESULTS / "peers.json",
+                        help="results JSON; only the sections this run measured are replaced")
     parser.add_argument("--workdir", type=Path, help="keep every run's log and outputs here (default: a temp folder)")
     args = parser.parse_args()
     only, sizes = set(args.only.split(",")), args.sizes.split(",")
@@ -335,6 +395,8 @@ def main() -> None:
         [name for name in variants if name not in GRPO_VARIANTS]
     if unknown:
         parser.error(f"unknown comparison or size: {', '.join(unknown)}")
+    if args.repeat < 1:
+        parser.error(f"--repeat must be at least 1, got {args.repeat}")
     # Other work on the machine moves every figure: the load average is recorded next to them.
     results = {"machine": f"{os.cpu_count()} CPUs", "load_average_at_start": os.getloadavg(),
                "warm_imports_s": warm_file_cache()}
@@ -343,11 +405,15 @@ def main() -> None:
         root = args.workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         if "grpo" in only:
-            results["grpo"] = {size: compare_grpo(size, args.steps or 20, root, variants) for size in sizes}
+            results["grpo"] = {size: repeated(f"GRPO {size}", lambda peer_first, folder, size=size: compare_grpo(
+                size, args.steps or 20, folder, variants, peer_first), args.repeat, GRPO_RATIOS, root)
+                for size in sizes}
         if "sft" in only:
-            results["sft"] = compare_sft(args.steps or 30, root)
+            results["sft"] = repeated("SFT", lambda peer_first, folder: compare_sft(
+                args.steps or 30, folder, peer_first), args.repeat, TRAINING_RATIOS, root)
         if "dpo" in only:
-            results["dpo"] = compare_dpo(args.steps or 30, root)
+            results["dpo"] = repeated("DPO", lambda peer_first, folder: compare_dpo(
+                args.steps or 30, folder, peer_first), args.repeat, TRAINING_RATIOS, root)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(merged(args.out, results), indent=2, default=float))
     print(f"\nwrote {args.out}")
