@@ -43,7 +43,7 @@ from actors.ppo_metrics import step_metrics
 from actors.ppo_prompts import hold_out, load_prompts, prompts_for_extra_round, prompts_for_step
 from actors.ppo_roles import PPORoles, engine_callbacks, episode_tokens
 from actors.ppo_step import (Advantages, DynamicSampling, LogProbs, PendingRollout, Rollout, Scores, StepResult,
-                             StepState, timed)
+                             StepState, progress_before, timed)
 from actors.ppo_weight_sync import WeightSync
 from actors.protocol import PolicyBatch, TokenBatch, ValueBatch, shard
 from actors.rollout.sample import Sample, eval_draw, extra_round_draw, turn_draw
@@ -116,7 +116,7 @@ class PPOLoop:
     def step(self, step: int) -> StepResult:
         """One PPO step: the phases of PHASES in order, each timed, then the alarms' actions and (when due) the
         held-out evaluation."""
-        state = StepState(step, progress=step / max(self.cfg.ppo.steps, 1))
+        state = StepState(step, progress=progress_before(step, self.cfg.ppo.steps))
         for name, phase in PHASES:
             with timed(state.timings, name):
                 setattr(state, name, phase(self, state))

@@ -104,11 +104,17 @@ class StepResult:
     stop: bool = False
 
 
+def progress_before(step: int, steps: int) -> float:
+    """The share of the run done before step `step` (1-based) of `steps`: 0 for the first, (steps - 1) / steps for
+    the last, so a schedule piece that covers the first 20% of the run covers exactly the first 20% of its steps."""
+    return (step - 1) / max(steps, 1)
+
+
 @dataclass
 class StepState:
     """What the phases of one step hand each other: each phase's result lands in the field named after it."""
     step: int
-    progress: float  # share of the run done before this step (the KL schedule reads it)
+    progress: float  # progress_before(step, ppo.steps): the KL schedule reads it
     timings: dict[str, float] = field(default_factory=dict)
     rollout: Rollout | None = None
     score: Scores | None = None

@@ -10,7 +10,8 @@ import torch
 
 from actors.ppo_advantages import compute_advantages
 from actors.ppo_loop import PHASES, PPOLoop
-from actors.ppo_step import LogProbs, Rollout, Scores, StepState
+from actors.algo.kl import ScheduledKL
+from actors.ppo_step import LogProbs, Rollout, Scores, StepState, progress_before
 from actors.protocol import TokenBatch
 from common.config import load_config
 
@@ -21,6 +22,14 @@ def test_the_phase_table_lists_the_phases_in_order_and_each_fills_its_own_field(
     fields = [f.name for f in dataclasses.fields(StepState)]
     assert fields[fields.index("rollout"):] == names  # one result field per phase, in the same order
     assert all(phase is getattr(PPOLoop, f"{name}_phase") for name, phase in PHASES)
+
+
+def test_the_kl_schedule_gives_each_piece_its_share_of_the_steps():
+    """The SPEC's schedule (0.08 for the first 20% of training, 0.05 for the middle 60%, 0.06 for the last 20%) read
+    at each step's progress: 2 / 6 / 2 of 10 steps, 1 / 3 / 1 of 5 (the first step's progress is 0)."""
+    schedule = ScheduledKL(load_config(None).ppo.kl.schedule)
+    assert [schedule.value(progress_before(step, 10)) for step in range(1, 11)] == [0.08] * 2 + [0.05] * 6 + [0.06] * 2
+    assert [schedule.value(progress_before(step, 5)) for step in range(1, 6)] == [0.08] + [0.05] * 3 + [0.06]
 
 
 def test_grpo_advantages_of_a_step_are_each_answer_against_its_group_by_hand():
