@@ -167,7 +167,7 @@ class PolicyRole(TrainedRole):
                                               max_response_len=ppo.rollout.max_new_tokens,
                                               token_weights=correction.token_weights)
             if kl_loss_coef:
-                loss = loss + kl_loss_term(logp_kl, mini.ref_logprobs, mask, kl_loss_coef, ppo.kl.estimator,
+                loss = loss + kl_loss_term(logp_kl, mini.ref_logprobs, mask, kl_loss_coef, ppo.kl.per_token_estimator,
                                            normalizer=tokens)
             local = float(mask.sum())
             with torch.no_grad():

@@ -18,12 +18,12 @@ def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: Scores, logps: 
     """Advantages and returns [B, L-1] of one step's responses; `kl_coef` is the controller's coefficient for this
     step, `safety_judge` the lexicon the safety term reads (None when that term is off)."""
     mask = rollout.tokens.action_mask
-    seq_kl = masked_sum(kl_per_token(logps.kl_old, logps.ref, ppo.kl.estimator), mask, dim=-1)
+    seq_kl = masked_sum(kl_per_token(logps.kl_old, logps.ref, ppo.kl.per_token_estimator), mask, dim=-1)
     mixed = _mixed(ppo, rollout.responses, scores, seq_kl, kl_coef, safety_judge)
     in_reward = ppo.kl.mode == "reward"
     token_rewards, _ = kl_penalized_rewards(mixed.terminal_reward, logps.kl_old, logps.ref, mask,
                                             coef=mixed.kl_coef_per_token if in_reward else 0.0,
-                                            estimator=ppo.kl.estimator)
+                                            estimator=ppo.kl.per_token_estimator)
     group_metrics = {}
     if ppo.uses_value_model:
         advantages, returns = ADVANTAGE_ESTIMATORS.get("gae")(token_rewards, values, mask, ppo.gamma, ppo.lam)

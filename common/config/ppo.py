@@ -60,10 +60,25 @@ class KLConfig:
                                         "60%, 0.06 for the last 20%")
     target: float = param(6.0, "adaptive controller: target KL (nats per sequence)", gt=0)
     horizon: int = param(10000, "adaptive controller: horizon in samples", gt=0)
-    estimator: Literal["k1", "k2", "k3"] = param("k1", "per-token KL estimator")
+    estimator: Literal["auto", "k1", "k2", "k3"] = param(
+        "auto", "per-token KL estimator (Schulman's k1 = log r, k2 = (log r)^2 / 2, k3 = r - 1 - log r, r = "
+                "pi / pi_ref); auto: k1 as a reward penalty, k3 as a loss (GRPO's, TRL's and veRL's default there)")
     mode: Literal["reward", "loss"] = param("reward", "KL as a per-token reward penalty or as a loss term")
 
+    @property
+    def per_token_estimator(self) -> str:
+        """The estimator the run uses: `estimator`, with auto resolved for the mode."""
+        if self.estimator != "auto":
+            return self.estimator
+        return "k3" if self.mode == "loss" else "k1"
+
     def check(self) -> None:
+        if self.mode == "loss" and self.estimator == "k1":
+            # k1 = log pi(y) - log pi_ref(y) on the policy's own samples y: its gradient is grad log pi(y), whose
+            # expectation under pi is zero, so as a loss it would not hold the policy near the reference at all.
+            raise ConfigError("estimator=k1 cannot be a loss (mode=loss): its gradient on the policy's own samples "
+                              "is zero in expectation, so it would not hold the policy near the reference; use k3 "
+                              "(what estimator=auto picks for a loss) or k2")
         ends = [piece[0] for piece in self.schedule]
         if any(len(piece) != 2 for piece in self.schedule):
             raise ConfigError("schedule pieces must be [progress_end, coef] pairs")

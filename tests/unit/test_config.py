@@ -108,6 +108,12 @@ def test_cross_field_checks():
     assert (grpo.ppo.sequences_per_step, grpo.ppo.uses_value_model) == (32, False)
     with pytest.raises(ConfigError, match="ppo.kl.schedule progress ends must increase and end at 1.0"):
         load_config(None, ["ppo.kl.schedule=[[0.5, 0.1], [0.9, 0.05]]"])
+    # The KL estimator follows where the KL goes unless named; k1 is refused as a loss (no expected gradient).
+    assert load_config(None).ppo.kl.per_token_estimator == "k1"
+    assert load_config(None, ["ppo.kl.mode=loss"]).ppo.kl.per_token_estimator == "k3"
+    assert load_config(None, ["ppo.kl.mode=loss", "ppo.kl.estimator=k2"]).ppo.kl.per_token_estimator == "k2"
+    with pytest.raises(ConfigError, match="ppo.kl.estimator=k1 cannot be a loss"):
+        load_config(None, ["ppo.kl.mode=loss", "ppo.kl.estimator=k1"])
     with pytest.raises(ConfigError, match="curate.mix shares must sum to 1"):
         load_config(None, ["curate.mix={general: 0.5, domain: 0.6}"])
     with pytest.raises(ConfigError, match=r"ppo.dynamic_sampling drops groups .* needs a group estimator"):
