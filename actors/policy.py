@@ -147,8 +147,8 @@ class PolicyRole(TrainedRole):
         self.threads.use("train")
         aggregation = LOSS_AGGREGATIONS.get(ppo.loss_aggregation)
         correct = ROLLOUT_CORRECTIONS.get(ppo.rollout_correction)
-        sums = {"clip_frac": 0.0, "approx_kl": 0.0, "dropped_share": 0.0, "entropy": 0.0, "correction_share": 0.0,
-                "tokens": 0.0}
+        sums = {"clip_frac": 0.0, "approx_kl": 0.0, "dropped_share": 0.0, "entropy": 0.0, "tokens": 0.0}
+        corrected = responded = 0.0  # tokens the rollout correction truncated or dropped, of all response tokens
         loss_weighted = loss_units = 0.0
         updates = skipped = 0
         grad_norms = []
@@ -181,15 +181,19 @@ class PolicyRole(TrainedRole):
             sums["clip_frac"] += float(stats["clip_frac"]) * local
             sums["approx_kl"] += float(stats["approx_kl"]) * local
             sums["dropped_share"] += float(stats["dropped_share"]) * local
-            sums["correction_share"] += float(correction.affected_share) * float(mini.action_mask.sum())
+            corrected += float(correction.affected_share) * float(mini.action_mask.sum())
+            responded += float(mini.action_mask.sum())
             sums["tokens"] += local
             if self.backward_step(loss):
                 updates += 1
                 grad_norms.append(self.grad_norm())
             else:
                 skipped += 1
-        out = reduce_stats(sums)
-        loss_weighted, loss_units = zero.all_reduce_sum([loss_weighted, loss_units])
+        out = reduce_stats(sums)  # means over the tokens the loss kept
+        # The correction's share is of every response token: over the kept ones, dropping half would read 1.0.
+        loss_weighted, loss_units, corrected, responded = zero.all_reduce_sum([loss_weighted, loss_units, corrected,
+                                                                              responded])
+        out["correction_share"] = corrected / max(responded, 1.0)
         out.update(loss=loss_weighted / max(loss_units, 1e-12), updates=updates, nan_skipped=skipped,
                    grad_norm=max(grad_norms) if grad_norms else float("nan"))
         return {f"policy/{k}": v for k, v in out.items()}

@@ -102,7 +102,7 @@ class PolicyBatch:
     action_mask: torch.Tensor
     old_logprobs: torch.Tensor  # [B, L-1] from the policy before this step's update (ppo.trainer_logprobs)
     ref_logprobs: torch.Tensor  # [B, L-1] frozen reference (used when KL is a loss term)
-    advantages: torch.Tensor  # [B, L-1] whitened over the whole step batch
+    advantages: torch.Tensor  # [B, L-1] whitened over the whole step batch where the estimator whitens (gae, reinforce_baseline)
     behaviour_logprobs: torch.Tensor  # [B, L-1] the engine's: under the distribution that sampled each token
 
 

@@ -27,11 +27,13 @@ def masked_mean(
 
     normalizer: divide by this number instead of the local count. Pass the token count of the whole
     batch when computing a loss on one shard, so that summing the shard losses equals the whole-batch
-    loss (a per-shard mean would weight short shards too heavily).
+    loss (a per-shard mean would weight short shards too heavily). A normalizer below 1 counts as 1: it is 0
+    only where the whole batch selects nothing (every token dropped by a rollout correction), and then every
+    shard's sum is 0 too.
     """
     total = masked_sum(x, mask, dim)
     if normalizer is not None:
-        return total / normalizer
+        return total / max(float(normalizer), 1.0)
     count = masked_sum(torch.ones_like(x), mask, dim)
     # clamp keeps 0/0 out; the numerator is already 0 wherever the count is 0.
     return total / count.clamp(min=1)

@@ -3,6 +3,7 @@ policy update, NaN steps skipped, and a dead role named in the error."""
 
 from __future__ import annotations
 
+import dataclasses
 from types import SimpleNamespace
 
 import pytest
@@ -172,6 +173,27 @@ def test_nan_advantages_skip_the_step_and_leave_weights_alone(ray_session, batch
     dispose(group)
     assert stats["policy/nan_skipped"] == 1 and stats["policy/updates"] == 0
     assert torch.equal(before, after)
+
+
+def test_a_masking_rollout_correction_reports_its_share_of_every_response_token_and_never_nan(ray_session, batch):
+    """ppo.rollout_correction=mask: tokens whose behaviour ratio lies outside [1/C, C] leave the loss. Its metric is
+    the dropped share of all response tokens (not of the kept ones), and a mini-batch that drops every token trains
+    nothing but yields no NaN either, with the KL loss on."""
+    group = policy_group(ppo_config("ppo.rollout_correction=mask", "ppo.rollout_correction_cap=2.0"), 1)
+    scored = with_old_logprobs(group, batch)
+    mask = batch.action_mask.bool()
+    far = scored.old_logprobs + torch.log(torch.tensor(10.0))  # ratio 0.1: outside [0.5, 2]
+    rows = torch.arange(len(mask)).unsqueeze(1) < 4
+    half = torch.where(rows, far, scored.old_logprobs)
+    dropped = float(mask[:4].sum()) / float(mask.sum())
+    try:
+        stats = group.call("train", dataclasses.replace(scored, behaviour_logprobs=half), 0, 0.0)[0]
+        assert stats["policy/correction_share"] == pytest.approx(dropped, rel=1e-6)
+        everything = group.call("train", dataclasses.replace(scored, behaviour_logprobs=far), 0, 0.05)[0]
+        assert everything["policy/correction_share"] == pytest.approx(1.0)
+        assert everything["policy/nan_skipped"] == 0 and everything["policy/loss"] == 0.0
+    finally:
+        dispose(group)
 
 
 def test_old_logprobs_are_the_engines_processed_logprobs(ray_session, tokenizer):

@@ -35,6 +35,11 @@ def test_masked_mean_with_normalizer_divides_by_it_instead_of_the_count(x, mask)
     assert masked_mean(x, mask, normalizer=7).item() == 2.0
 
 
+def test_a_batch_that_selects_nothing_has_a_zero_mean_with_its_zero_normalizer(x):
+    """The whole batch's token count is 0 where a rollout correction dropped every token: 0, not 0 / 0."""
+    assert masked_mean(x, torch.zeros_like(x), normalizer=0.0).item() == 0.0
+
+
 def test_bool_and_float_masks_agree(x, mask):
     assert masked_mean(x, mask.bool()).item() == masked_mean(x, mask.to(F64)).item() == 3.5
 
