@@ -1,13 +1,13 @@
 """Phase 5 of a PPO step, on the driver and free of Ray: the mixed reward (actors/algo/rewards.py), its per-token
-KL penalty, then GAE with the value model's predictions or a group baseline over the answers to each prompt, and
-whitening. Pure functions of the step's tensors, so the whole phase can be checked without a cluster."""
+KL penalty, then GAE with the value model's predictions or a group baseline over the answers to each prompt (the
+KL penalty added after the group's normalisation), and whitening. Pure functions of the step's tensors, so the whole phase can be checked without a cluster."""
 
 from __future__ import annotations
 
 import torch
 
 from actors.algo import (ADVANTAGE_ESTIMATORS, group_advantages, kl_penalized_rewards, kl_per_token, masked_sum,
-                         masked_whiten, per_token, zero_spread_share)
+                         masked_whiten, per_token, rewards_to_go, zero_spread_share)
 from actors.algo.rewards import MixedReward, RewardBatch, mix_rewards, reward_log
 from actors.ppo_step import Advantages, LogProbs, Rollout, Scores
 from common.config import PPOConfig
@@ -21,18 +21,21 @@ def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: Scores, logps: 
     seq_kl = masked_sum(kl_per_token(logps.kl_old, logps.ref, ppo.kl.per_token_estimator), mask, dim=-1)
     mixed = _mixed(ppo, rollout.responses, scores, seq_kl, kl_coef, safety_judge)
     in_reward = ppo.kl.mode == "reward"
-    token_rewards, _ = kl_penalized_rewards(mixed.terminal_reward, logps.kl_old, logps.ref, mask,
-                                            coef=mixed.kl_coef_per_token if in_reward else 0.0,
-                                            estimator=ppo.kl.per_token_estimator)
+    penalty_coef = mixed.kl_coef_per_token if in_reward else 0.0
+    token_rewards, token_kl = kl_penalized_rewards(mixed.terminal_reward, logps.kl_old, logps.ref, mask,
+                                                   coef=penalty_coef, estimator=ppo.kl.per_token_estimator)
     group_metrics = {}
     if ppo.uses_value_model:
         advantages, returns = ADVANTAGE_ESTIMATORS.get("gae")(token_rewards, values, mask, ppo.gamma, ppo.lam)
-    else:  # one score per response (its whole return), judged against the other answers to its prompt
-        sequence_returns = masked_sum(token_rewards, mask, dim=-1)
-        advantages = per_token(group_advantages(sequence_returns, ppo.samples_per_prompt, ppo.advantage_estimator),
-                               mask)
-        returns = per_token(sequence_returns, mask)
-        group_metrics["advantage/zero_spread_groups"] = zero_spread_share(sequence_returns, ppo.samples_per_prompt)
+    else:
+        # Each answer's task reward judged against the other answers to its prompt; the KL penalty (in the reward
+        # mode) added after, unnormalised, as each token's penalty still to come (actors/algo/group_baselines.py).
+        task = mixed.terminal_reward
+        kl_to_go = rewards_to_go(-penalty_coef * token_kl, mask)
+        advantages = per_token(group_advantages(task, ppo.samples_per_prompt, ppo.advantage_estimator), mask) \
+            + kl_to_go
+        returns = per_token(task, mask) + kl_to_go
+        group_metrics["advantage/zero_spread_groups"] = zero_spread_share(task, ppo.samples_per_prompt)
     if ppo.whitens_advantages:
         advantages = masked_whiten(advantages, mask)
     seq_kl_k3 = float(masked_sum(kl_per_token(logps.kl_old, logps.ref, "k3"), mask, dim=-1).mean())

@@ -4,7 +4,7 @@ House rule 1: this package imports only torch and the standard library, so it ca
 reused without a cluster (tests/unit/test_algo_imports.py enforces it).
 """
 
-from actors.algo.advantages import ADVANTAGE_ESTIMATORS, gae, reinforce
+from actors.algo.advantages import ADVANTAGE_ESTIMATORS, gae, reinforce, rewards_to_go
 from actors.algo.group_baselines import (
     GROUP_BASELINES,
     group_advantages,
@@ -83,6 +83,7 @@ __all__ = [
     "pairwise_accuracy",
     "pass_at_k",
     "per_token",
+    "rewards_to_go",
     "process_next_token_logits",
     "processed_logprobs",
     "processed_logprobs_at",

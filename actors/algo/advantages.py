@@ -22,7 +22,7 @@ AdvantageEstimator = Callable[
 ADVANTAGE_ESTIMATORS: Registry[AdvantageEstimator] = Registry("advantage estimator")
 
 
-def _discounted_suffix_sum(x: torch.Tensor, mask: torch.Tensor, discount: float) -> torch.Tensor:
+def rewards_to_go(x: torch.Tensor, mask: torch.Tensor, discount: float = 1.0) -> torch.Tensor:
     """y_t = x_t + discount · y_(next response position after t), over response positions; 0 elsewhere."""
     selected = mask.bool()
     out = torch.zeros_like(x)
@@ -60,7 +60,7 @@ def gae(
     """
     selected = mask.bool()
     deltas = token_rewards + gamma * _next_response_value(values, mask) - values
-    advantages = _discounted_suffix_sum(deltas, mask, gamma * lam)
+    advantages = rewards_to_go(deltas, mask, gamma * lam)
     returns = torch.where(selected, advantages + values, torch.zeros_like(values))
     return advantages, returns
 
@@ -74,5 +74,5 @@ def reinforce(
     lam: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """REINFORCE without a baseline: advantages = returns = discounted reward-to-go. values, lam unused."""
-    returns = _discounted_suffix_sum(token_rewards, mask, gamma)
+    returns = rewards_to_go(token_rewards, mask, gamma)
     return returns, returns.clone()

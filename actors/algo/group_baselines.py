@@ -13,6 +13,12 @@ resulting sequence advantage applies to every response token. No value model is 
 
 A group whose returns are all equal has advantage 0 for every member under all three: it teaches nothing
 (`zero_spread_share` reports how much of a batch that was).
+
+R_i is the answer's task reward. A per-token KL penalty (ppo.kl.mode=reward) stays out of it and is added
+after, unnormalised, as each token's penalty still to come in its answer (`advantages.rewards_to_go`), as
+OpenRLHF's group_norm adds its KL after normalising the rewards: inside R it would be divided by the group's
+spread, so the coefficient would lose its meaning, and where the answers tie on the task the KL's noise alone
+would become full-size advantages.
 """
 
 from __future__ import annotations

@@ -52,6 +52,29 @@ def test_grpo_advantages_of_a_step_are_each_answer_against_its_group_by_hand():
     assert adv.seq_kl.tolist() == [0.0] * 4 and adv.kl_coef == 0.05
 
 
+def test_grpo_adds_the_kl_penalty_still_to_come_after_normalising_the_task_reward_by_hand():
+    """KL in the reward: two answers that tie on the task (rm 1 and 1) but not on the KL teach nothing about the
+    task (zero spread, group part 0), and each token carries its answer's penalty still to come, coefficient as
+    set: 0.5 x (0.2 + 0.1) and 0.5 x 0.1 on the first answer. Normalised inside the return, those KL sums would
+    have been divided by the group's spread of 0.15 / sqrt(2): about ±0.71 for each answer whatever the
+    coefficient."""
+    cfg = load_config(None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.rollout_batch_size=1",
+                             "ppo.mini_batch_size=2", "ppo.reward.enabled_terms=[rm,kl]", "ppo.reward.rm_weight=1.0",
+                             "ppo.kl.mode=reward"])
+    tokens = TokenBatch.from_samples([[1], [1]], [[4, 5], [6, 7]], pad_id=0)
+    mask = tokens.action_mask.bool()
+    zeros = torch.zeros_like(tokens.action_mask, dtype=torch.float32)
+    kl_old = zeros.clone()
+    kl_old[0, mask[0]] = torch.tensor([0.2, 0.1])  # k1 = log pi - log pi_ref, with the reference's at 0
+    rollout = Rollout([[]] * 2, ["0", "0"], ["a", "b"], tokens, zeros, 4, 1.0)
+    adv = compute_advantages(cfg.ppo, rollout, Scores(torch.tensor([1.0, 1.0])), LogProbs(zeros, zeros, kl_old),
+                             zeros, kl_coef=0.5)
+    assert adv.advantages[mask].tolist() == pytest.approx([-0.15, -0.05, 0.0, 0.0], abs=1e-7)
+    assert adv.returns[mask].tolist() == pytest.approx([0.85, 0.95, 1.0, 1.0], abs=1e-7)
+    assert adv.reward_metrics["advantage/zero_spread_groups"] == 1.0
+    assert torch.all(adv.advantages[~mask] == 0)
+
+
 def test_a_plug_in_reward_term_is_weighted_into_the_return_and_logged_raw_and_weighted():
     cfg = load_config(None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.rollout_batch_size=1",
                              "ppo.mini_batch_size=2", "ppo.reward.enabled_terms=[rm]", "ppo.reward.rm_weight=1.0",
