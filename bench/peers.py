@@ -48,8 +48,10 @@ PROMPTS, ANSWERS, NEW_TOKENS = 8, 4, 24  # per GRPO step: 8 prompts x 4 answers 
 # rayalign's side of GRPO, each run against the same TRL run: as configured (default: packed sequences with shared
 # prompts, lock-step), without sharing (what sharing saves), with padded batches (what packing saves), and with async
 # rollouts (one-step off-policy: a different algorithm, reported beside the matched one, never instead of it).
+# The async variant keeps the temperature-only ratio the matched work uses, so it corrects towards the engine's
+# log-probs (tis) rather than taking them as the old policy (which needs trainer_logprobs=processed).
 GRPO_VARIANTS = {"default": [], "unshared": ["ppo.share_prompts=false"], "padded": ["ppo.pack_sequences=false"],
-                 "async": ["ppo.async_rollouts=1"]}
+                 "async": ["ppo.async_rollouts=1", "ppo.rollout_correction=tis"]}
 SIZES = {"0.4M": None, "25M": dict(hidden=512, layers=8, heads=8, intermediate=1376)}  # random_llama shapes
 
 

@@ -351,6 +351,13 @@ class PPOConfig:
         if self.dynamic_sampling.enabled and self.uses_value_model:
             raise ConfigError("dynamic_sampling drops groups of answers that all scored alike: it needs a group "
                               "estimator (advantage_estimator=grpo, rloo or reinforce_baseline), not gae")
+        if self.async_rollouts and self.rollout_correction == "none" and self.trainer_logprobs != "processed":
+            # A batch sampled one update behind takes the engine's log-probs as PPO's pi_old (actors/ppo_loop.py,
+            # _ratio_old): those are the processed distribution, so the new side of the ratio must be too.
+            raise ConfigError("async_rollouts without a rollout_correction takes the engine's log-probs as PPO's "
+                              "old policy, which are the processed distribution (temperature, top-p, repetition "
+                              f"penalty); trainer_logprobs={self.trainer_logprobs} would put another in the ratio's "
+                              "numerator: set trainer_logprobs=processed, or rollout_correction=tis or mask")
         if self.environment.name is not None:
             self._check_environment()
         if self.eval_samples > 1 and not self.eval_every:

@@ -108,6 +108,11 @@ def test_cross_field_checks():
     assert (grpo.ppo.sequences_per_step, grpo.ppo.uses_value_model) == (32, False)
     with pytest.raises(ConfigError, match="ppo.kl.schedule progress ends must increase and end at 1.0"):
         load_config(None, ["ppo.kl.schedule=[[0.5, 0.1], [0.9, 0.05]]"])
+    # One update behind without a correction, the ratio's old side is the engine's processed log-probs.
+    with pytest.raises(ConfigError, match="ppo.async_rollouts without a rollout_correction takes the engine's"):
+        load_config(None, ["ppo.async_rollouts=1", "ppo.trainer_logprobs=temperature"])
+    assert load_config(None, ["ppo.async_rollouts=1", "ppo.trainer_logprobs=temperature",
+                              "ppo.rollout_correction=tis"]).ppo.async_rollouts == 1
     # The KL estimator follows where the KL goes unless named; k1 is refused as a loss (no expected gradient).
     assert load_config(None).ppo.kl.per_token_estimator == "k1"
     assert load_config(None, ["ppo.kl.mode=loss"]).ppo.kl.per_token_estimator == "k3"
