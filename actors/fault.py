@@ -69,7 +69,8 @@ class ReplacingRoleGroup(RoleGroup):
         self.replacements += 1
         log.warning("%s; replacing it (%d of at most %d replacements)", reason, self.replacements,
                     self.max_replacements)
-        self.get(self.revive(self.respawn(rank)), "revive")
+        for ref in self.revive(self.respawn(rank)):  # the new actor's own calls (it runs them in order)
+            self._result(ref, rank, "revive")  # named by the rank replaced, not by the call's place in the list
         self.on_replaced(rank, reason)
 
 

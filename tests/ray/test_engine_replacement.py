@@ -25,6 +25,31 @@ from tests.ray.test_ppo_roles import batch, dispose, policy_group, ppo_config, t
 pytestmark = [pytest.mark.ray]
 
 
+class Revivable:
+    """An engine stand-in: answers `ping`; a replacement's revival fails where told."""
+
+    def ping(self) -> str:
+        return "up"
+
+    def revive(self, fails: bool) -> None:
+        if fails:
+            raise ValueError("cannot load the policy's weights")
+
+
+def test_a_replacement_that_fails_to_revive_is_named_by_the_rank_it_replaced(ray_session, tmp_path):
+    group, index = reserve([RoleResources("rollout", 3, cpus=0.25)])
+    engines = engine_group(lambda actor: [actor.ping.remote(), actor.revive.remote(True)], lambda rank, why: None,
+                           max_replacements=1)("rollout", Revivable, 3, group, index["rollout"], 0.25, 0, ())
+    try:
+        assert engines.call("ping") == ["up"] * 3
+        ray.kill(engines.actors[2])
+        with pytest.raises(RoleFailure, match="rollout rank 2 failed in revive: .*cannot load the policy's weights"):
+            engines.call("ping")
+    finally:
+        engines.kill()
+        release(group)
+
+
 # Slow: a dead engine's replacement and re-sync run by default in the sabotaged and chaos PPO runs; the limit on
 # replacements is this test's own.
 @pytest.mark.slow
