@@ -129,6 +129,7 @@ def _untied_weights(module: torch.nn.Module, stage: int) -> Iterator[tuple[str, 
 
     base = module.get_base_model()
     lora_prefixes: list[str] = []
+    seen: set[int] = set()  # a parameter two modules share (a tied embedding) once, under its first name
     for name, sub in base.named_modules():
         if any(name.startswith(prefix + ".") for prefix in lora_prefixes):
             continue  # inside a LoRA layer: its parameters were merged when the layer itself was visited
@@ -137,6 +138,9 @@ def _untied_weights(module: torch.nn.Module, stage: int) -> Iterator[tuple[str, 
             yield from _merged_lora_layer(name, sub, stage)
             continue
         for pname, param in sub.named_parameters(recurse=False):
+            if id(param) in seen:
+                continue  # its other names are hf_tied_aliases', as for a model without adapters
+            seen.add(id(param))
             with _gathered([param], stage):
                 yield (f"{name}.{pname}" if name else pname), param.detach(), False
 
