@@ -11,17 +11,19 @@ from pathlib import Path
 
 from actors.group import error_line
 from actors.stop_flag import StopFlag, stop_flag_name
-from common.errors import Preempted, RunFailed
+from common.errors import ConfigError, Preempted, RunFailed
 from common.signals import sigterm_event
 
 
-def fit(train_loop, payload: dict, settings, output_dir: Path, section: str) -> dict:
+def fit(train_loop, payload: dict, settings, output_dir: Path, section: str, cluster) -> dict:
     """Driver side: run `train_loop(payload)` on settings.num_workers Ray Train workers with checkpoints under
     <output_dir>/ray_train (re-running the same output folder resumes); returns rank 0's final metrics.
-    `section` is the config section of `settings`, named when the workers fail past settings.max_failures."""
+    `section` is the config section of `settings`, named when the workers fail past settings.max_failures;
+    `cluster` is runtime.start's answer (the worker group is checked against an embedded cluster's size)."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig, TrainingFailedError
     from ray.train.torch import TorchConfig, TorchTrainer
 
+    check_worker_group_fits(settings, section, cluster)
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=payload,
@@ -45,6 +47,25 @@ def fit(train_loop, payload: dict, settings, output_dir: Path, section: str) -> 
         raise Preempted(f"stopped by SIGTERM after step {final['step']} with a checkpoint in {output_dir}; "
                         f"re-run the same command to resume")
     return final
+
+
+def check_worker_group_fits(settings, section: str, cluster) -> None:
+    """A worker group larger than the embedded cluster, whose size is fixed, is refused with the settings named:
+    Ray Train would wait for its resources forever (it retries a worker group's start without limit, and cannot
+    tell a local cluster's size). A cluster joined by address may grow (an autoscaler), so Ray waits there."""
+    if cluster.mode != "embedded":
+        return
+    workers = settings.num_workers
+    if settings.use_gpu and workers > cluster.num_gpus:
+        raise ConfigError(f"{section}.use_gpu=true asks for a GPU per worker ({section}.num_workers={workers}), "
+                          f"and the embedded Ray cluster has {cluster.num_gpus:g}: set {section}.use_gpu=false, or "
+                          f"fewer workers")
+    cpus = workers * settings.cpus_per_worker
+    if cpus > cluster.num_cpus:
+        raise ConfigError(f"{section}.num_workers x {section}.cpus_per_worker ({workers} x "
+                          f"{settings.cpus_per_worker:g}) = {cpus:g} CPUs, and the embedded Ray cluster has "
+                          f"{cluster.num_cpus:g} (ray.num_cpus): set fewer workers or CPUs per worker, or a larger "
+                          f"ray.num_cpus")
 
 
 def _failure_summary(exc: Exception, section: str, max_failures: int) -> str:

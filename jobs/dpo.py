@@ -90,7 +90,7 @@ def run(cfg: Config) -> DPOResult:
     cluster = runtime.start(cfg.ray, ray_train=True)
     payload = {"setup": TrainingSetup.of(cfg, "dpo"), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
                "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
-    final = fit(train_loop, payload, cfg.dpo, output_dir, "dpo")
+    final = fit(train_loop, payload, cfg.dpo, output_dir, "dpo", cluster)
     with cli.cluster_winding_down(cluster):  # the figure and the report read only files
         rows = read_jsonl(output_dir / "metrics.jsonl")
         plot_curves(rows, PLOTTED, output_dir / "dpo.png", f"DPO {cfg.run.name}")

@@ -64,7 +64,7 @@ def run(cfg: Config) -> SFTResult:
     cluster = runtime.start(cfg.ray, ray_train=True)
     payload = {"setup": TrainingSetup.of(cfg, "sft"), "split_ref": ray.put(split), "pad_id": tokenizer.pad_token_id,
                "lr": lr, "output_dir": str(output_dir), "tokenizer_path": str(resolve_path(cfg.model.path))}
-    final = fit(train_loop, payload, cfg.sft, output_dir, "sft")
+    final = fit(train_loop, payload, cfg.sft, output_dir, "sft", cluster)
     with cli.cluster_winding_down(cluster):  # the figure reads only files
         plot_curves(read_jsonl(output_dir / "metrics.jsonl"), ["loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"],
                     output_dir / "loss.png", f"SFT {cfg.run.name}")

@@ -117,7 +117,7 @@ def run(cfg: Config) -> RewardModelResult:
     cluster = runtime.start(cfg.ray, ray_train=True)
     payload = {"setup": TrainingSetup.of(cfg, "reward_model"), "split_ref": ray.put(prepared.split),
                "backbone": str(prepared.backbone), "pad_id": prepared.pad_id, "output_dir": str(output_dir)}
-    final = fit(train_loop, payload, cfg.reward_model, output_dir, "reward_model")
+    final = fit(train_loop, payload, cfg.reward_model, output_dir, "reward_model", cluster)
     with cli.cluster_winding_down(cluster):  # the figure and the report read only files
         rows = read_jsonl(output_dir / "metrics.jsonl")
         plot_curves(rows, ["loss", "eval_accuracy", "eval_margin", "lr", "grad_norm"], output_dir / "accuracy.png",

@@ -79,3 +79,10 @@ def test_qlora_on_cpu_is_refused_with_the_reason(tmp_path):
         pytest.skip("this machine has CUDA: QLoRA loading is checked in tests/gpu")
     with pytest.raises(QuantizationUnavailable, match="needs a CUDA GPU"):
         quantization_config(load_config(None, ["model.quantization=4bit", "lora.enabled=true"]).model)
+
+
+def test_gpu_workers_on_a_cluster_without_gpus_are_refused_instead_of_waited_for(tmp_path):
+    """Ray Train retries a worker group's start without limit, so this waited forever before the check."""
+    result = run_job("jobs.sft", "sft.use_gpu=true", f"run.output_root={tmp_path}", timeout=150)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "sft.use_gpu=true asks for a GPU per worker" in result.stderr

@@ -46,3 +46,23 @@ def test_ray_train_worker_failures_become_one_line_per_rank():
                                                  "reset by peer")
     assert _failure_summary(ControllerError(RuntimeError("placement group timed out")), "sft", 2) == \
         "in Ray Train's controller: placement group timed out"
+
+
+def test_a_worker_group_larger_than_the_embedded_cluster_is_refused_naming_the_settings():
+    """Ray Train would wait for it forever; a cluster joined by address may grow, so it is left to Ray there."""
+    from types import SimpleNamespace
+
+    from actors.train_driver import check_worker_group_fits
+    from cluster.runtime import RuntimeInfo
+
+    embedded = RuntimeInfo("embedded", "local", num_cpus=8, num_gpus=0)
+    fits = SimpleNamespace(num_workers=2, use_gpu=False, cpus_per_worker=1.0)
+    check_worker_group_fits(fits, "sft", embedded)
+    with pytest.raises(ConfigError, match=r"sft.use_gpu=true asks for a GPU per worker \(sft.num_workers=2\), and "
+                                          r"the embedded Ray cluster has 0"):
+        check_worker_group_fits(SimpleNamespace(num_workers=2, use_gpu=True, cpus_per_worker=1.0), "sft", embedded)
+    with pytest.raises(ConfigError, match=r"dpo.num_workers x dpo.cpus_per_worker \(3 x 3\) = 9 CPUs, and the "
+                                          r"embedded Ray cluster has 8"):
+        check_worker_group_fits(SimpleNamespace(num_workers=3, use_gpu=False, cpus_per_worker=3.0), "dpo", embedded)
+    joined = RuntimeInfo("cluster", "10.0.0.1:6379", num_cpus=8, num_gpus=0)
+    check_worker_group_fits(SimpleNamespace(num_workers=2, use_gpu=True, cpus_per_worker=1.0), "sft", joined)
