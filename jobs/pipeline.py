@@ -22,6 +22,7 @@ from typing import Callable
 
 from common.config import Config
 from common.configlib import to_dict
+from common.errors import ConfigError
 from jobs import cli
 
 log = logging.getLogger("rayalign.pipeline")
@@ -64,6 +65,22 @@ def check_stages(cfg: Config, stages: list[str]) -> None:
     for stage in stages:
         cfg.check_stage(stage, wired)
         wired.update(PRODUCES[stage])
+    for producer, users in model_users(cfg, stages).items():
+        if users and not getattr(cfg, producer).export:
+            raise ConfigError(f"{producer}.export=false, but the {', '.join(users)} stage(s) after it start from the "
+                              f"model it exports: set {producer}.export=true, or give those stages a model of their "
+                              f"own")
+
+
+def model_users(cfg: Config, stages: list[str]) -> dict[str, list[str]]:
+    """The later stages that start from the SFT model and from the reward model, as `wire` hands them over."""
+    def after(stage: str) -> list[str]:
+        return stages[stages.index(stage) + 1:] if stage in stages else []
+
+    sft_users = [stage for stage in after("sft")
+                 if stage in ("ppo", "dpo") or (stage == "reward_model" and cfg.reward_model.backbone is None)]
+    rm_users = [stage for stage in after("reward_model") if stage == "ppo" and cfg.ppo.reward.rm_source == "model"]
+    return {"sft": sft_users, "reward_model": rm_users}
 
 
 def wire(cfg: Config, stage: str, outputs: dict) -> Config:
@@ -113,7 +130,8 @@ def _sft(cfg: Config) -> dict:
     from jobs.sft import run
 
     result = run(cfg)
-    return {"sft_model": str(result.model_dir), "sft_metrics": _numbers(result.final_metrics)}
+    exported = {"sft_model": str(result.model_dir)} if result.model_dir else {}  # sft.export=false: no model
+    return {**exported, "sft_metrics": _numbers(result.final_metrics)}
 
 
 def _reward_model(cfg: Config) -> dict:

@@ -78,6 +78,16 @@ def test_the_pipeline_checks_every_stage_before_it_starts():
         check_stages(short, short.pipeline.stages)
 
 
+def test_a_stage_whose_model_a_later_stage_starts_from_must_export_it():
+    """Without it the later stage got the path "None" after the earlier one had trained (hours in)."""
+    with pytest.raises(ConfigError, match=r"sft.export=false, but the reward_model, ppo stage\(s\) after it start "
+                                          r"from the model it exports"):
+        check_stages(load_config(TINY_CPU, ["sft.export=false"]), ["curate", "sft", "reward_model", "ppo"])
+    with pytest.raises(ConfigError, match=r"reward_model.export=false, but the ppo stage"):
+        check_stages(load_config(TINY_CPU, ["reward_model.export=false"]), ["curate", "sft", "reward_model", "ppo"])
+    check_stages(load_config(TINY_CPU, ["sft.export=false"]), ["curate", "sft"])  # nothing after it needs it
+
+
 def test_a_formatted_output_task_skips_rlhf_and_says_why_unless_forced():
     assert stages_for_task(load_config(TINY_CPU)) == (["curate", "sft", "reward_model", "ppo"], None)  # assistant
     stages, why = stages_for_task(load_config(TINY_CPU, ["pipeline.task_type=code"]))
