@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import threading
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from actors.group import error_line
 from actors.stop_flag import StopFlag, stop_flag_name
 from common.errors import ConfigError, Preempted, RunFailed
 from common.signals import sigterm_event
+
+log = logging.getLogger("rayalign.train")
 
 
 def fit(train_loop, payload: dict, settings, output_dir: Path, section: str, cluster) -> dict:
@@ -35,18 +38,53 @@ def fit(train_loop, payload: dict, settings, output_dir: Path, section: str, clu
                              # A dead worker restarts the group from the latest Ray Train checkpoint.
                              failure_config=FailureConfig(max_failures=settings.max_failures)),
     )
-    with stop_on_sigterm(output_dir):
+    with stop_on_sigterm(output_dir) as stop:
         try:
-            trainer.fit()  # raises on failure
+            interrupted = fit_beside_the_main_thread(trainer, stop)  # raises on failure
         except TrainingFailedError as exc:
             raise RunFailed(f"{section} training failed {_failure_summary(exc, section, settings.max_failures)}; "
                             f"re-run the same command to resume from the latest checkpoint in "
                             f"{output_dir / 'ray_train'}") from exc
+    if interrupted:
+        raise KeyboardInterrupt  # the ranks wrote their checkpoint; the command line says how to resume (exit 130)
     final = json.loads((output_dir / "final_metrics.json").read_text())
     if final.get("preempted"):
         raise Preempted(f"stopped by SIGTERM after step {final['step']} with a checkpoint in {output_dir}; "
                         f"re-run the same command to resume")
     return final
+
+
+def fit_beside_the_main_thread(trainer, stop: threading.Event) -> bool:
+    """`trainer.fit()` on a thread of its own, the main thread waiting: Ray Train then leaves SIGINT alone (on the
+    main thread it installs a handler of its own, never gives it back, and on Ctrl-C ends the process with status
+    0; a pipeline's later stages lost Ctrl-C to it). Ctrl-C sets `stop`, as SIGTERM does: the ranks checkpoint
+    after their current step and return; a second Ctrl-C stops waiting. Returns whether Ctrl-C came."""
+    outcome: dict[str, BaseException] = {}
+    finished = threading.Event()  # not Thread.join: a Ctrl-C inside join can leave is_alive() wrongly False
+
+    def run() -> None:
+        try:
+            trainer.fit()
+        except BaseException as exc:  # noqa: BLE001 - handed to the main thread, which raises it
+            outcome["error"] = exc
+        finally:
+            finished.set()
+
+    threading.Thread(target=run, name="ray-train-fit", daemon=True).start()
+    interrupted = False
+    while not finished.is_set():
+        try:
+            finished.wait(0.2)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise
+            interrupted = True
+            log.warning("Ctrl-C: the ranks finish their current step, write a checkpoint and stop (Ctrl-C again to "
+                        "stop waiting)")
+            stop.set()
+    if "error" in outcome:
+        raise outcome["error"]
+    return interrupted
 
 
 def check_worker_group_fits(settings, section: str, cluster) -> None:
@@ -97,7 +135,7 @@ def stop_on_sigterm(output_dir: Path):
         thread = threading.Thread(target=relay, args=(stop,), daemon=True, name="sigterm-relay")
         thread.start()
         try:
-            yield
+            yield stop  # set by SIGTERM, or by the caller (Ctrl-C) to stop the ranks the same way
         finally:
             done.set()
             thread.join(timeout=5)

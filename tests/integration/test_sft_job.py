@@ -188,3 +188,27 @@ def test_sigterm_checkpoints_after_the_current_step_and_a_rerun_resumes_there(ra
     assert logged_steps(out) == list(range(1, stopped_at + 3))
     # Resumed, not redone: the stopped run's rows (each with its own measured step time) are kept as written.
     assert (out / "metrics.jsonl").read_text().splitlines()[:len(first_rows)] == first_rows
+
+
+def test_ctrl_c_checkpoints_like_sigterm_and_leaves_the_sigint_handler_as_it_was(ray_session, tmp_path):
+    """Ctrl-C during training: the ranks checkpoint after their current step and the job raises KeyboardInterrupt
+    (exit 130, "re-run the same command to resume": tests/unit/test_cli_exits.py). Ray Train would otherwise have
+    installed its own SIGINT handler (ending the process with status 0) and kept it after the run."""
+    args = [f"run.output_root={tmp_path}", "sft.max_steps=200", "sft.eval_every=1000", "sft.save_every=1000"]
+    cfg = load_config(TINY_CPU, args)
+    out = cfg.run.output_dir("sft")
+    before = signal.getsignal(signal.SIGINT)
+
+    def ctrl_c_after_step_2() -> None:
+        wait_for(lambda: len(logged_steps(out)) >= 2, 300, interval=0.2, what="SFT step 2")
+        os.kill(os.getpid(), signal.SIGINT)
+
+    signaller = threading.Thread(target=ctrl_c_after_step_2, daemon=True)
+    signaller.start()
+    with pytest.raises(KeyboardInterrupt):
+        run(cfg)
+    signaller.join(timeout=60)
+    stopped_at = max(logged_steps(out))
+    assert stopped_at < 200
+    assert [p.name for p in (out / "ray_train").glob("step_*")] == [f"step_{stopped_at:06d}"]
+    assert signal.getsignal(signal.SIGINT) is before
