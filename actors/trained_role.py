@@ -87,8 +87,9 @@ class TrainedRole(DistributedRole):
 
     def minibatches(self, batch, seed: int) -> Iterator:
         """ppo_epochs passes over this rank's shard in seeded random mini-batches of mini_batch_size/world; when
-        sharing prompts, the sequences of one prompt stay together (whole groups in random order) so that a
-        mini-batch holds few prompts, each once."""
+        sharing prompts, the sequences of one prompt stay side by side (the groups in random order) so that a
+        mini-batch holds few prompts; where the mini-batch size is not a multiple of the group's, a group cut by a
+        mini-batch boundary carries its prompt in both."""
         ppo = self.ppo
         size = batch.input_ids.shape[0]
         per_rank = max(ppo.mini_batch_size // self.world, 1)

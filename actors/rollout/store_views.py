@@ -23,8 +23,9 @@ Checked rather than assumed:
   model whose loader changes a weight on the way (GPT-2, whose Conv1D weights vLLM transposes; any renamed or
   scaled weight) fails that comparison, and its syncs keep using vLLM's loader, with a warning naming the
   parameter. tests/ray/test_families_vllm.py records what each of the seven families views.
-- Every later sync is matched against the model again (every part present, of the parameter's dtype, no weight
-  left over); one that does not match is loaded by vLLM's loader, with a warning.
+- Every later sync is matched against the model again: one with a part missing or a weight left over is loaded
+  by vLLM's loader, with a warning; a parameter whose parts do not stack to its dtype and shape is loaded by
+  vLLM's loader alone, the others still viewed.
 - Nothing writes into the views: the store's buffers are read-only; a parameter loaded into gets private memory
   first when it was a view, and vLLM's loader loads a whole sync only after every view was given a private copy
   (`release`).

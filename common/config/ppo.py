@@ -249,7 +249,8 @@ class PPOConfig:
     share_prompts: bool = param(True, "with pack_sequences: the sequences of a batch that start with the same "
                                       "prompt (GRPO's groups, PPO's samples_per_prompt) carry one copy of it, which "
                                       "each answer attends to under a 4-D attention mask, and mini-batches take "
-                                      "whole groups in random order so that they share: the same outputs and "
+                                      "the groups in random order, each group's answers side by side (a group cut "
+                                      "by a mini-batch boundary carries its prompt in both): the same outputs and "
                                       "gradients for half the tokens at 4 answers of 24 tokens to prompts of ~50; "
                                       "checked at start like pack_sequences (packs without sharing, saying so, "
                                       "where the model gives other outputs)")
