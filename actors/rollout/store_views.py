@@ -172,10 +172,8 @@ def adopt(worker, weights: list, verified: bool) -> tuple[int, int] | str:
                 return f"parameter {target.name} as vLLM loaded it differs from the weights it was loaded from"
     viewing = _VIEWING.setdefault(model, set())
     for target, _, how in steps:
-        if isinstance(how, torch.Tensor):
-            target.param.data = how
-            viewing.add(target.name)
-        elif target.name in viewing:  # its memory is the last sync's bucket, read-only: a private copy first
+        if not isinstance(how, torch.Tensor) and target.name in viewing:
+            # Its memory is the last sync's bucket, read-only: a private copy first.
             target.param.data = torch.empty(target.shape, dtype=target.dtype)
             viewing.discard(target.name)
     if verified:
@@ -186,6 +184,12 @@ def adopt(worker, weights: list, verified: bool) -> tuple[int, int] | str:
         loaded = [pair for target, parts, how in steps if how == "loader" for pair in zip(target.parts, parts)]
         if loaded:
             model.load_weights(loaded)
+    # The views of this sync's buckets last: should a copy or vLLM's loader above raise, no parameter views
+    # buckets the engine does not hold (it lets the last sync's go only once this returns).
+    for target, _, how in steps:
+        if isinstance(how, torch.Tensor):
+            target.param.data = how
+            viewing.add(target.name)
     return len(viewing), len(steps)
 
 

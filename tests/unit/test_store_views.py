@@ -113,3 +113,28 @@ def test_only_buckets_read_out_of_the_store_count_as_in_it():
     frozen = [np.frombuffer(buffer.tobytes(), dtype=np.uint8) for buffer in bucket.buffers]  # read-only, as the store's
     assert in_store([PackedBucket(tuple(frozen), bucket.entries)])
     assert not in_store([list(bucket)]) and not in_store([])
+
+
+def test_a_sync_whose_load_fails_leaves_no_parameter_viewing_its_buckets():
+    """adopt sets this sync's views only after the copies and vLLM's loader succeeded: the engine lets go of the
+    last sync's buckets only when adopt returns, and a failure leaves it holding those, not these."""
+    from types import SimpleNamespace
+
+    import pytest
+
+    from actors.rollout.store_views import adopt
+
+    class Refusing(Attention):
+        def load_weights(self, weights):
+            raise ValueError("cannot load " + ", ".join(name for name, _ in weights))
+
+    model = Refusing()
+    before = model.qkv_proj.weight.data_ptr()
+    weights = checkpoint()
+    weights[3] = ("norm", weights[3][1].double())  # another dtype: vLLM's loader takes it, the rest is viewed
+    synced = packed(weights, stable=False)
+    assert {target.name: how if isinstance(how, str) else "view" for target, _, how in plan(model, synced)} == {
+        "qkv_proj.weight": "view", "norm": "loader"}
+    with pytest.raises(ValueError, match="cannot load norm"):
+        adopt(SimpleNamespace(model_runner=SimpleNamespace(get_model=lambda: model)), synced, verified=True)
+    assert model.qkv_proj.weight.data_ptr() == before
