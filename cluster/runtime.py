@@ -8,6 +8,7 @@ entrypoint), else a fresh embedded cluster bound to 127.0.0.1. Joining fails wit
 from __future__ import annotations
 
 import atexit
+import json
 import logging
 import os
 import socket
@@ -144,8 +145,7 @@ def start(cfg: RayConfig, ray_train: bool = False) -> RuntimeInfo:
     started = time.perf_counter()
     address = _resolved_address(cfg)
     if address:
-        # Workers on other nodes do not inherit this driver's environment: the job's runtime_env carries it.
-        runtime_env = {"env_vars": {k: os.environ[k] for k in WORKER_ENV}}
+        runtime_env = joined_runtime_env()
         wait_reachable(address, cfg.connect_timeout_s)
         try:
             ray.init(address=address, namespace=cfg.namespace, runtime_env=runtime_env,
@@ -178,6 +178,25 @@ def start(cfg: RayConfig, ray_train: bool = False) -> RuntimeInfo:
              info.num_cpus, info.num_gpus)
     atexit.register(stop)  # runs before Ray's own exit hook, which then finds nothing left to do
     return info
+
+
+def joined_runtime_env() -> dict:
+    """The runtime_env of a job that joins a cluster by address: workers on other nodes do not inherit this
+    driver's environment, so it carries the worker defaults, less any variable the submitted job's own runtime_env
+    sets (`ray job submit --runtime-env-json`): Ray refuses to merge two runtime_envs that name the same variable
+    (ray.init fails), and the submitted value is the one its user chose."""
+    return {"env_vars": {k: os.environ[k] for k in WORKER_ENV if k not in _submitted_env_vars()}}
+
+
+def _submitted_env_vars() -> set[str]:
+    """The variables of the runtime_env `ray job submit` hands this driver (Ray's RAY_JOB_CONFIG_JSON_ENV_VAR)."""
+    raw = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if not raw:
+        return set()
+    try:
+        return set(((json.loads(raw) or {}).get("runtime_env") or {}).get("env_vars") or {})
+    except (ValueError, AttributeError):  # not Ray's JSON: Ray reports it itself when ray.init reads it
+        return set()
 
 
 def _resolved_address(cfg: RayConfig) -> str | None:
