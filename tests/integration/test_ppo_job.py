@@ -120,11 +120,13 @@ def test_grpo_learns_with_no_value_model(grpo):
     logged = read_jsonl(result.output_dir / "metrics.jsonl")
     assert [r["step"] for r in logged if "eval/rm_mean" in r] == [0, 10, 20]
     assert all(r["eval/rm_mean"] >= 0.0 and r["time/eval"] > 0.0 for r in rows if "eval/rm_mean" in r)
-    # A group whose four answers scored the same teaches nothing. While the policy is still the reference (KL 0)
-    # only the sparse keyword separates answers and most groups have no spread (measured 7 or 8 of 8 at step
-    # 1); once the policy has moved, each answer's KL penalty differs and every group has some.
+    # A group whose four answers tie on the task reward teaches nothing (the KL penalty is no task signal, and is
+    # added after the group's normalisation). The keyword is sparse: most groups tie before training (7 or 8 of 8
+    # at step 1), fewer as the policy learns it (first five steps 0.95 on average, last five 0.1, 2026-12-06).
     spread = [r["advantage/zero_spread_groups"] for r in rows]
-    assert spread[0] >= 0.5 and spread[-1] == 0.0, spread
+    assert spread[0] >= 0.5, spread
+    assert window_mean(rows, "advantage/zero_spread_groups", False) < \
+        window_mean(rows, "advantage/zero_spread_groups", True) - 0.4, spread
 
 
 @pytest.mark.slow  # the default tier resumes a finished GRPO run in the overlapped-rollouts test below
