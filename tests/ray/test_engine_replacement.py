@@ -31,6 +31,12 @@ class Revivable:
     def ping(self) -> str:
         return "up"
 
+    def die(self) -> None:
+        """The process ends before any call queued after this one runs (ray.kill races with a call sent next)."""
+        import os
+
+        os._exit(1)
+
     def revive(self, fails: bool) -> None:
         if fails:
             raise ValueError("cannot load the policy's weights")
@@ -42,7 +48,7 @@ def test_a_replacement_that_fails_to_revive_is_named_by_the_rank_it_replaced(ray
                            max_replacements=1)("rollout", Revivable, 3, group, index["rollout"], 0.25, 0, ())
     try:
         assert engines.call("ping") == ["up"] * 3
-        ray.kill(engines.actors[2])
+        engines.actors[2].die.remote()
         with pytest.raises(RoleFailure, match="rollout rank 2 failed in revive: .*cannot load the policy's weights"):
             engines.call("ping")
     finally:
