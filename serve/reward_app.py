@@ -74,6 +74,24 @@ def error_body(status: int, message: str, param: str | None = None, request_id: 
     return {"error": message, **({"request_id": request_id} if request_id else {})}
 
 
+def encoded_chats(model: RewardModel, chats: list[list[dict]], responses: list[str]) -> list[Encoded]:
+    """The request's chats encoded as in training. A chat the model's own template refuses (Mistral's and Gemma's
+    roles that must alternate, Gemma's missing system role) is the request's fault: 422 naming the first such
+    prompt, not a 500 that clients retry."""
+    from jinja2 import TemplateError
+
+    try:
+        return model.encode_chats(chats, responses)
+    except TemplateError:
+        for index, (chat, response) in enumerate(zip(chats, responses)):
+            try:
+                model.encode_chats([chat], [response])
+            except TemplateError as exc:
+                raise http_rules.ApiError(422, f"invalid request: prompts.{index}: the reward model's chat "
+                                               f"template refuses this chat: {exc}", param=f"prompts.{index}") from exc
+        raise
+
+
 def build_http_app(service: "RewardService") -> FastAPI:
     """The FastAPI app of one replica (built on the replica, so limits and token come from its settings)."""
     app = FastAPI(title="rayalign reward model", version="1", description=__doc__.split("\n\n")[0])
@@ -93,7 +111,8 @@ def build_http_app(service: "RewardService") -> FastAPI:
 
     @app.post("/score", response_model=ScoreResponse, dependencies=authorized, responses=ERROR_RESPONSES)
     async def score(body: ScoreRequest) -> ScoreResponse:
-        items = service.model.encode_chats(body.chats(), body.responses)
+        # In a worker thread, like the model's pass: a large request's tokenising leaves /healthz answering.
+        items = await asyncio.to_thread(encoded_chats, service.model, body.chats(), body.responses)
         return ScoreResponse(scores=await service.score_batched(items))
 
     @app.post("/get_reward", response_model=GetRewardResponse, dependencies=authorized, responses=ERROR_RESPONSES)

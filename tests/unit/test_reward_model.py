@@ -244,3 +244,21 @@ def test_a_500_names_a_request_id_not_the_exception(caplog):
     assert response.status_code == 500 and "secret" not in response.body.decode()
     assert body["error"] == "internal error; the service log has the details" and len(body["request_id"]) == 12
     assert body["request_id"] in caplog.text and "/secret/path/model.bin is corrupt" in caplog.text
+
+
+def test_a_chat_the_models_template_refuses_is_the_requests_fault_and_named(tmp_path):
+    """Gemma's template refuses a system turn, Mistral's turns that do not alternate: the service answers 422
+    naming the prompt (a 500 would be retried by clients and say only 'internal error')."""
+    from serve.http_rules import ApiError
+    from serve.reward_app import encoded_chats
+    from tests.reward_helpers import make_reward_dir
+
+    model = reward.RewardModel(make_reward_dir(tmp_path / "rm"), max_length=64)
+    refusing = "{% if messages[0]['role'] == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}"
+    model.tokenizer.chat_template = refusing + model.tokenizer.chat_template
+    chats = [PROMPT, [{"role": "system", "content": "Be brief."}, *PROMPT]]
+    assert len(encoded_chats(model, chats[:1], ["Blue."])) == 1
+    with pytest.raises(ApiError, match=r"prompts.1: the reward model's chat template refuses this chat: System role "
+                                       r"not supported") as refused:
+        encoded_chats(model, chats, ["Blue.", "Red."])
+    assert refused.value.status_code == 422 and refused.value.param == "prompts.1"
