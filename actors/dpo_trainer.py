@@ -28,7 +28,7 @@ from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
 from actors.reward_trainer import wilson_interval
 from actors.scored import head_agrees, scored_logprobs
 from actors.sft_data import collate
-from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
+from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, on_device, run_rank, save_hf_model
 from common.errors import EmptyDatasetError, RecordError
 
 
@@ -99,7 +99,8 @@ def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int, pack: bool = 
     """Summed log-probs of the chosen and of the rejected replies [B] each, from one forward pass over both (over
     packed rows when `pack`, each pair's prompt laid down once when `share` as well: actors/packed.py), the head
     run at the replies' positions alone where `fused` allows (actors/scored.py)."""
-    inputs = collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id)
+    inputs = on_device(collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id),
+                       model.device)
     replies = inputs["labels"][:, 1:] != IGNORE_INDEX  # in the action space: position t is about token t + 1
     prompts = prompt_lengths(replies, inputs["attention_mask"]) if share else None
     logp = sequence_logprob(scored_logprobs(model, inputs["input_ids"], inputs["attention_mask"], replies, pack,
@@ -108,8 +109,8 @@ def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int, pack: bool = 
 
 
 def reference_of(pairs: list[PreferencePair], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    chosen = torch.tensor([pair.ref_chosen for pair in pairs], dtype=like.dtype)
-    rejected = torch.tensor([pair.ref_rejected for pair in pairs], dtype=like.dtype)
+    chosen = torch.tensor([pair.ref_chosen for pair in pairs], dtype=like.dtype, device=like.device)
+    rejected = torch.tensor([pair.ref_rejected for pair in pairs], dtype=like.dtype, device=like.device)
     return chosen, rejected
 
 
