@@ -101,7 +101,7 @@ class SFTWorker(ZeroTrainer):
                 nll, count = nll + float(total), count + n
         self.engine.train()
         nll, count = zero.all_reduce_sum([nll, float(count)])
-        return {"eval_loss": nll / max(count, 1.0)}
+        return held_out_loss(nll, count)
 
     def save_export(self, model: torch.nn.Module, target) -> str:
         tokenizer = modeling.load_tokenizer(self.tokenizer_path, self.cfg.model.chat_template)
@@ -116,3 +116,10 @@ def train_loop(payload: dict) -> None:
     split = ray.get(payload["split_ref"]) if "split_ref" in payload else payload["split"]
     worker = SFTWorker(setup, split, payload["pad_id"], payload["lr"], payload["output_dir"], payload["tokenizer_path"])
     run_rank(worker, export=setup.settings.export)
+
+
+def held_out_loss(nll: float, tokens: float) -> dict[str, float]:
+    """{"eval_loss": mean negative log-likelihood per held-out assistant token}, or nothing without held-out tokens
+    (data.eval_fraction=0): a loss of 0.0 there would read as a perfect model in the log, the figure and the end
+    line."""
+    return {"eval_loss": nll / tokens} if tokens > 0 else {}

@@ -70,7 +70,7 @@ def run(cfg: Config) -> SFTResult:
                     output_dir / "loss.png", f"SFT {cfg.run.name}")
     model_dir = Path(final["exported"]) if final.get("exported") else None
     log.info("SFT done: %d steps, final loss %.4f, eval loss %s; model: %s", final["step"], final.get("loss", 0.0),
-             final.get("eval_loss"), model_dir)
+             final.get("eval_loss", "none (no held-out chats)"), model_dir)
     return SFTResult(output_dir, model_dir, final["step"], final)
 
 

@@ -68,3 +68,11 @@ def test_empty_dataset_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(sft_data, "encode_chat", lambda tok, msgs, n: EncodedChat([1, 2], [IGNORE_INDEX] * 2))
     with pytest.raises(EmptyDatasetError, match="no trainable SFT examples: 2 records read, 2 had no assistant"):
         build_split([{"messages": []}, {"messages": []}], _WordTokenizer(), 16, 0.1, 0)
+
+
+def test_without_held_out_tokens_there_is_no_eval_loss_rather_than_zero():
+    """data.eval_fraction=0 holds nothing out: 0.0 would read as a perfect model."""
+    from actors.sft_worker import held_out_loss
+
+    assert held_out_loss(6.0, 4.0) == {"eval_loss": 1.5}
+    assert held_out_loss(0.0, 0.0) == {}
