@@ -49,17 +49,25 @@ class RewardClient:
         """Fail now, naming the URL, when nothing answers there (after the same retries with backoff as a score)
         or when the service refuses this client's token: a run checks this before it starts its roles. /stats
         needs the token whenever the service has one, so a wrong or missing token shows here."""
-        response = self._request("GET", "/stats", retry_status=frozenset())
+        response = self._request("GET", "/stats")
         if response.status_code in (401, 403):
             raise RewardServiceError(f"reward service at {self.url} refused the token (HTTP {response.status_code}: "
                                      f"{_error_text(response)})")
+        if response.status_code >= 400:  # e.g. 404: something answers there, but not the reward service's routes
+            raise RewardServiceError(f"{self.url} answered GET /stats with HTTP {response.status_code} "
+                                     f"({_error_text(response)}): is it the reward service's address, its route "
+                                     f"prefix included?")
 
     def _post(self, path: str, payload: dict) -> dict:
         response = self._request("POST", path, json=payload)
         if response.status_code >= 400:
             failure = f"HTTP {response.status_code}: {_error_text(response)}"
             raise RewardServiceError(f"reward service at {self.url}{path} rejected the request ({failure})")
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            raise RewardServiceError(f"reward service at {self.url}{path} answered HTTP {response.status_code} "
+                                     f"without JSON: {response.text[:200]!r}") from None
 
     def _request(self, method: str, path: str, retry_status=RETRYABLE_STATUS, **kwargs) -> requests.Response:
         """The first answer whose status is not in `retry_status`; connection failures, timeouts and those

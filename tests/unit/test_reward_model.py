@@ -262,3 +262,38 @@ def test_a_chat_the_models_template_refuses_is_the_requests_fault_and_named(tmp_
                                        r"not supported") as refused:
         encoded_chats(model, chats, ["Blue.", "Red."])
     assert refused.value.status_code == 422 and refused.value.param == "prompts.1"
+
+
+def test_the_start_check_refuses_an_address_where_something_else_answers():
+    """A reward_url with the wrong route prefix gets 404 from whatever answers there: the run stops before its roles
+    start, naming the URL, instead of at its first /score; a 2xx without JSON is named too."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from common.errors import RewardServiceError
+
+    class Other(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+            self.wfile.write(b"no such route")
+
+        def do_POST(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"<html>ok</html>")
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Other)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/wrong"
+    try:
+        client = RewardClient(url, retries=0)
+        with pytest.raises(RewardServiceError, match=r"answered GET /stats with HTTP 404 \(no such route\): is it "):
+            client.check_authorized()
+        with pytest.raises(RewardServiceError, match=r"/score answered HTTP 200 without JSON: '<html>ok</html>'"):
+            client.score(["Hi."], ["Hello."])
+    finally:
+        server.shutdown()
