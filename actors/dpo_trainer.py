@@ -25,10 +25,11 @@ from actors import modeling, packed, zero
 from actors.algo.packing import prompt_lengths
 from actors.algo.preference import dpo_loss, sequence_logprob
 from actors.chat import IGNORE_INDEX, EncodedChat, assistant_spans
+from actors.protocol import to_device
 from actors.reward_trainer import wilson_interval
 from actors.scored import head_agrees, scored_logprobs
 from actors.sft_data import collate
-from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, on_device, run_rank, save_hf_model
+from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
 from common.errors import EmptyDatasetError, RecordError
 
 
@@ -99,7 +100,7 @@ def pair_logprobs(model, pairs: list[PreferencePair], pad_id: int, pack: bool = 
     """Summed log-probs of the chosen and of the rejected replies [B] each, from one forward pass over both (over
     packed rows when `pack`, each pair's prompt laid down once when `share` as well: actors/packed.py), the head
     run at the replies' positions alone where `fused` allows (actors/scored.py)."""
-    inputs = on_device(collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id),
+    inputs = to_device(collate([pair.chosen for pair in pairs] + [pair.rejected for pair in pairs], pad_id),
                        model.device)
     replies = inputs["labels"][:, 1:] != IGNORE_INDEX  # in the action space: position t is about token t + 1
     prompts = prompt_lengths(replies, inputs["attention_mask"]) if share else None

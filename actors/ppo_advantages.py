@@ -1,6 +1,7 @@
 """Phase 5 of a PPO step, on the driver and free of Ray: the mixed reward (actors/algo/rewards.py), its per-token
 KL penalty, then GAE with the value model's predictions or a group baseline over the answers to each prompt (the
-KL penalty added after the group's normalisation), and whitening. Pure functions of the step's tensors, so the whole phase can be checked without a cluster."""
+KL penalty added after the group's normalisation), and whitening. Pure functions of the step's tensors, so the
+whole phase can be checked without a cluster."""
 
 from __future__ import annotations
 

@@ -175,7 +175,7 @@ class PPORoles:
         launches = self._trainer_launches(cfg, group)
         cores = self._driver_node_cores(bundles)
         self.loading_budget = loading_budget(cores, ppo.rollout.num_engines + int(reward_actor))
-        loaded = launch_in_turn(launches, self.loading_budget, engines_up, ppo.rollout.num_engines,
+        loaded = launch_in_turn(launches, self.loading_budget, engines_up,
                                 lambda ended: self.rollout.check(engines_up, ended, "ping"))
         self.sizes = loaded["policy"][0]
         value_sizes = loaded["value"][0] if "value" in loaded else {}

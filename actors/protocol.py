@@ -18,7 +18,8 @@ T = TypeVar("T")
 
 
 def _tensor_fields(obj) -> dict[str, torch.Tensor | None]:
-    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+    """A batch dataclass's fields, or a collated dict's items (SFT, DPO and reward-model micro-batches)."""
+    return dict(obj) if isinstance(obj, dict) else {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
 
 
 def shard(batch: T, n: int) -> list[T]:
@@ -33,7 +34,8 @@ def shard(batch: T, n: int) -> list[T]:
 
 
 def to_device(batch: T, device: torch.device | str) -> T:
-    """The same batch with every tensor on `device` (roles on a GPU receive CPU batches from the driver)."""
+    """The same batch with every tensor on `device` (roles on a GPU receive CPU batches from the driver; Ray Train
+    workers collate on the CPU, and neither DeepSpeed's engine nor the plain one moves its inputs)."""
     return type(batch)(**{k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
                           for k, v in _tensor_fields(batch).items()})
 
@@ -102,7 +104,8 @@ class PolicyBatch:
     action_mask: torch.Tensor
     old_logprobs: torch.Tensor  # [B, L-1] from the policy before this step's update (ppo.trainer_logprobs)
     ref_logprobs: torch.Tensor  # [B, L-1] frozen reference (used when KL is a loss term)
-    advantages: torch.Tensor  # [B, L-1] whitened over the whole step batch where the estimator whitens (gae, reinforce_baseline)
+    # [B, L-1]; whitened over the whole step batch where the estimator whitens (gae, reinforce_baseline)
+    advantages: torch.Tensor
     behaviour_logprobs: torch.Tensor  # [B, L-1] the engine's: under the distribution that sampled each token
 
 

@@ -14,7 +14,8 @@ import torch
 
 from actors import modeling, reward, zero
 from actors.algo.preference import bradley_terry_loss
-from actors.zero_trainer import TrainingSetup, ZeroTrainer, on_device, run_rank, save_hf_model
+from actors.protocol import to_device
+from actors.zero_trainer import TrainingSetup, ZeroTrainer, run_rank, save_hf_model
 from common.errors import ConfigError, EmptyDatasetError, RecordError
 
 WILSON_Z95 = 1.959963984540054
@@ -135,7 +136,7 @@ class RewardTrainer(ZeroTrainer):
 
     def _scores(self, pairs: list[EncodedPair]) -> tuple[torch.Tensor, torch.Tensor]:
         """Chosen and rejected scores from one forward pass over both halves."""
-        inputs = on_device(reward.collate([p.chosen for p in pairs] + [p.rejected for p in pairs], self.pad_id),
+        inputs = to_device(reward.collate([p.chosen for p in pairs] + [p.rejected for p in pairs], self.pad_id),
                            self.engine.device)
         scores = reward.scores_of(self.engine, inputs)
         return scores[:len(pairs)], scores[len(pairs):]

@@ -47,11 +47,11 @@ def all_fit(launches: list[Launch], budget: int | None) -> bool:
     return budget is None or sum(launch.ranks for launch in launches) <= budget
 
 
-def launch_in_turn(launches: list[Launch], budget: int | None, engines_up: list = (), engines: int = 0,
+def launch_in_turn(launches: list[Launch], budget: int | None, engines_up: list = (),
                    check_engines: Callable[[list], object] | None = None) -> dict[str, list]:
     """Start the launches in order, as many at once as their ranks fit in `budget` processes (None: all; a launch
-    larger than the budget starts alone); as one is loaded the next start. `engines_up`: refs whose end means the
-    `engines` loading beside the trainers are up; their cores then join the budget. `check_engines` is handed the
+    larger than the budget starts alone); as one is loaded the next start. `engines_up`: one ref per engine loading
+    beside the trainers, whose end means it is up; once all are, their cores join the budget. `check_engines` is handed the
     engines' refs as they end and raises where one failed, so a dead engine ends the start at once instead of after
     the trainers have loaded (minutes for large models). Returns each role's ready results (per rank); a rank that
     fails raises the group's RoleFailure at once."""
@@ -82,7 +82,7 @@ def launch_in_turn(launches: list[Launch], budget: int | None, engines_up: list 
             if ended and check_engines is not None:
                 check_engines(ended)
             if not engines_loading and budget is not None:
-                budget += engines
+                budget += len(engines_up)
         for role, (launch, group, refs) in list(loading.items()):
             if ray.wait(refs, num_returns=1, timeout=0)[0]:  # a rank is done (or failed): wait for the others
                 done[role] = group.get(refs, launch.method)

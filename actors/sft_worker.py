@@ -8,9 +8,10 @@ import torch
 from actors import modeling, packed, zero
 from actors.algo.fused_ce import linear_cross_entropy_sum
 from actors.chat import IGNORE_INDEX, EncodedChat
+from actors.protocol import to_device
 from actors.scored import final_hidden, head_agrees
 from actors.sft_data import SFTSplit, collate, collate_packed, pack_collated, packed_batches, packed_rows
-from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, on_device, run_rank, save_hf_model
+from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
 
 
 def causal_lm_loss_sums(model, batch: dict, fused: bool = True, chunk_size: int = 4096) -> tuple[torch.Tensor, int]:
@@ -83,7 +84,7 @@ class SFTWorker(ZeroTrainer):
         else:
             tensors = collate(batch, self.pad_id)
             tensors = pack_collated(tensors) if self.pack else tensors
-        total, _ = causal_lm_loss_sums(self.engine, on_device(tensors, self.engine.device), self.fused)
+        total, _ = causal_lm_loss_sums(self.engine, to_device(tensors, self.engine.device), self.fused)
         return total
 
     def evaluate(self) -> dict[str, float]:
@@ -95,7 +96,7 @@ class SFTWorker(ZeroTrainer):
         share = share[:real] + [EncodedChat(ex.input_ids, [IGNORE_INDEX] * len(ex.labels)) for ex in share[real:]]
         with torch.no_grad():
             for start in range(0, len(share), self.settings.micro_batch_size):
-                batch = on_device(collate(share[start:start + self.settings.micro_batch_size], self.pad_id),
+                batch = to_device(collate(share[start:start + self.settings.micro_batch_size], self.pad_id),
                                   self.engine.device)
                 total, n = causal_lm_loss_sums(self.engine, batch, self.fused)
                 nll, count = nll + float(total), count + n

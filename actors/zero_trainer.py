@@ -348,12 +348,6 @@ def run_rank(trainer: ZeroTrainer, export: bool) -> None:
                       **{k: v for k, v in final.items() if isinstance(v, (int, float))}})
 
 
-def on_device(tensors: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    """A collated batch's tensors on the engine's device: collate builds them on the CPU, and neither DeepSpeed's
-    engine nor the plain one moves its inputs (with use_gpu the first forward failed on mixed devices)."""
-    return {name: tensor.to(device) for name, tensor in tensors.items()}
-
-
 def balanced_share(items: list, rank: int, world: int) -> tuple[list, int]:
     """This rank's strided share, padded by repeating an item up to ceil(n / world), so every rank runs the
     same number of forward passes (under ZeRO-3 each one gathers parameters collectively); returns the share

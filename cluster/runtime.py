@@ -185,7 +185,8 @@ def joined_runtime_env() -> dict:
     driver's environment, so it carries the worker defaults, less any variable the submitted job's own runtime_env
     sets (`ray job submit --runtime-env-json`): Ray refuses to merge two runtime_envs that name the same variable
     (ray.init fails), and the submitted value is the one its user chose."""
-    return {"env_vars": {k: os.environ[k] for k in WORKER_ENV if k not in _submitted_env_vars()}}
+    submitted = _submitted_env_vars()
+    return {"env_vars": {k: os.environ[k] for k in WORKER_ENV if k not in submitted}}
 
 
 def _submitted_env_vars() -> set[str]:

@@ -109,8 +109,8 @@ def test_the_engines_cores_join_the_budget_once_they_are_up(placed):
 
     run = Recorded(placed)
     try:
-        engines_up = [ray.put("up")]  # two engines already up: their cores are free at the first wake
-        launch_in_turn(run.launches(), budget=1, engines_up=engines_up, engines=2)
+        engines_up = [ray.put("up"), ray.put("up")]  # two engines already up: their cores are free at the first wake
+        launch_in_turn(run.launches(), budget=1, engines_up=engines_up)
         # The policy (2 ranks) starts alone in a budget of 1; the value then fits the budget of 3 beside it before
         # anything has loaded; the reference (3 + 1 > 3) waits for a role to finish.
         assert run.events[:4] == [("spawn", "policy", []), ("ready", "policy"), ("spawn", "value", []),
@@ -129,7 +129,7 @@ def test_an_engine_that_fails_to_load_ends_the_start_before_the_trainers_have_lo
     try:
         engines_up = engine.submit("setup")
         with pytest.raises(RoleFailure, match="rollout rank 0 failed in setup: .*no weights here"):
-            launch_in_turn(run.launches(), budget=1, engines_up=engines_up, engines=1,
+            launch_in_turn(run.launches(), budget=1, engines_up=engines_up,
                            check_engines=lambda ended: engine.check(engines_up, ended, "setup"))
         assert run.events == [("spawn", "policy", []), ("ready", "policy")]
         assert not ray.wait(run.submitted["policy"], timeout=0)[0]  # raised while the policy was still loading
