@@ -94,4 +94,19 @@ def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, labels:
                          f"{tuple(weight.shape)}, {tuple(labels.shape)}")
     if chunk_size <= 0:
         raise ValueError(f"chunk_size must be > 0, got {chunk_size}")
+    if not torch.is_grad_enabled():
+        # Evaluation (held-out loss). Checked here: inside forward() grad mode is always off and
+        # ctx.needs_input_grad still says True for parameters, so the Function would compute both gradients.
+        return _loss_only(hidden, weight, labels, chunk_size, ignore_index)
     return _LinearCrossEntropySum.apply(hidden, weight, labels, chunk_size, ignore_index)
+
+
+def _loss_only(hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor, chunk_size: int,
+               ignore_index: int) -> torch.Tensor:
+    compute = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    chunk_math = _compiled_chunk_math() if hidden.is_cuda else _chunk_math
+    total = torch.zeros((), dtype=compute, device=hidden.device)
+    for start in range(0, hidden.size(0), chunk_size):
+        logits = hidden[start:start + chunk_size] @ weight.t()
+        total += chunk_math(logits, labels[start:start + chunk_size], ignore_index, False, compute)[0]
+    return total

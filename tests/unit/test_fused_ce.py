@@ -59,11 +59,32 @@ def test_bad_shapes_name_the_shapes():
         linear_cross_entropy_sum(torch.zeros(3, 4), torch.zeros(5, 2), torch.zeros(3, dtype=torch.long))
 
 
+def matrix_products(fn) -> int:
+    """How many matrix products `fn` runs (aten mm/addmm/bmm calls, seen below autograd)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket in (torch.ops.aten.mm, torch.ops.aten.addmm, torch.ops.aten.bmm):
+                Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    with Count():
+        fn()
+    return Count.calls
+
+
 def test_no_grad_forward_skips_the_gradient_work():
+    """Under no_grad (held-out loss) only the logits' product runs, one per chunk: not the two gradient products
+    (d hidden, d weight) a training forward computes in the same pass."""
     hidden = torch.randn(4, 3, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(5, 3, dtype=torch.float64, requires_grad=True)
     labels = torch.tensor([0, 1, 2, 3])
     with torch.no_grad():
-        total = linear_cross_entropy_sum(hidden, weight, labels)
+        total = linear_cross_entropy_sum(hidden, weight, labels, chunk_size=2)
+        assert matrix_products(lambda: linear_cross_entropy_sum(hidden, weight, labels, chunk_size=2)) == 2
     assert not total.requires_grad
     assert total.item() == pytest.approx(reference(hidden, weight, labels).item(), rel=1e-12)
+    assert matrix_products(lambda: linear_cross_entropy_sum(hidden, weight, labels, chunk_size=2)) == 6
