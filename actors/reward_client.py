@@ -2,24 +2,29 @@
 
 Connection failures, timeouts and overload answers (408/429/5xx) are retried with exponential backoff;
 a request the service rejects as invalid (other 4xx) fails at once with the service's message. After the
-last attempt the error names the URL, so a run that cannot score says where it tried.
+last attempt the error names the URL, so a run that cannot score says where it tried. A batch larger than the
+service's per-request limit (serve.max_pairs_per_request) goes in parts of that size, sent at once: the service
+batches them together and spreads them over its replicas, and the scores come back in order.
 """
 
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
 from common.errors import RewardServiceError
 
 RETRYABLE_STATUS = {408, 429, 500, 502, 503, 504}
+MAX_PARTS_IN_FLIGHT = 8
 
 
 class RewardClient:
     def __init__(self, url: str, timeout_s: float = 30.0, retries: int = 3, token: str | None = None,
-                 backoff_s: float = 0.5, max_backoff_s: float = 8.0):
+                 backoff_s: float = 0.5, max_backoff_s: float = 8.0, max_pairs: int = 256):
         self.url = url.rstrip("/")
+        self.max_pairs = max_pairs
         self.timeout_s, self.retries = timeout_s, retries
         self.backoff_s, self.max_backoff_s = backoff_s, max_backoff_s
         self._session = requests.Session()
@@ -28,13 +33,29 @@ class RewardClient:
 
     def score(self, prompts: list, responses: list[str]) -> list[float]:
         """Rewards of `responses`; each prompt is a user message string or a list of chat turns."""
-        body = self._post("/score", {"prompts": prompts, "responses": responses})
-        return self._floats(body, "scores", len(responses))
+        def one(part: slice) -> list[float]:
+            body = self._post("/score", {"prompts": prompts[part], "responses": responses[part]})
+            return self._floats(body, "scores", len(responses[part]))
+
+        return self._in_parts(len(responses), one)
 
     def get_reward(self, queries: list[str], prompts: list[str] | None = None) -> list[float]:
         """Rewards through the OpenRLHF-style endpoint (queries = rendered prompt + response)."""
-        payload = {"query": queries} if prompts is None else {"query": queries, "prompts": prompts}
-        return self._floats(self._post("/get_reward", payload), "rewards", len(queries))
+        def one(part: slice) -> list[float]:
+            payload = {"query": queries[part]} if prompts is None else {"query": queries[part],
+                                                                         "prompts": prompts[part]}
+            return self._floats(self._post("/get_reward", payload), "rewards", len(queries[part]))
+
+        return self._in_parts(len(queries), one)
+
+    def _in_parts(self, total: int, send) -> list[float]:
+        """`send(slice)` for each part of at most max_pairs items, at most MAX_PARTS_IN_FLIGHT at a time; the
+        parts' scores joined in order (the first failing part's error is raised)."""
+        parts = [slice(start, start + self.max_pairs) for start in range(0, total, self.max_pairs)]
+        if len(parts) <= 1:
+            return send(slice(0, total))
+        with ThreadPoolExecutor(min(len(parts), MAX_PARTS_IN_FLIGHT), thread_name_prefix="reward-part") as pool:
+            return [score for scores in pool.map(send, parts) for score in scores]
 
     def close(self) -> None:
         self._session.close()

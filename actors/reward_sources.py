@@ -85,7 +85,8 @@ def _http(ppo: PPOConfig, reward_model: RewardModelConfig, serve: ServeConfig, p
     reward = ppo.reward
     # The token the service itself would read: serve.auth_token_file, else the variable serve.auth_token_env names.
     client = RewardClient(reward.reward_url, timeout_s=reward.reward_timeout_s, retries=reward.reward_retries,
-                          token=resolve_token(serve.auth_token_env, serve.auth_token_file))
+                          token=resolve_token(serve.auth_token_env, serve.auth_token_file),
+                          max_pairs=serve.max_pairs_per_request)
     try:
         client.check_authorized()
     except RewardServiceError as exc:

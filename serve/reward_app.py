@@ -13,8 +13,9 @@ Scoring routes and /stats need `Authorization: Bearer <token>` when a token is c
 (ServeConfig.auth_token_file, or the env var named by auth_token_env where the service is started); the token
 travels with the deployment (its runtime environment), so a replica on any node of a cluster enforces it, and a
 service on a host other machines can reach refuses to start without one (unless serve.allow_unauthenticated).
-/healthz answers without a token and names no paths; a 5xx body carries a request id the log has the detail for. Bodies over max_request_bytes get 413, invalid
-requests 400/422 with a readable "error"; nothing a client sends produces a bare 500.
+/healthz answers without a token and names no paths; a 5xx body carries a request id the log has the detail for.
+Bodies over max_request_bytes and requests of more than max_pairs_per_request pairs get 413, invalid requests
+400/422 with a readable "error"; nothing a client sends produces a bare 500.
 
 Started by `python -m jobs.serve_rm --config ...`, or `serve run serve/serve_config.yaml` / `serve deploy`,
 whose `import_path: serve.reward_app:build_app` takes `config` (a rayalign YAML) and dotted overrides as args.
@@ -54,6 +55,7 @@ class ReplicaSettings:
     max_batch_size: int
     batch_wait_timeout_s: float
     max_request_bytes: int
+    max_pairs_per_request: int
     auth_token_env: str  # the replica reads its token here: the deployment's runtime environment sets it
 
     @classmethod
@@ -61,7 +63,8 @@ class ReplicaSettings:
         return cls(model_path=str(served_model_path(cfg)), max_length=cfg.reward_model.max_length,
                    score_batch_size=cfg.reward_model.score_batch_size, max_batch_size=cfg.serve.max_batch_size,
                    batch_wait_timeout_s=cfg.serve.batch_wait_timeout_s,
-                   max_request_bytes=cfg.serve.max_request_bytes, auth_token_env=cfg.serve.auth_token_env)
+                   max_request_bytes=cfg.serve.max_request_bytes,
+                   max_pairs_per_request=cfg.serve.max_pairs_per_request, auth_token_env=cfg.serve.auth_token_env)
 
 
 def served_model_path(cfg: Config) -> Path:
@@ -111,16 +114,27 @@ def build_http_app(service: "RewardService") -> FastAPI:
 
     @app.post("/score", response_model=ScoreResponse, dependencies=authorized, responses=ERROR_RESPONSES)
     async def score(body: ScoreRequest) -> ScoreResponse:
+        check_pairs(len(body.responses), service.settings.max_pairs_per_request)
         # In a worker thread, like the model's pass: a large request's tokenising leaves /healthz answering.
         items = await asyncio.to_thread(encoded_chats, service.model, body.chats(), body.responses)
         return ScoreResponse(scores=await service.score_batched(items))
 
     @app.post("/get_reward", response_model=GetRewardResponse, dependencies=authorized, responses=ERROR_RESPONSES)
     async def get_reward(body: GetRewardRequest) -> GetRewardResponse:
+        check_pairs(len(body.query), service.settings.max_pairs_per_request)
         scores = await service.score_batched(service.model.encode_queries(body.query, body.prompts))
         return GetRewardResponse(rewards=scores, scores=scores)
 
     return app
+
+
+def check_pairs(pairs: int, limit: int) -> None:
+    """413 for a request of more pairs than serve.max_pairs_per_request: @serve.batch merges whole requests, so
+    one of 10,000 pairs would hold every small request batched with it until all of it is scored."""
+    if pairs > limit:
+        raise http_rules.ApiError(413, f"{pairs} pairs in one request; this service scores at most {limit} per "
+                                       f"request (serve.max_pairs_per_request): send them in several requests, "
+                                       f"which it batches together")
 
 
 @serve.deployment

@@ -31,6 +31,11 @@ class ServeConfig:
     max_batch_size: int = param(32, "requests batched together by @serve.batch", gt=0)
     batch_wait_timeout_s: float = param(0.01, "how long a batch waits to fill", ge=0.0)
     max_request_bytes: int = param(1_000_000, "larger request bodies get 413", gt=0)
+    max_pairs_per_request: int = param(256, "a /score or /get_reward request with more (prompt, response) pairs "
+                                            "gets 413, so one large request cannot hold up the small ones batched "
+                                            "with it; rayalign's reward client (ppo.reward.reward_url) sends larger "
+                                            "batches in parts of this size at once, which the service batches and "
+                                            "spreads over its replicas", gt=0)
     auth_token_env: str = param("RAYALIGN_REWARD_TOKEN", "env var holding the bearer token (unset var: no auth)")
     auth_token_file: Optional[str] = param(None, "file holding the bearer token (wins over auth_token_env)")
     allow_unauthenticated: bool = param(False, "start on a host other machines can reach (serve.host not loopback) "

@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.ray]
 TOKEN = "s3cret-token"
 MAX_BATCH = 8
 MAX_BYTES = 20_000
+MAX_PAIRS = 6
 PROMPTS = ["Name a colour.", [{"role": "system", "content": "Be kind."}, {"role": "user", "content": "Say hi."}],
            "Give me three words.", "What is 2 + 2?", [{"role": "user", "content": "Tell me a story."}]]
 RESPONSES = ["Blue.", "Hi there, friend!", "Go away, idiot.", "Four.", "Once upon a time there was a cat."]
@@ -54,6 +55,7 @@ def url(ray_session, reward_dir, tmp_path_factory):
     cfg = load_config(TINY_CPU, [f"serve.model_path={reward_dir}", f"serve.port={free_port()}",
                                  f"serve.auth_token_file={token_file}", f"serve.max_batch_size={MAX_BATCH}",
                                  "serve.batch_wait_timeout_s=0.25", f"serve.max_request_bytes={MAX_BYTES}",
+                                 f"serve.max_pairs_per_request={MAX_PAIRS}",
                                  "reward_model.max_length=256"])
     try:
         yield reward_app.deploy(cfg)
@@ -102,6 +104,9 @@ def test_get_reward_round_trips_the_openrlhf_format(url, local_model):
     ("/get_reward", json.dumps({"query": []}), 422, "at least 1 item"),
     ("/get_reward", json.dumps({"query": ["a", "b"], "prompts": ["a"]}), 422, "same length"),
     ("/get_reward", json.dumps({"queries": ["a"]}), 422, "query: Field required"),
+    ("/score", json.dumps({"prompts": ["a"] * 7, "responses": ["b"] * 7}), 413, "7 pairs in one request; this "
+                                                                                "service scores at most 6"),
+    ("/get_reward", json.dumps({"query": ["a"] * 7}), 413, "at most 6 per request (serve.max_pairs_per_request)"),
 ])
 def test_invalid_requests_get_4xx_with_a_message(url, path, raw, status, fragment):
     response = requests.post(f"{url}{path}", data=raw, timeout=60,
@@ -171,11 +176,18 @@ def test_concurrent_requests_are_batched(url):
 
 
 def test_client_scores_like_the_service(url, local_model):
-    with RewardClient(url, timeout_s=30, retries=1, token=TOKEN) as client:
+    """In parts of at most max_pairs sent at once (here 2 + 2 + 1), the scores joined in order; a client whose
+    parts are larger than the service takes is told so by the service."""
+    before = stats(url)["requests"]
+    with RewardClient(url, timeout_s=30, retries=1, token=TOKEN, max_pairs=2) as client:
         scores = client.score(PROMPTS, RESPONSES)
-        rewards = client.get_reward(["User: hi\nAssistant: hello"])
+        rewards = client.get_reward(["User: hi\nAssistant: hello"] * 3)
+    assert stats(url)["requests"] - before == 3 + 2
     assert scores == pytest.approx(local_model.score([as_chat(p) for p in PROMPTS], RESPONSES), abs=1e-5)
-    assert len(rewards) == 1
+    assert len(rewards) == 3 and rewards[0] == pytest.approx(rewards[2], abs=1e-5)
+    with RewardClient(url, timeout_s=30, retries=1, token=TOKEN, max_pairs=MAX_PAIRS + 1) as client:
+        with pytest.raises(RewardServiceError, match=r"HTTP 413: 7 pairs in one request"):
+            client.score(PROMPTS + PROMPTS[:2], RESPONSES + RESPONSES[:2])
 
 
 def test_client_fails_at_once_on_a_rejected_request(url):
