@@ -23,20 +23,28 @@ sys.path.insert(0, str(REPO))
 RECIPE = REPO / "configs" / "tiny-cpu.yaml"
 
 
+# Qwen2-0.5B's body: 24 layers of 896, 14 query heads over 2 key/value heads (GQA), MLP 4864, q/k/v biases.
+QWEN2_05B_BODY = dict(hidden=896, layers=24, heads=14, kv_heads=2, intermediate=4864, attention_bias=True)
+
+
 def random_llama(folder: Path, tokenizer_from: str, hidden: int = 512, layers: int = 8, heads: int = 8,
-                 intermediate: int = 1376, seed: int = 0) -> int:
+                 intermediate: int = 1376, kv_heads: int | None = None, attention_bias: bool = False,
+                 seed: int = 0) -> int:
     """A Llama with seeded random weights in `folder` that uses the tokenizer (and so the chat template) of
-    `tokenizer_from`; returns its parameter count. The defaults give 25.6M parameters and head dim 64 (the vLLM CPU
-    build rejects head dims below 32). Unlike bench/ppo_step.py's random_llama (heads of dim 32, 3x MLP), the shape
-    matches the issue 18 measurement."""
+    `tokenizer_from`; returns its parameter count. The defaults give the 25.6M model of the issue 18 measurement,
+    head dim 64 (the vLLM CPU build rejects head dims below 32); unlike bench/ppo_step.py's random_llama (heads of
+    dim 32, 3x MLP). With QWEN2_05B_BODY: 358M parameters, Qwen2-0.5B's compute at the carried tokenizer's
+    512-token vocabulary instead of Qwen's 151,936. It stays a Llama (its biases also on the attention's output
+    projection: 896 more parameters) because Transformers gives every qwen2 folder its Qwen2 tokenizer class,
+    which reads this SentencePiece vocabulary without its spaces and adds a pad token beyond the embedding."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_from)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=intermediate,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id)
+                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads or heads,
+                         attention_bias=attention_bias, max_position_embeddings=512, tie_word_embeddings=True,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(folder)
@@ -63,12 +71,13 @@ def step_timer():
     return StepTimer()
 
 
-def common_args(cfg, out: str) -> dict:
-    """TrainingArguments shared by the three trainers: the CPU in fp32 without gradient checkpointing (rayalign's
-    model defaults), rayalign's AdamW (betas 0.9/0.95), its seed, logs every step and nothing saved."""
-    return dict(output_dir=out, use_cpu=True, bf16=False, gradient_checkpointing=False, adam_beta1=0.9,
+def common_args(cfg, out: str, gpu: bool) -> dict:
+    """TrainingArguments shared by the three trainers: the CPU unless the section asks for GPUs, the weights in
+    model.dtype without autocast or gradient checkpointing (rayalign's model defaults), rayalign's AdamW (betas
+    0.9/0.95), its seed, logs every step and nothing saved."""
+    return dict(output_dir=out, use_cpu=not gpu, bf16=False, gradient_checkpointing=False, adam_beta1=0.9,
                 adam_beta2=0.95, seed=cfg.run.seed, logging_steps=1, save_strategy="no", report_to="none",
-                disable_tqdm=True, model_init_kwargs={"dtype": "float32"})
+                disable_tqdm=True, model_init_kwargs={"dtype": cfg.model.dtype})
 
 
 def replay_order(settings, n_items: int, length, workers: int, seed: int) -> tuple[int, list[int]]:
@@ -147,9 +156,10 @@ def trl_grpo(cfg, spec: dict) -> dict:
     passes = ppo.sequences_per_step // ppo.mini_batch_size
     updates_per_step = passes * ppo.ppo_epochs
     args = GRPOConfig(
-        **common_args(cfg, spec["output_dir"]), per_device_train_batch_size=ppo.mini_batch_size,
-        gradient_accumulation_steps=1, steps_per_generation=passes, num_iterations=ppo.ppo_epochs,
-        num_generations=ppo.samples_per_prompt, max_steps=ppo.steps * updates_per_step, shuffle_dataset=False,
+        **common_args(cfg, spec["output_dir"], ppo.gpus_per_actor > 0),
+        per_device_train_batch_size=ppo.mini_batch_size, gradient_accumulation_steps=1, steps_per_generation=passes,
+        num_iterations=ppo.ppo_epochs, num_generations=ppo.samples_per_prompt,
+        max_steps=ppo.steps * updates_per_step, shuffle_dataset=False,
         max_completion_length=rollout.max_new_tokens, temperature=rollout.temperature, top_p=rollout.top_p, top_k=0,
         repetition_penalty=rollout.repetition_penalty, beta=ppo.kl.coef * ppo.reward.kl_weight / SPEC_KL_WEIGHT,
         use_bias_correction_kl=False, epsilon=ppo.clip_range, loss_type="bnpo", scale_rewards="group",
@@ -196,7 +206,8 @@ def trl_sft(cfg, spec: dict) -> dict:
     per_step = cfg.sft.micro_batch_size * cfg.sft.grad_accum * spec["workers"]
     tokens = [sum(trained_tokens(split.train[i]) for i in order[k * per_step:(k + 1) * per_step])
               for k in range(steps)]
-    args = SFTConfig(**common_args(cfg, spec["output_dir"]), **schedule_args(cfg.sft, lr, steps, spec["workers"]),
+    args = SFTConfig(**common_args(cfg, spec["output_dir"], cfg.sft.use_gpu),
+                     **schedule_args(cfg.sft, lr, steps, spec["workers"]),
                      per_device_eval_batch_size=len(split.eval), max_length=cfg.data.max_length)
     timer = step_timer()
     trainer = SFTTrainer(model=model_path(cfg), args=args, processing_class=tokenizer,
@@ -237,7 +248,7 @@ def trl_dpo(cfg, spec: dict) -> dict:
     tokenizer, split = prepare(cfg)
     steps, order = replay_order(cfg.dpo, len(split.train), lambda i: split.train[i].length, spec["workers"],
                                 cfg.run.seed)
-    args = DPOConfig(**common_args(cfg, spec["output_dir"]),
+    args = DPOConfig(**common_args(cfg, spec["output_dir"], cfg.dpo.use_gpu),
                      **schedule_args(cfg.dpo, cfg.dpo.lr, steps, spec["workers"]),
                      per_device_eval_batch_size=len(split.eval), max_length=cfg.dpo.max_length,
                      loss_type=["sigmoid"], beta=cfg.dpo.beta, label_smoothing=cfg.dpo.label_smoothing,

@@ -12,7 +12,8 @@ timed from on_step_begin to on_step_end, summed over each generation's 4 updates
 
 1. GRPO at 0.4M parameters (stories260K-hd32) and 25.6M (a random Llama built in code with that tokenizer);
    rayalign runs as configured (packed sequences with shared prompts, lock-step), then without sharing, padded
-   and with async rollouts (--grpo-variants), each against the same TRL run.
+   and with async rollouts (--grpo-variants), each against the same TRL run. On the lent GPU machine
+   (tests/gpu/device_run.sh peers): `--device cuda --sizes qwen0.5B`, Qwen2-0.5B's body, both sides on the GPU.
 2. SFT: jobs.sft with the recipe's 2 workers, and with 1 worker, vs SFTTrainer; trained (assistant) tokens/s.
 3. DPO: jobs.dpo (2 workers) vs DPOTrainer.
 What each comparison matches, and what it cannot, is in its compare_* docstring; bench/peer_models.py maps the
@@ -40,6 +41,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from bench.peer_models import QWEN2_05B_BODY  # noqa: E402  (the repository root is on the path only now)
+
 RECIPE = REPO / "configs" / "tiny-cpu.yaml"
 RESULTS = REPO / "bench" / "results"
 PEER = REPO / "bench" / "peer_models.py"
@@ -52,7 +55,15 @@ PROMPTS, ANSWERS, NEW_TOKENS = 8, 4, 24  # per GRPO step: 8 prompts x 4 answers 
 # log-probs (tis) rather than taking them as the old policy (which needs trainer_logprobs=processed).
 GRPO_VARIANTS = {"default": [], "unshared": ["ppo.share_prompts=false"], "padded": ["ppo.pack_sequences=false"],
                  "async": ["ppo.async_rollouts=1", "ppo.rollout_correction=tis"]}
-SIZES = {"0.4M": None, "25M": dict(hidden=512, layers=8, heads=8, intermediate=1376)}  # random_llama shapes
+# GRPO model sizes: the recipe's model, or a random Llama built in code (bench/peer_models.random_llama) with its
+# tokenizer. qwen0.5B has Qwen2-0.5B's body at the carried tokenizer's vocabulary (358M parameters), for the lent
+# GPU (--device cuda); qwen0.5B-2L is two of its layers (30M): the same layer shape on a CPU in minutes.
+SIZES = {"0.4M": None, "25M": dict(hidden=512, layers=8, heads=8, intermediate=1376), "qwen0.5B": QWEN2_05B_BODY,
+         "qwen0.5B-2L": {**QWEN2_05B_BODY, "layers": 2}}
+# --device cuda: every role on one GPU in fractions (policy, reference and the engine: 3 x 0.25), and the Hugging
+# Face engine, since vLLM's CUDA build cannot be carried to the lent machine (../shared/docs/GPU.md); TRL reads
+# the same config (bench/peer_models.py) and trains on the GPU too, generating with Hugging Face as it does here.
+DEVICE_OVERRIDES = {"cpu": [], "cuda": ["ppo.gpus_per_actor=0.25", "ppo.rollout.engine=hf"]}
 
 
 def run_logged(cmd: list[str], log: Path) -> float:
@@ -143,7 +154,8 @@ def grpo_overrides(steps: int, model_path: str) -> tuple[list[str], list[str]]:
     return fixed + optional, dropped
 
 
-def compare_grpo(size: str, steps: int, root: Path, variants: list[str], peer_first: bool = False) -> dict:
+def compare_grpo(size: str, steps: int, root: Path, variants: list[str], peer_first: bool = False,
+                 device: str = "cpu") -> dict:
     """GRPO, identical work: the first 8 x steps prompts of rayalign's default PPO prompt file, taken in the order
     rayalign's steps pick them, through its DEFAULT_CHAT_TEMPLATE (the token ids are checked equal; prompts up to
     128 tokens so none is cut); sampling at temperature 0.7, top_p 0.9, repetition penalty 1.2, top_k off; 8 prompts
@@ -162,11 +174,12 @@ def compare_grpo(size: str, steps: int, root: Path, variants: list[str], peer_fi
 
     model_path = str(resolve_path(load_config(RECIPE).model.path))
     if SIZES[size]:
-        folder = root / f"llama-{size}"
+        folder = root / f"model-{size}"
         random_llama(folder, model_path, **SIZES[size])
         model_path = str(folder)
     params = parameter_count_on_disk(model_path)
     overrides, dropped = grpo_overrides(steps, model_path)
+    overrides += DEVICE_OVERRIDES[device]
     check_overrides(overrides)
     seqs = PROMPTS * ANSWERS
     peer_run = (lambda: trl("grpo", overrides, root, f"grpo-{size}-trl"))
@@ -180,12 +193,12 @@ def compare_grpo(size: str, steps: int, root: Path, variants: list[str], peer_fi
     peer.update(prompt_ids_match_rayalign=result["prompt_ids_match_rayalign"], beta=result["beta"])
     for side in sides.values():
         side.update(speed_end_to_end=speed(side, peer, "wall_s"), speed_per_step=speed(side, peer, "step_s"))
-    out = {"params": params, "steps": steps, "sequences_per_step": seqs, "max_new_tokens": NEW_TOKENS,
+    out = {"params": params, "device": device, "steps": steps, "sequences_per_step": seqs, "max_new_tokens": NEW_TOKENS,
            "overrides": overrides, "not_in_config": dropped, "rayalign": ray, "trl": peer,
            "speed_end_to_end": speed(ray, peer, "wall_s"), "speed_per_step": speed(ray, peer, "step_s"),
            "variants": {name: {"overrides": GRPO_VARIANTS[name], **side} for name, side in sides.items()}}
-    print(f"\nGRPO {size} ({params / 1e6:.2f}M params): {steps} steps x {seqs} sequences x <= {NEW_TOKENS} new tokens, "
-          f"4 optimizer steps per step{'; config lacks ' + ', '.join(dropped) if dropped else ''}")
+    print(f"\nGRPO {size} ({params / 1e6:.2f}M params, {device}): {steps} steps x {seqs} sequences x <= {NEW_TOKENS} "
+          f"new tokens, 4 optimizer steps per step{'; config lacks ' + ', '.join(dropped) if dropped else ''}")
     print(f"  {'':<18}{'end to end':>11}{'s/step':>9}{'reward first5 -> last5':>25}{'gen tokens':>12}{'opt steps':>11}")
     for label, side in [(f"rayalign {name}", side) for name, side in sides.items()] + [("TRL", peer)]:
         print(f"  {label:<18}{side['wall_s']:>10.1f}s{side['step_s']:>9.2f}{side['reward_first5']:>15.3f} -> "
@@ -368,21 +381,35 @@ def merged(path: Path, results: dict) -> dict:
     return {**old, "machine": results["machine"], "warm_imports_s": results["warm_imports_s"]}
 
 
-def warm_file_cache() -> float:
-    """Import both stacks once, untimed, so the first timed run does not pay for reading them from disk."""
+def warm_file_cache(device: str) -> float:
+    """Import both stacks once, untimed, so the first timed run does not pay for reading them from disk (no vLLM
+    on the GPU machine: DEVICE_OVERRIDES)."""
     started = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import torch, transformers, trl, ray, vllm, deepspeed"], cwd=REPO,
-                   check=True, capture_output=True)
+    stacks = "torch, transformers, trl, ray, deepspeed" + (", vllm" if device == "cpu" else "")
+    subprocess.run([sys.executable, "-c", f"import {stacks}"], cwd=REPO, check=True, capture_output=True)
     return time.perf_counter() - started
+
+
+def machine(device: str) -> str:
+    if device == "cpu":
+        return f"{os.cpu_count()} CPUs"
+    import torch
+
+    return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} CPUs"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default="grpo,sft,dpo", help="comparisons to run, comma-separated")
     parser.add_argument("--sizes", default="0.4M,25M", help="GRPO model sizes: 0.4M (stories260K-hd32), 25M (random "
-                                                             "Llama built here)")
+                                                             "Llama built here), qwen0.5B (Qwen2-0.5B's body, for a "
+                                                             "GPU), qwen0.5B-2L (two of its layers)")
+    parser.add_argument("--device", choices=sorted(DEVICE_OVERRIDES), default="cpu",
+                        help="where both sides run GRPO: cpu, or cuda (one GPU shared by every role, Hugging Face "
+                             "generation on both sides; SFT and DPO stay on the CPU recipe)")
     parser.add_argument("--grpo-variants", default="default,unshared,padded,async",
-                        help=f"rayalign GRPO runs against the one TRL run, the first one the headline ({', '.join(GRPO_VARIANTS)})")
+                        help="rayalign GRPO runs against the one TRL run, the first one the headline "
+                             f"({', '.join(GRPO_VARIANTS)})")
     parser.add_argument("--steps", type=int, default=None, help="steps of every run (default: GRPO 20, SFT/DPO 30)")
     parser.add_argument("--repeat", type=int, default=1,
                         help="rounds of each comparison, TRL first in every other one; the ratios' median and range "
@@ -400,15 +427,15 @@ def main() -> None:
     if args.repeat < 1:
         parser.error(f"--repeat must be at least 1, got {args.repeat}")
     # Other work on the machine moves every figure: the load average is recorded next to them.
-    results = {"machine": f"{os.cpu_count()} CPUs", "load_average_at_start": os.getloadavg(),
-               "warm_imports_s": warm_file_cache()}
+    results = {"machine": machine(args.device), "load_average_at_start": os.getloadavg(),
+               "warm_imports_s": warm_file_cache(args.device)}
     print(f"{results['machine']}, load average {results['load_average_at_start'][0]:.2f}")
     with tempfile.TemporaryDirectory(prefix="peers-") as tmp:
         root = args.workdir or Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
         if "grpo" in only:
             results["grpo"] = {size: repeated(f"GRPO {size}", lambda peer_first, folder, size=size: compare_grpo(
-                size, args.steps or 20, folder, variants, peer_first), args.repeat, GRPO_RATIOS, root)
+                size, args.steps or 20, folder, variants, peer_first, args.device), args.repeat, GRPO_RATIOS, root)
                 for size in sizes}
         if "sft" in only:
             results["sft"] = repeated("SFT", lambda peer_first, folder: compare_sft(
