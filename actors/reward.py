@@ -28,6 +28,8 @@ from common.errors import RewardModelTooLarge
 from common.imports import heavy_imports
 
 log = logging.getLogger("rayalign.reward")
+# config.json key of the token length a reward model was trained at (written at export, read where it scores)
+TRAINED_MAX_LENGTH_KEY = "rayalign_reward_max_length"
 
 InputFormat = Literal["chat", "pair"]
 Encoded = dict[str, list[int]]  # input_ids (+ token_type_ids for pair encoders)
@@ -172,12 +174,30 @@ def scores_of(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     return model(**batch).logits[:, 0].float()
 
 
+def warn_if_trained_at_another_length(folder: Path, max_length: int) -> str | None:
+    """A warning (logged and returned) when the model in `folder` was trained at another reward_model.max_length
+    than it now scores at: inputs are cut to a length, so its scores then differ from those its evaluation
+    measured for chats longer than the shorter of the two. None when they agree or the folder does not say (a model
+    trained elsewhere)."""
+    from common.model_dir import config_json
+
+    trained = config_json(folder).get(TRAINED_MAX_LENGTH_KEY)
+    if trained is None or trained == max_length:
+        return None
+    message = (f"reward model {folder} was trained on inputs cut to {trained} tokens and now scores them cut to "
+               f"{max_length} (reward_model.max_length): chats longer than {min(trained, max_length)} tokens get "
+               f"other scores than in training; set reward_model.max_length={trained} to score as trained")
+    log.warning(message)
+    return message
+
+
 class RewardModel(Located):
     """A trained reward model loaded from a local Hugging Face folder, scoring in batches of `batch_size`."""
 
     def __init__(self, path: str, max_length: int = 512, batch_size: int = 32):
         folder = modeling.check_model_dir(path)
         self.path, self.max_length, self.batch_size = str(folder), max_length, batch_size
+        warn_if_trained_at_another_length(folder, max_length)
         self.input_format = read_input_format(folder)
         self.tokenizer = load_reward_tokenizer(folder, self.input_format)
         self.model = load_sequence_classifier(folder, self.tokenizer.pad_token_id).eval().to(modeling.device())

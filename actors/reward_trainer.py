@@ -160,6 +160,8 @@ class RewardTrainer(ZeroTrainer):
     def save_export(self, model: torch.nn.Module, target) -> str:
         fmt = reward.read_input_format(self.backbone)
         tokenizer = reward.load_reward_tokenizer(self.backbone, fmt, self.cfg.model.chat_template)
+        # In config.json, so the length travels with the model: whoever scores with it is told of a mismatch.
+        setattr(model.config, reward.TRAINED_MAX_LENGTH_KEY, self.settings.max_length)
         return save_hf_model(model, tokenizer, target)
 
 

@@ -8,8 +8,9 @@ import json
 
 import pytest
 import torch
+from transformers import AutoConfig
 
-from actors.reward import RewardModel
+from actors.reward import TRAINED_MAX_LENGTH_KEY, RewardModel, warn_if_trained_at_another_length
 from common.config import load_config
 from common.metrics import read_jsonl
 from jobs.train_rm import prepare, run
@@ -77,6 +78,15 @@ def test_export_is_a_hugging_face_reward_model_that_reproduces_the_accuracy(tiny
     accuracy = heldout_accuracy_of_export(tiny_config(tiny_root), tiny.model_dir)
     # Same inputs, same weights; only a near-tie could flip under a different batch padding.
     assert accuracy == pytest.approx(tiny.report["heldout"]["accuracy"], abs=1.5 / tiny.report["heldout"]["pairs"])
+
+
+def test_export_carries_its_training_length_and_scoring_at_another_is_named(tiny, tiny_root):
+    trained = tiny_config(tiny_root).reward_model.max_length
+    assert getattr(AutoConfig.from_pretrained(tiny.model_dir), TRAINED_MAX_LENGTH_KEY) == trained
+    assert warn_if_trained_at_another_length(tiny.model_dir, trained) is None
+    message = warn_if_trained_at_another_length(tiny.model_dir, trained // 2)
+    assert f"trained on inputs cut to {trained} tokens and now scores them cut to {trained // 2}" in message
+    assert f"set reward_model.max_length={trained}" in message
 
 
 @pytest.mark.slow  # ~35 s; SFT's SIGTERM test and DPO's re-run test cover the shared Ray Train resume by default
