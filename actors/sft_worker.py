@@ -3,6 +3,8 @@ thin Ray Train shell). The loop, checkpoints, resume and export live in actors/z
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
 from actors import modeling, packed, zero
@@ -12,6 +14,8 @@ from actors.protocol import to_device
 from actors.scored import final_hidden, head_agrees
 from actors.sft_data import SFTSplit, collate, collate_packed, pack_collated, packed_batches, packed_rows
 from actors.zero_trainer import TrainingSetup, ZeroTrainer, balanced_share, run_rank, save_hf_model
+
+log = logging.getLogger("rayalign.sft")
 
 
 def causal_lm_loss_sums(model, batch: dict, fused: bool = True, chunk_size: int = 4096) -> tuple[torch.Tensor, int]:
@@ -35,6 +39,17 @@ def causal_lm_loss_sums(model, batch: dict, fused: bool = True, chunk_size: int 
     return (nll * mask).sum(), int(mask.sum())
 
 
+def micro_batch_tensors(batch: list, pad_id: int, data_packing: bool, pack: bool) -> dict:
+    """One micro-batch collated: data.packing's rows of chats as packed (`pack`: the model passed the packing check),
+    else their chats one per row, padded; without data.packing its chats padded, or laid end to end into rows of
+    the batch's width (`pack`, sft.pack_sequences). Every layout gives the same loss sum where `pack` holds."""
+    if data_packing and pack:
+        return collate_packed(batch, pad_id)
+    chats = [chat for row in batch for chat in row] if data_packing else batch
+    tensors = collate(chats, pad_id)
+    return pack_collated(tensors) if pack and not data_packing else tensors
+
+
 class SFTWorker(ZeroTrainer):
     section = "sft"
     title = "SFT"
@@ -48,10 +63,15 @@ class SFTWorker(ZeroTrainer):
 
     def setup(self) -> None:
         super().setup()
+        # data.packing's rows need what pack_sequences does (restarting position ids read as chat boundaries), so
+        # either asks for the check: without it a model that attends across them would learn from its neighbours.
         self.pack, _ = packed.engine_layout(
             self.engine, packed.lm_forward(self.engine), self.engine.module.config,
-            modeling.DTYPES[self.cfg.model.dtype], "sft", self.settings.pack_sequences and not self.cfg.data.packing,
+            modeling.DTYPES[self.cfg.model.dtype], "sft", self.settings.pack_sequences or self.cfg.data.packing,
             share=False)
+        if self.cfg.data.packing and not self.pack:
+            log.warning("sft: data.packing is on, but this model reads packed rows across their chats' boundaries "
+                        "(the check above): each row's chats run one per row, padded")
         self.fused = head_agrees(self.engine, self.engine.module.config.vocab_size, self.engine.device,
                                  modeling.DTYPES[self.cfg.model.dtype], "sft", self.cfg.model.fused_loss)
 
@@ -79,11 +99,7 @@ class SFTWorker(ZeroTrainer):
         return sum(sum(1 for label in ex.labels[1:] if label != IGNORE_INDEX) for ex in self._chats(batch))
 
     def loss_sum(self, batch) -> torch.Tensor:
-        if self.cfg.data.packing:
-            tensors = collate_packed(batch, self.pad_id)
-        else:
-            tensors = collate(batch, self.pad_id)
-            tensors = pack_collated(tensors) if self.pack else tensors
+        tensors = micro_batch_tensors(batch, self.pad_id, self.cfg.data.packing, self.pack)
         total, _ = causal_lm_loss_sums(self.engine, to_device(tensors, self.engine.device), self.fused)
         return total
 

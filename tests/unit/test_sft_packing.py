@@ -122,3 +122,24 @@ def test_a_packed_micro_batch_has_the_padded_loss(fused):
     packed_total, packed_count = causal_lm_loss_sums(model, pack_collated(batch), fused=fused)
     assert packed_count == padded_count
     assert packed_total.item() == pytest.approx(padded_total.item(), rel=1e-10 if fused else 1e-6)
+
+
+@pytest.mark.parametrize("data_packing, pack, keys, rows", [
+    (True, True, ["input_ids", "labels", "position_ids"], 3),  # data.packing's rows as packed
+    (True, False, ["attention_mask", "input_ids", "labels"], 9),  # the model failed the check: one chat per row
+    (False, True, ["input_ids", "labels", "position_ids"], None),  # sft.pack_sequences: rows of the batch's width
+    (False, False, ["attention_mask", "input_ids", "labels"], 9),
+])
+def test_every_micro_batch_layout_has_the_same_loss(data_packing, pack, keys, rows):
+    """The worker's layouts, including data.packing's fallback when its model reads across chat boundaries."""
+    from actors.sft_worker import causal_lm_loss_sums, micro_batch_tensors
+
+    model = tiny_llama("sdpa")
+    examples = random_chats(9, seed=7, low=6, high=40)
+    packed = packed_rows(examples, capacity=96, seed=0, epoch=0)
+    assert len(packed) == 3
+    tensors = micro_batch_tensors(packed if data_packing else examples, 0, data_packing, pack)
+    assert sorted(tensors) == keys and (rows is None or tensors["input_ids"].size(0) == rows)
+    alone_total, alone_count = causal_lm_loss_sums(model, collate(examples, 0))
+    total, count = causal_lm_loss_sums(model, tensors)
+    assert count == alone_count and total.item() == pytest.approx(alone_total.item(), rel=1e-10)
