@@ -62,6 +62,9 @@ class CurateConfig:
     report_pairs: int = param(5, "closest (and borderline) dropped pairs listed in the report", ge=0)
 
     def check(self) -> None:
+        negative = {name: share for name, share in self.mix.items() if share < 0}
+        if negative:
+            raise ConfigError(f"mix shares must be >= 0, got {negative}")
         if abs(sum(self.mix.values()) - 1.0) > 1e-6:
             raise ConfigError(f"mix shares must sum to 1, got {sum(self.mix.values()):.4f}")
         if self.min_chars >= self.max_chars:

@@ -65,8 +65,10 @@ def plan_mix(available: dict[str, int], shares: dict[str, float], target_size: i
 
 
 def apportion(total: int, shares: dict[str, float]) -> dict[str, int]:
-    """Integer targets summing to `total` (largest-remainder method; ties go to the earlier category)."""
-    exact = {c: total * s for c, s in shares.items()}
+    """Integer targets summing to `total` (largest-remainder method; ties go to the earlier category). The shares
+    are normalised first: the config allows a sum off 1 by 1e-6, which at millions of records is a record or two."""
+    scale = sum(shares.values())
+    exact = {c: total * s / scale for c, s in shares.items()}
     counts = {c: math.floor(x + 1e-9) for c, x in exact.items()}
     leftover = total - sum(counts.values())
     by_remainder = sorted(shares, key=lambda c: -(exact[c] - counts[c]))

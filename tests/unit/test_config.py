@@ -121,6 +121,8 @@ def test_cross_field_checks():
         load_config(None, ["ppo.kl.mode=loss", "ppo.kl.estimator=k1"])
     with pytest.raises(ConfigError, match="curate.mix shares must sum to 1"):
         load_config(None, ["curate.mix={general: 0.5, domain: 0.6}"])
+    with pytest.raises(ConfigError, match=r"curate.mix shares must be >= 0, got \{'edge': -0.2\}"):
+        load_config(None, ["curate.mix={general: 1.2, edge: -0.2}"])
     with pytest.raises(ConfigError, match=r"ppo.dynamic_sampling drops groups .* needs a group estimator"):
         load_config(None, ["ppo.dynamic_sampling.enabled=true"])
     with pytest.raises(ConfigError, match="ppo.eval_samples=4 samples answers to the held-out prompts: set "

@@ -18,6 +18,12 @@ def test_apportion_sums_to_the_total(total, expected):
     assert apportion(total, SPEC_MIX) == expected
 
 
+def test_shares_a_hair_over_one_still_apportion_exactly_the_total():
+    """The config accepts sums within 1e-6 of 1; unnormalised, 0.5000005 + 0.5 of 2M gave 2,000,001 records."""
+    counts = apportion(2_000_000, {"a": 0.5000005, "b": 0.5})
+    assert sum(counts.values()) == 2_000_000 and counts == {"a": 1_000_000, "b": 1_000_000}
+
+
 def test_size_target_met_when_every_category_has_enough():
     plan = plan_mix({"general": 500, "domain": 400, "multi_turn": 300, "edge": 200}, SPEC_MIX, 1000)
     report = plan.to_dict()
