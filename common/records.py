@@ -47,6 +47,8 @@ HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
 # (the same records): read one of them, never the report, review queue or spot-check sample beside it.
 CURATE_MARKER = "report.json"
 CURATED_FILES = ("curated.jsonl", "curated.parquet")
+# Parquet metadata naming the columns written as JSON text (write_parquet): values Arrow cannot hold in one type
+JSON_COLUMNS_KEY = b"rayalign.json_columns"
 
 
 OnError = Callable[[RecordError], None]
@@ -158,11 +160,53 @@ def _parquet_rows(path: Path) -> Iterator[tuple[str, dict]]:
     import pyarrow.parquet as pq
 
     try:
-        rows = pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
     except pa.ArrowException as exc:
         raise SourceError.at(path, f"cannot read as Parquet ({exc})") from None
-    for i, row in enumerate(rows, start=1):
+    as_json = json.loads((table.schema.metadata or {}).get(JSON_COLUMNS_KEY, b"[]"))
+    for i, row in enumerate(table.to_pylist(), start=1):
+        for name in as_json:
+            if row.get(name) is not None:
+                row[name] = json.loads(row[name])
         yield f"{path}:row {i}", row
+
+
+def write_parquet(path: Path, rows: list[dict]) -> None:
+    """Rows as a Parquet file that read_records gives back as they were. Columns are the union of the rows' keys
+    (Arrow would take them from the first row alone and drop, say, the ratings of later records). A column whose
+    values Arrow cannot hold in one type (an extra field that is a number in one source and text in another, an
+    empty object) is written as JSON text and named in the file's metadata, instead of failing the whole write."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = list(dict.fromkeys(key for row in rows for key in row))
+    arrays, as_json = {}, []
+    for name in names:
+        values = [row.get(name) for row in rows]
+        try:
+            arrays[name] = pa.array(values)
+            if _parquet_holds(arrays[name].type):
+                continue
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            pass
+        arrays[name] = pa.array([None if v is None else json.dumps(v, ensure_ascii=False) for v in values],
+                                pa.string())
+        as_json.append(name)
+    table = pa.Table.from_pydict(arrays)
+    if as_json:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), JSON_COLUMNS_KEY: json.dumps(as_json)})
+    pq.write_table(table, path)
+
+
+def _parquet_holds(kind) -> bool:
+    """Whether Parquet can store an Arrow type: not a struct without fields (from an empty object), at any depth."""
+    import pyarrow as pa
+
+    if pa.types.is_struct(kind):
+        return kind.num_fields > 0 and all(_parquet_holds(kind.field(i).type) for i in range(kind.num_fields))
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return _parquet_holds(kind.value_type)
+    return True
 
 
 def _folder_rows(path: Path, report: OnError) -> Iterator[tuple[str, dict]]:

@@ -24,7 +24,7 @@ import numpy as np
 from common.config import Config, CurateConfig, resolve_path
 from common.configlib import to_dict
 from common.errors import ConfigError, EmptyDatasetError, RecordError
-from common.records import read_records
+from common.records import read_records, write_parquet
 from jobs.curation.dedup import DedupResult, Embedder, greedy_dedup
 from jobs.curation.mixing import plan_mix, sample_mix
 from jobs.curation.report import (accounting_by_source, annotation_report, pair_entry, plot_lengths,
@@ -275,7 +275,7 @@ def write_outputs(output_dir: Path, final: list[dict], review_rows: list[dict], 
     try:
         curated = [dict(record_of(row), id=row["id"]) for row in final]
         _write_jsonl(tmp / "curated.jsonl", curated)
-        _write_parquet(tmp / "curated.parquet", curated)
+        write_parquet(tmp / "curated.parquet", curated)
         _write_jsonl(tmp / "review_queue.jsonl", [_review_entry(row) for row in review_rows])
         spot = set(spot_ids)
         _write_jsonl(tmp / "spot_check.jsonl", [dict(_review_fields(row), verdict=None) for row in final
@@ -311,13 +311,3 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     with path.open("w", encoding="utf-8") as handle:
         for row in rows:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
-def _write_parquet(path: Path, rows: list[dict]) -> None:
-    """Columns are the union of the records' keys: Arrow would otherwise take them from the first row only
-    and silently drop, say, the ratings of later records."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    pq.write_table(pa.Table.from_pydict({c: [row.get(c) for row in rows] for c in columns}), path)

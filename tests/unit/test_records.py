@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from common.errors import RecordError, SourceError
-from common.records import last_response, normalise, prompt_of, read_many, read_records
+from common.records import (JSON_COLUMNS_KEY, _parquet_rows, last_response, normalise, prompt_of, read_many,
+                            read_records, write_parquet)
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -142,6 +143,23 @@ def test_missing_file_and_parquet_round_trip(tmp_path):
     pq.write_table(pa.Table.from_pylist([{"prompt": "q", "response": "a"}]), tmp_path / "d.parquet")
     [record] = read_records(tmp_path / "d.parquet")
     assert record["messages"][-1] == {"role": "assistant", "content": "a"}
+
+
+def test_parquet_of_mixed_extra_fields_round_trips():
+    """Fields that sources type differently, or an empty object, cannot share an Arrow type: written as JSON text
+    (named in the metadata) instead of failing the whole write, and read back as they were."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    rows = [{"messages": [{"role": "user", "content": "q"}], "columns": {"ref": 1, "meta": {}}, "n": 1},
+            {"messages": [{"role": "user", "content": "r"}], "columns": {"ref": "x"}, "n": 2, "later": [1.0]}]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "mixed.parquet"
+        write_parquet(path, rows)
+        assert json.loads(pq.read_schema(path).metadata[JSON_COLUMNS_KEY]) == ["columns"]
+        read = [row for _, row in _parquet_rows(path)]
+    assert read == [dict(rows[0], later=None), rows[1]]
 
 
 def _mixed_file(tmp_path):
