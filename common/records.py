@@ -284,7 +284,7 @@ def _user_text(instruction: str, extra: str) -> str:
 def _hh_turns(transcript: str, where: str) -> list[dict]:
     parts = HH_TURN.split(transcript)
     if len(parts) < 3:
-        raise RecordError.at(where, f"transcript has no 'Human:/Assistant:' turns")
+        raise RecordError.at(where, "transcript has no 'Human:/Assistant:' turns")
     return [{"role": "user" if speaker == "Human" else "assistant", "content": text.strip()}
             for speaker, text in zip(parts[1::2], parts[2::2])]
 
@@ -372,7 +372,7 @@ def normalise(row: dict, where: str) -> list[dict]:
     records = [_extras(row, dict(r, source=where), where) for r in _normalise(row, where)]
     for record in records:
         if not record["messages"] and "chosen" not in record:
-            raise RecordError.at(where, f"record has no turns")
+            raise RecordError.at(where, "record has no turns")
     return records
 
 
