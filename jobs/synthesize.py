@@ -13,7 +13,8 @@ A generation that fails or comes back empty is retried from a fresh seed, then c
 Every record says where it came from (generator, template hash, seed, the seed tasks it was shown).
 Outputs in <run.output_root>/<run.name>/synthesize/: candidates.jsonl (jobs.records schema; feed it to
 jobs.curate, or run both with jobs.funnel), failures.jsonl, report.json, report.md. Batches already generated
-(<run>/synthesize-shards/) are not generated again when the same command runs again.
+(<run>/synthesize-shards/) are not generated again when the same command runs again, except those where a request
+failed, which are generated again (an endpoint that was down for a while costs a re-run, not the candidates).
 """
 
 from __future__ import annotations

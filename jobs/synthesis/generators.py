@@ -9,9 +9,11 @@ candidates with them.
   requests in flight per actor, each with a timeout and retries with doubling backoff on timeouts, connection
   errors, 429 and 5xx (a 4xx other than 429 is final: asking again would get the same answer).
 
-Both answer `complete(messages, seed_indices, draw, max_tokens)` with one (text, error) per conversation;
-`complete_stage` adds the garbage retries (a usable text or give up after synth.retries), each try from its own
-seed stream so a retry is a new sample, not the same one again.
+Both answer `complete(messages, seed_indices, draw, max_tokens)` with one (text, error) per conversation, an error
+being final (the HTTP generator has retried what a retry can mend); `complete_stage` adds the garbage retries (a
+usable text or give up after synth.retries), each try from its own seed stream so a retry is a new sample, not the
+same one again. So synth.retries bounds each layer once: a request is sent at most retries + 1 times per
+generation, not (retries + 1)² times, and a final 4xx once.
 """
 
 from __future__ import annotations
@@ -46,8 +48,8 @@ class Attempt:
 
 def complete_stage(conversations: list[list[dict]], seed_indices: list[int], complete: Complete, draw: int,
                    max_tokens: int, retries: int, min_chars: int) -> list[Attempt]:
-    """One generation per conversation; the ones that fail or come back unusable are asked again (all of them in
-    one batch per round), from draw + try."""
+    """One generation per conversation; the ones that come back unusable are asked again (all of them in one batch
+    per round), from draw + try. A failed request is not: `complete` returns only final errors."""
     results = [Attempt(None, 0, "not tried") for _ in conversations]
     pending = list(range(len(conversations)))
     for attempt in range(retries + 1):
@@ -57,11 +59,11 @@ def complete_stage(conversations: list[list[dict]], seed_indices: list[int], com
                            max_tokens)
         still = []
         for i, (text, error) in zip(pending, outputs):
-            if not error and not usable(text, min_chars):
+            unusable = not error and not usable(text, min_chars)
+            if unusable:
                 error = f"unusable generation {(text or '').strip()[:60]!r} (shorter than synth.min_chars={min_chars})"
-            results[i] = Attempt(text if not error else None, attempt + 1, error)
-            if error:
                 still.append(i)
+            results[i] = Attempt(text if not error else None, attempt + 1, error)
         pending = still
     return results
 

@@ -57,8 +57,9 @@ def run(cfg: Config) -> SynthResult:
     todo = [c for c in wanted if c.index // syn.batch_size not in done]
     seconds, warm = 0.0, None
     if todo:
-        log.info("generating %d candidates in %d batches with %s (%d batches already on disk)", len(todo),
-                 len({c.index // syn.batch_size for c in todo}), generator.name, len(done))
+        log.info("generating %d candidates in %d batches with %s (%d batches already on disk; one where a "
+                 "request failed is generated again)", len(todo), len({c.index // syn.batch_size for c in todo}),
+                 generator.name, len(done))
         runtime.start(cfg.ray)
         quiet_ray_data()
         clock = time.perf_counter()  # generation alone (the engines' start-up included), not Ray's start
@@ -131,7 +132,9 @@ def _http_generator(cfg: Config) -> Generator:
 
 def fingerprint(cfg: Config, generator: Generator, seed: int) -> str:
     settings = {k: v for k, v in to_dict(cfg.synth).items() if k not in THROUGHPUT_ONLY}
-    data = {"synth": settings, "generator": generator.name, "seed": seed}
+    # The engine's whole model path, not the name's last part: two models in .../hf folders must not share shards.
+    data = {"synth": settings, "generator": generator.name, "model_path": generator.spec.get("model_path"),
+            "seed": seed}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -142,7 +145,11 @@ class Shards:
         self.folder = folder
 
     def done(self) -> set[int]:
-        return {int(path.stem.split("-")[1]) for path in self.folder.glob("batch-*.jsonl")}
+        """Batches on disk, except those where a request failed (an endpoint down for a while): those are generated
+        again when the command runs again. An unusable generation is not a reason: the same seeds give it again."""
+        return {int(path.stem.split("-")[1]) for path in self.folder.glob("batch-*.jsonl")
+                if not any(request_failed(json.loads(line)) for line in path.read_text(encoding="utf-8").splitlines()
+                           if line.strip())}
 
     def write(self, batch: int, rows: list[dict]) -> None:
         from jobs.make_task import write_jsonl
@@ -153,6 +160,11 @@ class Shards:
         rows = [json.loads(line) for path in sorted(self.folder.glob("batch-*.jsonl"))
                 for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         return sorted(rows, key=lambda r: r["index"])
+
+
+def request_failed(row: dict) -> bool:
+    """Whether a candidate failed for want of an answer (timeouts, HTTP errors), not for what came back."""
+    return bool(row["error"]) and "unusable generation" not in row["error"]
 
 
 def generate(cfg: Config, todo: list[Candidate], seed: int, seed_tasks: list, generator: Generator,

@@ -55,20 +55,22 @@ def test_the_template_numbers_the_examples_on_one_line_each_cut_to_length():
 
 
 def test_unusable_generations_are_retried_from_a_fresh_draw_then_reported():
-    """complete_stage's contract: every try of a conversation uses draw + try; a usable text ends its tries."""
+    """complete_stage's contract: every try of a conversation uses draw + try; a usable text ends its tries, and a
+    failed request is final (the HTTP generator retried it already: asking again squared the requests)."""
     calls = []
 
     def complete(conversations, seed_indices, draw, max_tokens):
         calls.append((list(seed_indices), draw))
         # per seed index, what each try returns: 0 is usable on its second try, 1 never, 2 at once; 3's first
-        # request fails outright (None), its second succeeds
+        # request fails outright (None), and is not asked again
         table = {0: ["  ", "fine"], 1: ["", "", ""], 2: ["good"], 3: [None, "ok now"]}
         texts = [table[s][min(draw - 10, len(table[s]) - 1)] for s in seed_indices]
         return [(None, "HTTP 503") if text is None else (text, "") for text in texts]
 
     results = complete_stage([[{}]] * 4, [0, 1, 2, 3], complete, draw=10, max_tokens=8, retries=2, min_chars=2)
-    assert calls == [([0, 1, 2, 3], 10), ([0, 1, 3], 11), ([1], 12)]
-    assert [(r.text, r.tries) for r in results] == [("fine", 2), (None, 3), ("good", 1), ("ok now", 2)]
+    assert calls == [([0, 1, 2, 3], 10), ([0, 1], 11), ([1], 12)]
+    assert [(r.text, r.tries) for r in results] == [("fine", 2), (None, 3), ("good", 1), (None, 1)]
+    assert results[3].error == "HTTP 503"
     assert "unusable generation ''" in results[1].error and not results[0].error
 
 
@@ -87,10 +89,13 @@ def test_a_record_says_where_it_came_from():
 
 def test_shards_are_whole_files_listed_by_batch(tmp_path):
     shards = Shards(tmp_path / "s")
-    shards.write(3, [{"index": 7}, {"index": 6}])
-    shards.write(0, [{"index": 1}])
-    assert shards.done() == {0, 3} and [r["index"] for r in shards.read()] == [1, 6, 7]
-    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["batch-00000.jsonl", "batch-00003.jsonl"]
+    shards.write(3, [{"index": 7, "error": ""}, {"index": 6, "error": ""}])
+    shards.write(0, [{"index": 1, "error": ""}])
+    shards.write(1, [{"index": 2, "error": ""}, {"index": 3, "error": "task: APITimeoutError (after 4 tries)"}])
+    shards.write(2, [{"index": 4, "error": "answer: unusable generation '' (shorter than synth.min_chars=2)"}])
+    # A failed request is asked again by the same command; an unusable generation would come back the same.
+    assert shards.done() == {0, 2, 3} and [r["index"] for r in shards.read()] == [1, 2, 3, 4, 6, 7]
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == [f"batch-0000{i}.jsonl" for i in range(4)]
 
 
 @pytest.mark.parametrize("overrides, message", [
