@@ -161,12 +161,20 @@ class ToolEnvironment(Environment):
 
 @ENVIRONMENTS.register("calculator")
 class Calculator(ToolEnvironment):
-    """Arithmetic with an `add` tool: pays 1 when the final answer holds the record's `answer`."""
+    """Arithmetic with an `add` tool: pays 1 when the final answer's last number (or its '#### <number>') equals the
+    record's `answer`. Not a substring test: that paid "15" for 5, and every reply for a record without an answer."""
 
     tools = {"add": "actors.tools:add"}
 
+    def reset(self, record: dict) -> list[dict]:
+        if "answer" not in record:
+            raise ValueError("the calculator environment needs an 'answer' field in every record")
+        return super().reset(record)
+
     def score(self, final_answer: str) -> float:
-        return float(str(self.record.get("answer", "")).strip() in final_answer)
+        from actors.reward_library import expected_number, final_number
+
+        return float(final_number(final_answer) == expected_number(self.record["answer"]))
 
 
 # ---- the worker ------------------------------------------------------------------------------------------

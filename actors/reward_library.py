@@ -1,6 +1,7 @@
 """Verifiable reward functions shipped with rayalign, for ppo.reward.functions (actors/reward_functions.py):
 
     actors.reward_library:numeric_answer   1 when the response's final answer equals the record's `answer` column
+                                           (a number, or a worked solution ending in '#### <number>' as in GSM8K)
     actors.reward_library:regex_format     1 when the response matches a pattern (kwargs: pattern, full)
     actors.reward_library:mentions_answer  1 when the response names the record's `answer` (whole words)
 
@@ -35,12 +36,23 @@ def _decimal(token: str | int | float | None) -> Decimal | None:
 
 
 def numeric_answer(prompts: Sequence, responses: Sequence[str], answer: Sequence) -> list[float]:
-    """1.0 when the final number of each response equals its record's `answer` (a number or numeric text)."""
+    """1.0 when the final number of each response equals its record's `answer` (a number, numeric text, or text
+    ending in '#### <number>': GSM8K's answer column holds the worked solution). An answer that is none of these
+    raises, naming it: scoring 0 would train against every response to that record."""
     scores = []
     for response, expected in zip(responses, answer, strict=True):
-        got, want = final_number(response), _decimal(expected)
-        scores.append(1.0 if got is not None and want is not None and got == want else 0.0)
+        got, want = final_number(response), expected_number(expected)
+        scores.append(1.0 if got is not None and got == want else 0.0)
     return scores
+
+
+def expected_number(expected) -> Decimal:
+    """A record's answer as a decimal: a number, numeric text, or the number after its last '####'."""
+    marked = MARKED.findall(expected) if isinstance(expected, str) else []
+    want = _decimal(marked[-1]) if marked else _decimal(expected)
+    if want is None:
+        raise ValueError(f"answer {str(expected)[:80]!r} is neither a number nor text ending in '#### <number>'")
+    return want
 
 
 def regex_format(prompts: Sequence, responses: Sequence[str], pattern: str, full: bool = False) -> list[float]:
@@ -51,6 +63,8 @@ def regex_format(prompts: Sequence, responses: Sequence[str], pattern: str, full
 
 
 def mentions_answer(prompts: Sequence, responses: Sequence[str], answer: Sequence[str]) -> list[float]:
-    """1.0 when the response names its record's `answer` as a whole word (case-insensitive; a plural 's' too)."""
-    return [1.0 if re.search(rf"\b{re.escape(str(word))}s?\b", response, re.IGNORECASE) else 0.0
+    """1.0 when the response names its record's `answer` as a whole word (case-insensitive; a plural 's' too). Word
+    edges are 'no word character on either side' rather than \\b, which never matches after an answer ending in a
+    symbol ('C++', 'C#')."""
+    return [1.0 if re.search(rf"(?<!\w){re.escape(str(word))}s?(?!\w)", response, re.IGNORECASE) else 0.0
             for response, word in zip(responses, answer, strict=True)]

@@ -115,6 +115,14 @@ def test_tool_calls_run_in_a_subprocess_and_every_failure_is_an_observation(tmp_
     assert calc.step('<tool_call>{"name": "mul", "arguments": {}}</tool_call>')[0][0]["content"].startswith(
         "error: unknown tool 'mul'")
     assert calc.step("It is 5.") == ([], 1.0, True)
+    calc.reset({"messages": [{"role": "user", "content": "2+3?"}], "answer": "5"})
+    assert calc.step("It is 15.") == ([], 0.0, True)  # a substring test paid this
+    calc.reset({"messages": [{"role": "user", "content": "2+3?"}], "answer": "5"})
+    assert calc.step("Add 2 and 3: 5.0") == ([], 1.0, True)
+    with pytest.raises(ValueError, match="needs an 'answer' field"):
+        calc.reset({"messages": [{"role": "user", "content": "2+3?"}]})
+    assert run_tool("actors.tools:add", {"a": "1", "b": "2"}, 10) == \
+        "error: TypeError: a must be a number, got str '1'"  # not "12"
 
 
 class Broken:

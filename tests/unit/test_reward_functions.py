@@ -30,6 +30,11 @@ def test_the_final_answer_is_the_marked_number_or_else_the_last_one(text, number
 def test_numeric_answer_compares_numbers_not_spellings():
     responses = ["So she has 1,000 coins.", "#### 12", "maybe 7 or 8", "none"]
     assert numeric_answer(NO_PROMPTS, responses, answer=["1000.0", 12, "7", "3"]) == [1.0, 1.0, 0.0, 0.0]
+    # GSM8K's answer column is the worked solution ending in '#### <number>'; anything else unparseable is named.
+    gsm8k = "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips.\n#### 72"
+    assert numeric_answer(NO_PROMPTS, ["She sold 72.", "48"], answer=[gsm8k, gsm8k]) == [1.0, 0.0]
+    with pytest.raises(ValueError, match="answer 'seventy' is neither a number nor text ending in '#### <number>'"):
+        numeric_answer(NO_PROMPTS, ["72"], answer=["seventy"])
 
 
 def test_regex_format_searches_or_matches_the_whole_response():
@@ -42,6 +47,8 @@ def test_regex_format_searches_or_matches_the_whole_response():
 def test_mentions_answer_wants_the_whole_word():
     responses = ["The dogs ran home.", "A hotdog stand.", "CAT!", "Nothing"]
     assert mentions_answer(NO_PROMPTS, responses, answer=["dog", "dog", "cat", "owl"]) == [1.0, 0.0, 1.0, 0.0]
+    # An answer ending in a symbol: \b after '+' never matched, so these scored 0.
+    assert mentions_answer(NO_PROMPTS, ["Use C++ here.", "Use C here."], answer=["C++", "C++"]) == [1.0, 0.0]
 
 
 # ---- loading ---------------------------------------------------------------------------------------------
