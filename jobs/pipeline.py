@@ -105,9 +105,12 @@ def wire(cfg: Config, stage: str, outputs: dict) -> Config:
     return cfg
 
 
-def fingerprint(cfg: Config, stage: str, outputs: dict) -> str:
+def fingerprint(cfg: Config, stage: str, outputs: dict, upstream: dict[str, str] | None = None) -> str:
+    """What a stage's result depends on: its config sections, run.seed (every stage draws from it), the paths it is
+    fed, and the fingerprints of the stages before it (`upstream`). The paths alone never change (<run>/curate/
+    curated.jsonl), so without the last a re-curated dataset left the SFT stage 'already done' on the old one."""
     data = {name: to_dict(getattr(cfg, name)) for name in STAGE_SECTIONS[stage]}
-    data["inputs"] = outputs
+    data.update(seed=cfg.run.seed, inputs=outputs, upstream=upstream or {})
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -171,16 +174,18 @@ def stage_record(run_dir: Path, stage: str) -> Path:
     return run_dir / stage / "stage.json"
 
 
-def run_stage(cfg: Config, run_dir: Path, stage: str, outputs: dict) -> dict:
-    """Run one stage unless an identical run of it already finished; returns its outputs."""
+def run_stage(cfg: Config, run_dir: Path, stage: str, outputs: dict,
+              upstream: dict[str, str] | None = None) -> tuple[dict, str]:
+    """Run one stage unless an identical run of it already finished (same fingerprint, `upstream` holding the
+    earlier stages'); returns its outputs and its fingerprint."""
     stage_cfg = wire(cfg, stage, outputs)
-    key = fingerprint(stage_cfg, stage, {k: v for k, v in outputs.items() if isinstance(v, str)})
+    key = fingerprint(stage_cfg, stage, {k: v for k, v in outputs.items() if isinstance(v, str)}, upstream)
     record = stage_record(run_dir, stage)
     if record.exists():
         done = json.loads(record.read_text())
         if done.get("fingerprint") == key:
             log.info("stage %s already done (%s); skipping", stage, record)
-            return done["outputs"]
+            return done["outputs"], key
     log.info("stage %s: starting", stage)
     started = time.monotonic()
     produced = STAGES[stage](stage_cfg)
@@ -190,7 +195,7 @@ def run_stage(cfg: Config, run_dir: Path, stage: str, outputs: dict) -> dict:
     tmp.write_text(json.dumps({"fingerprint": key, "seconds": time.monotonic() - started, "outputs": produced,
                                "config": to_dict(stage_cfg)}, indent=2, default=str))
     tmp.replace(record)
-    return produced
+    return produced, key
 
 
 def run(cfg: Config) -> dict:
@@ -206,9 +211,11 @@ def run(cfg: Config) -> dict:
     runtime.start(cfg.ray, ray_train=True)
     outputs: dict = {}
     seconds: dict[str, float] = {}
+    fingerprints: dict[str, str] = {}
     for stage in stages:
         started = time.monotonic()
-        outputs.update(run_stage(cfg, run_dir, stage, outputs))
+        produced, fingerprints[stage] = run_stage(cfg, run_dir, stage, outputs, dict(fingerprints))
+        outputs.update(produced)
         seconds[stage] = time.monotonic() - started
     report = write_report(cfg, run_dir, outputs, seconds)
     log.info("pipeline done: %s", report)

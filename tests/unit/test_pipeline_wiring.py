@@ -35,6 +35,9 @@ def test_fingerprints_change_with_the_stage_inputs_and_its_own_sections_only():
     assert fingerprint(load_config(TINY_CPU, ["ppo.steps=3"]), "sft", OUTPUTS) == base  # another stage's key
     assert fingerprint(load_config(TINY_CPU, ["sft.max_steps=7"]), "sft", OUTPUTS) != base
     assert fingerprint(cfg, "sft", {**OUTPUTS, "curated": "/elsewhere.jsonl"}) != base
+    # The same paths fed by a stage that ran otherwise (a re-curated dataset), or another seed: not the same run.
+    assert fingerprint(cfg, "sft", OUTPUTS, {"curate": "aaaa"}) != fingerprint(cfg, "sft", OUTPUTS, {"curate": "bbbb"})
+    assert fingerprint(load_config(TINY_CPU, ["run.seed=7"]), "sft", OUTPUTS) != base
 
 
 @pytest.mark.parametrize("stage", ["ppo", "dpo"])
