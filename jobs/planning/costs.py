@@ -158,9 +158,11 @@ def ppo_work(cfg: Config, params: float) -> tuple[float, float, float]:
     n = per_step * ppo.steps
     forward = forward_flops_per_token(params)
     forwards = 2 + (ppo.reward.rm_source == "model") + ppo.uses_value_model  # old log-probs, reference, ...
-    trained = 1 + ppo.uses_value_model
-    train = training_flops_per_token(params, cfg.lora.enabled, cfg.model.gradient_checkpointing)
-    return n, n * (forwards * forward + trained * ppo.ppo_epochs * train), n * forward
+    checkpointing = cfg.model.gradient_checkpointing
+    # The policy trains as configured (LoRA or not); a value model always trains in full (actors/value.py).
+    train = training_flops_per_token(params, cfg.lora.enabled, checkpointing) + \
+        (training_flops_per_token(params, False, checkpointing) if ppo.uses_value_model else 0.0)
+    return n, n * (forwards * forward + ppo.ppo_epochs * train), n * forward
 
 
 def device_for(cfg: Config) -> Device | None:

@@ -82,9 +82,12 @@ def _ppo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
                                       max(ppo.mini_batch_size // ppo.policy_workers, 1), tokens, policy_logit_tokens),
                       where)]
     if ppo.uses_value_model:
+        # The value model trains every parameter of an unquantized backbone (actors/value.py), whatever the
+        # policy's LoRA and quantization: sized as the policy's, it fitted on paper at a sixth of its memory.
         roles.append(RolePlan("ppo", "value", ppo.value_workers, gpus,
-                              training_memory(cfg, shape, cfg.lora.enabled, ppo.value_workers,
-                                              max(ppo.mini_batch_size // ppo.value_workers, 1), tokens, logit_tokens=0),
+                              training_memory(cfg, shape, False, ppo.value_workers,
+                                              max(ppo.mini_batch_size // ppo.value_workers, 1), tokens, logit_tokens=0,
+                                              quantized=False),
                               where))
     else:
         roles.append(RolePlan("ppo", "value", 0, 0.0, None,
@@ -157,13 +160,12 @@ class Plan:
 
 
 REMEDIES = {
-    "parameters": "quantise the base (model.quantization=int8/4bit with lora.enabled=true) or use deepspeed.stage=3",
     "parameters_4bit": "the 4-bit base alone is too large: split it with deepspeed.stage=3 over more GPUs, or take a "
                        "smaller model",
-    "gradients": "train LoRA adapters (lora.enabled=true) or use deepspeed.stage>=2",
-    "optimizer": "train LoRA adapters (lora.enabled=true), raise deepspeed.stage or set deepspeed.offload_optimizer",
     "activations": "set model.gradient_checkpointing=true or lower the micro-batch size or max length",
     "kv_cache": "add rollout engines or lower ppo.rollout_batch_size",
+    "offloaded": "offloaded parameters and optimizer states live in host memory: more host memory or nodes, or "
+                 "offload less",
 }
 
 
@@ -175,10 +177,35 @@ def host_budget(cfg: Config) -> float:
     return cfg.profile.host_memory_gib * cfg.profile.nodes * GIB * cfg.profile.usable_memory_share
 
 
-def remedy(cfg: Config, term: str) -> str:
-    if term == "parameters" and cfg.model.quantization == "4bit" and cfg.deepspeed.stage < 3:
+def remedy(cfg: Config, term: str, stage: str = "sft", role: str = "policy") -> str:
+    """What would bring `term` down for this role, leaving out what is already in effect: the reward-model stage's
+    LoRA is reward_model.lora; a PPO value model trains in full whatever the LoRA settings; ZeRO-3 cannot be raised."""
+    if term in REMEDIES and term != "parameters_4bit":
+        return REMEDIES[term]
+    ds, full = cfg.deepspeed, role == "value"
+    if term == "parameters" and cfg.model.quantization == "4bit" and ds.stage < 3 and not full:
         return REMEDIES["parameters_4bit"]
-    return REMEDIES[term]
+    lora_key = "reward_model.lora" if stage == "reward_model" else "lora.enabled"
+    lora_on = cfg.reward_model.lora if stage == "reward_model" else cfg.lora.enabled
+    options = []
+    if term == "parameters":
+        if not full and cfg.model.quantization == "none":
+            options.append(f"quantise the base (model.quantization=int8/4bit with {lora_key}=true)")
+        if ds.stage < 3:
+            options.append("use deepspeed.stage=3")
+        if not ds.offload_param:
+            options.append("set deepspeed.offload_param")
+    else:  # gradients, optimizer
+        if not full and not lora_on:
+            options.append(f"train LoRA adapters ({lora_key}=true)")
+        if ds.stage < (2 if term == "gradients" else 3):
+            options.append("raise deepspeed.stage")
+        if term == "optimizer" and not ds.offload_optimizer:
+            options.append("set deepspeed.offload_optimizer")
+        if full:
+            options.append("the value model trains every parameter: split it over more ranks (ppo.value_workers) "
+                           "or use an estimator without one (ppo.advantage_estimator=grpo)")
+    return ", or ".join(options) or "take a smaller model or a profile with more memory"
 
 
 def gib(value: float) -> str:
@@ -197,7 +224,8 @@ def gpu_problems(cfg: Config, stage: str, roles: list[RolePlan]) -> list[str]:
             term = r.memory.largest_term()
             problems.append(f"stage {stage}, role {r.role}: needs {gib(r.memory.on_device)} per rank "
                             f"({term} {gib(getattr(r.memory, term))}) but {r.gpus_per_rank:g} × {prof.gpu} offers "
-                            f"{gib(budget)} ({prof.usable_memory_share:.0%} usable); {remedy(cfg, term)}")
+                            f"{gib(budget)} ({prof.usable_memory_share:.0%} usable); "
+                            f"{remedy(cfg, term, stage, r.role)}")
     return problems
 
 
@@ -209,10 +237,11 @@ def host_problems(cfg: Config, stage: str, roles: list[RolePlan]) -> list[str]:
     if need <= host_budget(cfg):
         return []
     terms = {term: sum(r.ranks * getattr(r.memory, term) for r in on_host) for term in Memory.TERMS}
+    terms["offloaded"] = sum(r.ranks * r.memory.offloaded for r in roles if r.memory is not None)
     term = max(terms, key=terms.get)
     return [f"stage {stage}: needs {gib(need)} of host memory over all ranks ({term} {gib(terms[term])}) but "
             f"{cfg.profile.nodes} × {cfg.profile.host_memory_gib:g} GiB offers {gib(host_budget(cfg))}; "
-            f"{remedy(cfg, term)}"]
+            f"{remedy(cfg, term, stage, on_host[0].role if on_host else 'policy')}"]
 
 
 def quantization_problems(cfg: Config) -> list[str]:

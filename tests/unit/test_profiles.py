@@ -160,6 +160,28 @@ def test_offload_moves_optimizer_states_to_host_memory():
     assert tight.problems[0].startswith("stage sft: needs 78.2 GiB of host memory over all ranks")
 
 
+def test_the_value_model_is_sized_as_it_trains_in_full_and_each_refusal_names_what_would_help():
+    """A PPO value model trains every parameter of an unquantized backbone (actors/value.py), whatever the policy's
+    LoRA and int8: sized like the policy it 'fitted' at 20 GiB. 7B bf16: weights 2N, gradients 2N, AdamW 12N."""
+    rlhf = ["pipeline.stages=[curate,sft,reward_model,ppo]", "ppo.gpus_per_actor=1", "ppo.reference=adapter_disabled",
+            "reward_model.lora=true"]
+    result = make_plan(load_profile("4xa100", rlhf), "7B")
+    value = role(result, "ppo", "value").memory
+    assert (value.parameters, value.gradients, value.optimizer) == (7e9 * 2, 7e9 * 2, 7e9 * 12)
+    [problem] = [p for p in result.problems if "role value" in p]
+    assert "lora.enabled" not in problem and "(ppo.advantage_estimator=grpo)" in problem
+    # The reward model's stage reads reward_model.lora; ZeRO-3 is not offered again once set.
+    rm = make_plan(load_profile("4xa100", ["reward_model.use_gpu=true", "reward_model.num_workers=1",
+                                           "deepspeed.stage=3", "model.quantization=none",
+                                           "pipeline.stages=[curate,sft,reward_model,ppo]"]), "70B")
+    [problem] = [p for p in rm.problems if "role reward" in p]
+    assert "reward_model.lora=true" in problem and "deepspeed.stage" not in problem, problem
+    # Host memory taken by offloaded optimizer states is named as such.
+    tight = ["deepspeed.offload_optimizer=true", "profile.host_memory_gib=32"]
+    offloaded = make_plan(load_profile("multi-node", tight), "7B")
+    assert "(offloaded 78.2 GiB)" in offloaded.problems[0] and "offload less" in offloaded.problems[0]
+
+
 def test_a_role_layout_larger_than_the_cluster_is_refused():
     result = make_plan(load_profile("multi-node", ["ppo.policy_workers=16"]), "7B")
     assert "stage ppo asks for 24 GPUs but profile multi-node has 16" in result.problems
