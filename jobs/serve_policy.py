@@ -12,6 +12,7 @@ serve_policy.auth_token_env, RAYALIGN_POLICY_TOKEN by default) clients send it a
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from common.config import Config
@@ -34,8 +35,10 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 
 def flag_overrides(args: argparse.Namespace) -> list[str]:
-    return [f"serve_policy.{key}={getattr(args, flag)}" for flag, key in FLAGS.items()
-            if getattr(args, flag) is not None]
+    """The flags as serve_policy overrides, text flags quoted: an override's value is read as YAML, which made
+    --model-id 007 the number 7, --model-id on a boolean and --token-file null no token file at all."""
+    return [f"serve_policy.{key}={getattr(args, flag) if key == 'port' else json.dumps(getattr(args, flag))}"
+            for flag, key in FLAGS.items() if getattr(args, flag) is not None]
 
 
 def serve_forever(cfg: Config) -> None:

@@ -155,3 +155,19 @@ def with_token(actor_options: dict, settings: Exposure, section: str) -> dict:
     runtime_env = dict(actor_options.get("runtime_env") or {})
     runtime_env["env_vars"] = {**runtime_env.get("env_vars", {}), settings.auth_token_env: token}
     return {**actor_options, "runtime_env": runtime_env}
+
+
+def start_http_proxy(host: str, port: int, section: str) -> None:
+    """Start Serve's HTTP proxy on host:port, or refuse when this cluster's Serve already runs one elsewhere: Serve
+    then keeps the running proxy and only logs that the new address is ignored, so a service checked as loopback-only
+    could answer on another service's 0.0.0.0, at another port than the URL it printed."""
+    from ray import serve
+    from ray.serve.context import _get_global_client
+
+    serve.start(http_options={"host": host, "port": port})
+    running = _get_global_client().http_config
+    if (running.host, running.port) != (host, port):
+        raise ConfigError(f"Ray Serve on this cluster already has its HTTP proxy on {running.host}:{running.port}; "
+                          f"{section}.host/port ask for {host}:{port}, which Serve would ignore: set them to "
+                          f"{running.host} and {running.port} (the exposure check then applies to that address), "
+                          f"or stop the running Serve first (serve shutdown)")

@@ -30,8 +30,10 @@ Started by `python -m jobs.serve_policy --model DIR`, or from Python (a test fix
 
 from __future__ import annotations
 
+import asyncio
 import os
 
+import jinja2
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -46,9 +48,10 @@ from starlette.responses import Response
 from actors.chat import encode_prompt
 from actors.modeling import load_tokenizer
 from common.config import Config
-from serve.http_rules import ApiError, BodySizeLimit, bearer_guard, install_error_handlers, internal_error, with_token
-from serve.policy_rules import (SECTION, PolicySettings, check_exposure, engine_error, openai_error_body,
-                                plain_messages, policy_settings, room_error)
+from serve.http_rules import (ApiError, BodySizeLimit, bearer_guard, install_error_handlers, internal_error,
+                              start_http_proxy, with_token)
+from serve.policy_rules import (SECTION, PolicySettings, check_exposure, content_error, engine_error,
+                                openai_error_body, plain_messages, policy_settings, room_error, template_error)
 
 
 def llm_config(settings: PolicySettings) -> LLMConfig:
@@ -109,10 +112,16 @@ class PolicyIngress(OpenAiIngress):
         if body.model is not None and body.model != card.id:
             raise ApiError(404, f"model {body.model!r} is not served here; GET /v1/models lists {card.id!r}",
                            param="model")
+        error = content_error(body.messages)
+        if error is not None:
+            raise error
         requested = body.max_completion_tokens or body.max_tokens
         context = card.metadata.get("max_request_context_length")
         if requested is not None and context is not None:
-            prompt = len(encode_prompt(self.tokenizer, plain_messages(body.messages)))
+            try:  # off the event loop: a 1 MB body takes a while to render and tokenise
+                prompt = len(await asyncio.to_thread(encode_prompt, self.tokenizer, plain_messages(body.messages)))
+            except (jinja2.TemplateError, ValueError, TypeError) as exc:
+                raise template_error(exc) from None
             error = room_error(prompt, requested, context)
             if error is not None:
                 raise error
@@ -165,6 +174,6 @@ def deploy(cfg: Config) -> str:
     (or serve.delete(serve_policy.app_name) on a shared cluster)."""
     check_exposure(cfg)
     app = policy_application(cfg)
-    serve.start(http_options={"host": cfg.serve_policy.host, "port": cfg.serve_policy.port})
+    start_http_proxy(cfg.serve_policy.host, cfg.serve_policy.port, SECTION)
     serve.run(app, name=cfg.serve_policy.app_name, route_prefix=cfg.serve_policy.route_prefix)
     return f"http://{cfg.serve_policy.host}:{cfg.serve_policy.port}{cfg.serve_policy.route_prefix.rstrip('/')}/v1"

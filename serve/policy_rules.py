@@ -99,6 +99,28 @@ def plain_messages(messages: list) -> list[dict]:
     return plain
 
 
+def content_error(messages: list) -> Optional[ApiError]:
+    """The 400 for the first message whose content is neither text nor a list of OpenAI content parts (["hi"],
+    [{"type": "text"}]), or None. The request model checks a content's parts lazily, when they are first read, so
+    an invalid one passed validation and failed later as a 500; here each content is read once, into a list."""
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        if content is None or isinstance(content, (str, list)):
+            continue
+        try:
+            message["content"] = list(content)
+        except ValueError:  # pydantic's ValidationError
+            return ApiError(400, f"messages.{index}.content must be text or a list of content parts such as "
+                                 f'{{"type": "text", "text": "..."}}', param=f"messages.{index}.content")
+    return None
+
+
+def template_error(exc: Exception) -> ApiError:
+    """The 400 for a conversation the model's chat template refuses (roles that must alternate, a system turn the
+    family has no place for), as vLLM answers it."""
+    return ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages")
+
+
 def room_error(prompt: int, requested: int, context: int) -> Optional[ApiError]:
     """The 400 OpenAI answers when the reply asked for cannot fit after the prompt (vLLM would quietly cut
     max_tokens down to the room left); None when it fits."""

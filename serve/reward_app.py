@@ -234,6 +234,6 @@ def build_app(args: dict):
 def deploy(cfg: Config) -> str:
     """Start Serve's HTTP proxy on serve.host:serve.port, deploy the app, return its base URL."""
     check_exposure(cfg)
-    serve.start(http_options={"host": cfg.serve.host, "port": cfg.serve.port})
+    http_rules.start_http_proxy(cfg.serve.host, cfg.serve.port, "serve")
     serve.run(reward_application(cfg), name=cfg.serve.app_name, route_prefix=cfg.serve.route_prefix)
     return f"http://{cfg.serve.host}:{cfg.serve.port}{cfg.serve.route_prefix.rstrip('/')}"

