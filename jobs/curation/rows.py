@@ -76,5 +76,8 @@ def assistant_text(record: dict) -> str:
 
 
 def embedding_text(record: dict) -> str:
-    """The whole conversation; the encoder truncates it (curate.embed_max_tokens), so openings decide."""
-    return "\n".join(m["content"] for m in record["messages"])
+    """The conversation without its system turns; the encoder truncates it (curate.embed_max_tokens), so openings
+    decide. A system prompt is shared by whole sources (a persona, house rules): embedded first, one of 128 word
+    pieces or more made every record of such a source the same vector, and all but one were dropped as
+    near-duplicates."""
+    return "\n".join(m["content"] for m in record["messages"] if m["role"] != "system")

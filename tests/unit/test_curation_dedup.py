@@ -109,3 +109,18 @@ def test_real_embeddings_drop_paraphrases_and_keep_unrelated_records(encoder):
     assert {p.index: p.kept_index for p in result.dropped} == {2: 0, 4: 1, 5: 0, 6: 1, 8: 7}
     exact = next(p for p in result.dropped if p.index == 5)
     assert exact.similarity == pytest.approx(1.0, abs=1e-5)
+
+
+def test_a_long_shared_system_prompt_does_not_make_a_source_one_record(encoder):
+    """Records of one source share its persona prompt; embedded first, past the encoder's 128 word pieces it made
+    every record the same vector and all but one were dropped as near-duplicates."""
+    from jobs.curation.rows import embedding_text
+
+    persona = "You are a careful, friendly assistant for a hardware shop. " * 20
+    records = [{"messages": [{"role": "system", "content": persona}, {"role": "user", "content": question},
+                             {"role": "assistant", "content": answer}]}
+               for question, answer in [("How do I reset my password?", "Use the link on the sign-in page."),
+                                        ("What is photosynthesis?", "Plants turning light into sugar."),
+                                        ("Which drill bit for concrete?", "A masonry bit.")]]
+    assert greedy_dedup(encode(encoder, [embedding_text(r) for r in records]), 0.85).kept == [0, 1, 2]  # was [0]
+    assert all(persona.strip() not in embedding_text(r) for r in records)
