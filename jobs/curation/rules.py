@@ -27,6 +27,18 @@ from jobs.curation.review import read_verdicts
 from jobs.curation.rows import assistant_text
 
 
+def replies(record: dict) -> list[str]:
+    """Every assistant turn: SFT trains on all of them (actors/chat.py), so the repetition rules read each one (gated
+    on the last alone, a first reply of 400 repeated words was kept). [''] with none."""
+    return [m["content"] for m in record["messages"] if m["role"] == "assistant"] or [""]
+
+
+def _turn(index: int, record: dict) -> str:
+    """' (reply k of n)' for a multi-turn record, so a person finds the turn a reason is about; '' otherwise."""
+    count = sum(1 for m in record["messages"] if m["role"] == "assistant")
+    return f" (reply {index + 1} of {count})" if count > 1 else ""
+
+
 @dataclass(frozen=True)
 class Decision:
     action: str  # "drop" | "review" | "accept" | "note"
@@ -182,7 +194,8 @@ def _listed(record: dict) -> str:
 @register("length")
 @dataclass
 class LengthRule(Rule):
-    """Characters of the final reply (the record's SFT target), so a Chinese reply counts per character."""
+    """Characters of the final reply (the record's answer), so a Chinese reply counts per character. Earlier
+    replies of a multi-turn chat may be short by nature ("Sure."); the repetition rules read every reply."""
     min_chars: int
     max_chars: int
 
@@ -212,9 +225,10 @@ class UniqueTokensRule(Rule):
         return cls(cfg.min_unique_token_ratio)
 
     def check(self, record: dict) -> Decision | None:
-        ratio = unique_token_ratio(last_response(record))
-        if ratio < self.min_ratio:
-            return self._decide("drop", f"unique-token ratio {ratio:.2f} < {self.min_ratio}")
+        for index, reply in enumerate(replies(record)):
+            ratio = unique_token_ratio(reply)
+            if ratio < self.min_ratio:
+                return self._decide("drop", f"unique-token ratio {ratio:.2f} < {self.min_ratio}{_turn(index, record)}")
         return None
 
     def threshold(self) -> str:
@@ -231,9 +245,11 @@ class RepeatedSpanRule(Rule):
         return cls(cfg.max_repeated_span)
 
     def check(self, record: dict) -> Decision | None:
-        span = longest_repeated_span(last_response(record))
-        if span >= self.max_span:
-            return self._decide("drop", f"a {span}-token span occurs twice (limit {self.max_span})")
+        for index, reply in enumerate(replies(record)):
+            span = longest_repeated_span(reply)
+            if span >= self.max_span:
+                return self._decide("drop", f"a {span}-token span occurs twice (limit {self.max_span})"
+                                            f"{_turn(index, record)}")
         return None
 
     def threshold(self) -> str:

@@ -180,3 +180,18 @@ def test_build_rules_follows_the_config_order_and_rejects_unknown_names():
     with pytest.raises(ConfigError, match="unknown rules"):
         build_rules(replace(CFG, rules=["lenght"]))
     assert set(CFG.rules) == set(RULES.names())
+
+
+def test_repetition_rules_read_every_reply_of_a_multi_turn_chat():
+    """SFT trains on every assistant turn: junk in an early reply is junk learned, whatever the last reply says."""
+    junk = "the " * 400
+    record = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": junk},
+                           {"role": "user", "content": "more?"},
+                           {"role": "assistant", "content": "Yes, here is a clean and helpful answer for you."}],
+              "source": "t:1"}
+    for rule in (UniqueTokensRule.from_config(CFG), RepeatedSpanRule.from_config(CFG)):
+        decision = rule.check(record)
+        assert decision is not None and decision.action == "drop" and decision.reason.endswith("(reply 1 of 2)")
+    record["messages"][1]["content"] = "Hello there, how can I help?"
+    assert all(rule.check(record) is None
+               for rule in (UniqueTokensRule.from_config(CFG), RepeatedSpanRule.from_config(CFG)))
