@@ -7,8 +7,8 @@
 Runs jobs.synthesize (resuming any batches already generated), then jobs.curate over the candidates (category
 synth.category) beside any curate.sources, and writes <run.output_root>/<run.name>/funnel/: funnel.md (each
 stage's count, the closest dropped pairs, the achieved mix), funnel.json and funnel.png. The curated set and the
-spot-check file are jobs.curate's (<run>/curate/); fill in verdicts there and run again with
-curate.review_verdicts=<that file> to get the accepted set.
+spot-check file are jobs.curate's (<run>/curate/); copy them out of that folder (each run replaces it), fill in
+verdicts, and run again with curate.review_verdicts=<the copy> to get the accepted set.
 """
 
 from __future__ import annotations

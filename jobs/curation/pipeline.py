@@ -63,12 +63,24 @@ def run(cfg: Config) -> CurationResult:
     cur = cfg.curate
     if not cur.sources:
         raise ConfigError("curate.sources is empty: list the data files, each {path, category, limit?}")
+    check_verdicts_outside(cfg)
     rules = build_rules(cur)  # on the driver first: a bad lexicon, knowledge base or verdict file fails here
     runtime.start(cfg.ray)
     quiet_ray_data()
     clock = time.perf_counter()
     gathered = gather(cur)
     return finish(cfg, rules, gathered, {"read_gates_embed_s": time.perf_counter() - clock})
+
+
+def check_verdicts_outside(cfg: Config) -> None:
+    """A verdict file inside the output folder would be deleted by this run's outputs replacing the folder: the
+    reviewer's work lost, and the next run with the same path would bring rejected records back."""
+    if cfg.curate.review_verdicts is None:
+        return
+    verdicts, output_dir = resolve_path(cfg.curate.review_verdicts).resolve(), cfg.run.output_dir("curate").resolve()
+    if verdicts.is_relative_to(output_dir):
+        raise ConfigError(f"curate.review_verdicts={verdicts} is inside the folder this run replaces ({output_dir}): "
+                          f"copy it out of there first")
 
 
 @dataclass(frozen=True)
@@ -104,8 +116,13 @@ def finish(cfg: Config, rules: list, gathered: Gathered, timings: dict[str, floa
                                     f"({bad['malformed_records']} malformed records, {bad['unreadable_sources']} "
                                     f"unreadable sources; first: "
                                     f"{'; '.join(e['where'] + ': ' + e['reason'] for e in first)})")
+        queue = ""
+        if gathered.review:  # the review is the way on: its queue must exist for a person to work through
+            queue = write_review_queue(cfg.run.output_dir("curate"), gathered.review)
+            queue = (f"; {len(gathered.review)} went to review: their queue is {queue} (copy it elsewhere, fill in "
+                     f"verdicts, rerun with curate.review_verdicts=<the copy>)")
         raise EmptyDatasetError(f"no record passed the quality gates: {_status_counts(summary)}; "
-                                f"see the per-rule thresholds in curate.*")
+                                f"see the per-rule thresholds in curate.*{queue}")
     clock = time.perf_counter()
     dedup = greedy_dedup(np.stack([row["embedding"] for row in candidates]), cur.max_similarity,
                          cur.dedup_block_size)
@@ -287,6 +304,17 @@ def write_outputs(output_dir: Path, final: list[dict], review_rows: list[dict], 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_review_queue(output_dir: Path, review_rows: list[dict]) -> Path:
+    """The review queue alone, written atomically into the output folder (a run that curated nothing leaves the
+    rest of an earlier run's outputs as they were)."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / "review_queue.jsonl"
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    _write_jsonl(tmp, [_review_entry(row) for row in review_rows])
+    tmp.replace(path)
+    return path
 
 
 def _swap_in(tmp: Path, output_dir: Path) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from actors.algo.agreement import krippendorff_alpha
 from common.config import load_config
-from common.errors import EmptyDatasetError
+from common.errors import ConfigError, EmptyDatasetError
 from common.records import read_records
 from jobs.curation import pipeline
 from jobs.curation.pipeline import Gathered, QualityGates, finish, read_source
@@ -125,6 +125,26 @@ def test_nothing_left_is_a_clear_error_and_writes_nothing(tmp_path):
     with pytest.raises(EmptyDatasetError, match="no record passed the quality gates"):
         finish(cfg, build_rules(cfg.curate), gathered(cfg), {})
     assert not (tmp_path / "t").exists()
+
+
+def test_when_every_record_went_to_review_the_queue_is_still_written(tmp_path):
+    """Review is then the only way on, so its queue must exist; the error says where it is."""
+    cfg = config(tmp_path)
+    only_review = gathered(cfg, answers={"domain": ["Shit, I really cannot tell you that."]})
+    with pytest.raises(EmptyDatasetError, match=r"no record passed the quality gates: .*1 went to review: their "
+                                                r"queue is .*review_queue.jsonl"):
+        finish(cfg, build_rules(cfg.curate), only_review, {})
+    queue = tmp_path / "t" / "curate" / "review_queue.jsonl"
+    [queued] = [json.loads(line) for line in queue.read_text().splitlines()]
+    assert queued["rules"] == ["lexicon"] and queued["verdict"] is None
+
+
+def test_a_verdict_file_inside_the_folder_the_run_replaces_is_refused(tmp_path):
+    cfg = config(tmp_path, review_verdicts=str(tmp_path / "t" / "curate" / "spot_check.jsonl"))
+    with pytest.raises(ConfigError, match=r"curate.review_verdicts=.*spot_check.jsonl is inside the folder this run "
+                                          r"replaces .*: copy it out of there first"):
+        pipeline.check_verdicts_outside(cfg)
+    pipeline.check_verdicts_outside(config(tmp_path, review_verdicts=str(tmp_path / "verdicts.jsonl")))
 
 
 def _source_with_two_bad_lines(tmp_path):
