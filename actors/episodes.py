@@ -48,15 +48,26 @@ class Episode:
 def closing_and_observation(tokenizer, history: list[dict], text: str, observation: list[dict],
                             sampled_eos: bool) -> str:
     """The text the chat template puts after the model's turn `text`: the rest of that turn (its end marker,
-    unless the model sampled it), the observation turns and the next assistant header."""
-    mine = render(tokenizer, history + [{"role": "assistant", "content": text}])
-    at = mine.rfind(text) if text else -1
-    closing = mine[at + len(text):] if at >= 0 else ""
+    unless the model sampled it), the observation turns and the next assistant header.
+
+    The turn's end is found after a sentinel content, not by searching for `text` (an empty text, or one the
+    template's own markup contains, such as "end", put it in the wrong place). A template that rewrites earlier
+    turns once another follows (Qwen3 drops an answer's <think> block) has no such text: the tokens the model
+    already sampled would not be the conversation's, so that is an error naming the template, not a silent mix."""
+    sentinel = "\u2063rayalign-turn-end\u2063"
+    marked = render(tokenizer, history + [{"role": "assistant", "content": sentinel}])
+    closing = marked[marked.find(sentinel) + len(sentinel):] if sentinel in marked else ""
     eos = tokenizer.eos_token or ""
     if sampled_eos and eos and closing.startswith(eos):
         closing = closing[len(eos):]
+    mine = render(tokenizer, history + [{"role": "assistant", "content": text}])
     full = render(tokenizer, history + [{"role": "assistant", "content": text}] + observation,
                   add_generation_prompt=True)
+    if not full.startswith(mine):
+        raise ValueError("this model's chat template renders the model's turn differently once another turn "
+                         "follows it (it rewrites earlier turns), so a multi-turn episode cannot append the "
+                         "environment's turns to the tokens the model sampled: give ppo.environment a model whose "
+                         "template only appends, or set model.chat_template to one that does")
     return closing + full[len(mine):]
 
 

@@ -160,3 +160,26 @@ def test_the_shipped_names_match_the_registry_and_bad_settings_are_refused():
         load_config(None, ["ppo.environment.name=chess"])
     with pytest.raises(ConfigError, match="multi-turn episodes, which async_rollouts does not support yet"):
         load_config(None, ["ppo.environment.name=follow_up", "ppo.async_rollouts=1"])
+
+
+def test_the_text_between_turns_comes_from_the_template_and_a_rewriting_template_is_refused(tokenizer):
+    """The turn's end is found after a sentinel: searching for the model's text found 'end' inside '<|end|>'. A
+    template that rewrites a turn once another follows (as Qwen3 drops <think> blocks) cannot be appended to."""
+    import copy
+
+    from actors.episodes import closing_and_observation
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{{ m.content }}<|end|>{% endfor %}"
+                           "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    history = [{"role": "user", "content": "Say a word."}]
+    between = closing_and_observation(plain, history, "end", [{"role": "user", "content": "And?"}], False)
+    assert between == "<|end|><|user|>And?<|end|><|assistant|>"
+    assert closing_and_observation(plain, history, "", [{"role": "user", "content": "And?"}], False) == between
+    rewriting = copy.deepcopy(plain)
+    rewriting.chat_template = ("{% for m in messages %}<|{{ m.role }}|>{% if m.role == 'assistant' and not loop.last %}"
+                               "{{ m.content.split('</think>')[-1] }}{% else %}{{ m.content }}{% endif %}<|end|>"
+                               "{% endfor %}{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    with pytest.raises(ValueError, match="renders the model's turn differently once another turn follows it"):
+        closing_and_observation(rewriting, history, "<think>hmm</think>Word.", [{"role": "user", "content": "?"}],
+                                False)
