@@ -23,6 +23,7 @@ the episode is counted (env/errors) and logged with its prompt's file:line; the 
 from __future__ import annotations
 
 import concurrent.futures
+import functools
 import json
 import re
 import subprocess
@@ -201,34 +202,39 @@ def check_messages(messages) -> str | None:
 
 
 class EnvironmentWorker(Located):
-    """Holds one environment per running episode and steps them, each call bounded by timeout_s (a call past it is
-    left running in its thread and its episode ended)."""
+    """Holds one environment per running episode and steps them: every call of a batch at once, each on a thread of
+    its own, under one deadline of timeout_s for the batch (a call past it is left running in its thread and its
+    episode ended). With a shared pool of 8 threads and a wait per call, the calls queued behind a few hung ones
+    timed out without running, the waits added up past the driver's own limit (every episode then scored 0), and
+    the hung threads starved the next batch."""
 
     def __init__(self, name: str, kwargs: dict, timeout_s: float):
         self.factory, self.kwargs, self.timeout_s = environment_factory(name), dict(kwargs), timeout_s
         self.episodes: dict[int, Environment] = {}
-        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=8)
 
     def ping(self) -> bool:
         return True
 
     def reset(self, records: list[dict]) -> list[Turn]:
         self.episodes = {i: self.factory(**self.kwargs) for i in range(len(records))}
-        return [self._bounded(i, lambda env, r=record: (env.reset(r), 0.0, False), opening=True)
-                for i, record in enumerate(records)]
+        return self._run([functools.partial(lambda env, r: (env.reset(r), 0.0, False), self.episodes[i], record)
+                          for i, record in enumerate(records)], opening=True)
 
     def step(self, episodes: list[int], texts: list[str]) -> list[Turn]:
-        futures = {i: self.pool.submit(self.episodes[i].step, text) for i, text in zip(episodes, texts)}
-        return [self._settle(i, futures[i]) for i in episodes]
+        return self._run([functools.partial(self.episodes[i].step, text) for i, text in zip(episodes, texts)])
 
-    def _bounded(self, index: int, call, opening: bool = False) -> Turn:
-        return self._settle(index, self.pool.submit(call, self.episodes[index]), opening)
+    def _run(self, calls: list[Callable], opening: bool = False) -> list[Turn]:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(len(calls), 1), thread_name_prefix="env")
+        futures = [pool.submit(call) for call in calls]
+        concurrent.futures.wait(futures, timeout=self.timeout_s)
+        pool.shutdown(wait=False, cancel_futures=True)  # a hung call keeps its thread, not the next batch's
+        return [self._settle(future, opening) for future in futures]
 
-    def _settle(self, index: int, future, opening: bool = False) -> Turn:
-        try:
-            result = future.result(timeout=self.timeout_s)
-        except concurrent.futures.TimeoutError:
+    def _settle(self, future, opening: bool = False) -> Turn:
+        if not future.done():
             return Turn([], 0.0, True, f"did not return within ppo.environment.timeout_s={self.timeout_s:g} s")
+        try:
+            result = future.result()
         except Exception as exc:  # the user's environment may raise anything
             return Turn([], 0.0, True, f"raised {type(exc).__name__}: {exc}")
         try:

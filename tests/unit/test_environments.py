@@ -154,6 +154,20 @@ def test_an_environment_that_raises_hangs_or_returns_garbage_ends_only_its_episo
     assert turns[3] == Turn([], 1.0, True)
 
 
+def test_hung_episodes_end_alone_under_one_deadline_per_batch():
+    """16 episodes, 8 of them hung: the 8 healthy ones answer and the batch takes about one timeout (it took 4.8 s
+    with a pool of 8 and a wait per call, every episode timed out), and the next batch is not starved."""
+    worker = EnvironmentWorker("actors.environments:FollowUp", {}, timeout_s=0.3)
+    worker.factory = Broken
+    worker.reset([{"messages": [{"role": "user", "content": "hi"}]}] * 16)
+    started = time.monotonic()
+    turns = worker.step(list(range(16)), ["hang", "fine"] * 8)
+    assert time.monotonic() - started < 1.0
+    assert [t.error is None for t in turns] == [False, True] * 8
+    worker.reset([{"messages": [{"role": "user", "content": "hi"}]}] * 16)
+    assert all(t.error is None for t in worker.step(list(range(16)), ["fine"] * 16))
+
+
 def test_the_shipped_names_match_the_registry_and_bad_settings_are_refused():
     assert sorted(ENVIRONMENTS.names()) == sorted(SHIPPED_ENVIRONMENTS)
     with pytest.raises(ConfigError, match="environment.name 'chess' is neither a shipped environment"):
