@@ -36,6 +36,7 @@ class Episode:
     finish: str = "stop"
     done: bool = False
     error: str | None = None
+    appended: int = 0  # model turns written into `messages` (the last is not, unless the episode went on after it)
 
     def sample(self) -> Sample:
         return Sample(self.prompt_ids, self.response_ids, self.logprobs, self.finish, self.mask)
@@ -43,6 +44,17 @@ class Episode:
     @property
     def reward(self) -> float:
         return 0.0 if self.error else sum(self.rewards)
+
+    def for_scoring(self) -> tuple[list[dict], str]:
+        """(the conversation before the model's last turn, that turn): what a reward model and reward functions
+        judge, the turns the episode really had (observations and follow-up questions included), not the opening
+        prompt with every model turn run together as one reply."""
+        if not self.texts:
+            return list(self.messages), ""
+        if self.appended < len(self.texts):
+            return list(self.messages), self.texts[-1]
+        last = max(i for i, m in enumerate(self.messages) if m["role"] == "assistant")
+        return list(self.messages[:last]), self.texts[-1]
 
 
 def closing_and_observation(tokenizer, history: list[dict], text: str, observation: list[dict],
@@ -111,6 +123,7 @@ def run_episodes(tokenizer, openings: list[Turn], prompts: list[list[dict]], gen
             between = closing_and_observation(tokenizer, e.messages, text, observation, sampled_eos)
             added = tokenizer(between, add_special_tokens=False)["input_ids"]
             e.messages += [{"role": "assistant", "content": text}, *observation]
+            e.appended += 1
             if len(e.prompt_ids) + len(e.response_ids) + len(added) + max_new_tokens > max_total_tokens:
                 e.done, e.finish = True, "length"
                 continue

@@ -188,6 +188,7 @@ class PPOLoop:
                                  [self.engine_version] * len(episodes))
         rollout.env_rewards = torch.tensor([e.reward for e in episodes], dtype=torch.float32)
         rollout.env_metrics = episode_metrics(episodes, self.cfg.ppo.environment.max_turns)
+        rollout.conversations = [e.for_scoring() for e in episodes]
         for e, source in [(e, p.source) for e, p in zip(episodes, (self.prompts[i] for i in picked)) if e.error][:3]:
             log.warning("environment %s ended the episode of the prompt from %s (reward 0): %s",
                         self.cfg.ppo.environment.name, source, e.error)
@@ -227,7 +228,8 @@ class PPOLoop:
 
     # 2
     def score_phase(self, s: StepState) -> Scores:
-        scores = self._score(s.rollout.prompts, s.rollout.responses, s.rollout.columns, s.rollout.sources)
+        prompts, responses = s.rollout.scored()
+        scores = self._score(prompts, responses, s.rollout.columns, s.rollout.sources)
         if s.rollout.env_rewards is not None:
             scores.functions["env"] = s.rollout.env_rewards
         return scores
@@ -371,14 +373,16 @@ class PPOLoop:
         seed stream (and with it a resumed run's rollouts) is left alone; with ppo.eval_samples = k > 1, also k
         answers per prompt at the rollout temperature, from a seed stream of their own."""
         held, episodes = self.eval_prompts, None
+        prompts = [p.turns for p in held]
         if self.cfg.ppo.environment.name is not None:
             episodes = self._episodes(held, step, greedy=True)
             responses = ["\n".join(e.texts) for e in episodes]
+            prompts, scored = (list(part) for part in zip(*(e.for_scoring() for e in episodes)))
         else:
             ids = self.roles.rollout.call_rank0("greedy", self.eval_prompt_ids, self.cfg.ppo.rollout.max_new_tokens)
-            responses = [self.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
+            responses = scored = [self.tokenizer.decode(r, skip_special_tokens=True) for r in ids]
         metrics = {"eval/response_chars_mean": sum(len(r) for r in responses) / len(responses)}
-        scores = self._score([p.turns for p in held], responses, [p.columns for p in held], [p.source for p in held])
+        scores = self._score(prompts, scored, [p.columns for p in held], [p.source for p in held])
         if episodes is not None:
             metrics.update({f"eval/env_{k.partition('/')[2]}": v for k, v in
                             episode_metrics(episodes, self.cfg.ppo.environment.max_turns).items()})

@@ -29,6 +29,15 @@ class Rollout:
     # the engines held (0: the starting weights)
     env_rewards: torch.Tensor | None = None  # [B] each episode's summed environment reward (ppo.environment)
     env_metrics: dict = field(default_factory=dict)  # env/... of the step's episodes
+    # Episodes: each row's (conversation before the model's last turn, that turn), which the reward model and
+    # reward functions score; `responses` keeps every model turn joined, for the length and repetition terms.
+    conversations: list[tuple[list[dict], str]] = field(default_factory=list)
+
+    def scored(self) -> tuple[list[list[dict]], list[str]]:
+        """(prompts, responses) as the reward model and reward functions read them."""
+        if self.conversations:
+            return [turns for turns, _ in self.conversations], [last for _, last in self.conversations]
+        return self.prompts, self.responses
 
 
 @dataclass

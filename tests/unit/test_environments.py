@@ -57,6 +57,11 @@ def test_a_three_turn_episode_masks_exactly_the_models_tokens(tokenizer):
                               max_prompt_tokens=64, max_new_tokens=8, max_total_tokens=256,
                               max_observation_chars=100)
     assert episode.rewards == [0.5, 0.25, 1.0] and episode.reward == 1.75 and len(episode.texts) == 3
+    # A reward model judges the conversation the episode had, its last model turn as the reply.
+    turns, last = episode.for_scoring()
+    assert [m["role"] for m in turns] == ["user", "assistant", "user", "assistant", "user"]
+    assert turns[-1]["content"] == "And then? (2)" and last == episode.texts[2] and turns[3]["content"] == \
+        episode.texts[1]
     sample = episode.sample()
     batch = TokenBatch.from_samples([sample.prompt_ids], [sample.response_ids], tokenizer.pad_token_id,
                                     [sample.response_mask])
