@@ -427,6 +427,9 @@ class PPOLoop:
             target = self.monitor.rollback_target(self.checkpoint_steps())
             if target is not None:
                 self.load_checkpoint(target)
+                # The steps go on counting from here: the engines hold the weights step+1 trains from, so its
+                # batch is on-policy (rollout/staleness 0, not step - target).
+                self.engine_version = step
                 self.policy_lr *= mon.rollback_lr_factor
                 self.roles.policy.call("set_lr", self.policy_lr)
                 self.monitor.rolled_back_to(target)

@@ -69,6 +69,7 @@ def test_injected_nan_rolls_back_to_the_last_healthy_checkpoint(ray_session, tmp
     assert torch.equal(restored, at_checkpoint)
     assert loop.policy_lr == actor_lr == pytest.approx(2e-4 * cfg.ppo.monitor.rollback_lr_factor, rel=1e-12)
     assert engine_synced  # the rollout engines sample from the restored weights too
+    assert loop.engine_version == 4  # so step 5's batch counts as on-policy: staleness 0, not 5 - 1 - 2
     assert loop.monitor.last_healthy_step == 2
 
 
