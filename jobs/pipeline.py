@@ -29,33 +29,23 @@ log = logging.getLogger("rayalign.pipeline")
 SECTIONS = ("run", "ray", "model", "lora", "deepspeed", "data", "sft", "reward_model", "ppo", "dpo", "curate",
             "synth", "pipeline")
 # Which config sections each stage's result depends on (its fingerprint), besides what earlier stages fed it.
-STAGE_SECTIONS = {"synthesize": ("model", "synth"), "curate": ("curate",), "sft": ("model", "lora", "deepspeed", "data", "sft"),
+STAGE_SECTIONS = {"synthesize": ("model", "synth"), "curate": ("curate",),
+                  "sft": ("model", "lora", "deepspeed", "data", "sft"),
                   "reward_model": ("model", "lora", "deepspeed", "reward_model"),
                   "ppo": ("model", "lora", "deepspeed", "ppo"), "dpo": ("model", "lora", "deepspeed", "dpo")}
 
 
 # The inputs of later stages each stage produces (the keys of `outputs` that `wire` reads).
-PRODUCES = {"synthesize": ("candidates",), "curate": ("curated",), "sft": ("sft_model",), "reward_model": ("reward_model",), "ppo": ("policy",),
-            "dpo": ("policy",)}
+PRODUCES = {"synthesize": ("candidates",), "curate": ("curated",), "sft": ("sft_model",),
+            "reward_model": ("reward_model",), "ppo": ("policy",), "dpo": ("policy",)}
 
 
 def stages_for_task(cfg: Config) -> tuple[list[str], str | None]:
-    """(the stages to run, the line that says why they differ from pipeline.stages, or None). SPEC §4: a
-    formatted-output task (code, extraction) needs SFT only, so its RLHF stages are skipped unless
-    pipeline.force_rlhf asks for them."""
-    from jobs.planning.profiles import FORMATTED_OUTPUT_TASKS, RLHF_STAGES, recommend_alignment
+    """(the stages to run, the line that says why they differ from pipeline.stages, or None): the rule jobs.plan
+    plans with too (jobs/planning/profiles.stages_for_task)."""
+    from jobs.planning.profiles import stages_for_task as for_task
 
-    task = cfg.pipeline.task_type or cfg.profile.task_type
-    stages = list(cfg.pipeline.stages)
-    rlhf = [stage for stage in stages if stage in RLHF_STAGES]
-    if task not in FORMATTED_OUTPUT_TASKS or not rlhf:
-        return stages, None
-    if cfg.pipeline.force_rlhf:
-        return stages, (f"pipeline.force_rlhf=true: running {', '.join(rlhf)} for a {task} task, which SPEC §4 "
-                        f"would train with SFT only")
-    why = recommend_alignment(task, stages).reason
-    return [stage for stage in stages if stage not in RLHF_STAGES], (f"skipping {', '.join(rlhf)}: {why} "
-                                                                     f"(pipeline.force_rlhf=true runs them)")
+    return for_task(cfg, cfg.pipeline.task_type or cfg.profile.task_type)
 
 
 def check_stages(cfg: Config, stages: list[str]) -> None:
@@ -162,8 +152,8 @@ def _dpo(cfg: Config) -> dict:
     return {"policy": str(result.model_dir), "dpo_metrics": _numbers(result.final_metrics)}
 
 
-STAGES: dict[str, Callable[[Config], dict]] = {"synthesize": _synthesize, "curate": _curate, "sft": _sft, "reward_model": _reward_model,
-                                              "ppo": _ppo, "dpo": _dpo}
+STAGES: dict[str, Callable[[Config], dict]] = {"synthesize": _synthesize, "curate": _curate, "sft": _sft,
+                                              "reward_model": _reward_model, "ppo": _ppo, "dpo": _dpo}
 
 
 def _numbers(metrics: dict) -> dict:

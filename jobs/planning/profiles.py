@@ -136,10 +136,21 @@ def recommend_alignment(task_type: str, stages: list[str]) -> Recommendation:
                                       f"what people prefer pays off (SPEC §4); this profile runs {how}")
 
 
-def planned_stages(stages: list[str], recommendation: Recommendation) -> list[str]:
-    if recommendation.method == "sft_only":
-        return [stage for stage in stages if stage not in RLHF_STAGES]
-    return list(stages)
+def stages_for_task(cfg: Config, task: str) -> tuple[list[str], str | None]:
+    """(the stages jobs.pipeline runs for `task`, the line that says why they differ from pipeline.stages, or None):
+    the one rule the pipeline and the plan share. SPEC §4: a formatted-output task (code, extraction) needs SFT
+    only, so its RLHF stages are skipped unless pipeline.force_rlhf asks for them; other tasks run the stages
+    listed, a reward model without PPO or DPO included."""
+    stages = list(cfg.pipeline.stages)
+    rlhf = [stage for stage in stages if stage in RLHF_STAGES]
+    if task not in FORMATTED_OUTPUT_TASKS or not rlhf:
+        return stages, None
+    if cfg.pipeline.force_rlhf:
+        return stages, (f"pipeline.force_rlhf=true: running {', '.join(rlhf)} for a {task} task, which SPEC §4 "
+                        f"would train with SFT only")
+    why = recommend_alignment(task, stages).reason
+    return [stage for stage in stages if stage not in RLHF_STAGES], (f"skipping {', '.join(rlhf)}: {why} "
+                                                                     f"(pipeline.force_rlhf=true runs them)")
 
 
 # ---- the plan --------------------------------------------------------------------------------------------
@@ -256,9 +267,9 @@ def quantization_problems(cfg: Config) -> list[str]:
 def make_plan(cfg: Config, size: str | None = None, task_type: str | None = None) -> Plan:
     """The stages to run for the task, each role's placement and memory, and every reason it cannot fit."""
     shape = model_shape(cfg, size)
-    task = task_type or cfg.profile.task_type
+    task = task_type or cfg.pipeline.task_type or cfg.profile.task_type
     recommendation = recommend_alignment(task, cfg.pipeline.stages)
-    stages = planned_stages(cfg.pipeline.stages, recommendation)
+    stages, _ = stages_for_task(cfg, task)  # what jobs.pipeline would run
     roles, problems, costs = [], quantization_problems(cfg), []
     device, tokens = device_for(cfg), plan_tokens(cfg, stages)
     for stage in (s for s in stages if s in STAGE_ROLES):

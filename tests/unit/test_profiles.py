@@ -258,3 +258,17 @@ def test_bad_sizes_and_profiles_are_user_errors(capsys):
     assert "model size 'seven' must look like 7B" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="unknown profile '8xh100'"):
         load_profile("8xh100")
+
+
+def test_the_plan_covers_the_stages_the_pipeline_runs():
+    """One rule for both (profiles.stages_for_task): the plan followed profile.task_type alone and dropped a reward
+    model listed without PPO or DPO, so it costed stages the pipeline skipped and skipped ones it ran."""
+    from jobs.pipeline import stages_for_task
+
+    for overrides in (["pipeline.task_type=code"], ["profile.task_type=code", "pipeline.force_rlhf=true"],
+                      ["pipeline.stages=[curate,sft,reward_model]"], []):
+        cfg = load_profile("4xa100", overrides)
+        assert make_plan(cfg, "7B").stages == stages_for_task(cfg)[0], overrides
+    assert make_plan(load_profile("4xa100", ["pipeline.task_type=code"]), "7B").stages == ["curate", "sft"]
+    assert make_plan(load_profile("4xa100", ["pipeline.stages=[curate,sft,reward_model]"]), "7B").stages == \
+        ["curate", "sft", "reward_model"]
