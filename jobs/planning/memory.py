@@ -198,7 +198,24 @@ def inference_memory(cfg: Config, shape: ModelShape, sequences: int, tokens: int
 
 
 def rollout_memory(cfg: Config, shape: ModelShape, sequences: int, tokens: int) -> Memory:
-    """A vLLM engine: weights in the model dtype (it does not load bitsandbytes) plus the KV cache."""
+    """A vLLM engine: weights in the model dtype (it does not load bitsandbytes) plus the KV cache. On a GPU it
+    takes exactly ppo.rollout.gpu_memory_utilization of the card, whatever the batch: its KV cache is what that
+    leaves after the weights (`rollout_kv_room` says how many sequences run at once). Elsewhere, the batch's KV."""
     w = WEIGHT_BYTES[cfg.model.dtype]
-    kv = sequences * tokens * kv_bytes_per_token(shape.layers, shape.kv_heads, shape.head_dim, w)
-    return Memory(parameters=shape.params * w, kv_cache=kv)
+    weights = shape.params * w
+    if gpu_engine(cfg):
+        return Memory(parameters=weights, kv_cache=max(engine_reservation(cfg) - weights, 0.0))
+    return Memory(parameters=weights, kv_cache=sequences * tokens * kv_per_token(shape, w))
+
+
+def gpu_engine(cfg: Config) -> bool:
+    return cfg.profile.gpu is not None and cfg.ppo.gpus_per_actor > 0
+
+
+def engine_reservation(cfg: Config) -> float:
+    """Bytes a CUDA vLLM engine takes: gpu_memory_utilization of the whole card, shared or not."""
+    return cfg.ppo.rollout.gpu_memory_utilization * cfg.profile.gpu_memory_gib * GIB
+
+
+def kv_per_token(shape: ModelShape, weight_bytes: float) -> float:
+    return kv_bytes_per_token(shape.layers, shape.kv_heads, shape.head_dim, weight_bytes)

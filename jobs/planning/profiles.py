@@ -18,8 +18,9 @@ from common.errors import ConfigError
 from common.paths import REPO_ROOT
 from common.families import DEFAULT_FAMILY, lora_targets
 from jobs.planning.costs import CPU_MFU, CPU_PEAK_TFLOPS_PER_CORE, StageCost, device_for, plan_tokens, stage_cost
-from jobs.planning.memory import (GIB, INFERENCE_CHUNK, Memory, ModelShape, inference_memory, lora_trainable,
-                                  model_shape, rollout_memory, training_memory)
+from jobs.planning.memory import (GIB, INFERENCE_CHUNK, WEIGHT_BYTES, Memory, ModelShape, engine_reservation,
+                                  gpu_engine, inference_memory, kv_per_token, lora_trainable, model_shape,
+                                  rollout_memory, training_memory)
 
 PROFILE_RECIPES = {"cpu": "configs/tiny-cpu.yaml", "1x4090": "configs/1x4090.yaml", "2xa100": "configs/2xa100.yaml",
                    "4xa100": "configs/4xa100.yaml", "multi-node": "configs/multi-node.yaml"}
@@ -37,6 +38,7 @@ class RolePlan:
     gpus_per_rank: float
     memory: Memory | None  # per rank; None: the role holds no memory of its own (see note)
     note: str = ""
+    problem: str | None = None  # a reason it cannot run that the memory budget alone does not show
 
 
 def _sft_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
@@ -75,8 +77,10 @@ def _ppo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
     policy_logit_tokens = logit_tokens if cfg.deepspeed.stage < 3 else None
     where = "colocated in one placement group" if ppo.colocate else f"own placement group ({ppo.placement_strategy})"
     per_engine = math.ceil(ppo.sequences_per_step / ppo.rollout.num_engines)
-    roles = [RolePlan("ppo", "rollout", ppo.rollout.num_engines, gpus,
-                      rollout_memory(cfg, shape, per_engine, tokens), f"vLLM, {per_engine} sequences each; {where}"),
+    engine = rollout_memory(cfg, shape, per_engine, tokens)
+    roles = [RolePlan("ppo", "rollout", ppo.rollout.num_engines, gpus, engine,
+                      f"vLLM, {per_engine} sequences each{kv_room(cfg, shape, engine, per_engine, tokens)}; {where}",
+                      engine_problem(cfg, shape, engine, tokens)),
              RolePlan("ppo", "policy", ppo.policy_workers, gpus,
                       training_memory(cfg, shape, cfg.lora.enabled, ppo.policy_workers,
                                       max(ppo.mini_batch_size // ppo.policy_workers, 1), tokens, policy_logit_tokens),
@@ -103,6 +107,30 @@ def _ppo_roles(cfg: Config, shape: ModelShape) -> list[RolePlan]:
                               inference_memory(cfg, shape, cfg.reward_model.score_batch_size, tokens, logit_tokens=0,
                                                quantized=False), where))
     return roles
+
+
+def kv_room(cfg: Config, shape: ModelShape, engine: Memory, sequences: int, tokens: int) -> str:
+    """', KV room for n at once' where a CUDA engine's KV cache holds fewer than its sequences (vLLM then runs them
+    in waves: slower, not a failure); '' otherwise."""
+    if not gpu_engine(cfg):
+        return ""
+    at_once = int(engine.kv_cache // (tokens * kv_per_token(shape, WEIGHT_BYTES[cfg.model.dtype])))
+    return f", KV room for {at_once} at once" if at_once < sequences else ""
+
+
+def engine_problem(cfg: Config, shape: ModelShape, engine: Memory, tokens: int) -> str | None:
+    """Why a CUDA engine cannot start: its share of the card does not hold the weights and one sequence's KV cache
+    (vLLM stops at start-up: no room for cache blocks)."""
+    if not gpu_engine(cfg):
+        return None
+    need = engine.parameters + tokens * kv_per_token(shape, WEIGHT_BYTES[cfg.model.dtype])
+    reserved = engine_reservation(cfg)
+    if need <= reserved:
+        return None
+    util = cfg.ppo.rollout.gpu_memory_utilization
+    return (f"stage ppo, role rollout: vLLM takes ppo.rollout.gpu_memory_utilization={util:g} of the "
+            f"{cfg.profile.gpu} ({gib(reserved)}), which does not hold the weights ({gib(engine.parameters)}) and one "
+            f"sequence's KV cache: raise it (the roles sharing its GPU get the rest)")
 
 
 STAGE_ROLES: dict[str, Callable[[Config, ModelShape], list[RolePlan]]] = {
@@ -191,6 +219,9 @@ def host_budget(cfg: Config) -> float:
 def remedy(cfg: Config, term: str, stage: str = "sft", role: str = "policy") -> str:
     """What would bring `term` down for this role, leaving out what is already in effect: the reward-model stage's
     LoRA is reward_model.lora; a PPO value model trains in full whatever the LoRA settings; ZeRO-3 cannot be raised."""
+    if role == "rollout" and gpu_engine(cfg):  # vLLM takes its share of the card whatever the batch
+        return ("lower ppo.rollout.gpu_memory_utilization to the engine's share of its GPU, or give it more of one "
+                "(ppo.gpus_per_actor)")
     if term in REMEDIES and term != "parameters_4bit":
         return REMEDIES[term]
     ds, full = cfg.deepspeed, role == "value"
@@ -229,6 +260,7 @@ def gpu_problems(cfg: Config, stage: str, roles: list[RolePlan]) -> list[str]:
     wanted = sum(r.ranks * r.gpus_per_rank for r in roles)
     if wanted > total_gpus:
         problems.append(f"stage {stage} asks for {wanted:g} GPUs but profile {prof.name} has {total_gpus}")
+    problems += [r.problem for r in roles if r.problem]
     for r in (r for r in roles if r.memory is not None and r.gpus_per_rank > 0):
         budget = device_budget(cfg, r.gpus_per_rank)
         if r.memory.on_device > budget:
