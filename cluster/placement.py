@@ -25,7 +25,7 @@ class RoleResources:
     node_resource_amount: float = 1.0
 
     def bundles(self) -> list[dict]:
-        bundle = {"CPU": self.cpus}
+        bundle = {"CPU": self.cpus} if self.cpus else {}  # no CPUs: the planner's GPU-only layout check
         if self.gpus:
             bundle["GPU"] = self.gpus
         if self.node_resource:

@@ -272,6 +272,27 @@ def gpu_problems(cfg: Config, stage: str, roles: list[RolePlan]) -> list[str]:
     return problems
 
 
+def placement_problems(cfg: Config, stage: str, roles: list[RolePlan]) -> list[str]:
+    """Whether the PPO roles' placement groups (ppo.placement: strategies, colocation) can be laid out on the
+    profile's nodes at all, by the check a run makes against a live cluster (cluster/placement.plan_problem): a
+    GPU count alone let 12 policy ranks in one STRICT_PACK group 'fit' on nodes of 8. Node resources (rollout_node,
+    train_node) are left out: which nodes declare them is the cluster's, not the profile's."""
+    from dataclasses import replace
+
+    from cluster.placement import RoleResources, plan_groups, plan_problem
+
+    on_gpus = [RoleResources(r.role, r.ranks, 0.0, r.gpus_per_rank) for r in roles
+               if stage == "ppo" and r.memory is not None and r.ranks and r.gpus_per_rank > 0]
+    if not on_gpus:
+        return []
+    ppo, prof = cfg.ppo, cfg.profile
+    plans = [replace(plan, roles=tuple(replace(res, node_resource=None) for res in plan.roles))
+             for plan in plan_groups(on_gpus, ppo.placement, ppo.placement_strategy, ppo.colocate)]
+    problem = plan_problem(plans, [{"GPU": float(prof.gpus_per_node)} for _ in range(prof.nodes)])
+    return [f"stage {stage}: {problem} (profile {prof.name}: {prof.nodes} × {prof.gpus_per_node} GPUs; "
+            f"ppo.placement)"] if problem else []
+
+
 def host_problems(cfg: Config, stage: str, roles: list[RolePlan]) -> list[str]:
     """Every CPU-resident rank and everything offloaded share the hosts' memory."""
     on_host = [r for r in roles if r.memory is not None and r.gpus_per_rank == 0]
@@ -308,6 +329,8 @@ def make_plan(cfg: Config, size: str | None = None, task_type: str | None = None
         stage_roles = STAGE_ROLES[stage](cfg, shape)
         roles.extend(stage_roles)
         problems += gpu_problems(cfg, stage, stage_roles) + host_problems(cfg, stage, stage_roles)
+        if not any(p.startswith(f"stage {stage} asks for") for p in problems):  # too few GPUs says it already
+            problems += placement_problems(cfg, stage, stage_roles)
         gpus = sum(r.ranks * r.gpus_per_rank for r in stage_roles)
         costs.append(stage_cost(cfg, stage, gpus, shape.params, tokens, device))
     return Plan(cfg, shape, task, recommendation, stages, roles, problems, costs)

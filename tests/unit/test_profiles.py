@@ -280,3 +280,15 @@ def test_the_plan_covers_the_stages_the_pipeline_runs():
     assert make_plan(load_profile("4xa100", ["pipeline.task_type=code"]), "7B").stages == ["curate", "sft"]
     assert make_plan(load_profile("4xa100", ["pipeline.stages=[curate,sft,reward_model]"]), "7B").stages == \
         ["curate", "sft", "reward_model"]
+
+
+def test_a_placement_the_nodes_cannot_hold_is_refused_though_the_gpus_add_up():
+    """12 policy ranks in one STRICT_PACK group (the multi-node recipe's policy placement) on nodes of 8 GPUs: 16
+    GPUs in all are enough, one node is not; the run's own check (cluster/placement.plan_problem) would fail."""
+    grpo = ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.mini_batch_size=12",
+            "ppo.rollout_batch_size=96"]
+    result = make_plan(load_profile("multi-node", ["ppo.policy_workers=12", *grpo]), "7B")
+    assert result.problems == ["stage ppo: roles policy (STRICT_PACK) cannot be placed on this cluster's 2 node(s): "
+                               "STRICT_PACK needs one node with GPU 12; the most one node has is GPU 8 (profile "
+                               "multi-node: 2 × 8 GPUs; ppo.placement)"]
+    assert make_plan(load_profile("multi-node", ["ppo.policy_workers=6", *grpo]), "7B").fits
