@@ -412,4 +412,26 @@ def format_costs(plan: Plan) -> list[str]:
                 f"{device.decode_mfu:g}), ${device.price_per_hour:g} per GPU-hour ({device.source})")
     lines.append(f"costed    {rate}; 6N FLOPs per trained token (LoRA 4N, +2N with gradient checkpointing), "
                  f"2N per forward or generated token; data at 4 characters per token (python -m jobs.plan --help)")
+    small = small_counted_data(plan)
+    if small:
+        lines.append(f"data      {small}")
     return lines
+
+
+SMALL_DATA_TOKENS = 1e7  # below this, a GPU profile's costs are a demo file's, not a training run's
+
+
+def small_counted_data(plan: Plan) -> str | None:
+    """A warning when a GPU profile costs data counted from the recipe's files and it is small (the shipped profiles
+    point at the demo data: 4xa100 then costs SFT at $0), or None."""
+    prof = plan.cfg.profile
+    if prof.gpu is None:
+        return None
+    given = {"sft": prof.sft_tokens, "reward_model": prof.preference_tokens, "dpo": prof.preference_tokens}
+    counted = [f"{c.stage} {c.tokens:.3g}" for c in plan.costs
+               if c.stage in given and given[c.stage] is None and c.tokens < SMALL_DATA_TOKENS]
+    if not counted:
+        return None
+    return (f"tokens counted from the recipe's data files ({', '.join(counted)}) are a demo's, not a training run's: "
+            f"set profile.sft_tokens / profile.preference_tokens to your data's size (a week of full 7B SFT on 4 "
+            f"A100s is ~7.2B tokens)")

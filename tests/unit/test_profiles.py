@@ -292,3 +292,14 @@ def test_a_placement_the_nodes_cannot_hold_is_refused_though_the_gpus_add_up():
                                "STRICT_PACK needs one node with GPU 12; the most one node has is GPU 8 (profile "
                                "multi-node: 2 × 8 GPUs; ppo.placement)"]
     assert make_plan(load_profile("multi-node", ["ppo.policy_workers=6", *grpo]), "7B").fits
+
+
+def test_a_gpu_plan_of_the_demo_data_says_so():
+    """The shipped GPU profiles point at the demo files: 4xa100 then costs SFT at $0 without saying why."""
+    from jobs.planning.profiles import small_counted_data
+
+    warning = small_counted_data(make_plan(load_profile("4xa100"), "7B"))
+    assert warning.startswith("tokens counted from the recipe's data files (sft 2.83e+04, dpo 6.28e+04) are a demo's")
+    sized = ["profile.sft_tokens=1e8", "profile.preference_tokens=2e7"]
+    assert small_counted_data(make_plan(load_profile("4xa100", sized), "7B")) is None
+    assert small_counted_data(make_plan(load_profile("cpu"), "7B")) is None  # a CPU plan is the demo's by design
