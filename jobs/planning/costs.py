@@ -22,7 +22,9 @@ a preference pair is two sequences, the prompt with each answer), or profile.sft
                 model) and the value model (gae); training over S·t × ppo_epochs of the policy and the value model)
 
 A stage runs on the GPUs its roles take (ranks × gpus_per_rank): wall hours = FLOPs / (GPUs × peak × MFU),
-GPU-hours = GPUs × wall hours, cost = GPU-hours × price. A CPU-only profile is costed on the hosts' cores instead
+GPU-hours = GPUs × wall hours, cost = GPU-hours × price. PPO's phases run in turn, each on the GPUs of the roles
+computing in it (ppo_phase_seconds), so its wall hours are their sum and every reserved GPU is paid for all of it.
+A CPU-only profile is costed on the hosts' cores instead
 (0.05 TFLOP/s each at MFU 0.14, measured on the tiny model's SFT), for the hours; it has no GPU price.
 """
 
@@ -165,6 +167,38 @@ def ppo_work(cfg: Config, params: float) -> tuple[float, float, float]:
     return n, n * (forwards * forward + ppo.ppo_epochs * train), n * forward
 
 
+def ppo_phase_seconds(cfg: Config, params: float, gpus: float, device: Device) -> dict[str, float]:
+    """Seconds of each PPO phase over the run, on the GPUs of the roles that compute in it (the phases run in
+    turn; roles of one phase at once): rollout on the engines at decode MFU; the policy's old log-probs beside the
+    reference (on the policy's GPUs too when it is the policy with adapters disabled); the reward model; the value
+    estimates; the policy's and the value model's training side by side. Dividing all the work by every reserved
+    GPU instead made a 16-GPU run look 3x shorter: most GPUs wait while one role computes. A role with a fraction
+    of a GPU (colocated) has a whole one while its phase runs alone, at most the reserved ones."""
+    ppo, g = cfg.ppo, cfg.ppo.gpus_per_actor
+    n = ppo.sequences_per_step * (ppo.rollout.max_prompt_tokens + ppo.rollout.max_new_tokens) * ppo.steps
+    forward = forward_flops_per_token(params) * n
+    checkpointing = cfg.model.gradient_checkpointing
+
+    def rate(ranks: int, mfu: float) -> float:
+        role_gpus = ranks * g if g >= 1 else min(max(ranks * g, 1.0), gpus)
+        return role_gpus * device.peak_tflops * 1e12 * mfu
+
+    policy = rate(ppo.policy_workers, device.mfu)
+    reference_on_policy = ppo.reference == "adapter_disabled" and cfg.lora.enabled
+    phases = {"rollout": forward / rate(ppo.rollout.num_engines, device.decode_mfu),
+              "log-probs": 2 * forward / policy if reference_on_policy else
+              max(forward / policy, forward / rate(1, device.mfu))}
+    if ppo.reward.rm_source == "model":
+        phases["reward"] = forward / rate(1, device.mfu)
+    train = [n * ppo.ppo_epochs * training_flops_per_token(params, cfg.lora.enabled, checkpointing) / policy]
+    if ppo.uses_value_model:
+        value = rate(ppo.value_workers, device.mfu)
+        phases["values"] = forward / value
+        train.append(n * ppo.ppo_epochs * training_flops_per_token(params, False, checkpointing) / value)
+    phases["train"] = max(train)
+    return phases
+
+
 def device_for(cfg: Config) -> Device | None:
     """The profile's GPU with the config's overrides; None on a CPU-only profile. An unknown GPU must bring its
     own peak, MFU and price."""
@@ -189,8 +223,11 @@ def stage_cost(cfg: Config, stage: str, gpus: float, params: float, tokens: dict
     if device is None or gpus == 0:  # on the hosts' cores
         hours = (train_flops + decode_flops) / (cpu_rate(cfg) * (cfg.profile.mfu or CPU_MFU)) / SECONDS_PER_HOUR
         return StageCost(stage, n, train_flops + decode_flops, 0.0, hours, 0.0, 0.0)
-    peak = gpus * device.peak_tflops * 1e12
-    seconds = train_flops / (peak * device.mfu) + decode_flops / (peak * device.decode_mfu)
+    if stage == "ppo":
+        seconds = sum(ppo_phase_seconds(cfg, params, gpus, device).values())
+    else:
+        peak = gpus * device.peak_tflops * 1e12
+        seconds = train_flops / (peak * device.mfu) + decode_flops / (peak * device.decode_mfu)
     hours = seconds / SECONDS_PER_HOUR
     return StageCost(stage, n, train_flops + decode_flops, gpus, hours, gpus * hours, gpus * hours *
                      device.price_per_hour)
