@@ -32,8 +32,9 @@ class ProxyBodyLimit:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         declared = dict(scope.get("headers", [])).get(b"content-length")
+        openai = "/v1/" in scope.get("path", "")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            return await self._reject(send, f"request body of {int(declared)} bytes")
+            return await self._reject(send, f"request body of {int(declared)} bytes", openai)
         received, started, cut = 0, False, False
 
         async def guarded_send(message):
@@ -51,15 +52,19 @@ class ProxyBodyLimit:
             received += len(message.get("body", b""))
             if received > self.max_bytes:
                 if not started:
-                    await self._reject(send, "request body")
+                    await self._reject(send, "request body", openai)
                 cut = True
                 return {"type": "http.disconnect"}
             return message
 
         await self.app(scope, bounded_receive, guarded_send)
 
-    async def _reject(self, send, what: str) -> None:
-        body = json.dumps({"error": f"{what} exceeds the proxy's {self.max_bytes}-byte limit ({LIMIT_ENV})"})
+    async def _reject(self, send, what: str, openai: bool) -> None:
+        """413 in the error shape of the service behind: OpenAI's object under /v1/ (the policy service; an OpenAI
+        client reads error.message and error.code), rayalign's {"error": text} elsewhere."""
+        message = f"{what} exceeds the proxy's {self.max_bytes}-byte limit ({LIMIT_ENV})"
+        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
+                                     "code": "request_too_large"}} if openai else {"error": message})
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"connection", b"close"),
                                 (b"content-length", str(len(body)).encode())]})

@@ -69,3 +69,22 @@ def test_bodies_within_the_limit_pass_untouched(monkeypatch):
     assert proxy_limit() == 2048 and proxy_middlewares()[0].kwargs == {"max_bytes": 2048}
     monkeypatch.setenv(LIMIT_ENV, "lots")
     assert proxy_limit() == 1_000_000  # not a positive integer: the default
+
+
+def test_openai_routes_get_openais_error_shape():
+    """The policy service's clients are OpenAI clients: error.message and error.code, not a bare string."""
+    pulled, sent = [], []
+
+    async def receive():
+        pulled.append(1)
+        return {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "path": "/v1/chat/completions", "headers": [(b"content-length", b"5000")]}
+    asyncio.run(ProxyBodyLimit(Echo(), 100)(scope, receive, send))
+    assert sent[0]["status"] == 413 and pulled == []
+    assert json.loads(sent[1]["body"])["error"] == {
+        "message": f"request body of 5000 bytes exceeds the proxy's 100-byte limit ({LIMIT_ENV})",
+        "type": "invalid_request_error", "param": None, "code": "request_too_large"}
