@@ -45,13 +45,12 @@ from ray.serve.llm.ingress import OpenAiIngress, make_fastapi_ingress
 from ray.serve.llm.openai_api_models import ChatCompletionRequest
 from starlette.responses import Response
 
-from actors.chat import encode_prompt
 from actors.modeling import load_tokenizer
 from common.config import Config
 from serve.http_rules import (ApiError, BodySizeLimit, bearer_guard, install_error_handlers, internal_error,
                               start_http_proxy, with_token)
 from serve.policy_rules import (SECTION, PolicySettings, check_exposure, content_error, engine_error,
-                                openai_error_body, plain_messages, policy_settings, room_error, template_error)
+                                openai_error_body, policy_settings, prompt_tokens, room_error, template_error)
 
 
 def llm_config(settings: PolicySettings) -> LLMConfig:
@@ -115,14 +114,15 @@ class PolicyIngress(OpenAiIngress):
         error = content_error(body.messages)
         if error is not None:
             raise error
+        field = "max_completion_tokens" if body.max_completion_tokens else "max_tokens"
         requested = body.max_completion_tokens or body.max_tokens
         context = card.metadata.get("max_request_context_length")
         if requested is not None and context is not None:
             try:  # off the event loop: a 1 MB body takes a while to render and tokenise
-                prompt = len(await asyncio.to_thread(encode_prompt, self.tokenizer, plain_messages(body.messages)))
+                prompt = await asyncio.to_thread(prompt_tokens, self.tokenizer, body)
             except (jinja2.TemplateError, ValueError, TypeError) as exc:
                 raise template_error(exc) from None
-            error = room_error(prompt, requested, context)
+            error = room_error(prompt, requested, context, field)
             if error is not None:
                 raise error
         return await super().chat(body, request)

@@ -88,15 +88,32 @@ def engine_error(message: str) -> tuple[str, Optional[str]]:
 
 
 def plain_messages(messages: list) -> list[dict]:
-    """Chat turns as {role, content: str}: a content given as parts keeps its text parts, one per line (how vLLM
-    renders a "string"-format chat template)."""
+    """Chat turns as {role, content: str} plus the fields a template renders besides (tool_calls, name,
+    tool_call_id): a content given as parts keeps its text parts, one per line (how vLLM renders a "string"-format
+    chat template)."""
     plain = []
     for message in messages:
         content = message.get("content") or ""
         if not isinstance(content, str):
             content = "\n".join(part.get("text", "") for part in content if part.get("type") == "text")
-        plain.append({"role": message["role"], "content": content})
+        extra = {key: message[key] for key in ("tool_calls", "name", "tool_call_id") if message.get(key) is not None}
+        plain.append({"role": message["role"], "content": content, **extra})
     return plain
+
+
+def prompt_tokens(tokenizer, body) -> int:
+    """The prompt's tokens as the engine renders this request: its own add_generation_prompt,
+    continue_final_message, tools and chat_template_kwargs, cut to truncate_prompt_tokens when it asks (-1: no
+    cut here; the context check follows). Counted with the generation prompt always on and those left out, a
+    request vLLM would serve got a 400, and one it would cut short passed."""
+    text = tokenizer.apply_chat_template(
+        plain_messages(body.messages), tokenize=False, add_generation_prompt=body.add_generation_prompt,
+        continue_final_message=body.continue_final_message,
+        tools=[tool.model_dump() if hasattr(tool, "model_dump") else tool for tool in body.tools or []] or None,
+        **(body.chat_template_kwargs or {}))
+    count = len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    cut = body.truncate_prompt_tokens
+    return min(count, cut) if cut is not None and cut >= 0 else count
 
 
 def content_error(messages: list) -> Optional[ApiError]:
@@ -121,12 +138,13 @@ def template_error(exc: Exception) -> ApiError:
     return ApiError(400, f"the model's chat template refused these messages: {exc}", param="messages")
 
 
-def room_error(prompt: int, requested: int, context: int) -> Optional[ApiError]:
+def room_error(prompt: int, requested: int, context: int, field: str = "max_tokens") -> Optional[ApiError]:
     """The 400 OpenAI answers when the reply asked for cannot fit after the prompt (vLLM would quietly cut
-    max_tokens down to the room left); None when it fits."""
+    max_tokens down to the room left), naming the field the client sent (max_tokens or max_completion_tokens);
+    None when it fits."""
     if prompt + requested <= context:
         return None
-    return ApiError(400, f"max_tokens={requested} does not fit: the prompt takes {prompt} of the model's "
+    return ApiError(400, f"{field}={requested} does not fit: the prompt takes {prompt} of the model's "
                          f"{context}-token context, so at most {max(context - prompt, 0)} tokens are left for the "
                          f"reply",
-                    param="max_tokens")
+                    param=field)

@@ -139,3 +139,23 @@ def test_malformed_content_parts_are_a_400_naming_the_message(content):
 def test_a_conversation_the_template_refuses_is_a_400():
     error = template_error(ValueError("Conversation roles must alternate user/assistant/user/assistant/..."))
     assert error.status_code == 400 and error.param == "messages" and "roles must alternate" in error.detail
+
+
+def test_the_prompt_is_counted_as_the_engine_renders_this_request():
+    """The request's own add_generation_prompt and truncate_prompt_tokens decide the count (hard-coded, a request
+    vLLM would serve got a 400); the error names the field the client sent."""
+    from ray.serve.llm.openai_api_models import ChatCompletionRequest
+
+    from actors.chat import encode_prompt
+    from actors.modeling import load_tokenizer
+    from serve.policy_rules import prompt_tokens
+
+    tokenizer = load_tokenizer(str(POLICY_PATH), DEFAULT_CHAT_TEMPLATE)
+    messages = [{"role": "user", "content": "Tell me a long story about a happy dog and a cat."}]
+    plain = ChatCompletionRequest(model="m", messages=messages)
+    assert prompt_tokens(tokenizer, plain) == len(encode_prompt(tokenizer, messages))
+    header_free = ChatCompletionRequest(model="m", messages=messages, add_generation_prompt=False)
+    assert prompt_tokens(tokenizer, header_free) < prompt_tokens(tokenizer, plain)
+    assert prompt_tokens(tokenizer, ChatCompletionRequest(model="m", messages=messages,
+                                                          truncate_prompt_tokens=5)) == 5
+    assert room_error(30, 483, 512, "max_completion_tokens").param == "max_completion_tokens"
