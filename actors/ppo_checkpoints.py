@@ -36,6 +36,17 @@ def save(ckpt_dir: Path, step: int, trained: list, state: dict) -> None:
         shutil.rmtree(folder_of(ckpt_dir, old), ignore_errors=True)
 
 
+def discard_after(ckpt_dir: Path, step: int) -> list[int]:
+    """Remove the checkpoints newer than `step` (a rollback's target): they hold the weights rolled back, and a
+    resume picks the newest complete one. Each loses its state.json first, so a crash part-way never leaves one
+    that still looks complete."""
+    newer = [s for s in checkpoint_steps(ckpt_dir) if s > step]
+    for s in newer:
+        (folder_of(ckpt_dir, s) / STATE_FILE).unlink(missing_ok=True)
+        shutil.rmtree(folder_of(ckpt_dir, s), ignore_errors=True)
+    return newer
+
+
 def load(ckpt_dir: Path, step: int, trained: list) -> dict:
     """Load every trained role group's shards of `step`; returns the driver state saved with them."""
     folder = folder_of(ckpt_dir, step)

@@ -427,6 +427,9 @@ class PPOLoop:
             target = self.monitor.rollback_target(self.checkpoint_steps())
             if target is not None:
                 self.load_checkpoint(target)
+                # The newer checkpoints hold the weights rolled back: a resume (which takes the newest) would
+                # undo the rollback, and a later rollback could pick one. The state after it is saved as this step.
+                ppo_checkpoints.discard_after(self.ckpt_dir, target)
                 # The steps go on counting from here: the engines hold the weights step+1 trains from, so its
                 # batch is on-policy (rollout/staleness 0, not step - target).
                 self.engine_version = step
@@ -434,6 +437,11 @@ class PPOLoop:
                 self.roles.policy.call("set_lr", self.policy_lr)
                 self.monitor.rolled_back_to(target)
                 result.metrics["rolled_back_to"] = target
+                self.save_checkpoint(step)
+            else:
+                log.warning("alarm at step %d asks for a rollback, but no checkpoint is left from before the last "
+                            "healthy step: training goes on with these weights", step)
+                action = "rollback_unavailable"
         elif action == "stop":
             result.stop = True
         result.metrics["alarms"] = len(result.alarms)
@@ -504,12 +512,13 @@ class PPOLoop:
                 self._record_alarm(alarm)
             bar.update(1)
             bar.set_postfix(rm=f"{last['reward/rm_mean']:.3f}", kl=f"{last['kl']:.3f}")
-            if step % ppo.save_every == 0 or step == ppo.steps or result.stop or self.preempted.is_set():
+            sigterm = self.preempted.is_set()  # read once: a SIGTERM between two reads left the step unsaved
+            if step % ppo.save_every == 0 or step == ppo.steps or result.stop or sigterm:
                 self.save_checkpoint(step)
             if result.stop:
                 log.warning("stopping PPO at step %d on a monitor alarm", step)
                 break
-            if self.preempted.is_set():
+            if sigterm and step < ppo.steps:
                 log.warning("stopping PPO after step %d on SIGTERM; checkpoint saved", step)
                 break
         bar.close()

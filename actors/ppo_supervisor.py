@@ -32,7 +32,7 @@ def run_supervised(cfg: Config, output_dir: Path, on_answers: AnswersSink | None
                 loop.start()
                 loop.write_roster()
                 final = loop.run()
-                if preempted.is_set():
+                if preempted.is_set() and loop.step_index < cfg.ppo.steps:  # after the last step: a finished run
                     record_fault(output_dir, "preempted", step=loop.step_index, reason="SIGTERM")
                     raise Preempted(f"stopped by SIGTERM after step {loop.step_index} with a checkpoint; re-run "
                                     f"the same command to resume from it")
@@ -40,11 +40,17 @@ def run_supervised(cfg: Config, output_dir: Path, on_answers: AnswersSink | None
             except RoleFailure as failure:
                 checkpoint = max(loop.checkpoint_steps(), default=0)
                 loop.close_metrics()
-                if restarts >= cfg.ppo.max_restarts or preempted.is_set():
+                if preempted.is_set():
+                    # An eviction's SIGTERM reaches the role processes too, so a role dying now is the stop
+                    # itself: the run is preempted (exit 143, resumable), not failed.
+                    record_fault(output_dir, "preempted", step=loop.step_index, reason=f"SIGTERM ({failure})",
+                                 last_checkpoint=checkpoint)
+                    raise Preempted(f"stopped by SIGTERM after step {loop.step_index}; "
+                                    f"{_resume_hint(checkpoint)}") from failure
+                if restarts >= cfg.ppo.max_restarts:
                     record_fault(output_dir, "gave_up", step=loop.step_index + 1, reason=str(failure),
                                  last_checkpoint=checkpoint, restarts=restarts, max_restarts=cfg.ppo.max_restarts)
-                    why = "no restart: SIGTERM had asked the run to stop" if preempted.is_set() else \
-                        f"gave up after {restarts} restart(s) (ppo.max_restarts={cfg.ppo.max_restarts})"
+                    why = f"gave up after {restarts} restart(s) (ppo.max_restarts={cfg.ppo.max_restarts})"
                     raise RunFailed(f"{failure}; {why}; {_resume_hint(checkpoint)}") from failure
                 restarts += 1
                 record_fault(output_dir, "restart", step=loop.step_index + 1, reason=str(failure),
