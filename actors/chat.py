@@ -26,16 +26,59 @@ def render(tokenizer, messages: list[dict], add_generation_prompt: bool = False)
 
 
 def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered chat and the [start, end) character span of every assistant reply in it."""
+    """The rendered chat and the [start, end) character span of every assistant reply in it: from after the
+    generation header to the end of the reply's end-of-turn marker.
+
+    A span is read off growing renders (the conversation up to the reply's header, then through the reply) where
+    they open the whole chat. Some templates render a shorter conversation otherwise: Qwen3 keeps an answer's
+    <think> block only while it is the last turn, Phi-3 ends a rendered conversation with EOS. There the reply is
+    found in the whole chat after the previous one, its span running through the end-of-turn marker that follows
+    it; growing renders trained the next user turn's header (Qwen3, Phi-3) or nothing at all."""
     text = render(tokenizer, messages)
-    spans = []
+    spans, cursor = [], 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(render(tokenizer, messages[:i], add_generation_prompt=True))
-        end = len(render(tokenizer, messages[: i + 1]))
-        spans.append((start, end))
+        head = render(tokenizer, messages[:i], add_generation_prompt=True)
+        through = render(tokenizer, messages[: i + 1])
+        content = message["content"]
+        if text.startswith(through) and through.startswith(head) and len(head) >= cursor \
+                and content in through[len(head):]:
+            spans.append((len(head), len(through)))
+            cursor = len(through)
+            continue
+        at = text.find(content, cursor) if content else -1
+        if at < 0:
+            raise ValueError(f"the chat template does not render assistant turn {i} verbatim, so its loss mask "
+                             f"cannot be found: set model.chat_template to one that does")
+        end = at + len(content)
+        end += len(_closing(text[end:], turn_end(tokenizer, messages[:i])))
+        spans.append((at, end))
+        cursor = end
     return text, spans
+
+
+TURN_SENTINEL = "\u2063rayalign-turn-end\u2063"
+
+
+def turn_end(tokenizer, history: list[dict]) -> str:
+    """What the template writes after an assistant reply that ends the conversation (its end-of-turn marker, and
+    whatever closes a rendered conversation)."""
+    rendered = render(tokenizer, history + [{"role": "assistant", "content": TURN_SENTINEL}])
+    return rendered[rendered.find(TURN_SENTINEL) + len(TURN_SENTINEL):] if TURN_SENTINEL in rendered else ""
+
+
+def _closing(after: str, end: str) -> str:
+    """The end-of-turn marker in `after` (what follows a reply mid-chat): the part it shares with `end` (what
+    follows a last reply), cut back to a marker's or line's end where the two only share the start of the next
+    thing ('<|end|>\\n<|user|>' and '<|end|>\\n</s>' share '<|end|>\\n<')."""
+    n = 0
+    while n < min(len(after), len(end)) and after[n] == end[n]:
+        n += 1
+    if n == len(end):
+        return end
+    cut = max(after.rfind(">", 0, n), after.rfind("\n", 0, n))
+    return after[:cut + 1] if cut >= 0 else after[:n]
 
 
 def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) -> EncodedChat:

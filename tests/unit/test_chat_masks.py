@@ -63,3 +63,25 @@ def test_missing_or_malformed_model_dir(tmp_path):
     (tmp_path / "m" / "config.json").write_text("{}")
     with pytest.raises(ModelDirError, match="has no weights"):
         check_model_dir(tmp_path / "m")
+
+
+@pytest.mark.parametrize("family, first, last", [
+    # Qwen3 keeps an answer's <think> block only while it is the last turn; Phi-3 ends a rendered conversation with
+    # EOS: growing renders trained "<|im_start|>user\nAg" and "<|us" of the next turn with the first reply.
+    ("qwen3", "hello<|im_end|>\n", "<think>\n\n</think>\n\nok<|im_end|>\n"),
+    ("phi3", "hello<|end|>\n", "ok<|end|>\n</s>"),
+    ("qwen2_5", "hello<|im_end|>\n", "ok<|im_end|>\n"),  # templates that only append: growing renders, unchanged
+    ("llama3", "hello<|eot_id|>", "ok<|eot_id|>"),
+])
+def test_each_reply_and_its_end_of_turn_marker_are_found_in_real_templates(tokenizer, family, first, last):
+    """The official chat templates TRL ships (trl/chat_templates), rendered with the tiny tokenizer."""
+    import copy
+
+    import trl
+
+    from actors.chat import assistant_spans
+
+    templated = copy.deepcopy(tokenizer)
+    templated.chat_template = (Path(trl.__file__).parent / "chat_templates" / f"{family}.jinja").read_text()
+    text, spans = assistant_spans(templated, CHAT)
+    assert [text[a:b] for a, b in spans] == [first, last]
