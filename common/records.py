@@ -430,12 +430,13 @@ def _normalise(row: dict, where: str) -> list[dict]:
 
 
 def prompt_of(record: dict) -> list[dict]:
-    """The turns a policy should answer: everything up to (not including) the last assistant reply."""
+    """The turns a policy should answer: the chat without its final reply when it ends with one, else the whole
+    chat (cutting at the last assistant turn of [user, assistant, user] answered the first question again and
+    dropped the one left open)."""
     messages = record["messages"]
-    if "chosen" in record:
+    if "chosen" in record or not messages or messages[-1]["role"] != "assistant":
         return messages
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=len(messages))
-    return messages[:last]
+    return messages[:-1]
 
 
 def last_response(record: dict) -> str:

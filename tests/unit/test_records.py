@@ -41,6 +41,9 @@ def test_alpaca_input_joins_instruction():
                                   {"role": "assistant", "content": "hello"}]
     assert last_response(record) == "hello"
     assert prompt_of(record) == record["messages"][:1]
+    # A chat that ends on a question is that question to answer, earlier answers included.
+    open_question = {"messages": record["messages"] + [{"role": "user", "content": "And in French?"}]}
+    assert prompt_of(open_question) == open_question["messages"]
 
 
 def test_sharegpt_and_kdconv_roles():
