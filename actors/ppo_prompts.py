@@ -45,14 +45,21 @@ def hold_out(pool_size: int, held: int, seed: int) -> tuple[list[int], list[int]
 
 
 def prompts_for_step(pool_size: int, batch: int, step: int, seed: int) -> list[int]:
-    """Indices of the step's prompts: a seeded reshuffle of the pool per pass, so a resumed run sees the
-    same prompts at the same step."""
-    per_pass = max(pool_size // batch, 1)
-    order = list(range(pool_size))
-    random.Random(seed * 7919 + step // per_pass).shuffle(order)
-    start = (step % per_pass) * batch
-    picked = order[start:start + batch]
-    return picked + order[:batch - len(picked)]
+    """Indices of the step's prompts: steps read one endless sequence of seeded reshuffles of the pool, `batch` at
+    a time, so every prompt is used once per pass and a resumed run sees the same prompts at the same step. (Passes
+    of whole steps skipped the pool % batch prompts left at each pass's end, and a pool under twice the batch drew
+    a fresh subset every step: one of 24 prompts 3 times in 10 steps, another 9.) Where the pool and batch divide,
+    the picks are the passes-of-steps ones."""
+    first = step * batch
+    orders: dict[int, list[int]] = {}
+    picked = []
+    for position in range(first, first + batch):
+        which = position // pool_size
+        if which not in orders:
+            orders[which] = list(range(pool_size))
+            random.Random(seed * 7919 + which).shuffle(orders[which])
+        picked.append(orders[which][position % pool_size])
+    return picked
 
 
 def prompts_for_extra_round(pool_size: int, batch: int, step: int, round_index: int, seed: int) -> list[int]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import random
+from collections import Counter
 
 import pytest
 
@@ -47,10 +49,18 @@ def test_no_prompt_ending_in_a_user_turn_is_a_clear_error(tmp_path):
 
 
 def test_each_pass_uses_every_prompt_once_and_a_resume_sees_the_same_prompts():
-    pool, batch = 10, 4  # two steps per pass; the last 2 prompts of a shuffled pass wait for the next one
-    first_pass = prompts_for_step(pool, batch, 0, seed=3) + prompts_for_step(pool, batch, 1, seed=3)
-    assert len(set(first_pass)) == 8
-    assert prompts_for_step(pool, batch, 2, seed=3) != prompts_for_step(pool, batch, 0, seed=3)  # reshuffled
+    pool, batch = 10, 4  # a pass ends in the middle of step 2: its last 2 prompts there, the next pass's first 2
+    steps = [prompts_for_step(pool, batch, step, seed=3) for step in range(5)]
+    sequence = [index for picks in steps for index in picks]
+    assert sorted(sequence[:10]) == list(range(10)) and sorted(sequence[10:20]) == list(range(10))
+    assert sequence[10:20] != sequence[:10]  # reshuffled
+    # 24 prompts in batches of 16 (10 steps): each used 6 or 7 times, not 3 to 9.
+    counts = Counter(i for step in range(10) for i in prompts_for_step(24, 16, step, seed=0))
+    assert set(counts) == set(range(24)) and set(counts.values()) <= {6, 7}
+    # Where pool and batch divide, the picks are the passes-of-steps ones: a seeded shuffle per pass, in order.
+    order = list(range(12))
+    random.Random(3 * 7919 + 1).shuffle(order)
+    assert prompts_for_step(12, 4, 4, seed=3) == order[4:8]
     assert prompts_for_step(pool, batch, 5, seed=3) == prompts_for_step(pool, batch, 5, seed=3)
     assert prompts_for_step(pool, batch, 5, seed=3) != prompts_for_step(pool, batch, 5, seed=4)
     # A pool smaller than the batch repeats prompts to fill it.
