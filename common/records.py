@@ -361,14 +361,21 @@ def _extras(row: dict, record: dict, where: str) -> dict:
     record.update(_ratings(row, where))
     if row.get("category") is not None:
         record["category"] = str(row["category"])
-    columns = {key: value for key, value in row.items() if key not in FORMAT_FIELDS}
+    # A curated record read back carries its extras under `columns` already: merged, not nested a level deeper,
+    # so a reward function still finds `answer` there.
+    nested = row.get("columns") if isinstance(row.get("columns"), dict) else {}
+    columns = {**nested, **{key: value for key, value in row.items() if key not in FORMAT_FIELDS and
+                            not (key == "columns" and nested)}}
     if columns:
         record["columns"] = columns
     return record
 
 
 def normalise(row: dict, where: str) -> list[dict]:
-    """One raw row → one or more normalised records (self-instruct rows hold several instances)."""
+    """One raw row → one or more normalised records (self-instruct rows hold several instances). A field that is
+    None is a field the row does not have: Parquet files and saved datasets hold the union of their rows' fields
+    (a chat beside preference pairs reads back with chosen=None)."""
+    row = {key: value for key, value in row.items() if value is not None}
     records = [_extras(row, dict(r, source=where), where) for r in _normalise(row, where)]
     for record in records:
         if not record["messages"] and "chosen" not in record:

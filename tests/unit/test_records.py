@@ -273,3 +273,17 @@ def test_a_saved_datasets_folder_reads_like_its_rows(tmp_path):
     plain = read_records(tmp_path / "plain")
     assert [r["messages"][-1]["content"] for r in plain] == ["a0", "a1", "a2"]
     assert [r["messages"][0]["content"] for r in read_records(tmp_path / "splits")] == ["q0", "q1", "q2"]  # train
+
+
+def test_a_curated_set_of_chats_and_pairs_reads_back_as_it_was_written(tmp_path):
+    """Parquet holds the union of the rows' fields, so a chat reads back with chosen=None: that is no field, not a
+    pair without a reply. A record's extras stay one level deep, where reward functions look for `answer`."""
+    rows = [{"messages": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+             "columns": {"answer": "4", "source": "a.jsonl:1"}, "id": "x1"},
+            {"messages": [{"role": "user", "content": "Be rude."}], "chosen": "No.", "rejected": "Fine, idiot."}]
+    path = tmp_path / "curated.parquet"
+    write_parquet(path, rows)
+    chat, pair = read_records(path)
+    assert chat["messages"][-1]["content"] == "4" and "chosen" not in chat
+    assert chat["columns"] == {"answer": "4", "source": "a.jsonl:1", "id": "x1"}
+    assert pair["chosen"] == "No." and pair["rejected"] == "Fine, idiot."
