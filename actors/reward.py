@@ -143,7 +143,19 @@ def _encode_text(tokenizer, text: str, max_length: int) -> Encoded:
 
 
 def _encode_pair(tokenizer, first: str, second: str | None, max_length: int) -> Encoded:
-    enc = tokenizer(first, second, truncation=True, max_length=max_length)
+    """[CLS] prompt [SEP] response [SEP] in max_length tokens: the prompt loses its oldest tokens, so the response
+    stays whole; a response too long to leave the prompt a quarter of the room keeps its start and loses its end.
+    (The tokenizer's longest-first truncation cut the longer text from the left: a long response lost its opening
+    while the prompt stayed whole.)"""
+    if second is None:
+        enc = tokenizer(first, truncation=True, max_length=max_length)
+    else:
+        room = max_length - tokenizer.num_special_tokens_to_add(pair=True)
+        ends = [end for _, end in tokenizer(second, add_special_tokens=False,
+                                            return_offsets_mapping=True)["offset_mapping"]]
+        if len(ends) > room - room // 4:
+            second = second[:ends[room - room // 4 - 1]]
+        enc = tokenizer(first, second, truncation="only_first", max_length=max_length)
     return {key: list(enc[key]) for key in ("input_ids", "token_type_ids") if key in enc}
 
 

@@ -108,6 +108,19 @@ def test_pair_encoding_marks_the_response_as_the_second_segment(pair_tokenizer):
     assert pair_tokenizer.decode(second) == "blue. [SEP]"
 
 
+def test_a_long_pair_loses_the_prompts_oldest_tokens_then_the_responses_end_never_its_start(pair_tokenizer):
+    """Longest-first truncation from the left cut a long response's opening while the prompt stayed whole."""
+    long_reply = "START " + "filler " * 100 + "the end."
+    encoded = reward.encode(pair_tokenizer, "pair", PROMPT * 5, long_reply, max_length=64)
+    text = pair_tokenizer.decode(encoded["input_ids"])
+    assert len(encoded["input_ids"]) == 64 and "[SEP] start filler" in text  # the reply's opening survives
+    assert text.split(" [SEP] ")[0].endswith("user : name a colour.")  # and the prompt's latest turn
+    long_prompt = [{"role": "user", "content": "old " * 100 + "Name a colour."}]
+    encoded = reward.encode(pair_tokenizer, "pair", long_prompt, "Blue.", max_length=32)
+    assert pair_tokenizer.decode(encoded["input_ids"]).endswith("old name a colour. [SEP] blue. [SEP]")
+    assert len(encoded["input_ids"]) == 32
+
+
 def test_prompt_text_lists_turns_by_role():
     turns = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
              {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}]
