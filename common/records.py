@@ -282,6 +282,10 @@ def _user_text(instruction: str, extra: str) -> str:
 
 
 def _hh_turns(transcript: str, where: str) -> list[dict]:
+    """'\\n\\nHuman: ...\\n\\nAssistant: ...' turns; a transcript may also start at 'Human: ' without the blank
+    lines (they were split off as a preamble, and such a pair lost its whole prompt)."""
+    if transcript.startswith(("Human: ", "Assistant: ")):
+        transcript = "\n\n" + transcript
     parts = HH_TURN.split(transcript)
     if len(parts) < 3:
         raise RecordError.at(where, "transcript has no 'Human:/Assistant:' turns")

@@ -60,6 +60,9 @@ def test_hh_transcript_splits_prompt_and_replies():
     assert record["messages"] == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                                   {"role": "user", "content": "how?"}]
     assert (record["chosen"], record["rejected"]) == ("fine", "go away")
+    # Without the leading blank lines the first turn was split off as a preamble: the pair lost its prompt.
+    [bare] = normalise({key: value.lstrip("\n") for key, value in row.items()}, "f:2")
+    assert bare["messages"] == record["messages"] and bare["chosen"] == "fine"
 
 
 def test_ratings_and_category_are_kept():
