@@ -96,6 +96,24 @@ def encode_chat(tokenizer, messages: list[dict], max_length: int | None = None) 
 
 
 def encode_prompt(tokenizer, messages: list[dict], max_tokens: int | None = None) -> list[int]:
-    """Prompt ids ending in the assistant header, left-truncated (the latest turns matter most)."""
-    ids = tokenizer(render(tokenizer, messages, add_generation_prompt=True), add_special_tokens=False)["input_ids"]
-    return ids[-max_tokens:] if max_tokens is not None and len(ids) > max_tokens else list(ids)
+    """Prompt ids ending in the assistant header, at most `max_tokens`: the oldest turns go first, whole, and the
+    chat is rendered again, so BOS, the system turn and every role header stay (cutting the rendered ids from the
+    left began a prompt mid-word, without BOS or system turn, unlike anything the policy saw in SFT). A last turn
+    longer than the budget alone keeps its latest tokens."""
+    def encoded(turns: list[dict]) -> list[int]:
+        return list(tokenizer(render(tokenizer, turns, add_generation_prompt=True),
+                              add_special_tokens=False)["input_ids"])
+
+    ids = encoded(messages)
+    if max_tokens is None or len(ids) <= max_tokens:
+        return ids
+    system = messages[:1] if messages and messages[0]["role"] == "system" else []
+    rest = messages[len(system):]
+    while len(rest) > 1:
+        rest = rest[1:]
+        while len(rest) > 1 and rest[0]["role"] != "user":  # a chat starts with a user turn (alternating templates)
+            rest = rest[1:]
+        ids = encoded(system + rest)
+        if len(ids) <= max_tokens:
+            return ids
+    return ids[-max_tokens:]

@@ -48,7 +48,18 @@ def test_truncation_keeps_mask_aligned(tokenizer):
 def test_prompt_ends_with_assistant_header_and_truncates_left(tokenizer):
     ids = encode_prompt(tokenizer, CHAT[:2])
     assert tokenizer.decode(ids).endswith("User: hi\nAssistant:")
-    assert encode_prompt(tokenizer, CHAT[:2], max_tokens=5) == ids[-5:]
+    assert encode_prompt(tokenizer, CHAT[:2], max_tokens=5) == ids[-5:]  # one turn over the budget: its end
+
+
+def test_a_long_chat_loses_its_oldest_turns_whole_keeping_bos_and_the_system_turn(tokenizer):
+    chat = [CHAT[0]] + [{"role": role, "content": f"turn {i} " + "word " * 10}
+                        for i, role in enumerate(["user", "assistant"] * 4)] + [{"role": "user", "content": "last?"}]
+    whole = encode_prompt(tokenizer, chat)
+    ids = encode_prompt(tokenizer, chat, max_tokens=len(whole) - 10)
+    text = tokenizer.decode(ids)
+    assert len(ids) <= len(whole) - 10 and ids[0] == tokenizer.bos_token_id
+    assert "Be brief." in text and "turn 0" not in text and text.endswith("User: last?\nAssistant:")
+    assert tokenizer.decode(encode_prompt(tokenizer, [CHAT[0]] + chat[3:])) == text  # turns 0-1 dropped whole
 
 
 def test_missing_or_malformed_model_dir(tmp_path):
