@@ -60,9 +60,14 @@ class ReplacingRoleGroup(RoleGroup):
             try:
                 return self._result(ref, rank, method)
             except RoleFailure as failure:
-                if not _actor_died(failure) or self.replacements >= self.max_replacements:
+                if not _actor_died(failure):
                     raise
-                self._replace(rank, str(failure))
+                # A ref sent before this rank was replaced (async rollouts' prefetched batch) fails with the old
+                # actor's death: sent again to the replacement, which is not replaced a second time.
+                if not _died_elsewhere(failure, self.actors[rank]):
+                    if self.replacements >= self.max_replacements:
+                        raise
+                    self._replace(rank, str(failure))
                 ref = getattr(self.actors[rank], method).remote(*args)
 
     def _replace(self, rank: int, reason: str) -> None:
@@ -78,6 +83,12 @@ def _actor_died(failure: RoleFailure) -> bool:
     import ray
 
     return isinstance(failure.__cause__, ray.exceptions.RayActorError)
+
+
+def _died_elsewhere(failure: RoleFailure, current) -> bool:
+    """Whether the actor whose death `failure` reports is not `current` (the rank's actor now)."""
+    dead = getattr(failure.__cause__, "actor_id", None)
+    return dead is not None and dead != current._actor_id.hex()
 
 
 def engine_group(revive: Callable[[Any], list], on_replaced: Callable[[int, str], None],

@@ -56,6 +56,22 @@ def test_a_replacement_that_fails_to_revive_is_named_by_the_rank_it_replaced(ray
         release(group)
 
 
+def test_a_call_sent_before_a_replacement_goes_to_the_replacement_without_a_second_one(ray_session):
+    """Async rollouts' prefetched batch was sent to the engine that then died: settling it must not replace the
+    healthy replacement (spending a second replacement, or failing the run at max_replacements=1)."""
+    group, index = reserve([RoleResources("rollout", 2, cpus=0.25)])
+    engines = engine_group(lambda actor: [actor.ping.remote()], lambda rank, why: None,
+                           max_replacements=1)("rollout", Revivable, 2, group, index["rollout"], 0.25, 0, ())
+    try:
+        engines.actors[1].die.remote()
+        prefetched = engines.submit("ping")  # queued behind the death: rank 1's fails
+        assert engines.call("ping") == ["up", "up"] and engines.replacements == 1  # replaced once
+        assert engines.settle("ping", prefetched, [(), ()]) == ["up", "up"] and engines.replacements == 1
+    finally:
+        engines.kill()
+        release(group)
+
+
 # Slow: a dead engine's replacement and re-sync run by default in the sabotaged and chaos PPO runs; the limit on
 # replacements is this test's own.
 @pytest.mark.slow
