@@ -149,7 +149,9 @@ def _merged_lora_layer(name: str, layer, stage: int) -> Iterator[tuple[str, torc
     with _gathered(list(layer.parameters()), stage):
         weight, owned = layer.base_layer.weight.detach(), False
         for adapter in layer.active_adapters:
-            if adapter in layer.lora_A:
+            # An Embedding layer keeps its adapters in lora_embedding_A/B, not lora_A (they were skipped, so an
+            # adapted embed_tokens reached the engines and the export without its delta).
+            if adapter in layer.lora_A or adapter in getattr(layer, "lora_embedding_A", {}):
                 weight, owned = weight + layer.get_delta_weight(adapter).to(weight.dtype), True
         yield f"{name}.weight", weight, owned
         if getattr(layer.base_layer, "bias", None) is not None:

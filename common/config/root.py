@@ -75,6 +75,12 @@ class Config:
             if "sft_model" not in wired:
                 check_model_dir(self.ppo_start_model, what="ppo.init_model" if self.ppo.init_model else "model.path")
             check_reward_functions(self.ppo)
+            if self.model.quantization != "none":
+                # The engines are sent the policy's weights as PEFT holds them: bitsandbytes' int8 codes or packed
+                # 4-bit bytes, not numbers (vLLM would sample from garbage, or fail on the shapes).
+                raise ConfigError(f"ppo with model.quantization={self.model.quantization}: the rollout engines cannot "
+                                  f"take quantized weights from the policy; train PPO from an unquantized model "
+                                  f"(model.quantization=none, LoRA allowed), or align with DPO")
             if self.ppo.environment.name is not None and ":" in self.ppo.environment.name:
                 load_callable(self.ppo.environment.name, "ppo.environment.name")
         elif stage == "synthesize":

@@ -128,3 +128,14 @@ def test_the_synthesis_stage_is_checked_before_ray_starts(tmp_path):
         check_stages(cfg, ["synthesize", "curate"])
     with pytest.raises(ConfigError, match="synth.category 'poetry' is not a category of curate.mix"):
         check_stages(load_config(TINY_CPU, ["synth.category=poetry"]), ["synthesize"])
+
+
+def test_ppo_from_a_quantized_model_is_refused_before_ray_starts():
+    """The engines would be sent bitsandbytes' int8 codes or packed 4-bit bytes as the policy's weights."""
+    for quantization in ("int8", "4bit"):
+        cfg = load_config(TINY_CPU, [f"model.quantization={quantization}", "lora.enabled=true",
+                                     "ppo.reward.rm_source=keyword"])
+        with pytest.raises(ConfigError, match=rf"ppo with model.quantization={quantization}: the rollout engines "
+                                              r"cannot take quantized weights"):
+            cfg.check_stage("ppo")
+    load_config(TINY_CPU, ["ppo.reward.rm_source=keyword"]).check_stage("ppo")

@@ -134,6 +134,26 @@ def test_a_lora_model_packs_its_merged_weights(model):
     assert not torch.allclose(out[layer], model.state_dict()[layer])
 
 
+def test_an_adapted_embedding_sends_its_merged_weight(model):
+    """PEFT keeps an Embedding layer's adapters in lora_embedding_A/B: skipped, embed_tokens reached the engines
+    and the export without its delta (12.7 off on a tiny Llama). (This model ties its head to the embedding, which
+    an adapter on the embedding alone unties in training: a tied engine cannot hold that; only the embedding is
+    compared.)"""
+    from peft import LoraConfig, get_peft_model
+
+    peft_model = get_peft_model(copy.deepcopy(model),
+                                LoraConfig(r=4, lora_alpha=8, target_modules=["embed_tokens", "q_proj"]))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_embedding_A" in name or "lora_B" in name:
+                param.normal_(std=0.1)
+    out = dict(hf_named_weights(peft_model, stage=0))
+    merged = copy.deepcopy(peft_model).merge_and_unload().state_dict()
+    for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"):
+        assert torch.allclose(out[name], merged[name], atol=1e-6), name
+    assert not torch.allclose(out["model.embed_tokens.weight"], model.state_dict()["model.embed_tokens.weight"])
+
+
 def test_the_hf_engine_loads_packed_buckets(model):
     from actors.rollout.hf_engine import HFRolloutEngine
     from common.config import RolloutConfig
