@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 
@@ -39,7 +40,15 @@ def turn_draw(step: int, turn: int, round_index: int = 0) -> int:
     return TURN_STREAM + 10_000_000 * round_index + 1_000_000 * turn + step
 
 
+SEED_INDEX_SPAN = 10_007  # indices below this keep the linear scheme's seeds (the runs measured so far)
+
+
 def sample_seed(seed: int, calls: int, index: int) -> int:
     """Seed of the index-th prompt in the calls-th generate call: every engine draws from the same scheme, so a
-    resumed run (calls restored by set_calls) reproduces its samples."""
-    return seed * 1_000_003 + calls * 10_007 + index
+    resumed run (calls restored by set_calls) reproduces its samples. Indices from SEED_INDEX_SPAN up (batches of
+    10,007+ sequences, synthesis's 100k candidates) hash (seed, calls, index) into 63 bits: linearly, index
+    10,007 of one call had the seed of index 0 of the next, and two samples shared one random stream."""
+    if index < SEED_INDEX_SPAN:
+        return seed * 1_000_003 + calls * SEED_INDEX_SPAN + index
+    digest = hashlib.blake2b(f"{seed}:{calls}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1 | 1 << 61  # above every linear seed of a run (seed < 2^40)

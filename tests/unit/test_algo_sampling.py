@@ -261,3 +261,15 @@ def test_fill_dropped_takes_the_behaviour_log_prob_only_where_pi_old_lost_a_resp
     assert filled.tolist() == [[-0.5, -3.0, -1.0], [-inf, -2.0, 0.0]]
     assert share.item() == pytest.approx(1 / 4, rel=1e-12)
     assert fill_dropped(old[:, :0], behaviour[:, :0], mask[:, :0])[1].item() == 0.0
+
+
+def test_sample_seeds_of_large_batches_do_not_collide_across_calls():
+    """Linearly, index 10,007 of one call had the seed of index 0 of the next: two samples on one random stream."""
+    from actors.rollout.sample import sample_seed
+
+    assert sample_seed(7, 5, 3) == 7 * 1_000_003 + 5 * 10_007 + 3  # small indices keep their seeds
+    assert sample_seed(7, 5, 10_007) != sample_seed(7, 6, 0)
+    assert sample_seed(42, 0, 10_012) != sample_seed(42, 1, 5)
+    big = {sample_seed(1, calls, index) for calls in range(3) for index in range(10_000, 30_000)}
+    assert len(big) == 3 * 20_000 and all(0 < s < 2**63 for s in big)
+    assert big.isdisjoint(sample_seed(1, calls, index) for calls in range(50) for index in range(100))
