@@ -155,7 +155,10 @@ class PPOLoop:
 
     def _start_rollout(self, prompts: list[int], step: int, draw: int | None = None) -> PendingRollout:
         picked = [i for i in prompts for _ in range(self.cfg.ppo.samples_per_prompt)]  # each group is contiguous
-        chunks, refs = self._submit_samples([self.prompt_ids[i] for i in picked], draw)
+        # The training stream's draw is the step itself, named here: the engines' own call counters gave the same
+        # number in an unbroken run, but an engine replaced during a sync was revived one step behind (and a
+        # rollback's set_calls left the counters off the checkpoints' step).
+        chunks, refs = self._submit_samples([self.prompt_ids[i] for i in picked], step if draw is None else draw)
         return PendingRollout(step, picked, chunks, refs, self.engine_version)
 
     def _finish_rollout(self, pending: PendingRollout) -> Rollout:
@@ -205,7 +208,7 @@ class PPOLoop:
                 answers = self.roles.rollout.call_rank0("greedy", ids, new)
                 return [Sample(prompt, list(answer), [], "stop") for prompt, answer in zip(ids, answers)]
             first = turn == 0 and round_index == 0
-            return self._sample(ids, None if first else turn_draw(step, turn, round_index))
+            return self._sample(ids, step if first else turn_draw(step, turn, round_index))  # step: as _start_rollout
 
         openings = self.roles.environments.reset([{"messages": p.turns, **p.columns} for p in prompts])
         return run_episodes(self.tokenizer, openings, [p.turns for p in prompts], generate,
