@@ -471,7 +471,7 @@ class PPOLoop:
     def save_checkpoint(self, step: int) -> None:
         state = {"step": step, "kl_scale": self.kl_scale, "policy_lr": self.policy_lr,
                  "controller_coef": getattr(self.controller, "coef", None),
-                 "rollout_calls": step, "nan_streak": self.nan_streak}
+                 "rollout_calls": step, "nan_streak": self.nan_streak, "monitor": self.monitor.state()}
         ppo_checkpoints.save(self.ckpt_dir, step, self._trained(), state)
 
     def load_checkpoint(self, step: int) -> dict:
@@ -495,6 +495,8 @@ class PPOLoop:
         self.roles.policy.call("set_lr", self.policy_lr)
         if state["controller_coef"] is not None:
             self.controller.coef = state["controller_coef"]
+        if "monitor" in state:  # checkpoints written before the monitor's state was saved have none
+            self.monitor.restore(state["monitor"])
         self.metrics.truncate_after(self.step_index)
         log.warning("resumed PPO from step %d", self.step_index)
 

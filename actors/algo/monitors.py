@@ -155,6 +155,13 @@ class SeriesHistory:
         self._entries.clear()
         self._entries.extend(kept)
 
+    def entries(self) -> list[list[float]]:
+        return [[step, value] for step, value in self._entries]
+
+    def load(self, entries: list[list[float]]) -> None:
+        self._entries.clear()
+        self._entries.extend((int(step), float(value)) for step, value in entries)
+
 
 class HealthMonitor:
     """Fed one PPO step at a time; returns the alarms that step raised and remembers the last healthy step.
@@ -197,6 +204,23 @@ class HealthMonitor:
             return None
         healthy = [s for s in checkpoint_steps if s <= self.last_healthy_step]
         return max(healthy) if healthy else None
+
+    def state(self) -> dict:
+        """What a resumed run needs to judge its next steps as this one would (JSON: it goes into the PPO
+        checkpoint's state.json): the rollback budget spent, the last healthy step, the raise_kl cooldowns and
+        the metric histories. A fresh monitor after a resume had a new budget and no target to roll back to."""
+        return {"last_healthy_step": self.last_healthy_step, "rollbacks": self.rollbacks,
+                "observations": self._observations, "raise_kl_at": dict(self._raise_kl_at),
+                "spikes": {name: h.entries() for name, h in self._spike_history.items()},
+                "trends": {name: h.entries() for name, h in self._trend_history.items()}}
+
+    def restore(self, state: dict) -> None:
+        self.last_healthy_step, self.rollbacks = state["last_healthy_step"], state["rollbacks"]
+        self._observations, self._raise_kl_at = state["observations"], dict(state["raise_kl_at"])
+        for saved, histories in ((state["spikes"], self._spike_history), (state["trends"], self._trend_history)):
+            for name, entries in saved.items():
+                if name in histories:
+                    histories[name].load(entries)
 
     def rolled_back_to(self, step: int) -> None:
         """Forget what was observed after `step`, whose checkpoint the engine has restored."""

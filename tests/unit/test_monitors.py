@@ -309,3 +309,19 @@ def test_bad_monitor_and_reward_config_names_the_dotted_field(override, message)
     with pytest.raises(ConfigError) as raised:
         load_config(overrides=[override])
     assert message in str(raised.value)
+
+
+def test_a_restored_monitor_judges_the_next_steps_as_the_unbroken_one():
+    """Saved in the PPO checkpoint: a fresh monitor after a resume had a new rollback budget, no healthy step to
+    roll back to, and no history to see the next spike against."""
+    import json
+
+    unbroken = HealthMonitor(replace(CFG, max_rollbacks=1))
+    feed(unbroken, stable_series())
+    unbroken.observe(40, {"loss": math.nan})  # spends the one rollback
+    resumed = HealthMonitor(replace(CFG, max_rollbacks=1))
+    resumed.restore(json.loads(json.dumps(unbroken.state())))  # through state.json
+    assert resumed.last_healthy_step == unbroken.last_healthy_step == 39 and resumed.rollbacks == 1
+    for monitor in (unbroken, resumed):
+        assert [(a.metric, a.action) for a in monitor.observe(41, {"loss": 5.0, "grad_norm": 2.0})] == \
+            [("loss", "stop")]  # the spike is seen against the history, and the budget is spent: stop
