@@ -106,6 +106,14 @@ class PolicyIngress(OpenAiIngress):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self.tokenizer = load_tokenizer(model_path, chat_template)
 
+    async def model_data(self, model: str) -> ModelCard:
+        """The served model's card by its exact id: Ray's route turns '--' into '/' first (for ids that cannot
+        hold a slash in a URL), so an id with '--' (a folder name, the default id) was listed by /v1/models and
+        answered 404 at its own URL."""
+        if model in self._model_cards:
+            return await self.model(model)
+        return await super().model_data(model)
+
     async def chat(self, body: ChatCompletionRequest, request: Request) -> Response:
         card = next(iter(self._model_cards.values()))
         if body.model is not None and body.model != card.id:
