@@ -4,8 +4,8 @@
     python -m jobs.pipeline --config configs/synth-tiny.yaml   # starts with synthesize: generated candidates too
 
 A finished stage leaves <run>/<stage>/stage.json (its outputs and a fingerprint of the config it ran with and of
-the stages before it); re-running skips every stage whose fingerprint still matches and resumes an unfinished one from its own
-checkpoints. The end of the run writes <run>/report.md + report.json: every stage's figures and plots, and
+the stages before it); re-running skips every stage whose fingerprint still matches and resumes an unfinished one
+from its own checkpoints. The end of the run writes <run>/report.md + report.json: every stage's figures and plots, and
 answers to fixed prompts from the base model and the final one.
 """
 
