@@ -5,8 +5,8 @@
 
 A finished stage leaves <run>/<stage>/stage.json (its outputs and a fingerprint of the config it ran with and of
 the stages before it); re-running skips every stage whose fingerprint still matches and resumes an unfinished one
-from its own checkpoints. The end of the run writes <run>/report.md + report.json: every stage's figures and plots, and
-answers to fixed prompts from the base model and the final one.
+from its own checkpoints. The end of the run writes <run>/report.md + report.json: every stage's figures and
+plots, and answers to fixed prompts from the base model and the final one.
 """
 
 from __future__ import annotations
