@@ -431,7 +431,8 @@ class PPOLoop:
             if target is not None:
                 self.load_checkpoint(target)
                 # The newer checkpoints hold the weights rolled back: a resume (which takes the newest) would
-                # undo the rollback, and a later rollback could pick one. The state after it is saved as this step.
+                # undo the rollback, and a later rollback could pick one. The state after it is saved as this step,
+                # once the step is logged (run()).
                 ppo_checkpoints.discard_after(self.ckpt_dir, target)
                 # The steps go on counting from here: the engines hold the weights step+1 trains from, so its
                 # batch is on-policy (rollout/staleness 0, not step - target).
@@ -440,7 +441,7 @@ class PPOLoop:
                 self.roles.policy.call("set_lr", self.policy_lr)
                 self.monitor.rolled_back_to(target)
                 result.metrics["rolled_back_to"] = target
-                self.save_checkpoint(step)
+                result.checkpoint = True
             else:
                 log.warning("alarm at step %d asks for a rollback, but no checkpoint is left from before the last "
                             "healthy step: training goes on with these weights", step)
@@ -518,7 +519,7 @@ class PPOLoop:
             bar.update(1)
             bar.set_postfix(rm=f"{last['reward/rm_mean']:.3f}", kl=f"{last['kl']:.3f}")
             sigterm = self.preempted.is_set()  # read once: a SIGTERM between two reads left the step unsaved
-            if step % ppo.save_every == 0 or step == ppo.steps or result.stop or sigterm:
+            if step % ppo.save_every == 0 or step == ppo.steps or result.stop or result.checkpoint or sigterm:
                 self.save_checkpoint(step)
             if result.stop:
                 log.warning("stopping PPO at step %d on a monitor alarm", step)

@@ -111,6 +111,7 @@ class StepResult:
     metrics: dict
     alarms: list = field(default_factory=list)
     stop: bool = False
+    checkpoint: bool = False  # save this step whatever ppo.save_every says (the state after a rollback)
 
 
 def progress_before(step: int, steps: int) -> float:

@@ -71,7 +71,8 @@ def test_injected_nan_rolls_back_to_the_last_healthy_checkpoint(ray_session, tmp
     assert loop.policy_lr == actor_lr == pytest.approx(2e-4 * cfg.ppo.monitor.rollback_lr_factor, rel=1e-12)
     assert engine_synced  # the rollout engines sample from the restored weights too
     assert loop.engine_version == 4  # so step 5's batch counts as on-policy: staleness 0, not 5 - 1 - 2
-    assert checkpoints == [2, 4]  # the state after the rollback, saved as step 4: a resume continues from it
+    # The state after the rollback is saved as step 4 once run() has logged it: a resume continues from there.
+    assert checkpoints == [2] and poisoned.checkpoint
     assert loop.monitor.last_healthy_step == 2
 
 
