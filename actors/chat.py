@@ -6,6 +6,7 @@ rendering growing prefixes of the conversation, then mapped onto tokens with the
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 IGNORE_INDEX = -100
@@ -47,7 +48,13 @@ def assistant_spans(tokenizer, messages: list[dict]) -> tuple[str, list[tuple[in
             spans.append((len(head), len(through)))
             cursor = len(through)
             continue
-        at = text.find(content, cursor) if content else -1
+        # The reply follows its own generation header: searched for from there, not from the previous reply's end,
+        # where the user's turn between may hold the same words ("Say hello" → "hello").
+        # The header is what the generation prompt adds (Phi-3 closes a rendered conversation with EOS instead).
+        header = head[len(os.path.commonprefix([head, render(tokenizer, messages[:i])])):]
+        found = text.find(header, cursor) if header else -1
+        anchor = found + len(header) if found >= 0 else cursor
+        at = text.find(content, anchor) if content else anchor
         if at < 0:
             raise ValueError(f"the chat template does not render assistant turn {i} verbatim, so its loss mask "
                              f"cannot be found: set model.chat_template to one that does")

@@ -367,9 +367,10 @@ def _extras(row: dict, record: dict, where: str) -> dict:
         record["category"] = str(row["category"])
     # A curated record read back carries its extras under `columns` already: merged, not nested a level deeper,
     # so a reward function still finds `answer` there.
-    nested = row.get("columns") if isinstance(row.get("columns"), dict) else {}
-    columns = {**nested, **{key: value for key, value in row.items() if key not in FORMAT_FIELDS and
-                            not (key == "columns" and nested)}}
+    merged = isinstance(row.get("columns"), dict)
+    columns = {**(row["columns"] if merged else {}),
+               **{key: value for key, value in row.items() if key not in FORMAT_FIELDS and
+                  not (key == "columns" and merged)}}
     if columns:
         record["columns"] = columns
     return record

@@ -96,3 +96,11 @@ def test_each_reply_and_its_end_of_turn_marker_are_found_in_real_templates(token
     templated.chat_template = (Path(trl.__file__).parent / "chat_templates" / f"{family}.jinja").read_text()
     text, spans = assistant_spans(templated, CHAT)
     assert [text[a:b] for a, b in spans] == [first, last]
+    # A reply whose words the user's turn holds is found after its own header, not in the user's turn; an empty
+    # earlier reply trains its end-of-turn marker alone.
+    echo = [{"role": "user", "content": "Say hello please"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "again"}, {"role": "assistant", "content": ""},
+            {"role": "user", "content": "bye"}, {"role": "assistant", "content": "ok"}]
+    text, spans = assistant_spans(templated, echo)
+    assert text[spans[0][0]:spans[0][1]] == first and spans[0][0] > text.index("Say hello please") + 16
+    assert text[spans[1][0]:spans[1][1]] == first[len("hello"):]

@@ -290,3 +290,5 @@ def test_a_curated_set_of_chats_and_pairs_reads_back_as_it_was_written(tmp_path)
     assert chat["messages"][-1]["content"] == "4" and "chosen" not in chat
     assert chat["columns"] == {"answer": "4", "source": "a.jsonl:1", "id": "x1"}
     assert pair["chosen"] == "No." and pair["rejected"] == "Fine, idiot."
+    [empty] = normalise({"messages": chat["messages"], "columns": {}}, "c:3")  # nothing nested either way
+    assert "columns" not in empty.get("columns", {})
