@@ -79,9 +79,7 @@ def _closing(after: str, end: str) -> str:
     """The end-of-turn marker in `after` (what follows a reply mid-chat): the part it shares with `end` (what
     follows a last reply), cut back to a marker's or line's end where the two only share the start of the next
     thing ('<|end|>\\n<|user|>' and '<|end|>\\n</s>' share '<|end|>\\n<')."""
-    n = 0
-    while n < min(len(after), len(end)) and after[n] == end[n]:
-        n += 1
+    n = len(os.path.commonprefix([after, end]))
     if n == len(end):
         return end
     cut = max(after.rfind(">", 0, n), after.rfind("\n", 0, n))

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from actors.chat import encode_prompt, render
+from actors.chat import encode_prompt, render, turn_end
 from actors.environments import Turn
 from actors.rollout.sample import Sample
 
@@ -66,9 +66,7 @@ def closing_and_observation(tokenizer, history: list[dict], text: str, observati
     template's own markup contains, such as "end", put it in the wrong place). A template that rewrites earlier
     turns once another follows (Qwen3 drops an answer's <think> block) has no such text: the tokens the model
     already sampled would not be the conversation's, so that is an error naming the template, not a silent mix."""
-    sentinel = "\u2063rayalign-turn-end\u2063"
-    marked = render(tokenizer, history + [{"role": "assistant", "content": sentinel}])
-    closing = marked[marked.find(sentinel) + len(sentinel):] if sentinel in marked else ""
+    closing = turn_end(tokenizer, history)
     eos = tokenizer.eos_token or ""
     if sampled_eos and eos and closing.startswith(eos):
         closing = closing[len(eos):]
