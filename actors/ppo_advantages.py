@@ -20,7 +20,7 @@ def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: Scores, logps: 
     step, `safety_judge` the lexicon the safety term reads (None when that term is off)."""
     mask = rollout.tokens.action_mask
     seq_kl = masked_sum(kl_per_token(logps.kl_old, logps.ref, ppo.kl.per_token_estimator), mask, dim=-1)
-    mixed = _mixed(ppo, rollout.responses, scores, seq_kl, kl_coef, safety_judge)
+    mixed = _mixed(ppo, rollout, scores, seq_kl, kl_coef, safety_judge)
     in_reward = ppo.kl.mode == "reward"
     penalty_coef = mixed.kl_coef_per_token if in_reward else 0.0
     token_rewards, token_kl = kl_penalized_rewards(mixed.terminal_reward, logps.kl_old, logps.ref, mask,
@@ -44,16 +44,17 @@ def compute_advantages(ppo: PPOConfig, rollout: Rollout, scores: Scores, logps: 
                       0.0 if in_reward else mixed.kl_coef_per_token, {**reward_log(mixed), **group_metrics})
 
 
-def rewards_before_kl(ppo: PPOConfig, responses: list[str], scores: Scores, safety_judge=None) -> torch.Tensor:
+def rewards_before_kl(ppo: PPOConfig, rollout: Rollout, scores: Scores, safety_judge=None) -> torch.Tensor:
     """[B] what each response earns at its end, the KL penalty aside: the reward whose spread within a group
     dynamic sampling looks at (the KL is not known before phase 3 and is no task signal)."""
-    return _mixed(ppo, responses, scores, torch.zeros(len(responses)), 0.0, safety_judge).terminal_reward
+    return _mixed(ppo, rollout, scores, torch.zeros(len(rollout.responses)), 0.0, safety_judge).terminal_reward
 
 
-def _mixed(ppo: PPOConfig, responses: list[str], scores: Scores, seq_kl: torch.Tensor, kl_coef: float,
+def _mixed(ppo: PPOConfig, rollout: Rollout, scores: Scores, seq_kl: torch.Tensor, kl_coef: float,
            safety_judge) -> MixedReward:
     weights = {function.term: function.weight for function in ppo.reward.functions}
     weights["env"] = ppo.environment.reward_weight  # the environment's reward (ppo.environment), when it has one
     extra = {name: (term, weights[name]) for name, term in scores.functions.items()}
-    return mix_rewards(RewardBatch(responses, scores.rm, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge,
-                                   extra_terms=extra, group_size=ppo.samples_per_prompt), ppo.reward)
+    return mix_rewards(RewardBatch(rollout.responses, scores.rm, seq_kl, kl_coef=kl_coef, safety_judge=safety_judge,
+                                   extra_terms=extra, group_size=ppo.samples_per_prompt,
+                                   ended=rollout.ended_by_eos()), ppo.reward)

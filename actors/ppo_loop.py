@@ -261,7 +261,7 @@ class PPOLoop:
         kept, dropped = [], []  # (round, group)
         while True:
             rollout, scores = rounds[-1]
-            spread = spread_groups(rewards_before_kl(ppo, rollout.responses, scores, self.lexicon), size)
+            spread = spread_groups(rewards_before_kl(ppo, rollout, scores, self.lexicon), size)
             for group, has_spread in enumerate(spread.tolist()):
                 (kept if has_spread else dropped).append((len(rounds) - 1, group))
             if len(kept) >= wanted or len(rounds) == ppo.dynamic_sampling.max_rounds:

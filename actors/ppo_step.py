@@ -33,6 +33,12 @@ class Rollout:
     # reward functions score; `responses` keeps every model turn joined, for the length and repetition terms.
     conversations: list[tuple[list[dict], str]] = field(default_factory=list)
 
+    def ended_by_eos(self) -> torch.Tensor | None:
+        """[B] bool: whether each response ended itself rather than at the token limit (None without samples)."""
+        if not self.samples:
+            return None
+        return torch.tensor([sample.finish_reason == "stop" for sample in self.samples], dtype=torch.bool)
+
     def scored(self) -> tuple[list[list[dict]], list[str]]:
         """(prompts, responses) as the reward model and reward functions read them."""
         if self.conversations:

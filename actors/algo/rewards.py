@@ -11,6 +11,9 @@ Each term maps a RewardBatch of B responses to a CPU float32 tensor [B], one val
               "ambiguous": a hit on a word with a benign sense earns no bonus but is not punished as harmful
   kl          −kl_coef × seq_kl, seq_kl [B] the sum over response tokens of the per-token KL estimate
 
+With missing_eos_penalty set, a response cut at the token limit (ended False) is also charged that penalty,
+unweighted, never normalised and after total_clip, as TRL's missing_eos_penalty (logged as "missing_eos").
+
 The mix is total = Σ over enabled terms of <term>_weight × term (SPEC weights rm 0.6, kl 0.2, length 0.05,
 repetition 0.05, safety 0.1).
 
@@ -59,6 +62,7 @@ from actors.algo.registry import Registry
 from actors.algo.text import repeated_ngram_fraction, unique_token_ratio
 
 KL_TERM = "kl"
+MISSING_EOS_TERM = "missing_eos"  # missing_eos_penalty's charge, mixed in after the weighted terms
 SAFETY_VERDICTS = ("clean", "ambiguous", "harmful")
 
 
@@ -87,6 +91,7 @@ class RewardSettings(Protocol):
     term_normalization: str
     term_clip: Sequence[float] | None
     total_clip: Sequence[float] | None
+    missing_eos_penalty: float | None
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,8 @@ class RewardBatch:
     extra_terms: name → ([B] scores, weight) of terms computed elsewhere (plug-in reward functions), mixed in
         beside the enabled built-in terms.
     group_size: answers per prompt, each prompt's contiguous in the batch; needed for term_normalization=group.
+    ended: [B] bool, whether each response ended itself (EOS / end of turn) rather than being cut at the token
+        limit; needed for missing_eos_penalty.
     """
 
     responses: list[str]
@@ -110,9 +117,10 @@ class RewardBatch:
     safety_judge: SafetyJudge | None = None
     extra_terms: dict[str, tuple[torch.Tensor, float]] = field(default_factory=dict)
     group_size: int = 1
+    ended: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
-        shaped = {name: getattr(self, name) for name in ("rm_scores", "seq_kl")}
+        shaped = {name: getattr(self, name) for name in ("rm_scores", "seq_kl", "ended")}
         shaped.update({f"extra_terms[{name!r}]": values for name, (values, _) in self.extra_terms.items()})
         for name, value in shaped.items():
             if value is not None and tuple(value.shape) != (len(self.responses),):
@@ -266,6 +274,12 @@ def mix_rewards(batch: RewardBatch, cfg: RewardSettings) -> MixedReward:
             terminal = terminal + value
     if cfg.total_clip is not None:
         terminal = terminal.clamp(*cfg.total_clip)
+    if cfg.missing_eos_penalty:
+        # As TRL's: a fixed charge, never normalised (a batch whose answers are all cut would pay nothing) nor
+        # clipped away by total_clip.
+        ended = batch.required("ended", MISSING_EOS_TERM).to(torch.bool)
+        terms[MISSING_EOS_TERM] = weighted[MISSING_EOS_TERM] = -cfg.missing_eos_penalty * (~ended).float()
+        terminal = terminal + weighted[MISSING_EOS_TERM]
     kl_enabled = KL_TERM in weighted
     return MixedReward(
         terminal_reward=terminal,

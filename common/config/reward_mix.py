@@ -18,6 +18,7 @@ DEFAULT_FILLER_PHRASES = [
 
 RewardTermName = Literal["rm", "kl", "length", "repetition", "safety"]
 BUILT_IN_TERMS = ("rm", "kl", "length", "repetition", "safety")
+RESERVED_TERMS = (*BUILT_IN_TERMS, "missing_eos")  # missing_eos_penalty's charge is logged under that name
 
 
 @dataclass(frozen=True)
@@ -93,6 +94,11 @@ class RewardMixConfig:
                                                   "before weighting (unset: no clip; never the KL term)")
     total_clip: Optional[list[float]] = param(None, "[low, high]: clip the weighted sum of the terms PPO pays at the "
                                                    "end of a response (unset: no clip)")
+    missing_eos_penalty: Optional[float] = param(
+        None, "subtract this from what a response earns at its end when it stopped at rollout.max_new_tokens "
+              "instead of ending itself (TRL's missing_eos_penalty; logged as reward/missing_eos): the reward model "
+              "scores a cut answer as the chat template renders it, end-of-turn marker included, so without a "
+              "penalty an answer that never ends can score as a finished one (unset: no penalty)", ge=0.0)
     functions: list[RewardFunctionConfig] = param(
         [], "plug-in reward terms beside the built-in ones, each {callable, weight, name, kwargs}; they run in a Ray "
             "worker, each term is logged raw (reward/<name>) and weighted and added to the mixed reward")
@@ -113,10 +119,10 @@ class RewardMixConfig:
         if not self.enabled_terms and not self.functions:
             raise ConfigError("enabled_terms must name at least one reward term (or give reward functions)")
         names = [function.term for function in self.functions]
-        clashing = sorted({name for name in names if names.count(name) > 1 or name in BUILT_IN_TERMS})
+        clashing = sorted({name for name in names if names.count(name) > 1 or name in RESERVED_TERMS})
         if clashing:
             raise ConfigError(f"functions: term name(s) {clashing} repeat or clash with a built-in term "
-                              f"{list(BUILT_IN_TERMS)}; give each function its own name")
+                              f"{list(RESERVED_TERMS)}; give each function its own name")
         repeated = sorted({name for name in self.enabled_terms if self.enabled_terms.count(name) > 1})
         if repeated:
             raise ConfigError(f"enabled_terms lists {', '.join(repeated)} more than once")

@@ -91,6 +91,24 @@ def test_a_plug_in_reward_term_is_weighted_into_the_return_and_logged_raw_and_we
     assert adv.advantages[0, 0].item() == pytest.approx(1 / (2 ** 0.5 + 1e-4), rel=1e-6)
 
 
+def test_an_answer_cut_at_the_token_limit_pays_the_missing_eos_penalty_from_its_sample():
+    """ppo.reward.missing_eos_penalty reads each row's finish reason from the engines' samples: the answer that
+    stopped at max_new_tokens ("length") returns rm 1 − 0.25, the one that ended itself rm 1."""
+    from actors.rollout.sample import Sample
+
+    cfg = load_config(None, ["ppo.advantage_estimator=grpo", "ppo.samples_per_prompt=2", "ppo.rollout_batch_size=1",
+                             "ppo.mini_batch_size=2", "ppo.reward.enabled_terms=[rm]", "ppo.reward.rm_weight=1.0",
+                             "ppo.reward.missing_eos_penalty=0.25"])
+    tokens = TokenBatch.from_samples([[1], [1]], [[4, 5], [6, 7]], pad_id=0)
+    zeros = torch.zeros_like(tokens.action_mask)
+    samples = [Sample([1], [4, 5], [0.0, 0.0], "stop"), Sample([1], [6, 7], [0.0, 0.0], "length")]
+    rollout = Rollout([[]] * 2, ["0", "0"], ["a", "b"], tokens, zeros, 4, 0.5, samples=samples)
+    adv = compute_advantages(cfg.ppo, rollout, Scores(torch.tensor([1.0, 1.0])), LogProbs(zeros, zeros, zeros),
+                             zeros, 0.05)
+    assert adv.returns[tokens.action_mask.bool()].tolist() == [1.0, 1.0, 0.75, 0.75]
+    assert adv.reward_metrics["reward/missing_eos"] == -0.125
+
+
 def test_gae_needs_the_value_model_and_whitens_over_the_batch():
     cfg = load_config(None, ["ppo.reward.enabled_terms=[rm]", "ppo.reward.rm_weight=1.0", "ppo.lam=1.0"])
     tokens = TokenBatch.from_samples([[1], [1]], [[4, 5], [6, 7]], pad_id=0)

@@ -279,7 +279,29 @@ def test_terms_and_the_total_are_clipped_to_their_ranges():
     torch.testing.assert_close(mixed.terminal_reward, torch.tensor([-1.5, 1.0, 1.5]))
 
 
+def test_missing_eos_penalty_charges_cut_answers_after_normalisation_and_clip():
+    """TRL's missing_eos_penalty: 0.5 off each answer cut at the token limit, whatever the normalisation (a batch
+    of cut answers still pays) and after total_clip (which would otherwise cancel it)."""
+    batch = RewardBatch(["a", "b", "c"], rm_scores=torch.tensor([-5.0, 0.5, 5.0]),
+                        ended=torch.tensor([True, False, False]))
+    mixed = mix_rewards(batch, only("rm", rm_weight=2.0, total_clip=[-1.5, 1.5], missing_eos_penalty=0.5))
+    torch.testing.assert_close(mixed.terminal_reward, torch.tensor([-1.5, 1.0 - 0.5, 1.5 - 0.5]))
+    torch.testing.assert_close(mixed.terms["missing_eos"], torch.tensor([0.0, -0.5, -0.5]))
+    assert reward_log(mixed)["reward/missing_eos"] == pytest.approx(-1.0 / 3)
+    normalised = mix_rewards(replace(batch, ended=torch.tensor([False, False, False])),
+                             only("rm", term_normalization="batch", missing_eos_penalty=0.5))
+    torch.testing.assert_close(normalised.terminal_reward.mean(), torch.tensor(-0.5))
+    unset = mix_rewards(batch, only("rm", rm_weight=2.0, total_clip=[-1.5, 1.5]))
+    assert "missing_eos" not in unset.terms
+    with pytest.raises(ValueError, match="RewardBatch.ended was not given"):
+        mix_rewards(RewardBatch(["a"], rm_scores=torch.tensor([1.0])), only("rm", missing_eos_penalty=0.5))
+
+
 @pytest.mark.parametrize("override, message", [
+    ("ppo.reward.missing_eos_penalty=-1", "ppo.reward.missing_eos_penalty must be >= 0.0, got -1.0"),
+    ("ppo.reward.functions=[{callable: 'm:f', name: missing_eos}]",
+     "ppo.reward.functions: term name(s) ['missing_eos'] repeat or clash with a built-in term ['rm', 'kl', "
+     "'length', 'repetition', 'safety', 'missing_eos']; give each function its own name"),
     ("ppo.reward.term_clip=[1, 0]", "ppo.reward.term_clip must be [low, high] with low < high, got [1.0, 0.0]"),
     ("ppo.reward.total_clip=[1]", "ppo.reward.total_clip must be [low, high] with low < high, got [1.0]"),
     ("ppo.reward.term_normalization=group", "ppo.reward.term_normalization=group normalises over the answers to each "
