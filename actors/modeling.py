@@ -155,9 +155,28 @@ def apply_lora(model, cfg: LoraConfig, quantized: bool = False, task_type: str =
     if missing:
         raise ValueError(f"lora.target_modules {missing} are not modules of this {family or 'unknown-family'} model "
                          f"(it has e.g. {sorted(present - {''})[:12]})")
+    tied = [m for m in targets if m in tied_embedding_modules(model)]
+    if tied:
+        # PEFT adapts one side of the shared matrix (the input embedding or the head), so training sees two
+        # different matrices, while the merged export and the rollout engines hold one: the model trained is not
+        # the model shipped (PEFT's merge adds the delta to both sides).
+        raise ValueError(f"lora.target_modules {tied}: this model ties its input embedding and output head (one "
+                         f"matrix), and an adapter on one side cannot be merged back into a tied model; leave them "
+                         f"out of lora.target_modules, or train every weight (lora.enabled=false)")
     peft_cfg = PeftLoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                               target_modules=targets, task_type=task_type, bias="none")
     return get_peft_model(model, peft_cfg)
+
+
+def tied_embedding_modules(model) -> set[str]:
+    """The short names of the modules that share the input embedding's matrix (e.g. embed_tokens and lm_head in a
+    model with tie_word_embeddings); empty when nothing shares it."""
+    get_input = getattr(model, "get_input_embeddings", None)
+    embedding = get_input() if get_input is not None else None
+    shared = getattr(embedding, "weight", None)
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+             if shared is not None and getattr(module, "weight", None) is shared}
+    return names if len(names) > 1 else set()
 
 
 def trainable_causal_lm(model_cfg: ModelConfig, lora_cfg: LoraConfig, path: str | Path | None = None,

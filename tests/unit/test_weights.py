@@ -137,8 +137,8 @@ def test_a_lora_model_packs_its_merged_weights(model):
 def test_an_adapted_embedding_sends_its_merged_weight(model):
     """PEFT keeps an Embedding layer's adapters in lora_embedding_A/B: skipped, embed_tokens reached the engines
     and the export without its delta (12.7 off on a tiny Llama). (This model ties its head to the embedding, which
-    an adapter on the embedding alone unties in training: a tied engine cannot hold that; only the embedding is
-    compared.)"""
+    an adapter on the embedding alone unties in training: a tied engine cannot hold that, so the jobs refuse it,
+    next test; only the embedding is compared.)"""
     from peft import LoraConfig, get_peft_model
 
     peft_model = get_peft_model(copy.deepcopy(model),
@@ -152,6 +152,22 @@ def test_an_adapted_embedding_sends_its_merged_weight(model):
     for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight"):
         assert torch.allclose(out[name], merged[name], atol=1e-6), name
     assert not torch.allclose(out["model.embed_tokens.weight"], model.state_dict()["model.embed_tokens.weight"])
+
+
+def test_an_adapter_on_one_side_of_a_tied_embedding_is_refused(model):
+    """stories260K ties lm_head to embed_tokens. An adapter on either trains two matrices where the merged export
+    and the engines hold one (PEFT's own merge then changed the other side too: logits 4.8-151 off on a tiny
+    Llama), so apply_lora refuses it; the attention projections alone are fine."""
+    from actors import modeling
+    from common.config import LoraConfig
+
+    assert modeling.tied_embedding_modules(model) == {"embed_tokens", "lm_head"}
+    for side in ("embed_tokens", "lm_head"):
+        with pytest.raises(ValueError, match=rf"lora.target_modules \['{side}'\]: this model ties its input "
+                                             rf"embedding and output head"):
+            modeling.apply_lora(copy.deepcopy(model), LoraConfig(enabled=True, target_modules=["q_proj", side]))
+    adapted = modeling.apply_lora(copy.deepcopy(model), LoraConfig(enabled=True, target_modules=["q_proj"]))
+    assert any("lora_A" in name for name, _ in adapted.named_parameters())
 
 
 def test_the_hf_engine_loads_packed_buckets(model):
