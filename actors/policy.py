@@ -25,7 +25,7 @@ from actors.algo import (
     masked_sum,
 )
 from actors.algo.logprobs import picked_logprobs, positions_per_pass, spread
-from actors.algo.sampling import processed_logprobs_at
+from actors.algo.sampling import finite_old, processed_logprobs_at
 from actors.protocol import PolicyBatch, TokenBatch, row_chunks, to_device
 from actors.scored import head_agrees, scored_logits
 from actors.trained_role import TrainedRole, reduce_stats
@@ -157,12 +157,13 @@ class PolicyRole(TrainedRole):
             correction = correct(mini.old_logprobs, mini.behaviour_logprobs, mini.action_mask,
                                  ppo.rollout_correction_cap)
             mask = correction.mask
+            old = finite_old(mini.old_logprobs, mini.behaviour_logprobs, mini.action_mask)
             normalizer, tokens = zero.all_reduce_sum([aggregation.units(mask), float(mask.sum())])
             raw = response_logits(self.engine, mini, self.pack, self.share, self.fused)
             logp_kl = tempered_logprobs(raw, mini, self._temperature())
             logp = logp_kl if ppo.trainer_logprobs == "temperature" else \
                 ratio_logprobs(raw, mini, ppo.rollout, ppo.trainer_logprobs)
-            loss, stats = clipped_policy_loss(logp, mini.old_logprobs, mini.advantages, mask, ppo.clip_range,
+            loss, stats = clipped_policy_loss(logp, old, mini.advantages, mask, ppo.clip_range,
                                               ppo.dual_clip, normalizer=normalizer, aggregation=ppo.loss_aggregation,
                                               max_response_len=ppo.rollout.max_new_tokens,
                                               token_weights=correction.token_weights)

@@ -296,7 +296,11 @@ class PPOLoop:
         else:
             ref = torch.cat(policy.call("logprobs", per_rank=[(part[0], True) for part in shards]))
         ratio_parts, kl_parts = zip(*policy.get(old_refs, "old_logprobs"))
-        old, dropped = fill_dropped(torch.cat(ratio_parts), s.rollout.behaviour, tokens.action_mask)
+        # Filled only in the rows the policy's current weights sampled (lock-step): a row sampled one update
+        # behind keeps the newer policy's −inf for the rollout correction to read (actors/algo/sampling.py).
+        same_weights = torch.tensor([version == self.engine_version for version in s.rollout.versions],
+                                    dtype=torch.bool) if s.rollout.versions else None
+        old, dropped = fill_dropped(torch.cat(ratio_parts), s.rollout.behaviour, tokens.action_mask, same_weights)
         return LogProbs(old=old, ref=ref, kl_old=torch.cat(kl_parts), dropped_share=float(dropped))
 
     # 4

@@ -4,7 +4,10 @@ typed results, so it needs no actor."""
 
 from __future__ import annotations
 
+import torch
+
 from actors.algo import behaviour_mismatch
+from actors.algo.sampling import finite_old
 from actors.ppo_step import StepState
 
 
@@ -37,7 +40,12 @@ def sampler_gap(s: StepState) -> dict:
     """How far π_old is from the distribution that sampled (the engine's log-probs): the ratio's π_old, and the
     temperature-only one for comparison (the gap ppo.trainer_logprobs=processed closes)."""
     mask, behaviour = s.rollout.tokens.action_mask, s.rollout.behaviour
-    gap = {f"rollout/{k}": float(v) for k, v in behaviour_mismatch(s.reference.old, behaviour, mask).items()}
+    # A row sampled one update behind keeps −inf where the newer π_old cuts the token (ratio 0, which the
+    # rollout correction reads): counted on its own, and the mismatch taken over the other tokens.
+    cut = mask.bool() & torch.isneginf(s.reference.old)
+    old = finite_old(s.reference.old, behaviour, mask)  # finite everywhere, so a masked mean meets no 0 x inf
+    gap = {f"rollout/{k}": float(v) for k, v in behaviour_mismatch(old, behaviour, mask * ~cut).items()}
+    gap["rollout/drift_cut_share"] = float(cut.sum() / mask.bool().sum().clamp(min=1))
     plain = behaviour_mismatch(s.reference.kl_old, behaviour, mask)
     gap["rollout/behaviour_kl_temperature"] = float(plain["behaviour_kl"])
     gap["rollout/ratio_outside_share_temperature"] = float(plain["ratio_outside_share"])

@@ -170,17 +170,29 @@ def _first_positions(ids: torch.Tensor, valid: torch.Tensor, vocab: int) -> torc
     return first.scatter_reduce(0, ids[valid].long(), where, reduce="amin")
 
 
-def fill_dropped(old_logp: torch.Tensor, behaviour_logp: torch.Tensor,
-                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(π_old [B, T] with −inf response tokens replaced by the behaviour log-prob, share of tokens replaced).
+def fill_dropped(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor,
+                 rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(π_old [B, T] with −inf response tokens replaced by the behaviour log-prob, share of tokens replaced), in
+    the rows `rows` ([B] bool; None: every row) whose π_old has the weights that sampled them.
 
     The trainer's processed log-probs of the weights that sampled are −inf where its top-k/top-p cut drops a
     token the engine kept: the same weights in two forward passes, whose last bits differ, can put a token on
     either side of the cut (about 0.3% of tokens at top_p 0.9 on the tiny model). There π_old *is* the
     distribution that sampled, so its log-prob is the engine's; left at −inf, the ratio would be NaN wherever
-    the updated policy drops the token too.
+    the updated policy drops the token too. A row sampled by older weights (ppo.async_rollouts) is left as it
+    is: there the −inf is the newer policy's real verdict (it would never sample the token), which a rollout
+    correction must read as ratio 0, not 1 (`finite_old`).
     """
     dropped = mask.bool() & torch.isneginf(old_logp)
+    if rows is not None:
+        dropped = dropped & rows.to(torch.bool).view(-1, *([1] * (dropped.dim() - 1)))
     filled = torch.where(dropped, behaviour_logp.to(old_logp.dtype), old_logp)
     share = dropped.sum().to(old_logp.dtype) / mask.bool().sum().clamp(min=1).to(old_logp.dtype)
     return filled, share
+
+
+def finite_old(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """π_old for the PPO ratio once a rollout correction has read the −inf tokens `fill_dropped` left (ratio 0:
+    a zero weight under tis, out of the mask under mask): the behaviour log-prob there, so the surrogate stays
+    finite where the weight or the mask already takes the token out."""
+    return torch.where(mask.bool() & torch.isneginf(old_logp), behaviour_logp.to(old_logp.dtype), old_logp)

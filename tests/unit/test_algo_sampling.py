@@ -263,6 +263,35 @@ def test_fill_dropped_takes_the_behaviour_log_prob_only_where_pi_old_lost_a_resp
     assert fill_dropped(old[:, :0], behaviour[:, :0], mask[:, :0])[1].item() == 0.0
 
 
+def test_a_row_sampled_by_older_weights_keeps_the_newer_policys_cut_for_the_rollout_correction():
+    """ppo.async_rollouts with tis / mask: row 1 was sampled one update behind, so its −inf is the updated policy's
+    own verdict (ratio 0): left for the correction, which then weights it 0 (tis) or drops it (mask), while the
+    ratio's π_old becomes finite (finite_old) so the surrogate stays a number. Filled, it read as ratio 1: no
+    drift. Row 0 (same weights) is filled as before."""
+    from actors.algo import clipped_policy_loss
+    from actors.algo.rollout_correction import ROLLOUT_CORRECTIONS
+    from actors.algo.sampling import finite_old
+
+    inf = float("inf")
+    old = torch.tensor([[-0.5, -inf], [-inf, -1.0]], dtype=torch.float64)
+    behaviour = torch.tensor([[-0.6, -3.0], [-4.0, -1.0]], dtype=torch.float64)
+    mask = torch.ones(2, 2, dtype=torch.float64)
+    filled, share = fill_dropped(old, behaviour, mask, rows=torch.tensor([True, False]))
+    assert filled.tolist() == [[-0.5, -3.0], [-inf, -1.0]]
+    assert share.item() == pytest.approx(1 / 4, rel=1e-12)
+    tis = ROLLOUT_CORRECTIONS.get("tis")(filled, behaviour, mask, 2.0)
+    assert tis.token_weights.flatten().tolist() == pytest.approx([math.exp(0.1), 1.0, 0.0, 1.0], rel=1e-12)
+    masked = ROLLOUT_CORRECTIONS.get("mask")(filled, behaviour, mask, 2.0)
+    assert masked.mask.tolist() == [[1.0, 1.0], [0.0, 1.0]]
+    ratio_old = finite_old(filled, behaviour, mask)
+    assert ratio_old.tolist() == [[-0.5, -3.0], [-4.0, -1.0]]
+    logp = torch.tensor([[-0.4, -2.0], [-3.0, -1.2]], dtype=torch.float64, requires_grad=True)
+    loss, _ = clipped_policy_loss(logp, ratio_old, torch.ones(2, 2, dtype=torch.float64), mask, 0.2,
+                                  token_weights=tis.token_weights)
+    loss.backward()
+    assert torch.isfinite(loss) and logp.grad[1, 0].item() == 0.0 and torch.isfinite(logp.grad).all()
+
+
 def test_sample_seeds_of_large_batches_do_not_collide_across_calls():
     """Linearly, index 10,007 of one call had the seed of index 0 of the next: two samples on one random stream."""
     from actors.rollout.sample import sample_seed

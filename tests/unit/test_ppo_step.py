@@ -156,3 +156,22 @@ def test_role_threads_names_only_known_roles():
         load_config(None, ["ppo.role_threads={critic: 2}"])
     with pytest.raises(ConfigError, match="role_threads"):
         load_config(None, ["ppo.role_threads={policy: 0}"])
+
+
+def test_the_sampler_gap_counts_the_newer_policys_cuts_apart_and_stays_finite():
+    """A batch sampled one update behind keeps −inf where the updated π_old cuts a token (fill_dropped's rows):
+    rollout/drift_cut_share counts it (1 of 4 response tokens) and the mismatch is taken over the other three,
+    which here agree exactly, instead of an infinite k3."""
+    from actors.ppo_metrics import sampler_gap
+
+    tokens = TokenBatch.from_samples([[1], [1]], [[4, 5], [6, 7]], pad_id=0)
+    mask = tokens.action_mask.bool()
+    behaviour = torch.zeros_like(tokens.action_mask, dtype=torch.float32)
+    behaviour[mask] = torch.tensor([-0.5, -1.0, -2.0, -0.3])
+    old = behaviour.clone()
+    old[1, mask[1].nonzero()[0]] = float("-inf")
+    rollout = Rollout([[]] * 2, ["0", "0"], ["a", "b"], tokens, behaviour, 4, 1.0)
+    state = StepState(2, 0.5, rollout=rollout, reference=LogProbs(old, behaviour, behaviour))
+    gap = sampler_gap(state)
+    assert gap["rollout/drift_cut_share"] == 0.25
+    assert gap["rollout/behaviour_kl"] == 0.0 and gap["rollout/ratio_mean"] == 1.0
