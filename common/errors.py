@@ -30,6 +30,13 @@ class RecordError(ValueError):
         return cls(f"{where}: {reason}", str(where), reason)
 
 
+class NotAPair(RecordError):
+    """A well-formed preference row whose chosen and rejected replies answer different conversations, so there
+    is no preference between them. Public sets hold a few (5 of Anthropic HH-RLHF harmless-base's 1,800 test
+    rows): strict reading skips them and warns with their count and file:line rather than stopping a run that
+    the rest of the file can feed; lenient reading passes them on like any bad row."""
+
+
 class SourceError(RecordError):
     """A whole file or folder cannot be read (missing, unsupported type, not valid as a whole): no record of
     it can be read, so even lenient reading yields nothing more from it."""

@@ -22,19 +22,21 @@ prompt alone (a record to answer: PPO prompts).
 Files: .jsonl, .json (a list, or a mapping holding one), .parquet, a `datasets.save_to_disk` folder, a folder
 of such files, or a jobs.curate output folder (its curated file only).
 
-Reading is strict by default (training jobs stop at the first bad row, naming file:line); curation reads
-leniently, passing each RecordError to a callback and going on with the rest.
+Reading is strict by default (training jobs stop at the first bad row, naming file:line), except for a preference
+row whose two replies answer different conversations (NotAPair): it is skipped, and a warning gives the count and
+each file:line. Curation reads leniently, passing each RecordError to a callback and going on with the rest.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from common.errors import RecordError, SourceError
+from common.errors import NotAPair, RecordError, SourceError
 from common.paths import resolve_path
 
 ROLE_ALIASES = {
@@ -43,29 +45,51 @@ ROLE_ALIASES = {
     "system": "system",
 }
 HH_TURN = re.compile(r"\n\n(Human|Assistant): ")
+NOT_A_PAIR = ("chosen and rejected transcripts differ before their last Assistant reply: the replies answer "
+              "different conversations, so they are not a preference pair")
 # A jobs.curate output folder holds report.json beside the curated set, written both as JSONL and Parquet
 # (the same records): read one of them, never the report, review queue or spot-check sample beside it.
 CURATE_MARKER = "report.json"
 CURATED_FILES = ("curated.jsonl", "curated.parquet")
 # Parquet metadata naming the columns written as JSON text (write_parquet): values Arrow cannot hold in one type
 JSON_COLUMNS_KEY = b"rayalign.json_columns"
+# How many skipped rows a warning names by file:line; the count covers them all.
+NAMED_SKIPS = 10
+
+log = logging.getLogger("rayalign.records")
 
 
 OnError = Callable[[RecordError], None]
 
 
-def _strict(error: RecordError) -> None:
-    raise error
+def _strict_but_skipping_pairless(skipped: list[str]) -> OnError:
+    """Raise a bad row's RecordError, but only note where a NotAPair row was: a public preference set holds a few,
+    and a run the rest of the file can feed should not stop for them."""
+    def report(error: RecordError) -> None:
+        if not isinstance(error, NotAPair):
+            raise error
+        skipped.append(error.where)
+    return report
+
+
+def _warn_skipped(path: Path, skipped: list[str]) -> None:
+    if skipped:
+        more = f" and {len(skipped) - NAMED_SKIPS} more" if len(skipped) > NAMED_SKIPS else ""
+        log.warning("%s: skipped %d preference rows whose chosen and rejected transcripts differ before their "
+                    "last reply (the replies answer different conversations: no pair): %s%s", path, len(skipped),
+                    ", ".join(skipped[:NAMED_SKIPS]), more)
 
 
 def read_records(path: str | Path, limit: int | None = None, on_error: OnError | None = None) -> Iterator[dict]:
     """Yield normalised records from one file or dataset folder.
 
-    on_error None (strict): raise the first RecordError, naming file:line. A callable (lenient): it receives
-    each RecordError instead, a malformed row is skipped and reading goes on; a SourceError means that file
-    yields nothing more. `limit` counts the records yielded, not the rows skipped."""
+    on_error None (strict): raise the first RecordError, naming file:line, except NotAPair rows, which are
+    skipped and then named in one warning. A callable (lenient): it receives each RecordError instead, a malformed
+    row is skipped and reading goes on; a SourceError means that file yields nothing more. `limit` counts the
+    records yielded, not the rows skipped."""
     path = Path(path)
-    report = on_error or _strict
+    skipped: list[str] = []
+    report = on_error or _strict_but_skipping_pairless(skipped)
     count = 0
     try:
         if not path.exists():
@@ -83,6 +107,8 @@ def read_records(path: str | Path, limit: int | None = None, on_error: OnError |
                     return
     except SourceError as exc:
         report(exc)
+    finally:  # also when `limit` ends the reading early
+        _warn_skipped(path, skipped)
 
 
 def read_many(paths: list[str | Path], limit: int | None = None) -> list[dict]:
@@ -436,6 +462,8 @@ def _normalise(row: dict, where: str) -> list[dict]:
         rejected = _hh_turns(_text(row["rejected"], where, "rejected"), where)
         if chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
             raise RecordError.at(where, "chosen/rejected transcripts must end with an Assistant turn")
+        if chosen[:-1] != rejected[:-1]:  # compared as parsed: turns stripped, a missing leading blank line restored
+            raise NotAPair.at(where, NOT_A_PAIR)
         return [{"messages": chosen[:-1], "chosen": chosen[-1]["content"], "rejected": rejected[-1]["content"]}]
     raise RecordError.at(where, f"unrecognised record format with keys {sorted(row)}; expected instruction/output, "
                                 "messages, conversations, prompt/response or chosen/rejected")

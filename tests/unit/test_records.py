@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from common.errors import RecordError, SourceError
+from common.errors import NotAPair, RecordError, SourceError
 from common.records import (JSON_COLUMNS_KEY, _parquet_rows, last_response, normalise, prompt_of, read_many,
                             read_records, write_parquet)
 
@@ -20,7 +20,7 @@ DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
     ("multiturn/fastchat/dummy_conversation.json", 500, "sft"),
     ("multiturn/kdconv/film_test.json", 150, "sft"),
     ("multiturn/oasst-threads/derived_longest_threads.jsonl", 100, "sft"),
-    ("preference/hh-rlhf-harmless/pairs.jsonl", 1800, "pref"),
+    ("preference/hh-rlhf-harmless/pairs.jsonl", 1795, "pref"),  # of 1,800 rows: 5 are no pair (below)
     ("preference/oasst-pairs/derived_ranked_pairs.jsonl", 212, "pref"),
     ("preference/llamafactory-dpo/dpo_zh_demo.json", 300, "pref"),
     ("preference/llms-from-scratch/instruction-data-with-preference.json", 1100, "pref"),
@@ -63,6 +63,67 @@ def test_hh_transcript_splits_prompt_and_replies():
     # Without the leading blank lines the first turn was split off as a preamble: the pair lost its prompt.
     [bare] = normalise({key: value.lstrip("\n") for key, value in row.items()}, "f:2")
     assert bare["messages"] == record["messages"] and bare["chosen"] == "fine"
+
+
+HH_CHOSEN = "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how?\n\nAssistant: fine"
+
+
+def _hh_pairs_file(tmp_path):
+    """Line 1 a pair; line 2 the same pair written with the spacing the parser strips; lines 3 and 4 rows whose
+    rejected reply answers another conversation (a shorter one, as in HH-RLHF's own such rows; a different
+    question)."""
+    rows = [{"chosen": HH_CHOSEN, "rejected": HH_CHOSEN.replace("fine", "go away")},
+            {"chosen": HH_CHOSEN, "rejected": "Human: hi \n\nAssistant:  hello\n\nHuman: how?\n\nAssistant: no"},
+            {"chosen": HH_CHOSEN, "rejected": "\n\nHuman: hi\n\nAssistant: go away"},
+            {"chosen": HH_CHOSEN, "rejected": HH_CHOSEN.replace("how?", "why?").replace("fine", "go away")}]
+    path = tmp_path / "hh.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+HH_NOT_A_PAIR = "chosen and rejected transcripts differ before their last Assistant reply: the replies answer " \
+                "different conversations, so they are not a preference pair"
+
+
+def test_hh_replies_to_different_conversations_are_no_pair():
+    with pytest.raises(NotAPair) as info:
+        normalise({"chosen": HH_CHOSEN, "rejected": "\n\nHuman: hi\n\nAssistant: go away"}, "f:3")
+    assert (info.value.where, info.value.reason) == ("f:3", HH_NOT_A_PAIR)
+    assert isinstance(info.value, RecordError)  # lenient readers (curation) list it with the other bad rows
+
+
+def test_strict_reading_skips_hh_rows_that_are_no_pair_and_names_them(tmp_path, caplog):
+    path = _hh_pairs_file(tmp_path)
+    records = read_many([path])
+    assert [(r["source"], r["chosen"], r["rejected"]) for r in records] == [
+        (f"{path}:1", "fine", "go away"), (f"{path}:2", "fine", "no")]
+    assert records[1]["messages"] == records[0]["messages"]
+    assert f"{path}: skipped 2 preference rows whose chosen and rejected transcripts differ before their last " \
+           f"reply (the replies answer different conversations: no pair): {path}:3, {path}:4" in caplog.text
+
+
+def test_the_warning_names_the_first_ten_skipped_rows_and_counts_them_all(tmp_path, caplog):
+    path = tmp_path / "hh.jsonl"
+    path.write_text(12 * (json.dumps({"chosen": HH_CHOSEN, "rejected": "\n\nHuman: hi\n\nAssistant: no"}) + "\n"))
+    assert read_many([path]) == []
+    named = ", ".join(f"{path}:{line}" for line in range(1, 11))
+    assert f"{path}: skipped 12 preference rows" in caplog.text and f"{named} and 2 more" in caplog.text
+
+
+def test_lenient_reading_reports_hh_rows_that_are_no_pair(tmp_path):
+    path = _hh_pairs_file(tmp_path)
+    errors = []
+    assert len(list(read_records(path, on_error=errors.append))) == 2
+    assert [(e.where, e.reason) for e in errors] == [(f"{path}:3", HH_NOT_A_PAIR), (f"{path}:4", HH_NOT_A_PAIR)]
+
+
+def test_the_shared_hh_file_loses_only_its_five_rows_that_are_no_pair(caplog):
+    """Anthropic's harmless-base test split: in each of these rows one transcript runs on past a turn it glued
+    to a reply ("...reply.  Human: ..."), so the two last replies answer different conversations."""
+    path = DATA / "preference/hh-rlhf-harmless/pairs.jsonl"
+    assert len(read_many([path])) == 1795
+    assert f"{path}: skipped 5 preference rows" in caplog.text
+    assert ", ".join(f"{path}:{line}" for line in (1036, 1076, 1328, 1445, 1634)) in caplog.text
 
 
 def test_ratings_and_category_are_kept():
