@@ -77,6 +77,21 @@ def llm_config(settings: PolicySettings) -> LLMConfig:
         callback_config={"callback_class": LocalFolder})
 
 
+class PolicyModelCard(ModelCard):
+    """Ray Serve LLM's card with OpenAI's `created`, which it lacks and strict OpenAI clients require."""
+    created: int
+
+
+class PolicyModelList(ModelList):
+    """The listing typed with our card: typed with Ray's, the answer would leave `created` out."""
+    data: list[PolicyModelCard]
+
+
+def model_card(settings: PolicySettings, engine_cfg: LLMConfig) -> PolicyModelCard:
+    card = to_model_metadata(settings.model_id, engine_cfg)
+    return PolicyModelCard(**card.model_dump(), created=settings.created)
+
+
 class LocalFolder(CallbackBase):
     """The model is a folder on a file system the engine's node sees: Ray Serve LLM's per-node download task (one
     more process that imports vLLM, ~10 s of start-up on 2 cores) would have nothing to fetch."""
@@ -106,7 +121,10 @@ class PolicyIngress(OpenAiIngress):
         super().__init__(llm_deployments, model_cards, **kwargs)
         self.tokenizer = load_tokenizer(model_path, chat_template)
 
-    async def model_data(self, model: str) -> ModelCard:
+    async def models(self) -> PolicyModelList:
+        return PolicyModelList(data=(await super().models()).data)
+
+    async def model_data(self, model: str) -> PolicyModelCard:
         """The served model's card by its exact id: Ray's route turns '--' into '/' first (for ids that cannot
         hold a slash in a URL), so an id with '--' (a folder name, the default id) was listed by /v1/models and
         answered 404 at its own URL."""
@@ -155,8 +173,8 @@ def routes(settings: PolicySettings) -> dict:
     """The OpenAI routes served, each behind the bearer token (make_fastapi_ingress' endpoint map)."""
     env_name = settings.serve.auth_token_env
     authorized = [Depends(bearer_guard(lambda: os.environ.get(env_name) or None))]
-    return {"models": lambda app: app.get("/v1/models", response_model=ModelList, dependencies=authorized),
-            "model_data": lambda app: app.get("/v1/models/{model:path}", response_model=ModelCard,
+    return {"models": lambda app: app.get("/v1/models", response_model=PolicyModelList, dependencies=authorized),
+            "model_data": lambda app: app.get("/v1/models/{model:path}", response_model=PolicyModelCard,
                                               dependencies=authorized),
             "chat": lambda app: app.post("/v1/chat/completions", dependencies=authorized)}
 
@@ -171,7 +189,7 @@ def policy_application(cfg: Config):
     options["ray_actor_options"] = with_token({"num_cpus": cfg.serve_policy.router_cpus}, cfg.serve_policy, SECTION)
     return serve.deployment(ingress, **options).bind(
         llm_deployments={settings.model_id: build_llm_deployment(engine_cfg)},
-        model_cards={settings.model_id: to_model_metadata(settings.model_id, engine_cfg)},
+        model_cards={settings.model_id: model_card(settings, engine_cfg)},
         model_path=settings.model_path, chat_template=settings.chat_template)
 
 

@@ -34,6 +34,7 @@ class PolicySettings:
     chat_template: str
     max_model_len: Optional[int]
     serve: PolicyServeConfig
+    created: int  # OpenAI's Model.created, Unix seconds: see model_created
 
 
 def served_model_path(cfg: Config) -> Path:
@@ -49,6 +50,16 @@ def context_length(cfg: PolicyServeConfig, folder: Path) -> Optional[int]:
     return model_context_length(folder)
 
 
+def model_created(folder: Path) -> int:
+    """When the model was last written: the newest modification time of its folder and of what is in it (a file
+    rewritten in place moves only its own time; one added or renamed in, the folder's).
+
+    OpenAI's `created` says when a model was made. vLLM's server stamps the time each answer is built instead;
+    a trained policy's folder gives one time that stays put across restarts and is the same on every replica
+    (settings are resolved once, on the caller's side)."""
+    return int(max(path.stat().st_mtime for path in [folder, *folder.iterdir()]))
+
+
 def policy_settings(cfg: Config) -> PolicySettings:
     """The served model checked and resolved (ModelDirError / ConfigError name what to fix, before Ray starts)."""
     folder = check_model_dir(served_model_path(cfg), what=f"{SECTION}.model_path (--model)")
@@ -57,7 +68,7 @@ def policy_settings(cfg: Config) -> PolicySettings:
     template = load_tokenizer(folder, cfg.serve_policy.chat_template).chat_template
     return PolicySettings(model_path=str(folder), model_id=cfg.serve_policy.model_id or folder.name,
                           chat_template=template, max_model_len=context_length(cfg.serve_policy, folder),
-                          serve=cfg.serve_policy)
+                          serve=cfg.serve_policy, created=model_created(folder))
 
 
 def check_exposure(cfg: Config) -> None:

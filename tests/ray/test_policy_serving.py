@@ -13,6 +13,7 @@ from actors.chat import encode_prompt
 from actors.modeling import load_tokenizer
 from common.config import load_config
 from common.errors import EmptyDatasetError, EndpointError
+from serve.policy_rules import model_created
 from tests.conftest import POLICY_PATH, TINY_CPU
 from tests.helpers import free_port
 
@@ -54,9 +55,16 @@ def chat(client, **kwargs):
     return client.chat.completions.create(model=MODEL, messages=MESSAGES, **kwargs)
 
 
-def test_models_lists_the_served_model(client):
+def test_models_lists_the_served_model(client, base_url):
     assert [model.id for model in client.models.list().data] == [MODEL]
     assert client.models.retrieve(MODEL).id == MODEL  # its own card URL (a 404 while '--' was rewritten)
+    # OpenAI's `created` (the openai package's Model requires it): when the model folder was last written
+    created = model_created(POLICY_PATH)
+    for url in (f"{base_url}/models", f"{base_url}/models/{MODEL}"):
+        answer = requests.get(url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30).json()
+        card = answer["data"][0] if "data" in answer else answer
+        assert type(card["created"]) is int and card["created"] == created
+    assert client.models.retrieve(MODEL).created == created
 
 
 def test_n_choices_with_the_tokenizers_usage_counts(client):

@@ -4,7 +4,9 @@ messages made readable, the context check, and who may reach the service."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 
 import pytest
 
@@ -41,6 +43,34 @@ def test_a_missing_or_unfit_model_is_refused_with_the_fix(tmp_path):
     (tmp_path / "model" / "config.json").unlink()
     with pytest.raises(ModelDirError, match="has no config.json"):
         policy_settings(load_config(None, [f"serve_policy.model_path={tmp_path}/model"]))
+
+
+def test_the_model_was_created_when_its_folder_was_last_written(tmp_path):
+    """OpenAI's Model.created, in whole Unix seconds: the newest time the folder or a file in it was written."""
+    folder = shutil.copytree(POLICY_PATH, tmp_path / "model")
+    for path in [*folder.iterdir(), folder]:
+        os.utime(path, (1_700_000_000, 1_700_000_000))
+    os.utime(folder / "config.json", (1_700_000_000, 1_700_000_500.7))
+    settings = policy_settings(load_config(None, [f"serve_policy.model_path={folder}"]))
+    assert settings.created == 1_700_000_500 and type(settings.created) is int
+    os.utime(folder, (1_700_000_900, 1_700_000_900))  # a file added or renamed in: the folder's own time moves
+    assert policy_settings(load_config(None, [f"serve_policy.model_path={folder}"])).created == 1_700_000_900
+
+
+def test_the_model_card_carries_openais_created():
+    """The card /v1/models lists and /v1/models/{id} answers, built without Ray running; the `openai` package's
+    Model type requires `created`, which Ray Serve LLM's card does not have."""
+    from openai.types import Model
+
+    from serve.policy_app import PolicyModelList, llm_config, model_card
+
+    settings = policy_settings(load_config(None, [f"serve_policy.model_path={POLICY_PATH}"]))
+    assert time.mktime((2020, 1, 1, 0, 0, 0, 0, 0, -1)) < settings.created <= time.time()
+    card = model_card(settings, llm_config(settings))
+    [listed] = PolicyModelList(data=[card]).model_dump()["data"]
+    model = Model.model_validate(listed)  # raises on a missing or non-integer `created`
+    assert (model.id, model.object, model.created) == ("stories260K-hd32", "model", settings.created)
+    assert type(listed["created"]) is int and card.model_dump() == listed
 
 
 def test_errors_have_openais_shape():
