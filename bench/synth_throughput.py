@@ -110,7 +110,7 @@ class OwnEngineStage:
 
         out = self.generator.complete([json.loads(m) for m in batch["messages"]], [int(i) for i in batch["index"]],
                                       TASK_DRAW, self.max_tokens)
-        batch["text"] = np.array([text for text, _ in out], dtype=object)
+        batch["text"] = np.array([reply.text for reply in out], dtype=object)
         return batch
 
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> SynthResult:
         runtime.stop()
     counts, speed = result.report["counts"], result.report["throughput"]
     print(f"generated {counts['generated']} of {counts['requested']} candidates with {result.report['generator']} "
-          f"(failed {counts['failed']}, retried {counts['retried']}; "
+          f"(failed {counts['failed']}, retried {counts['retried']}, {counts['transport_retries']} requests re-sent; "
           f"{speed['candidates_per_s'] or 0} candidates/s this run) → {result.candidates_file}")
     return result
 

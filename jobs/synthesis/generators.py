@@ -9,10 +9,10 @@ candidates with them.
   requests in flight per actor, each with a timeout and retries with doubling backoff on timeouts, connection
   errors, 429 and 5xx (a 4xx other than 429 is final: asking again would get the same answer).
 
-Both answer `complete(messages, seed_indices, draw, max_tokens)` with one (text, error) per conversation, an error
-being final (the HTTP generator has retried what a retry can mend); `complete_stage` adds the garbage retries (a
-usable text or give up after synth.retries), each try from its own seed stream so a retry is a new sample, not the
-same one again. So synth.retries bounds each layer once: a request is sent at most retries + 1 times per
+Both answer `complete(messages, seed_indices, draw, max_tokens)` with one Reply per conversation, an error being
+final (the HTTP generator has retried what a retry can mend, and says how often); `complete_stage` adds the garbage
+retries (a usable text or give up after synth.retries), each try from its own seed stream so a retry is a new sample,
+not the same one again. So synth.retries bounds each layer once: a request is sent at most retries + 1 times per
 generation, not (retries + 1)² times, and a final 4xx once.
 """
 
@@ -24,7 +24,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -35,8 +35,18 @@ from jobs.synthesis.prompts import (ANSWER_DRAW, TASK_DRAW, SeedTask, answer_mes
 
 log = logging.getLogger("rayalign.synthesize")
 
-Complete = Callable[[list[list[dict]], list[int], int, int], list[tuple[str | None, str]]]
-OUTPUT_COLUMNS = ("task", "answer", "task_tries", "answer_tries", "error", "seed_tasks")
+OUTPUT_COLUMNS = ("task", "answer", "task_tries", "answer_tries", "transport_retries", "error", "seed_tasks")
+
+
+class Reply(NamedTuple):
+    text: str | None
+    error: str  # "" unless the request failed for good
+    # Sends after the first: a timeout, connection error, 429, 5xx or malformed reply that a retry mended (or not).
+    # Kept apart from the garbage retries: these say how healthy the endpoint is, not how good the model is.
+    transport_retries: int = 0
+
+
+Complete = Callable[[list[list[dict]], list[int], int, int], list[Reply]]
 
 
 @dataclass
@@ -44,6 +54,7 @@ class Attempt:
     text: str | None
     tries: int
     error: str  # "" when text is usable
+    transport_retries: int = 0  # over all of its tries
 
 
 def complete_stage(conversations: list[list[dict]], seed_indices: list[int], complete: Complete, draw: int,
@@ -58,12 +69,14 @@ def complete_stage(conversations: list[list[dict]], seed_indices: list[int], com
         outputs = complete([conversations[i] for i in pending], [seed_indices[i] for i in pending], draw + attempt,
                            max_tokens)
         still = []
-        for i, (text, error) in zip(pending, outputs):
+        for i, reply in zip(pending, outputs):
+            text, error = reply.text, reply.error
             unusable = not error and not usable(text, min_chars)
             if unusable:
                 error = f"unusable generation {(text or '').strip()[:60]!r} (shorter than synth.min_chars={min_chars})"
                 still.append(i)
-            results[i] = Attempt(text if not error else None, attempt + 1, error)
+            results[i] = Attempt(text if not error else None, attempt + 1, error,
+                                 results[i].transport_retries + reply.transport_retries)
         pending = still
     return results
 
@@ -90,30 +103,30 @@ class EngineGenerator:
         self.max_prompt_tokens = cfg.max_prompt_tokens
 
     def complete(self, conversations: list[list[dict]], seed_indices: list[int], draw: int,
-                 max_tokens: int) -> list[tuple[str | None, str]]:
+                 max_tokens: int) -> list[Reply]:
         from actors.chat import encode_prompt
 
         prompts = [encode_prompt(self.tokenizer, messages, self.max_prompt_tokens) for messages in conversations]
         samples = self.engine.generate(prompts, max_tokens=max_tokens, draw=draw, indices=seed_indices)
-        return [(self.tokenizer.decode(s.response_ids, skip_special_tokens=True), "") for s in samples]
+        return [Reply(self.tokenizer.decode(s.response_ids, skip_special_tokens=True), "") for s in samples]
 
 
 class HttpGenerator:
     def __init__(self, cfg: SynthConfig, model: str, token: str | None, seed: int):
         from openai import OpenAI
 
-        # The client's own retries are off: ours count the tries into the record's provenance and use
-        # synth.backoff_s.
+        # The client's own retries are off: ours are counted (each Reply's transport_retries, the report's
+        # endpoint health) and use synth.backoff_s.
         self.client = OpenAI(base_url=cfg.endpoint, api_key=token or "unused", timeout=cfg.timeout_s, max_retries=0)
         self.cfg, self.model, self.seed = cfg, model, seed
 
     def complete(self, conversations: list[list[dict]], seed_indices: list[int], draw: int,
-                 max_tokens: int) -> list[tuple[str | None, str]]:
+                 max_tokens: int) -> list[Reply]:
         with ThreadPoolExecutor(self.cfg.concurrency) as pool:
             return list(pool.map(lambda args: self._one(args[0], args[1], draw, max_tokens),
                                  zip(conversations, seed_indices)))
 
-    def _one(self, messages: list[dict], seed_index: int, draw: int, max_tokens: int) -> tuple[str | None, str]:
+    def _one(self, messages: list[dict], seed_index: int, draw: int, max_tokens: int) -> Reply:
         import openai
 
         cfg, error = self.cfg, ""
@@ -124,15 +137,15 @@ class HttpGenerator:
                 reply = self.client.chat.completions.create(
                     model=self.model, messages=messages, max_tokens=max_tokens, temperature=cfg.temperature,
                     top_p=cfg.top_p, seed=sample_seed(self.seed, draw, seed_index))
-                return reply.choices[0].message.content, ""
+                return Reply(reply.choices[0].message.content, "", attempt)
             except (openai.APITimeoutError, openai.APIConnectionError, openai.RateLimitError,
                     openai.InternalServerError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             except openai.APIStatusError as exc:
-                return None, f"HTTP {exc.status_code}: {exc.message}"
+                return Reply(None, f"HTTP {exc.status_code}: {exc.message}", attempt)
             except (IndexError, AttributeError, TypeError) as exc:  # a 200 whose body is not a chat completion
                 error = f"malformed reply: {exc}"
-        return None, f"{error} (after {cfg.retries + 1} tries)"
+        return Reply(None, f"{error} (after {cfg.retries + 1} tries)", cfg.retries)
 
 
 class GenerateCandidates:
@@ -166,5 +179,6 @@ class GenerateCandidates:
     def _row(task: Attempt, answer: Attempt | None, examples: list[SeedTask]) -> dict:
         error = f"task: {task.error}" if task.error else f"answer: {answer.error}" if answer.error else ""
         return {"task": task.text or "", "answer": (answer.text if answer else None) or "", "task_tries": task.tries,
-                "answer_tries": answer.tries if answer else 0, "error": error,
-                "seed_tasks": json.dumps([e.id for e in examples])}
+                "answer_tries": answer.tries if answer else 0,
+                "transport_retries": task.transport_retries + (answer.transport_retries if answer else 0),
+                "error": error, "seed_tasks": json.dumps([e.id for e in examples])}

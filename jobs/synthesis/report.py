@@ -7,10 +7,14 @@ def render_markdown(report: dict) -> str:
     counts, speed = report["counts"], report["throughput"]
     lines = [f"# Synthesis: {report['run']}", "",
              f"Generator: `{report['generator']}`, seed {report['seed']}.", "",
-             "| requested | of which repeat earlier seeds | generated | failed | needed a retry |",
-             "|---:|---:|---:|---:|---:|",
+             "| requested | of which repeat earlier seeds | generated | failed | needed a retry | requests re-sent |",
+             "|---:|---:|---:|---:|---:|---:|",
              f"| {counts['requested']} | {counts['repeats_of_earlier_seeds']} | {counts['generated']} | "
-             f"{counts['failed']} | {counts['retried']} |", ""]
+             f"{counts['failed']} | {counts['retried']} | {counts['transport_retries']} of {counts['requests_sent']} |",
+             "",
+             "Needed a retry: candidates with a generation asked again (it came back unusable) or a request sent "
+             "again. Requests re-sent: sent again after a timeout, connection error, 429, 5xx or malformed reply, of "
+             "all the requests sent; the endpoint's health (the engine generator re-sends none).", ""]
     if speed["candidates_per_s"] is not None:
         lines += [f"This run generated {speed['generated_this_run']} candidates in {speed['seconds']} s "
                   f"({speed['candidates_per_s']} candidates/s).", ""]

@@ -218,11 +218,14 @@ def build_report(cfg: Config, generator: Generator, seed: int, rows: list[dict],
     syn = cfg.synth
     failed = [r for r in rows if r["error"]]
     reasons = Counter(r["error"].split(":", 1)[0] + ": " + _reason_kind(r["error"]) for r in failed)
-    retried = sum(1 for r in rows if r["task_tries"] > 1 or r["answer_tries"] > 1)
+    resent = [r.get("transport_retries", 0) for r in rows]  # 0 in shards written before the count was kept
+    retried = sum(1 for r, n in zip(rows, resent) if r["task_tries"] > 1 or r["answer_tries"] > 1 or n)
     return {
         "run": cfg.run.name, "generator": generator.name, "seed": seed,
         "counts": {"requested": syn.count + syn.repeat_seeds, "repeats_of_earlier_seeds": syn.repeat_seeds,
-                   "generated": len(rows) - len(failed), "failed": len(failed), "retried": retried},
+                   "generated": len(rows) - len(failed), "failed": len(failed), "retried": retried,
+                   "requests_sent": sum(r["task_tries"] + r["answer_tries"] for r in rows) + sum(resent),
+                   "transport_retries": sum(resent)},
         "failures_by_reason": dict(reasons),
         "failures": [{"candidate": r["index"], "error": r["error"]} for r in failed[:100]],
         "throughput": {"generated_this_run": generated_now, "seconds": round(seconds, 2),

@@ -7,17 +7,21 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, HTTPServer
 
+import numpy as np
 import pytest
 
 from common.config import SynthConfig, load_config
 from common.errors import ConfigError, RecordError
 from common.paths import REPO_ROOT
 from jobs.synthesis.funnel import check_funnel, funnel_stages
-from jobs.synthesis.generators import complete_stage
+from jobs.synthesis.generators import OUTPUT_COLUMNS, GenerateCandidates, Reply, complete_stage
 from jobs.synthesis.prompts import (SeedTask, candidates, examples_for, load_seed_tasks, task_messages,
                                     to_record)
-from jobs.synthesis.run import Shards
+from jobs.synthesis.report import render_markdown
+from jobs.synthesis.run import Generator, Shards, build_report
 
 SEEDS = REPO_ROOT.parent / "shared/data/sft/self-instruct/seed_tasks.jsonl"
 
@@ -62,16 +66,72 @@ def test_unusable_generations_are_retried_from_a_fresh_draw_then_reported():
     def complete(conversations, seed_indices, draw, max_tokens):
         calls.append((list(seed_indices), draw))
         # per seed index, what each try returns: 0 is usable on its second try, 1 never, 2 at once; 3's first
-        # request fails outright (None), and is not asked again
+        # request fails outright (None) after two transport retries, and is not asked again; every request of 0
+        # needed one transport retry
         table = {0: ["  ", "fine"], 1: ["", "", ""], 2: ["good"], 3: [None, "ok now"]}
-        texts = [table[s][min(draw - 10, len(table[s]) - 1)] for s in seed_indices]
-        return [(None, "HTTP 503") if text is None else (text, "") for text in texts]
+        texts = [(s, table[s][min(draw - 10, len(table[s]) - 1)]) for s in seed_indices]
+        return [Reply(None, "HTTP 503", 2) if text is None else Reply(text, "", int(s == 0)) for s, text in texts]
 
     results = complete_stage([[{}]] * 4, [0, 1, 2, 3], complete, draw=10, max_tokens=8, retries=2, min_chars=2)
     assert calls == [([0, 1, 2, 3], 10), ([0, 1], 11), ([1], 12)]
     assert [(r.text, r.tries) for r in results] == [("fine", 2), (None, 3), ("good", 1), (None, 1)]
+    assert [r.transport_retries for r in results] == [2, 0, 0, 2]  # summed over a candidate's tries
     assert results[3].error == "HTTP 503"
     assert "unusable generation ''" in results[1].error and not results[0].error
+
+
+@pytest.fixture
+def endpoint_down_for_one_request():
+    """A real OpenAI-compatible chat endpoint on loopback whose first request gets 503 (a replica restarting, say)
+    and every later one an answer; yields its base URL and the paths of the requests it received."""
+    received = []
+
+    class Endpoint(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            received.append(self.path)
+            if len(received) == 1:
+                self._send(503, {"error": {"message": "warming up", "type": "unavailable"}})
+                return
+            self._send(200, {"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+                {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "Name a river."}}]})
+
+        def _send(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Endpoint)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_request_sent_again_after_a_503_is_a_retry_and_a_transport_retry_in_the_report(
+        endpoint_down_for_one_request):
+    """The candidate's task and answer each took one generation, but the task's request went out twice: the report
+    counts the candidate as retried, and the re-sent request apart, where an endpoint's health shows."""
+    url, received = endpoint_down_for_one_request
+    cfg = load_config(None, ["synth.generator=http", f"synth.endpoint={url}", "synth.backoff_s=0", "synth.count=1"])
+    generate = GenerateCandidates(cfg.synth, 42, [SeedTask("s", "Name a fruit.")], {"kind": "http", "model": "m",
+                                                                                      "token": None})
+    batch = generate({"index": np.array([0]), "seed_index": np.array([0])})
+    row = {column: batch[column][0] for column in ("index", "seed_index", *OUTPUT_COLUMNS)}
+    assert received == ["/v1/chat/completions"] * 3  # the task twice (503, then an answer), the answer once
+    assert (row["error"], row["task_tries"], row["answer_tries"], row["transport_retries"]) == ("", 1, 1, 1)
+    report = build_report(cfg, Generator("openai-compatible", {"kind": "http"}), 42, [row], 1, 1.0)
+    assert report["counts"] == {"requested": 1, "repeats_of_earlier_seeds": 0, "generated": 1, "failed": 0,
+                                "retried": 1, "requests_sent": 3, "transport_retries": 1}
+    assert "| 1 | 0 | 1 | 0 | 1 | 1 of 3 |" in render_markdown(report)
 
 
 def test_a_record_says_where_it_came_from():
