@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from common.durable import publish, temp_path
+
 CHECKPOINT_FILE = "plain_engine.pt"
 
 
@@ -64,11 +66,11 @@ class PlainEngine(torch.nn.Module):
     def save_checkpoint(self, folder: str, tag: str, client_state: dict | None = None) -> None:
         target = Path(folder) / tag
         target.mkdir(parents=True, exist_ok=True)
-        tmp = target / f".{CHECKPOINT_FILE}.tmp"
+        tmp = temp_path(target / CHECKPOINT_FILE)
         torch.save({"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
                     "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
                     "micro_steps": self.micro_steps, "client": client_state or {}}, tmp)
-        tmp.replace(target / CHECKPOINT_FILE)
+        publish(tmp, target / CHECKPOINT_FILE)
 
     def load_checkpoint(self, folder: str, tag: str) -> tuple[str | None, dict]:
         """(path, client state) as DeepSpeed returns them; (None, {}) when the folder holds no checkpoint of ours."""

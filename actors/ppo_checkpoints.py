@@ -1,12 +1,15 @@
 """PPO checkpoints: <output>/checkpoints/step_<n>/ holds the policy's (and the value model's) DeepSpeed shards and
 state.json, the driver's state. state.json is written last, so a folder without it is an interrupted save and is
-never resumed from; the two newest complete checkpoints are kept (a rollback needs one before the last)."""
+never resumed from; the two newest complete checkpoints are kept (a rollback needs one before the last). The shards
+are synced to disk before state.json is written, so a crash cannot leave the mark beside data that never landed."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
+
+from common.durable import sync_tree, write_atomically
 
 STATE_FILE = "state.json"
 KEEP = 2
@@ -29,9 +32,8 @@ def save(ckpt_dir: Path, step: int, trained: list, state: dict) -> None:
     folder.mkdir(parents=True)
     for group in trained:
         group.call("save", str(folder))
-    tmp = folder / f"{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(folder / STATE_FILE)
+    sync_tree(folder)
+    write_atomically(folder / STATE_FILE, json.dumps(state, indent=2))
     for old in checkpoint_steps(ckpt_dir)[:-KEEP]:
         shutil.rmtree(folder_of(ckpt_dir, old), ignore_errors=True)
 

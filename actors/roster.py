@@ -11,6 +11,8 @@ import json
 import time
 from pathlib import Path
 
+from common.durable import write_atomically
+
 ROSTER_FILE = "roles.json"
 
 
@@ -31,10 +33,8 @@ def write_roster(output_dir: str | Path, run: dict, groups: dict, reward_actor=N
     """roles.json: `run` (what the operator view shows about the run: name, steps, batch sizes, engine) and every
     actor's entry; written atomically."""
     path = Path(output_dir) / ROSTER_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps({**run, "updated": time.time(), "actors": roster_entries(groups, reward_actor)},
-                              indent=2))
-    tmp.replace(path)
+    write_atomically(path, json.dumps({**run, "updated": time.time(), "actors": roster_entries(groups, reward_actor)},
+                                      indent=2))
     return path
 
 

@@ -39,6 +39,7 @@ from actors.threads import node_cores
 from actors.stop_flag import stop_flag
 from common.config import (Config, DataConfig, DeepSpeedConfig, DPOConfig, LoraConfig, ModelConfig, RewardModelConfig,
                            SFTConfig)
+from common.durable import fsync_folder, sync_tree, write_atomically
 from common.imports import heavy_imports
 from common.metrics import MetricsLogger
 
@@ -314,21 +315,22 @@ def _grad_norm(engine) -> float:
 
 
 def save_hf_model(model, tokenizer, target: Path) -> str:
-    """save_pretrained + the tokenizer into a temp folder next to `target`, then rename into place."""
+    """save_pretrained + the tokenizer into a temp folder next to `target`, synced to disk (a pipeline's stage record
+    will point at it), then renamed into place."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
     model.save_pretrained(str(tmp), safe_serialization=True)
     tokenizer.save_pretrained(str(tmp))
+    sync_tree(tmp)
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
+    fsync_folder(target.parent)
     return str(target)
 
 
 def write_json_atomically(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(path)
+    write_atomically(path, json.dumps(data, indent=2))
 
 
 def run_rank(trainer: ZeroTrainer, export: bool) -> None:

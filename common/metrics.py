@@ -5,10 +5,13 @@ that draw them (jobs/plots.py)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 from pathlib import Path
+
+from common.durable import write_atomically
 
 
 class MetricsLogger:
@@ -38,9 +41,7 @@ class MetricsLogger:
     def truncate_after(self, step: int) -> None:
         """Drop rows logged after `step`: a run resumed from that checkpoint logs those steps again."""
         rows = [row for row in read_jsonl(self.jsonl_path) if row["step"] <= step]
-        tmp = Path(f"{self.jsonl_path}.tmp")
-        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows))
-        tmp.replace(self.jsonl_path)
+        write_atomically(self.jsonl_path, "".join(json.dumps(row) + "\n" for row in rows))
 
     def close(self) -> None:
         """Flush TensorBoard and rewrite metrics.csv from the JSONL (columns = union of keys)."""
@@ -66,9 +67,8 @@ def write_csv(rows: list[dict], path: str | Path) -> None:
     columns: list[str] = []
     for row in rows:
         columns.extend(k for k in row if k not in columns)
-    tmp = Path(f"{path}.tmp")
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue())

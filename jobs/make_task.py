@@ -22,6 +22,7 @@ import random
 import sys
 from pathlib import Path
 
+from common.durable import write_atomically
 from jobs import cli
 
 ANIMALS = ("dog", "cat", "bird", "fish", "bear", "bunny", "frog", "duck", "cow", "horse", "lion", "mouse", "pig",
@@ -68,12 +69,9 @@ TASKS = {"animals": animal_rows, "follow-up": follow_up_rows, "rag-kb": rag_kb_r
 
 
 def write_jsonl(rows: list[dict], out: Path) -> Path:
-    """Written to a temp file beside `out`, then renamed: a reader never sees half a file."""
+    """Written whole or not at all (common/durable.py): a reader, or a resume, never sees half a file."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows), encoding="utf-8")
-    tmp.replace(out)
-    return out
+    return write_atomically(out, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def main(argv: list[str] | None = None) -> Path:

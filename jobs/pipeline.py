@@ -22,6 +22,7 @@ from typing import Callable
 
 from common.config import Config
 from common.configlib import to_dict
+from common.durable import write_atomically
 from common.errors import ConfigError
 from jobs import cli
 
@@ -180,11 +181,9 @@ def run_stage(cfg: Config, run_dir: Path, stage: str, outputs: dict,
     started = time.monotonic()
     produced = STAGES[stage](stage_cfg)
     record.parent.mkdir(parents=True, exist_ok=True)
-    tmp = record.with_suffix(".json.tmp")
     # The config the stage ran with, wired inputs included: what a person checks when a result surprises.
-    tmp.write_text(json.dumps({"fingerprint": key, "seconds": time.monotonic() - started, "outputs": produced,
-                               "config": to_dict(stage_cfg)}, indent=2, default=str))
-    tmp.replace(record)
+    write_atomically(record, json.dumps({"fingerprint": key, "seconds": time.monotonic() - started,
+                                         "outputs": produced, "config": to_dict(stage_cfg)}, indent=2, default=str))
     return produced, key
 
 

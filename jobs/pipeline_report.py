@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from common.config import Config, resolve_path
+from common.durable import write_atomically
 
 HEADLINES = {
     "synth_report": ("requested", "generated", "failed"),
@@ -82,9 +83,7 @@ def write_report(cfg: Config, run_dir: Path, outputs: dict, seconds: dict) -> Pa
     report = {"run": cfg.run.name, "seconds": seconds, "figures": figures, "samples": answers, "plots": plots,
               "outputs": {k: v for k, v in outputs.items() if isinstance(v, str)}}
     for name, text in (("report.md", "\n".join(lines) + "\n"), ("report.json", json.dumps(report, indent=2))):
-        tmp = run_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        tmp.replace(run_dir / name)
+        write_atomically(run_dir / name, text)
     return run_dir / "report.md"
 
 

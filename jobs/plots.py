@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Iterable
 
+from common.durable import publish
+
 
 def plot_curves(rows: list[dict], keys: Iterable[str], path: str | Path, title: str) -> Path | None:
     """One panel per metric key against step; keys absent from the log are skipped."""
@@ -54,5 +56,5 @@ def save_figure(fig, path: str | Path, dpi: int = 100, lay_out: bool = True) -> 
     tmp = Path(f"{path}.tmp.png")
     fig.savefig(tmp, dpi=dpi)
     plt.close(fig)
-    tmp.replace(path)
+    publish(tmp, path)  # the temp name keeps .png: savefig reads the format from it
     return Path(path)

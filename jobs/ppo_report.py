@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from common.config import Config
+from common.durable import write_atomically
 from jobs.plots import save_figure, stacked_panels
 
 # Metrics summarised as first-window vs last-window means (absent ones are skipped).
@@ -273,9 +274,7 @@ def write_report(cfg: Config, output_dir: Path) -> Path:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    tmp = Path(f"{path}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomically(path, text)  # synced to disk before and after the rename (common/durable.py)
 
 
 def _is_finite(value) -> bool:

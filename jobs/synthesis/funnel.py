@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.durable import publish
+
 from jobs.curation.report import pair_table
 
 
@@ -87,4 +89,4 @@ def plot_funnel(stages: list[dict], path: Path) -> None:
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=100)
     plt.close(fig)
-    tmp.replace(path)
+    publish(tmp, path)

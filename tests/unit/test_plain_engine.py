@@ -57,6 +57,15 @@ def test_a_checkpoint_restores_weights_and_optimizer_state(tmp_path):
     assert engine.load_checkpoint(str(tmp_path / "none"), "zero") == (None, {})
 
 
+def test_a_checkpoint_is_on_disk_under_its_name_with_no_temp_file_left(tmp_path, fsynced):
+    """torch.save writes the temp file; its data is synced before the rename, the folder holding the name after."""
+    model, optimizer = model_and_optimizer()
+    PlainEngine(model, optimizer, max_grad_norm=0.5).save_checkpoint(str(tmp_path), "zero")
+    folder = tmp_path / "zero"
+    assert [p.name for p in folder.iterdir()] == ["plain_engine.pt"]
+    assert fsynced == [(folder / "plain_engine.pt").stat().st_ino, folder.stat().st_ino]
+
+
 def test_accumulation_steps_at_each_boundary_with_the_schedule_and_keeps_the_client_state(tmp_path):
     """grad_accum = 2 (a Ray Train rank): each backward is scaled by 1/2 and only every second step() updates and
     advances the learning-rate schedule, as DeepSpeed's engine does."""
