@@ -45,7 +45,10 @@ def test_heads_the_fused_path_must_not_take():
     from actors import modeling
 
     cfg = load_config(TINY_CPU, ["lora.enabled=true", "lora.target_modules=[lm_head]"])
-    assert modeling.fused_loss_head(modeling.trainable_causal_lm(cfg.model, cfg.lora)) is None  # LoRA on the head
+    untied = modeling.load_causal_lm(cfg.model)  # the tiny model ties its head, where LoRA on it is refused
+    untied.config.tie_word_embeddings = False
+    untied.lm_head.weight = torch.nn.Parameter(untied.lm_head.weight.detach().clone())
+    assert modeling.fused_loss_head(modeling.apply_lora(untied, cfg.lora)) is None  # LoRA on the head
     model = modeling.load_causal_lm(cfg.model)
     model.config.final_logit_softcapping = 30.0
     assert modeling.fused_loss_head(model) is None
