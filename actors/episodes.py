@@ -84,7 +84,8 @@ def closing_and_observation(tokenizer, history: list[dict], text: str, observati
 def run_episodes(tokenizer, openings: list[Turn], prompts: list[list[dict]], generate: Generate, step: Step,
                  max_turns: int, max_prompt_tokens: int, max_new_tokens: int, max_total_tokens: int,
                  max_observation_chars: int) -> list[Episode]:
-    """Every episode from its opening messages to done, max_turns or the token budget (then finish "length").
+    """Every episode from its opening messages to done, max_turns or the token budget; its finish reason is its last
+    model turn's ("length": cut at max_new_tokens).
     `prompts` are the records' own chats: an episode whose reset failed keeps its prompt, with no turn, as a row
     that trains nothing."""
     episodes = []
@@ -123,7 +124,9 @@ def run_episodes(tokenizer, openings: list[Turn], prompts: list[list[dict]], gen
             e.messages += [{"role": "assistant", "content": text}, *observation]
             e.appended += 1
             if len(e.prompt_ids) + len(e.response_ids) + len(added) + max_new_tokens > max_total_tokens:
-                e.done, e.finish = True, "length"
+                # No room for another turn: the episode ends, but its last model turn (the one a reward model
+                # scores) ended itself, so its finish reason stands (missing_eos_penalty charges cut answers only).
+                e.done = True
                 continue
             e.response_ids += added
             e.mask += [0] * len(added)

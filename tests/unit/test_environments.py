@@ -86,6 +86,26 @@ def test_a_three_turn_episode_masks_exactly_the_models_tokens(tokenizer):
                                              "env/reward_turn_3": 1.0}
 
 
+def test_an_episode_the_token_budget_ends_keeps_its_last_turns_own_finish(tokenizer):
+    """The budget leaves no room for a second turn after a first that ended with EOS: the episode ends, but the turn
+    the reward model scores ended itself, so ppo.reward.missing_eos_penalty must not charge it ("stop", not
+    "length"); a turn cut at max_new_tokens stays "length"."""
+    answer = tokenizer("the dog ran", add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    prompt = [{"role": "user", "content": "Tell me a story."}]
+    for reason in ("stop", "length"):
+        env = ThreeTurns()
+
+        def generate(ids, turn):
+            return [Sample(list(p), answer, [-0.1] * len(answer), reason) for p in ids]
+
+        (episode,) = run_episodes(tokenizer, [Turn(env.reset({"messages": prompt}), 0.0, False)], [prompt], generate,
+                                  lambda episodes, texts: [Turn(*env.step(t)) for t in texts], max_turns=5,
+                                  max_prompt_tokens=64, max_new_tokens=8, max_total_tokens=40,
+                                  max_observation_chars=100)
+        assert len(episode.texts) == 1 and episode.done and episode.error is None
+        assert episode.sample().finish_reason == reason
+
+
 def test_follow_up_pays_for_the_word_it_asked_about_in_the_second_turn():
     env = FollowUp()
     assert env.reset({"messages": [{"role": "user", "content": "Tell me a story about a dog."}], "word": "Ball"})
