@@ -162,7 +162,8 @@ class PPOLoop:
         return PendingRollout(step, picked, chunks, refs, self.engine_version)
 
     def _finish_rollout(self, pending: PendingRollout) -> Rollout:
-        samples = self._collect_samples(pending.chunks, pending.refs)
+        samples = pending.samples if pending.samples is not None else self._collect_samples(pending.chunks,
+                                                                                              pending.refs)
         return self._assemble(pending.picked, samples,
                               [self.tokenizer.decode(x.response_ids, skip_special_tokens=True) for x in samples],
                               [pending.version] * len(samples))
@@ -298,9 +299,8 @@ class PPOLoop:
         ratio_parts, kl_parts = zip(*policy.get(old_refs, "old_logprobs"))
         # Filled only in the rows the policy's current weights sampled (lock-step): a row sampled one update
         # behind keeps the newer policy's −inf for the rollout correction to read (actors/algo/sampling.py).
-        same_weights = torch.tensor([version == self.engine_version for version in s.rollout.versions],
-                                    dtype=torch.bool) if s.rollout.versions else None
-        old, dropped = fill_dropped(torch.cat(ratio_parts), s.rollout.behaviour, tokens.action_mask, same_weights)
+        old, dropped = fill_dropped(torch.cat(ratio_parts), s.rollout.behaviour, tokens.action_mask,
+                                    s.rollout.sampled_by(self.engine_version))
         return LogProbs(old=old, ref=ref, kl_old=torch.cat(kl_parts), dropped_share=float(dropped))
 
     # 4
@@ -477,6 +477,14 @@ class PPOLoop:
         state = {"step": step, "kl_scale": self.kl_scale, "policy_lr": self.policy_lr,
                  "controller_coef": getattr(self.controller, "coef", None),
                  "rollout_calls": step, "nan_streak": self.nan_streak, "monitor": self.monitor.state()}
+        pending = self.prefetched
+        if pending is not None and pending.step == step + 1:
+            # ppo.async_rollouts: the next step's batch, sampled by the weights before this step's update, is kept
+            # with the checkpoint. Resampled on resume by the newer weights, it would be on-policy where the
+            # unbroken run's was one update behind. Collecting it here only waits earlier than the next step does.
+            if pending.samples is None:
+                pending.samples = self._collect_samples(pending.chunks, pending.refs)
+            state["prefetched"] = pending.to_state()
         ppo_checkpoints.save(self.ckpt_dir, step, self._trained(), state)
 
     def load_checkpoint(self, step: int) -> dict:
@@ -502,6 +510,8 @@ class PPOLoop:
             self.controller.coef = state["controller_coef"]
         if "monitor" in state:  # checkpoints written before the monitor's state was saved have none
             self.monitor.restore(state["monitor"])
+        if "prefetched" in state:  # after load_checkpoint, which drops a batch sampled by the weights it replaces
+            self.prefetched = PendingRollout.from_state(state["prefetched"])
         self.metrics.truncate_after(self.step_index)
         log.warning("resumed PPO from step %d", self.step_index)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 from dataclasses import dataclass, field
 
@@ -33,6 +34,13 @@ class Rollout:
     # reward functions score; `responses` keeps every model turn joined, for the length and repetition terms.
     conversations: list[tuple[list[dict], str]] = field(default_factory=list)
 
+    def sampled_by(self, version: int) -> torch.Tensor | None:
+        """[B] bool: whether each row was sampled by the policy of `version` (the step whose update the engines and
+        the policy hold now: π_old has the weights that sampled it); None when the rows' versions are unknown."""
+        if not self.versions:
+            return None
+        return torch.tensor([row == version for row in self.versions], dtype=torch.bool)
+
     def ended_by_eos(self) -> torch.Tensor | None:
         """[B] bool: whether each response ended itself rather than at the token limit (None without samples)."""
         if not self.samples:
@@ -48,12 +56,24 @@ class Rollout:
 
 @dataclass
 class PendingRollout:
-    """A rollout the engines are sampling (ppo.async_rollouts: the next step's, during this one)."""
+    """A rollout the engines are sampling (ppo.async_rollouts: the next step's, during this one), or its samples
+    once collected (a checkpoint keeps them, so a resumed run trains on the batch the unbroken run would)."""
     step: int
     picked: list[int]  # each row's prompt index, as Rollout.picked
     chunks: list[tuple]  # each engine's generate arguments
     refs: list  # each engine's result
     version: int
+    samples: list[Sample] | None = None  # collected: chunks and refs are spent
+
+    def to_state(self) -> dict:
+        """The collected batch as JSON (Python floats round-trip exactly)."""
+        return {"step": self.step, "picked": self.picked, "version": self.version,
+                "samples": [dataclasses.asdict(sample) for sample in self.samples]}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "PendingRollout":
+        return cls(state["step"], state["picked"], [], [], state["version"],
+                   [Sample(**sample) for sample in state["samples"]])
 
 
 @dataclass

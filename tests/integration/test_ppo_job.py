@@ -5,6 +5,7 @@ and resume after a kill."""
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 
 import pytest
@@ -150,16 +151,20 @@ def test_overlapped_rollouts_train_one_update_behind_and_resume_without_losing_a
     """ppo.async_rollouts=1: step 1's batch comes from the starting weights (0 behind); every later batch was
     sampled during the step before, by the policy one update older than the one that trains on it. PPO's ratio is
     then taken against the engine's log-probs, while the logged gap of the recomputed π_old to them shows the lag.
-    Asked for 6 steps, the finished run resumes from step 4: the batch sampled ahead was not kept, so step 5's is
-    sampled afresh (0 behind) and step 6's is overlapped again."""
+    A run stopped after step 2 (its step-4 checkpoint removed) resumes with the batch its step-2 checkpoint kept,
+    sampled ahead by the step-1 policy: step 3 trains on the very batch of the unbroken run (same rewards and
+    lengths, 1 behind), where a batch sampled afresh on resume would have been on-policy (0 behind)."""
     result, rows = ppo_rows(tmp_path, *ASYNC)
     assert [r["step"] for r in rows] == [1, 2, 3, 4]
     assert [r["rollout/staleness"] for r in rows] == [0.0, 1.0, 1.0, 1.0]
     assert rows[0]["rollout/behaviour_kl"] < 1e-3 < min(r["rollout/behaviour_kl"] for r in rows[1:])
     assert_rollouts_ran_on_vllm(result.output_dir)
+    shutil.rmtree(result.output_dir / "checkpoints" / "step_000004")
     _, longer = ppo_rows(tmp_path, *ASYNC, "ppo.steps=6")
-    assert [r["step"] for r in longer] == [1, 2, 3, 4, 5, 6] and longer[:4] == rows
-    assert [r["rollout/staleness"] for r in longer[4:]] == [0.0, 1.0]
+    assert [r["step"] for r in longer] == [1, 2, 3, 4, 5, 6] and longer[:2] == rows[:2]
+    assert [r["rollout/staleness"] for r in longer] == [0.0] + [1.0] * 5
+    batch = ("reward/rm_mean", "reward/rm_std", "response_tokens_mean", "response_chars_mean", "finished_share")
+    assert {key: longer[2][key] for key in batch} == {key: rows[2][key] for key in batch}
     assert [r["sync/collective"] for r in longer] == [1.0] * 6
 
 
@@ -195,8 +200,8 @@ def test_resume_after_kill_loses_no_step(tmp_path):
     assert state["step"] == 6
 
 
-@pytest.mark.slow  # ~3 min; the default tier resumes an overlapped run from a finished run's checkpoint
+@pytest.mark.slow  # ~3 min; the default tier resumes an overlapped run from a mid-run checkpoint
 def test_an_overlapped_run_killed_mid_run_resumes_without_losing_a_step(tmp_path):
     _, rows = killed_at_step_4_and_resumed(tmp_path, *ASYNC)
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert [r["rollout/staleness"] for r in rows[4:]] == [0.0, 1.0]  # the batch sampled ahead died with the run
+    assert [r["rollout/staleness"] for r in rows[4:]] == [1.0, 1.0]  # step 5's batch was kept with the checkpoint

@@ -175,3 +175,19 @@ def test_the_sampler_gap_counts_the_newer_policys_cuts_apart_and_stays_finite():
     gap = sampler_gap(state)
     assert gap["rollout/drift_cut_share"] == 0.25
     assert gap["rollout/behaviour_kl"] == 0.0 and gap["rollout/ratio_mean"] == 1.0
+
+
+def test_the_rows_pi_old_may_fill_are_those_the_current_weights_sampled():
+    """reference_phase fills the trainer's top-p edge tokens only in rows the weights it holds sampled (lock-step:
+    every row of the engines' version); a batch sampled one update behind, or a dynamic-sampling batch mixing the
+    two, keeps the newer policy's cut in the older rows; unknown versions fill every row."""
+    tokens = TokenBatch.from_samples([[1]] * 3, [[4], [5], [6]], pad_id=0)
+    zeros = torch.zeros_like(tokens.action_mask, dtype=torch.float32)
+
+    def rows(versions):
+        return Rollout([[]] * 3, ["0"] * 3, ["a"] * 3, tokens, zeros, 3, 1.0, versions=versions)
+
+    assert rows([4, 4, 4]).sampled_by(4).tolist() == [True, True, True]
+    assert rows([3, 3, 3]).sampled_by(4).tolist() == [False, False, False]
+    assert rows([3, 4, 4]).sampled_by(4).tolist() == [False, True, True]
+    assert rows([]).sampled_by(4) is None
