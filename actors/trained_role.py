@@ -22,6 +22,7 @@ from actors.plain_engine import PlainEngine
 from actors.protocol import select
 from actors.threads import ThreadPlan
 from common.config import DeepSpeedConfig, LoraConfig, ModelConfig, PPOConfig
+from common.durable import sync_tree
 
 log = logging.getLogger("rayalign.ppo")
 CKPT_TAG = "zero"
@@ -119,6 +120,10 @@ class TrainedRole(DistributedRole):
 
     def save(self, folder: str) -> None:
         self.engine.save_checkpoint(str(Path(folder) / self.role), tag=CKPT_TAG)
+        # On this rank's node: the driver's own sync (actors/ppo_checkpoints.py) reaches only its node's cache, and
+        # a shared filesystem need not flush a file another node wrote. DeepSpeed's save ends on a barrier, so
+        # every rank's shards are written by now.
+        sync_tree(Path(folder) / self.role)
 
     def load(self, folder: str) -> None:
         path, _ = self.engine.load_checkpoint(str(Path(folder) / self.role), tag=CKPT_TAG)
