@@ -146,7 +146,7 @@ class PPORoles:
             self.reward = make_reward_source(ppo, cfg.reward_model, cfg.serve)
         # The whole plan (ppo.placement: strategy, colocation, node resource per role) is checked against the
         # cluster's nodes before any group is reserved: fail now, not after a wait.
-        self.placement, bundles = reserve_roles(resources, ppo)
+        self.placement, bundles = reserve_roles(resources, ppo, grows=cfg.ray.autoscaling)
         args = role_args(cfg, start_model)
 
         def group(role, cls, ranks, distributed=False, kind=RoleGroup, max_restarts=0):

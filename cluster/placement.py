@@ -61,16 +61,18 @@ def plan_groups(roles: list[RoleResources], placement, default_strategy: str, co
     return [GroupPlan(tuple(group), strategies.get(key, default_strategy)) for key, group in members.items()]
 
 
-def reserve_roles(roles: list[RoleResources], ppo) -> tuple[dict, dict[str, list[int]]]:
-    """Check the whole plan of a PPO run against the cluster's nodes, then reserve its placement groups.
+def reserve_roles(roles: list[RoleResources], ppo, grows: bool = False) -> tuple[dict, dict[str, list[int]]]:
+    """Check the whole plan of a PPO run against the cluster's nodes, then reserve its placement groups. A cluster
+    that `grows` (an autoscaler) is not held to its live nodes: the reservation asks it for more.
 
     Returns ({role: placement group}, {role: bundle indices}); nothing stays reserved when any group fails."""
     plans = plan_groups(roles, ppo.placement, ppo.placement_strategy, ppo.colocate)
-    check_plans(plans)
+    if not grows:
+        check_plans(plans)
     reserved = []
     try:
         for plan in plans:
-            reserved.append(reserve(list(plan.roles), plan.strategy, ppo.placement.timeout_s))
+            reserved.append(reserve(list(plan.roles), plan.strategy, ppo.placement.timeout_s, grows))
     except PlacementError:
         for group, _ in reserved:
             release(group)
@@ -84,11 +86,15 @@ def reserve_roles(roles: list[RoleResources], ppo) -> tuple[dict, dict[str, list
 
 def check_plans(plans: list[GroupPlan]) -> None:
     """Fail at once when this cluster can never host these groups."""
+    problem = plan_problem(plans, _live_nodes())
+    if problem:
+        raise PlacementError(f"{problem} (a cluster whose autoscaler adds nodes: set ray.autoscaling=true)")
+
+
+def _live_nodes() -> list[dict[str, float]]:
     import ray
 
-    problem = plan_problem(plans, [node["Resources"] for node in ray.nodes() if node.get("Alive")])
-    if problem:
-        raise PlacementError(problem)
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
 def plan_problem(plans: list[GroupPlan], nodes: list[dict[str, float]]) -> str | None:
@@ -148,8 +154,9 @@ def _largest(need: dict[str, float], nodes: list[dict[str, float]]) -> str:
     return f"the most one node has is {_describe(most)}"
 
 
-def reserve(resources: list[RoleResources], strategy: str = "PACK", timeout_s: float = 60.0):
-    """One placement group holding the bundles of every role in `resources` (colocated roles share one).
+def reserve(resources: list[RoleResources], strategy: str = "PACK", timeout_s: float = 60.0, grows: bool = False):
+    """One placement group holding the bundles of every role in `resources` (colocated roles share one); on a
+    cluster that `grows`, what its live nodes lack is left to the autoscaler for timeout_s.
 
     Returns (placement_group, {role: [bundle indices]})."""
     import ray
@@ -159,15 +166,18 @@ def reserve(resources: list[RoleResources], strategy: str = "PACK", timeout_s: f
     for res in resources:
         index[res.role] = list(range(len(bundles), len(bundles) + res.ranks))
         bundles.extend(res.bundles())
-    check_feasible(resources)
+    if not grows:
+        check_feasible(resources)
     # Named for `ray list placement-groups`; the suffix keeps names unique across runs sharing a cluster.
     name = f"rayalign-{'-'.join(r.role for r in resources)}-{uuid.uuid4().hex[:6]}"
     group = placement_group(bundles, strategy=strategy, name=name)
     ready, _ = ray.wait([group.ready()], timeout=timeout_s)
     if not ready:
         ray.util.remove_placement_group(group)
+        problem = plan_problem([GroupPlan(tuple(resources), strategy)], _live_nodes()) if grows else None
+        missing = f" ({problem}; the autoscaler added no node for it)" if problem else ""
         raise PlacementError(f"could not reserve {bundles} ({strategy}) for {', '.join(index)} within "
-                             f"{timeout_s:.0f} s; cluster has {ray.available_resources()}")
+                             f"{timeout_s:.0f} s; cluster has {ray.available_resources()}{missing}")
     return group, index
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 from common.config import RayConfig
-from common.errors import ClusterUnreachable
+from common.errors import ClusterUnreachable, ConfigError
 
 log = logging.getLogger("rayalign.runtime")
 
@@ -136,6 +136,9 @@ def start(cfg: RayConfig, ray_train: bool = False) -> RuntimeInfo:
     """Join the configured cluster or start an embedded one; idempotent within a process. `ray_train`: the job
     trains through Ray Train (SFT, DPO, reward model, a pipeline), whose workers an embedded cluster quiets with
     a setup hook (below)."""
+    if cfg.autoscaling and not _resolved_address(cfg):
+        raise ConfigError("ray.autoscaling=true describes a cluster joined by address that adds nodes on demand; an "
+                          "embedded cluster never grows: set ray.address (or RAY_ADDRESS), or ray.autoscaling=false")
     prepare_process(cfg)
     import ray
 

@@ -34,6 +34,10 @@ class RayConfig:
     connect_timeout_s: float = param(30.0, "give up joining a cluster after this many seconds", gt=0)
     namespace: str = param("rayalign", "Ray namespace for named actors")
     include_dashboard: bool = param(False, "start the Ray dashboard with the embedded cluster")
+    autoscaling: bool = param(False, "the cluster joined by address adds nodes on demand (Ray's autoscaler, KubeRay): "
+                                     "a PPO placement plan the live nodes cannot hold is reserved anyway, and Ray "
+                                     "starts nodes for it within ppo.placement.timeout_s; off: such a plan is refused "
+                                     "at once, naming what is missing (an embedded cluster never grows)")
 
 
 @dataclass(frozen=True)

@@ -101,15 +101,15 @@ def real_ppo_placed() -> dict:
             "weight_sync": loop.weight_sync.describe(), "synced_over_group": loop.weight_sync.last_collective}
 
 
-def infeasible(*overrides: str, ranks: int = 1, cpus: float = 0.5) -> dict:
-    """How long a plan the cluster can never host takes to fail, and the message."""
+def infeasible(*overrides: str, ranks: int = 1, cpus: float = 0.5, grows: bool = False) -> dict:
+    """How long a plan the cluster can never host takes to fail, and the message (`grows`: as ray.autoscaling)."""
     from cluster.placement import RoleResources, reserve_roles
     from common.errors import PlacementError
 
     ppo = config(*overrides).ppo
     started = time.monotonic()
     try:
-        reserve_roles([RoleResources("rollout", ranks, cpus), RoleResources("policy", 1, 0.5)], ppo)
+        reserve_roles([RoleResources("rollout", ranks, cpus), RoleResources("policy", 1, 0.5)], ppo, grows=grows)
     except PlacementError as exc:
         return {"seconds": time.monotonic() - started, "error": str(exc), "groups_left": _live_placement_groups()}
     return {"seconds": time.monotonic() - started, "error": None}
@@ -130,6 +130,7 @@ def scenarios(node_ids: dict, with_ppo: bool) -> dict:
             "missing_resource": infeasible("ppo.placement.rollout.node_resource=gpu_rollout_node"),
             "too_few_nodes": infeasible("ppo.placement.rollout.strategy=STRICT_SPREAD", ranks=4, cpus=0.25),
             "bundle_too_big": infeasible(cpus=3.0),
+            "bundle_too_big_waits": infeasible("ppo.placement.timeout_s=2", cpus=3.0, grows=True),
             "affinity_over_capacity": infeasible("ppo.placement.rollout.node_resource=rollout_node", ranks=3,
                                                  cpus=0.25)}
 

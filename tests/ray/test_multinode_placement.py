@@ -71,6 +71,17 @@ def test_infeasible_plan_fails_fast_naming_what_is_missing(scenarios, case, mess
     assert outcome["groups_left"] == 0  # nothing stays reserved
 
 
+def test_a_cluster_that_grows_is_asked_for_nodes_and_the_timeout_names_what_none_brought(scenarios):
+    """ray.autoscaling=true: a plan the live nodes cannot hold is not refused at once (an autoscaler starts nodes
+    for a pending placement group); here none comes, so the reservation gives up after ppo.placement.timeout_s
+    (2 s), naming the shortfall, and leaves nothing reserved."""
+    outcome = scenarios["bundle_too_big_waits"]
+    assert outcome["seconds"] >= 2, outcome
+    assert "within 2 s" in outcome["error"] and "no node can hold a bundle of CPU 3" in outcome["error"]
+    assert "the autoscaler added no node for it" in outcome["error"]
+    assert outcome["groups_left"] == 0
+
+
 # Default tier (~25 s): the one run where PPO's roles, and the weight sync auto chooses for them, cross nodes.
 def test_real_ppo_roles_follow_the_plan_and_step_across_nodes(tmp_path):
     result = run_scenarios(tmp_path, "--ppo")

@@ -47,3 +47,17 @@ def test_a_submitted_jobs_own_variables_are_left_out_of_the_runtime_env_it_joins
     submitted = {"env_vars": {"HF_HUB_OFFLINE": "0"}, "working_dir": "."}
     assert _merge_runtime_env(submitted, {"env_vars": dict(WORKER_ENV)}) is None
     assert _merge_runtime_env(submitted, joined_runtime_env())["env_vars"]["HF_HUB_OFFLINE"] == "0"
+
+
+def test_autoscaling_with_an_embedded_cluster_is_refused_before_ray_starts(monkeypatch):
+    """ray.autoscaling lifts the live-node check of PPO's placement plan: on an embedded cluster, which never grows,
+    a plan it cannot hold would wait ppo.placement.timeout_s for nodes that never come."""
+    import pytest
+
+    from cluster import runtime
+    from common.config import load_config
+    from common.errors import ConfigError
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(ConfigError, match=r"^ray.autoscaling=true describes a cluster joined by address"):
+        runtime.start(load_config(None, ["ray.autoscaling=true"]).ray)
