@@ -23,10 +23,27 @@ def text_tokens(text: str, symbols: bool = False) -> list[str]:
     return [t.lower() for t in pattern.findall(text)]
 
 
-def unique_token_ratio(text: str, symbols: bool = False) -> float:
-    """Distinct tokens / tokens (1.0 for empty text: nothing repeats)."""
+def unique_token_ratio(text: str, symbols: bool = False, window: int = 0) -> float:
+    """Distinct tokens / tokens (1.0 for empty text: nothing repeats). With a `window` shorter than the text: the
+    mean of that ratio over every run of `window` consecutive tokens (the moving-average type-token ratio, MATTR;
+    Covington & McFall 2010). A plain ratio falls with length however varied the text (function words recur), so
+    a long answer fails a fixed bar that a short one passes; the windowed one measures repetition alone."""
     tokens = text_tokens(text, symbols)
-    return len(set(tokens)) / len(tokens) if tokens else 1.0
+    if not tokens:
+        return 1.0
+    if not 0 < window < len(tokens):
+        return len(set(tokens)) / len(tokens)
+    counts: dict[str, int] = {}
+    for token in tokens[:window]:
+        counts[token] = counts.get(token, 0) + 1
+    distinct_sum = len(counts)
+    for leaving, entering in zip(tokens, tokens[window:]):  # slide by one token: O(n)
+        counts[leaving] -= 1
+        if not counts[leaving]:
+            del counts[leaving]
+        counts[entering] = counts.get(entering, 0) + 1
+        distinct_sum += len(counts)
+    return distinct_sum / (window * (len(tokens) - window + 1))
 
 
 def ngrams(tokens: list[str], n: int) -> list[tuple[str, ...]]:

@@ -25,8 +25,14 @@ class CurateConfig:
                                           "to the review queue: its annotators disagree (2.0 on a 1-5 scale lets "
                                           "4 and 2 pass, not 5 and 2)", ge=0.0)
     min_chars: int = param(10, "shortest final response kept, in characters (Chinese: per character)", ge=0)
-    max_chars: int = param(2000, "longest final response kept, in characters", gt=0)
-    min_unique_token_ratio: float = param(0.70, "distinct tokens / tokens below this → drop", ge=0.0, le=1.0)
+    max_chars: int = param(2000, "longest response kept, in characters (every assistant reply)", gt=0)
+    min_unique_token_ratio: float = param(0.70, "distinct tokens / tokens below this → drop (every assistant reply; "
+                                                "over windows of unique_token_window tokens)", ge=0.0, le=1.0)
+    unique_token_window: int = param(50, "the unique-token ratio is averaged over every run of this many tokens "
+                                         "(moving-average type-token ratio), so it measures repetition rather than "
+                                         "length: the plain ratio of a varied 1,000-character answer is below 0.70 "
+                                         "(113 of the shared OASST replies failed it, none above 1,000 characters "
+                                         "passed); 0: the ratio over the whole reply", ge=0)
     max_similarity: float = param(0.85, "keep a record only if its cosine similarity to every kept one is below",
                                   gt=0.0, le=1.0)
     spot_check_fraction: float = param(0.30, "share of kept records sent to human spot-check", ge=0.0, le=1.0)

@@ -194,8 +194,9 @@ def _listed(record: dict) -> str:
 @register("length")
 @dataclass
 class LengthRule(Rule):
-    """Characters of the final reply (the record's answer), so a Chinese reply counts per character. Earlier
-    replies of a multi-turn chat may be short by nature ("Sure."); the repetition rules read every reply."""
+    """Characters (a Chinese reply counts per character): the final reply (the record's answer) at least
+    min_chars, every reply at most max_chars. Earlier replies of a multi-turn chat may be short by nature
+    ("Sure."), but one 8,000 characters long is as much a training target as the last."""
     min_chars: int
     max_chars: int
 
@@ -207,8 +208,10 @@ class LengthRule(Rule):
         chars = len(last_response(record))
         if chars < self.min_chars:
             return self._decide("drop", f"response has {chars} characters < {self.min_chars}")
-        if chars > self.max_chars:
-            return self._decide("drop", f"response has {chars} characters > {self.max_chars}")
+        for index, reply in enumerate(replies(record)):
+            if len(reply) > self.max_chars:
+                return self._decide("drop", f"response has {len(reply)} characters > {self.max_chars}"
+                                            f"{_turn(index, record)}")
         return None
 
     def threshold(self) -> str:
@@ -219,20 +222,22 @@ class LengthRule(Rule):
 @dataclass
 class UniqueTokensRule(Rule):
     min_ratio: float
+    window: int = 0  # tokens per window of the moving-average ratio (actors/algo/text.py); 0: the whole reply
 
     @classmethod
     def from_config(cls, cfg: CurateConfig) -> "UniqueTokensRule":
-        return cls(cfg.min_unique_token_ratio)
+        return cls(cfg.min_unique_token_ratio, cfg.unique_token_window)
 
     def check(self, record: dict) -> Decision | None:
         for index, reply in enumerate(replies(record)):
-            ratio = unique_token_ratio(reply)
+            ratio = unique_token_ratio(reply, window=self.window)
             if ratio < self.min_ratio:
                 return self._decide("drop", f"unique-token ratio {ratio:.2f} < {self.min_ratio}{_turn(index, record)}")
         return None
 
     def threshold(self) -> str:
-        return f"unique-token ratio >= {self.min_ratio}"
+        over = f" over {self.window}-token windows" if self.window else ""
+        return f"unique-token ratio >= {self.min_ratio}{over}"
 
 
 @register("repeated_span")

@@ -12,6 +12,7 @@ from common.errors import ConfigError
 from jobs.curation.facts import Fact, KnowledgeBaseVerifier
 from jobs.curation.rules import (RULES, AnnotatorRule, FactCheckRule, LengthRule, LexiconRule, RepeatedSpanRule,
                                  ReviewerRule, UniqueTokensRule, build_rules, evaluate)
+from tests.conftest import SHARED
 
 CFG = CurateConfig()  # SPEC defaults: rating 4.0, 10-2000 characters, unique-token ratio 0.70
 
@@ -113,6 +114,28 @@ def test_unique_token_ratio_threshold_is_inclusive():
     reply = "a b c d e f g a b c"  # 7 distinct / 10 tokens = 0.70 exactly
     assert action(UniqueTokensRule(0.70), chat(reply)) is None
     assert action(UniqueTokensRule(0.71), chat(reply)) == "drop"
+
+
+def test_a_long_varied_answer_passes_the_unique_token_gate_a_loop_fails():
+    """The plain ratio of a real 1,200+ character OASST answer is under 0.6 (function words recur: 113 of the
+    file's 185 replies failed 0.70, none above 1,000 characters passed); over windows of 50 tokens it is above
+    0.75, while a looped reply stays far below the bar."""
+    from common.records import read_records
+
+    path = SHARED / "data" / "multiturn" / "oasst-threads" / "derived_longest_threads.jsonl"
+    record = list(read_records(path, limit=2))[1]
+    reply = next(m["content"] for m in record["messages"] if m["role"] == "assistant" and len(m["content"]) > 1200)
+    assert action(UniqueTokensRule(0.70), chat(reply)) == "drop"  # the whole-reply ratio (window 0)
+    assert action(UniqueTokensRule.from_config(CFG), chat(reply)) is None
+    assert action(UniqueTokensRule.from_config(CFG), chat("the cat sat on the mat and " * 60)) == "drop"
+
+
+def test_length_caps_every_reply_of_a_multi_turn_chat():
+    record = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "x " * 4000},
+                           {"role": "user", "content": "more?"}, {"role": "assistant", "content": "Yes, here it is."}],
+              "source": "t:1"}
+    decision = LengthRule.from_config(CFG).check(record)
+    assert decision.action == "drop" and decision.reason == "response has 8000 characters > 2000 (reply 1 of 2)"
 
 
 def test_repeated_span_drops_copied_sentences():

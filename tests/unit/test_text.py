@@ -33,3 +33,14 @@ def test_symbols_count_as_tokens_when_asked():
     assert unique_token_ratio("””””") == 1.0  # no words at all: nothing to repeat
     assert unique_token_ratio("””””", symbols=True) == pytest.approx(1 / 4)
     assert repeated_ngram_fraction("! ! ! !", 2, symbols=True) == pytest.approx(1 - 1 / 3)
+
+
+def test_the_windowed_unique_token_ratio_is_the_mean_over_every_window_by_hand():
+    """MATTR: 'a a b a' over windows of 3 is (2/3 + 2/3) / 2; 'a b a b c' over windows of 2 is 1 (every pair
+    differs) where the plain ratio is 3/5; a text no longer than the window takes the plain ratio."""
+    assert unique_token_ratio("a a b a", window=3) == pytest.approx(2 / 3)
+    assert unique_token_ratio("a b a b c", window=2) == 1.0 and unique_token_ratio("a b a b c") == pytest.approx(0.6)
+    assert unique_token_ratio("a a b", window=3) == unique_token_ratio("a a b", window=50) == pytest.approx(2 / 3)
+    assert unique_token_ratio("", window=3) == 1.0
+    loop = "the cat sat on the mat and " * 60  # 6 distinct words in every window of 50: a loop still fails
+    assert unique_token_ratio(loop, window=50) == pytest.approx(6 / 50)
