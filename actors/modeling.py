@@ -7,9 +7,7 @@ with the reason instead of failing deep inside bitsandbytes.
 
 from __future__ import annotations
 
-import json
 import logging
-import struct
 from pathlib import Path
 
 import torch
@@ -194,27 +192,6 @@ def count_parameters(model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
-
-
-def parameter_count_on_disk(path: str | Path) -> int:
-    """Parameters of a checkpoint from safetensors headers alone (no weights loaded): for the LR-by-size rule
-    and reward/policy size matching."""
-    folder = check_model_dir(path, need_tokenizer=False)
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise ModelDirError(f"{folder}: parameter counting needs .safetensors weights")
-    total = 0
-    for file in files:
-        with file.open("rb") as handle:
-            header_len = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(header_len))
-        for name, meta in header.items():
-            if name != "__metadata__":
-                numel = 1
-                for dim in meta["shape"]:
-                    numel *= dim
-                total += numel
-    return total
 
 
 def merged_state_dict(model) -> dict[str, torch.Tensor]:

@@ -24,7 +24,6 @@ from actors import modeling
 from actors.chat import render
 from actors.group import Located
 from common.config import Config, resolve_path
-from common.errors import RewardModelTooLarge
 from common.imports import heavy_imports
 
 log = logging.getLogger("rayalign.reward")
@@ -44,24 +43,6 @@ def _minilm_path() -> str:
 # reward_model.backbone shorthands → functions returning the local folder.
 BACKBONE_SHORTHANDS = {"minilm": _minilm_path}
 
-
-
-def check_size_match(rm_params: int, policy_params: int, ratio_warn: float = 1.5, refuse: bool = False) -> str | None:
-    """SPEC §3: a reward model far larger than the policy made PPO unstable (70B RM / 7B policy), equal sizes
-    were the most stable. Returns None when rm ≤ ratio_warn × policy; otherwise logs and returns a warning,
-    or raises RewardModelTooLarge when `refuse`."""
-    if rm_params <= 0 or policy_params <= 0:
-        raise ValueError(f"parameter counts must be positive, got reward model {rm_params}, policy {policy_params}")
-    ratio = rm_params / policy_params
-    if ratio <= ratio_warn:
-        return None
-    message = (f"reward model has {rm_params:,} parameters, {ratio:.1f}x the policy's {policy_params:,} (limit "
-               f"{ratio_warn}x): a reward model much larger than the policy destabilises PPO; use a backbone of the "
-               f"policy's size or smaller")
-    if refuse:
-        raise RewardModelTooLarge(f"{message} (refused because reward_model.refuse_oversize=true)")
-    log.warning(message)
-    return message
 
 
 def backbone_path(cfg: Config) -> Path:

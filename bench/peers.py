@@ -168,7 +168,7 @@ def compare_grpo(size: str, steps: int, root: Path, variants: list[str], peer_fi
     and generated token counts agree in distribution only; which sequences share a mini-batch (rayalign reshuffles
     for its second pass, TRL keeps one split); rayalign's health monitors are off (their raise_kl action would
     change the KL coefficient); rayalign writes a checkpoint at its last step."""
-    from actors.modeling import parameter_count_on_disk
+    from common.model_sizes import parameter_count_on_disk
     from bench.peer_models import random_llama
     from common.config import load_config, resolve_path
 

@@ -33,13 +33,14 @@ def prepare(cfg: Config):
     """Driver-side work that should fail fast: model folder, tokenizer, data rows, learning rate."""
     from actors import modeling
     from actors.sft_data import build_split
+    from common.model_sizes import parameter_count_on_disk
     from common.records import read_many
 
     cfg.check_stage("sft")
     tokenizer = modeling.load_tokenizer(cfg.model.path, cfg.model.chat_template)
     records = read_many(cfg.data.train_files, cfg.data.max_records)
     split = build_split(records, tokenizer, cfg.data.max_length, cfg.data.eval_fraction, cfg.run.seed)
-    size_b = cfg.model.size_b or modeling.parameter_count_on_disk(cfg.model.path) / 1e9
+    size_b = cfg.model.size_b or parameter_count_on_disk(cfg.model.path) / 1e9
     global_batch = cfg.sft.micro_batch_size * cfg.sft.grad_accum * cfg.sft.num_workers
     lr = sft_learning_rate(size_b, cfg.sft.lr, global_batch)
     log.info("SFT data: %d train / %d eval chats (%d without assistant tokens dropped); model %.2e B params; "

@@ -45,8 +45,7 @@ class Prepared:
 
 def size_check(cfg: Config, backbone: Path) -> dict:
     """Reward vs policy parameter counts from the checkpoints' headers (SPEC §3); warns or refuses."""
-    from actors.modeling import parameter_count_on_disk
-    from actors.reward import check_size_match
+    from common.model_sizes import check_size_match, parameter_count_on_disk
 
     rm_params, policy_params = parameter_count_on_disk(backbone), parameter_count_on_disk(cfg.model.path)
     warning = check_size_match(rm_params, policy_params, cfg.reward_model.size_ratio_warn,

@@ -104,7 +104,8 @@ def shape_for_size(size_b: float) -> ModelShape:
 
 def shape_from_checkpoint(path: str) -> ModelShape:
     """The shape of a local Hugging Face causal LM, parameters counted from its safetensors headers."""
-    from actors.modeling import LOGIT_RESCALING, parameter_count_on_disk
+    from actors.modeling import LOGIT_RESCALING
+    from common.model_sizes import parameter_count_on_disk
 
     folder = check_model_dir(path, need_tokenizer=False)
     config = json.loads((folder / "config.json").read_text())

