@@ -42,7 +42,7 @@ def prepare(cfg: Config):
     split = build_split(records, tokenizer, cfg.data.max_length, cfg.data.eval_fraction, cfg.run.seed)
     size_b = cfg.model.size_b or parameter_count_on_disk(cfg.model.path) / 1e9
     global_batch = cfg.sft.micro_batch_size * cfg.sft.grad_accum * cfg.sft.num_workers
-    lr = sft_learning_rate(size_b, cfg.sft.lr, global_batch)
+    lr = sft_learning_rate(size_b, cfg.sft.lr, global_batch, cfg.sft.lr_by_size, cfg.sft.lr_reference_batch)
     log.info("SFT data: %d train / %d eval chats (%d without assistant tokens dropped); model %.2e B params; "
              "lr %.3g%s", len(split.train), len(split.eval), split.dropped_no_assistant, size_b, lr,
              "" if cfg.sft.lr is None else " (explicit)")

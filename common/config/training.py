@@ -24,6 +24,18 @@ class DataConfig:
                                  "batched with chats of similar length")
 
 
+# Reported learning rates for full/LoRA SFT by model size (billions of parameters → lr). Between and beyond
+# these points the rule interpolates linearly in log(size) → log(lr), i.e. a power law through the points.
+SFT_LR_BY_SIZE: tuple[tuple[float, float], ...] = ((7.0, 1e-5), (13.0, 5.4e-6), (70.0, 1e-6))
+
+
+# Extrapolating the power law to toy models would give absurd rates (0.15 at 0.4M parameters): clamp.
+SFT_LR_BOUNDS = (1e-7, 1e-3)
+# Bigger batches take slightly larger rates: square-root scaling above this many sequences per step
+# (sft.lr_reference_batch's default).
+SFT_LR_REFERENCE_BATCH = 64
+
+
 @dataclass(frozen=True)
 class SFTConfig:
     num_workers: int = param(2, "Ray Train workers (data-parallel ranks)", gt=0)
@@ -31,7 +43,15 @@ class SFTConfig:
     cpus_per_worker: int = param(1, "CPUs reserved per worker", gt=0)
     max_failures: int = param(2, "Ray Train restarts of the whole worker group from the latest checkpoint after "
                                  "a worker dies or raises (a bug is retried too, so keep it small)", ge=0)
-    lr: Optional[float] = param(None, "learning rate (unset: by model size, 7B 1e-5, 13B 5.4e-6, 70B 1e-6)", gt=0)
+    lr: Optional[float] = param(None, "learning rate (unset: by model size from lr_by_size, 7B 1e-5, 13B 5.4e-6, "
+                                     "70B 1e-6, at global batches up to lr_reference_batch; bigger batches x "
+                                     "sqrt(batch / lr_reference_batch))", gt=0)
+    lr_by_size: list[list[float]] = param([list(point) for point in SFT_LR_BY_SIZE],
+                                          "[[billions of parameters, learning rate], ...]: the reported SFT rates the "
+                                          "unset lr follows, interpolated as a power law between points and beyond")
+    lr_reference_batch: int = param(SFT_LR_REFERENCE_BATCH, "sequences per optimizer step up to which the by-size "
+                                                            "rate applies as reported; above it the rate grows with "
+                                                            "sqrt(batch / this)", gt=0)
     epochs: int = param(1, "passes over the training set", gt=0)
     max_steps: Optional[int] = param(None, "stop after this many optimizer steps (unset: epochs decide)", gt=0)
     micro_batch_size: int = param(4, "sequences per worker per forward pass", gt=0)
@@ -50,6 +70,13 @@ class SFTConfig:
     eval_every: int = param(25, "evaluate held-out loss every N optimizer steps", gt=0)
     log_every: int = param(1, "write metrics every N optimizer steps", gt=0)
     export: bool = param(True, "write a merged Hugging Face model at the end")
+
+    def check(self) -> None:
+        sizes = [point[0] for point in self.lr_by_size if len(point) == 2]
+        if len(sizes) != len(self.lr_by_size) or len(sizes) < 2 or len(set(sizes)) < 2 or \
+                any(value <= 0 for point in self.lr_by_size for value in point):
+            raise ConfigError(f"lr_by_size must be at least two [billions, lr] pairs of positive numbers at different "
+                              f"sizes, got {self.lr_by_size}")
 
 
 @dataclass(frozen=True)
@@ -137,24 +164,14 @@ class DPOConfig:
             raise ConfigError(f"label_smoothing={self.label_smoothing} only applies to loss=cdpo, got loss={self.loss}")
 
 
-# Reported learning rates for full/LoRA SFT by model size (billions of parameters → lr). Between and beyond
-# these points the rule interpolates linearly in log(size) → log(lr), i.e. a power law through the points.
-SFT_LR_BY_SIZE: tuple[tuple[float, float], ...] = ((7.0, 1e-5), (13.0, 5.4e-6), (70.0, 1e-6))
-
-
-# Extrapolating the power law to toy models would give absurd rates (0.15 at 0.4M parameters): clamp.
-SFT_LR_BOUNDS = (1e-7, 1e-3)
-# Bigger batches take slightly larger rates: square-root scaling relative to this many sequences per step.
-SFT_LR_REFERENCE_BATCH = 64
-
-
 def sft_learning_rate(size_b: float, explicit: float | None = None, global_batch: int | None = None,
-                      points: tuple[tuple[float, float], ...] = SFT_LR_BY_SIZE) -> float:
+                      points=SFT_LR_BY_SIZE, reference_batch: int = SFT_LR_REFERENCE_BATCH) -> float:
     """Learning rate for a model of `size_b` billion parameters; an explicit value always wins.
 
     Log-log interpolation between the reported points; outside them the nearest segment's power law is
-    extended, so smaller models get larger rates and larger ones smaller rates. With `global_batch`, the
-    rate is scaled by sqrt(global_batch / 64). The result is clamped to SFT_LR_BOUNDS.
+    extended, so smaller models get larger rates and larger ones smaller rates. A `global_batch` above
+    `reference_batch` scales the rate by sqrt(global_batch / reference_batch); a smaller one keeps the reported
+    rate (the reports are rates people use, at the batches they use). The result is clamped to SFT_LR_BOUNDS.
     """
     if explicit is not None:
         return explicit
@@ -169,6 +186,6 @@ def sft_learning_rate(size_b: float, explicit: float | None = None, global_batch
         (s0, l0), (s1, l1) = pts[idx - 1], pts[idx]
     slope = (math.log(l1) - math.log(l0)) / (math.log(s1) - math.log(s0))
     lr = math.exp(math.log(l0) + slope * (x - math.log(s0)))
-    if global_batch is not None:
-        lr *= math.sqrt(global_batch / SFT_LR_REFERENCE_BATCH)
+    if global_batch is not None and global_batch > reference_batch:
+        lr *= math.sqrt(global_batch / reference_batch)
     return min(max(lr, SFT_LR_BOUNDS[0]), SFT_LR_BOUNDS[1])

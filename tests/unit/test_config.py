@@ -173,6 +173,20 @@ def test_lr_rule_interpolates_on_log_scale():
 def test_lr_rule_explicit_wins_and_batch_scales_and_clamps():
     assert sft_learning_rate(7, explicit=3e-4) == 3e-4
     assert sft_learning_rate(7, global_batch=256) == pytest.approx(2e-5, rel=1e-12)  # sqrt(256/64) = 2
+    # At or below the reference batch, the reported rate itself: the default sft section's 8 sequences per step
+    # took 7B to 3.5e-6 (sqrt(8/64) x 1e-5), a third of what the SPEC reports for it.
+    assert sft_learning_rate(7, global_batch=8) == sft_learning_rate(7, global_batch=64)
+    assert sft_learning_rate(7, global_batch=8) == pytest.approx(1e-5, rel=1e-12)
+    assert sft_learning_rate(7, global_batch=32, reference_batch=8) == pytest.approx(2e-5, rel=1e-12)
+    assert sft_learning_rate(7, points=[[7.0, 2e-5], [70.0, 2e-6]]) == pytest.approx(2e-5, rel=1e-12)
     assert sft_learning_rate(0.0004) == SFT_LR_BOUNDS[1]
     with pytest.raises(ConfigError):
         sft_learning_rate(0)
+
+
+def test_the_sft_rate_points_are_config_values():
+    cfg = load_config(None, ["sft.lr_by_size=[[1, 1e-4], [7, 2e-5]]", "sft.lr_reference_batch=16"])
+    assert cfg.sft.lr_by_size == [[1.0, 1e-4], [7.0, 2e-5]] and cfg.sft.lr_reference_batch == 16
+    assert load_config(None).sft.lr_by_size == [[7.0, 1e-5], [13.0, 5.4e-6], [70.0, 1e-6]]
+    with pytest.raises(ConfigError, match=r"^sft.lr_by_size must be at least two \[billions, lr\] pairs"):
+        load_config(None, ["sft.lr_by_size=[[7, 1e-5]]"])
