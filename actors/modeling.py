@@ -14,7 +14,7 @@ import torch
 
 from common.config import LoraConfig, ModelConfig
 from common.errors import ModelDirError, QuantizationUnavailable
-from common.families import lora_targets
+from common.families import lora_targets, names_module
 from common.imports import heavy_imports
 from common.model_dir import check_model_dir
 
@@ -148,11 +148,12 @@ def apply_lora(model, cfg: LoraConfig, quantized: bool = False, task_type: str =
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     family = getattr(getattr(model, "config", None), "model_type", None)
     targets = lora_targets(cfg.target_modules, family)
-    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in targets if m not in present]
+    modules = [name for name, _ in model.named_modules() if name]
+    missing = [m for m in targets if not any(names_module(m, name) for name in modules)]
     if missing:
+        present = {name.rsplit(".", 1)[-1] for name in modules}
         raise ValueError(f"lora.target_modules {missing} are not modules of this {family or 'unknown-family'} model "
-                         f"(it has e.g. {sorted(present - {''})[:12]})")
+                         f"(it has e.g. {sorted(present)[:12]})")
     tied = [m for m in targets if m in tied_embedding_modules(model)]
     if tied:
         # PEFT adapts one side of the shared matrix (the input embedding or the head), so training sees two

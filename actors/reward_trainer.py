@@ -75,14 +75,17 @@ def check_lora_targets(backbone: str | Path, targets: list[str]) -> None:
     (encoders call their projections query/key/value, not q_proj/k_proj/v_proj); reads weight names only."""
     from safetensors import safe_open
 
-    modules = set()
+    from common.families import names_module
+
+    modules = set()  # dotted paths of the modules holding weights
     for file in sorted(Path(backbone).glob("*.safetensors")):
         with safe_open(str(file), framework="pt") as weights:
-            modules.update(name.rsplit(".", 2)[-2] for name in weights.keys() if name.count(".") >= 1)
-    missing = [target for target in targets if target not in modules]
+            modules.update(name.rsplit(".", 1)[0] for name in weights.keys() if name.count(".") >= 1)
+    missing = [target for target in targets if not any(names_module(target, module) for module in modules)]
     if missing:
+        layers = sorted({module.rsplit(".", 1)[-1] for module in modules})
         raise ConfigError(f"lora.target_modules {missing} are not modules of {backbone} "
-                          f"(its layers include {sorted(modules)[:12]})")
+                          f"(its layers include {layers[:12]})")
 
 
 def wilson_interval(successes: float, trials: float, z: float = WILSON_Z95) -> tuple[float, float]:

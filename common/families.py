@@ -15,10 +15,18 @@ LORA_TARGETS = {
     "gemma2": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "gemma3_text": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "phi3": ["qkv_proj", "o_proj"],  # q, k and v in one fused projection
-    "gpt2": ["c_attn", "c_proj"],  # fused q/k/v (Conv1D), and the attention's (and MLP's) output projection
+    # Fused q/k/v (Conv1D) and the attention's output projection; the MLP's is also named c_proj, so the
+    # attention's is named by its path (a target matches a module whose dotted name ends with it, as in PEFT).
+    "gpt2": ["attn.c_attn", "attn.c_proj"],
     "bert": ["query", "key", "value"],  # sentence encoders such as all-MiniLM-L6-v2 (reward backbones)
 }
 DEFAULT_FAMILY = "llama"
+
+
+def names_module(target: str, module: str) -> bool:
+    """Whether LoRA target `target` names the module at dotted path `module` (PEFT's rule: the whole path, or its
+    end after a dot: 'c_proj' names both of GPT-2's, 'attn.c_proj' the attention's alone)."""
+    return module == target or module.endswith("." + target)
 
 
 def lora_targets(configured: list[str] | None, model_type: str | None) -> list[str]:

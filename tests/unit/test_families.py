@@ -16,7 +16,7 @@ from actors import modeling
 from actors.algo import bradley_terry_loss, dpo_loss
 from actors.chat import IGNORE_INDEX, encode_chat
 from common.config import LoraConfig
-from common.families import LORA_TARGETS
+from common.families import LORA_TARGETS, names_module
 from jobs.tiny_models import FAMILIES, build
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."},
@@ -54,9 +54,13 @@ def test_lora_takes_the_familys_projections_and_the_merged_export_reloads(folder
     model = modeling.load_causal_lm(modeling_config(), folders[family])
     assert model.config.model_type == MODEL_TYPES[family]
     wrapped = modeling.apply_lora(model, LoraConfig(enabled=True, rank=4, alpha=8))
-    adapted = {name.split(".lora_A")[0].rsplit(".", 1)[-1] for name, _ in wrapped.named_parameters()
-               if ".lora_A." in name}
-    assert adapted == set(LORA_TARGETS[MODEL_TYPES[family]]), adapted  # fused qkv_proj / c_attn included
+    adapted = {name.split(".lora_A")[0] for name, _ in wrapped.named_parameters() if ".lora_A." in name}
+    targets = LORA_TARGETS[MODEL_TYPES[family]]
+    # Every default target adapts something (fused qkv_proj / c_attn included), and only those: the attention's
+    # projections, never the MLP's (GPT-2 calls both output projections c_proj).
+    assert all(any(names_module(target, module) for module in adapted) for target in targets), adapted
+    assert all(any(names_module(target, module) for target in targets) for module in adapted), adapted
+    assert not any(".mlp." in module for module in adapted), adapted
     trainable = sum(p.numel() for p in wrapped.parameters() if p.requires_grad)
     total = sum(p.numel() for p in wrapped.parameters())
     assert 0 < trainable < 0.2 * total
