@@ -223,7 +223,9 @@ class HealthMonitor:
                     histories[name].load(entries)
 
     def rolled_back_to(self, step: int) -> None:
-        """Forget what was observed after `step`, whose checkpoint the engine has restored."""
+        """Forget what was observed after `step`, whose checkpoint the engine has restored; one rollback of the
+        budget is spent."""
+        self.rollbacks += 1
         for history in (*self._spike_history.values(), *self._trend_history.values()):
             history.drop_after(step)
         self.last_healthy_step = step
@@ -339,14 +341,12 @@ class HealthMonitor:
 
     def _apply_action_policy(self, alarms: list[Alarm]) -> list[Alarm]:
         """Downgrade raise_kl to warn inside a monitor's cooldown; turn rollback into stop once the rollback
-        budget is spent. Counts at most one rollback per step, however many alarms asked for it."""
+        budget is spent. The budget counts rollbacks performed (rolled_back_to), at most one per step: an alarm
+        with no checkpoint to restore yet (before the first save) spends none."""
         adjusted = [self._cooled_down(alarm) for alarm in alarms]
-        if any(alarm.action == "rollback" for alarm in adjusted):
-            if self.rollbacks >= self.cfg.max_rollbacks:
-                adjusted = [_with_action(a, "stop", f"rollback budget of {self.cfg.max_rollbacks} spent")
-                            if a.action == "rollback" else a for a in adjusted]
-            else:
-                self.rollbacks += 1
+        if any(alarm.action == "rollback" for alarm in adjusted) and self.rollbacks >= self.cfg.max_rollbacks:
+            adjusted = [_with_action(a, "stop", f"rollback budget of {self.cfg.max_rollbacks} spent")
+                        if a.action == "rollback" else a for a in adjusted]
         for alarm in adjusted:
             if alarm.action == "raise_kl":
                 self._raise_kl_at[alarm.monitor] = self._observations

@@ -254,10 +254,15 @@ def test_raise_kl_cools_down_to_warn():
 
 
 def test_rollbacks_beyond_the_budget_become_stop():
+    """The budget counts rollbacks performed: an alarm with nothing to restore yet (no checkpoint before the
+    first save: the loop logs rollback_unavailable) spends none; once one has happened, the next alarm stops."""
     monitor = HealthMonitor(replace(CFG, max_rollbacks=1))
     first = monitor.observe(0, {"loss": math.nan, "grad_norm": math.nan})
-    assert [a.action for a in first] == ["rollback", "rollback"]  # one step: one rollback spent
-    second = monitor.observe(1, {"loss": math.nan})
+    assert [a.action for a in first] == ["rollback", "rollback"]
+    unavailable = monitor.observe(1, {"loss": math.nan})  # the loop found no checkpoint to restore
+    assert [a.action for a in unavailable] == ["rollback"] and monitor.rollbacks == 0
+    monitor.rolled_back_to(0)  # one step's rollback, however many alarms asked for it
+    second = monitor.observe(2, {"loss": math.nan})
     assert [a.action for a in second] == ["stop"]
     assert "rollback budget of 1 spent" in second[0].message
 
@@ -318,7 +323,8 @@ def test_a_restored_monitor_judges_the_next_steps_as_the_unbroken_one():
 
     unbroken = HealthMonitor(replace(CFG, max_rollbacks=1))
     feed(unbroken, stable_series())
-    unbroken.observe(40, {"loss": math.nan})  # spends the one rollback
+    unbroken.observe(40, {"loss": math.nan})
+    unbroken.rolled_back_to(39)  # spends the one rollback
     resumed = HealthMonitor(replace(CFG, max_rollbacks=1))
     resumed.restore(json.loads(json.dumps(unbroken.state())))  # through state.json
     assert resumed.last_healthy_step == unbroken.last_healthy_step == 39 and resumed.rollbacks == 1
