@@ -34,9 +34,15 @@ def jaccard_similarity(a: str, b: str) -> float:
 
 
 def mean_pairwise_similarity(responses_by_prompt: Mapping[str, Sequence[str]]) -> float | None:
-    """Mean Jaccard similarity over all pairs of responses that share a prompt; None if no prompt has two."""
+    """Mean Jaccard similarity over all pairs of responses that share a prompt. With one response per prompt
+    (samples_per_prompt=1, PPO's default), over neighbouring responses of the batch instead (B − 1 pairs, each
+    two prompts): answers to different questions that converge on one template are the collapse to see there.
+    None with fewer than two responses."""
     similarities = [jaccard_similarity(a, b)
                     for responses in responses_by_prompt.values() for a, b in combinations(responses, 2)]
+    if not similarities:
+        flat = [text for responses in responses_by_prompt.values() for text in responses]
+        similarities = [jaccard_similarity(a, b) for a, b in zip(flat, flat[1:])]
     return statistics.fmean(similarities) if similarities else None
 
 

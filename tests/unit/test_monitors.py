@@ -74,7 +74,17 @@ def test_mean_pairwise_similarity_only_pairs_responses_to_the_same_prompt():
     # p1: 3/7; p2 pairs: 1, 3/7, 3/7; p3 has no pair
     expected = (3 / 7 + 1 + 3 / 7 + 3 / 7) / 4
     assert mean_pairwise_similarity(groups) == pytest.approx(expected, rel=1e-12)
-    assert mean_pairwise_similarity({"p": ["one"], "q": ["two"]}) is None
+    assert mean_pairwise_similarity({"p": ["one"]}) is None
+
+
+def test_with_one_answer_per_prompt_neighbouring_answers_are_compared():
+    """samples_per_prompt=1 (PPO's default): answers to different prompts that collapse onto one template are
+    compared neighbour to neighbour (before: no figure at all, so the monitor never looked)."""
+    assert mean_pairwise_similarity({"p": ["one"], "q": ["two"]}) == 0.0
+    template = {f"p{i}": ["as an ai i cannot help with that"] for i in range(4)}
+    assert mean_pairwise_similarity(template) == 1.0
+    varied = {"p": ["the cat sat"], "q": ["the cat ran"], "r": ["a dog"]}
+    assert mean_pairwise_similarity(varied) == pytest.approx((3 / 7 + 0.0) / 2, rel=1e-12)
 
 
 def test_filler_density_english_and_chinese():
