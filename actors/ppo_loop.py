@@ -363,8 +363,7 @@ class PPOLoop:
         by_prompt: dict[str, list[str]] = {}
         for key, text in zip(s.rollout.prompt_keys, s.rollout.responses):
             by_prompt.setdefault(key, []).append(text)
-        health = {"loss": s.train["policy/loss"], "grad_norm": s.train["policy/grad_norm"], "kl": metrics["kl"],
-                  "entropy": s.train["policy/entropy"], "rm_reward": metrics["reward/rm_mean"]}
+        health = health_inputs(metrics, s.train, self.cfg.ppo.monitor.gold_reward)
         monitored = self.cfg.ppo.monitor.enabled
         alarms = self.monitor.observe(s.step, health, by_prompt) if monitored else []
         # Logged with the monitors off too, so monitored and unmonitored runs (ablations) stay comparable.
@@ -592,3 +591,13 @@ PHASES: tuple[tuple[str, Callable[[PPOLoop, StepState], object]], ...] = (
     ("sync", PPOLoop.sync_phase),
     ("monitor", PPOLoop.monitor_phase),
 )
+
+
+def health_inputs(metrics: dict, train: dict, gold_reward: str | None) -> dict[str, float]:
+    """What the health monitors read from a step (actors/algo/monitors.py), the gold reward being the raw score of
+    the reward function ppo.monitor.gold_reward names, when one does."""
+    health = {"loss": train["policy/loss"], "grad_norm": train["policy/grad_norm"], "kl": metrics["kl"],
+              "entropy": train["policy/entropy"], "rm_reward": metrics["reward/rm_mean"]}
+    if gold_reward is not None:
+        health["gold_reward"] = metrics[f"reward/{gold_reward}"]
+    return health

@@ -346,6 +346,11 @@ class PPOConfig:
                                   f"({ranks})")
         if self.sequences_per_step % self.rollout.num_engines:
             raise ConfigError(f"{batch} must split evenly over rollout.num_engines ({self.rollout.num_engines})")
+        terms = [function.term for function in self.reward.functions]
+        if self.monitor.gold_reward is not None and self.monitor.gold_reward not in terms:
+            raise ConfigError(f"monitor.gold_reward={self.monitor.gold_reward!r} names no term of reward.functions "
+                              f"({terms or 'none given'}): add the gold reward as a function (weight 0 logs it "
+                              f"without training on it)")
         if self.reward.term_normalization == "group" and self.samples_per_prompt < 2:
             raise ConfigError(f"reward.term_normalization=group normalises over the answers to each prompt: set "
                               f"samples_per_prompt to 2 or more (got {self.samples_per_prompt})")

@@ -156,6 +156,11 @@ class MonitorConfig:
                                                  "over the window (2 more filler tokens per 100)", ge=0.0)
     hacking_min_length_growth: float = param(0.2, "mean response length must also grow by at least this share "
                                                   "over the window to count as length hacking", ge=0.0)
+    gold_reward: Optional[str] = param(None, "the name of a ppo.reward.functions term read as the gold reward, the "
+                                             "signal independent of the reward model (give it weight 0 to log it "
+                                             "without training on it): the RM score trending up while it trends "
+                                             "down is reward hacking (unset: filler density and length growth stand "
+                                             "in for it)")
     filler_phrases: list[str] = param(DEFAULT_FILLER_PHRASES, "filler / jargon phrases whose density is the "
                                                               "reward-model-independent quality signal "
                                                               "(English and Chinese)")

@@ -341,3 +341,20 @@ def test_a_restored_monitor_judges_the_next_steps_as_the_unbroken_one():
     for monitor in (unbroken, resumed):
         assert [(a.metric, a.action) for a in monitor.observe(41, {"loss": 5.0, "grad_norm": 2.0})] == \
             [("loss", "stop")]  # the spike is seen against the history, and the budget is spent: stop
+
+
+def test_the_gold_reward_is_the_named_reward_function_and_must_be_one():
+    """ppo.monitor.gold_reward names a plug-in reward function (weight 0: logged, not trained on); its raw score is
+    the monitor's gold reward, the signal the RM score is checked against for hacking (before: never supplied)."""
+    from actors.ppo_loop import health_inputs
+    from common.config import load_config
+    from common.errors import ConfigError
+
+    train = {"policy/loss": 0.5, "policy/grad_norm": 1.0, "policy/entropy": 2.0}
+    metrics = {"kl": 0.1, "reward/rm_mean": 0.3, "reward/exact": 0.75}
+    assert health_inputs(metrics, train, "exact")["gold_reward"] == 0.75
+    assert "gold_reward" not in health_inputs(metrics, train, None)
+    function = "ppo.reward.functions=[{callable: 'actors.reward_library:mentions_answer', name: exact, weight: 0}]"
+    assert load_config(None, [function, "ppo.monitor.gold_reward=exact"]).ppo.monitor.gold_reward == "exact"
+    with pytest.raises(ConfigError, match=r"^ppo.monitor.gold_reward='exact' names no term of reward.functions"):
+        load_config(None, ["ppo.monitor.gold_reward=exact"])
