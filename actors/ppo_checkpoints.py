@@ -24,14 +24,17 @@ def checkpoint_steps(ckpt_dir: Path) -> list[int]:
     return sorted(int(p.name.split("_")[1]) for p in Path(ckpt_dir).glob("step_*") if (p / STATE_FILE).exists())
 
 
-def save(ckpt_dir: Path, step: int, trained: list, state: dict) -> None:
-    """Every trained role group's shards (each rank writes its own), then the driver state; older ones pruned."""
+def save(ckpt_dir: Path, step: int, trained: list, state: dict, extra: dict[str, str] | None = None) -> None:
+    """Every trained role group's shards (each rank writes its own) and the `extra` files (name → text), then the
+    driver state; older ones pruned."""
     folder = folder_of(ckpt_dir, step)
     if folder.exists():
         shutil.rmtree(folder)
     folder.mkdir(parents=True)
     for group in trained:
         group.call("save", str(folder))
+    for name, text in (extra or {}).items():
+        write_atomically(folder / name, text)
     sync_tree(folder)
     write_atomically(folder / STATE_FILE, json.dumps(state, indent=2))
     for old in checkpoint_steps(ckpt_dir)[:-KEEP]:

@@ -449,6 +449,8 @@ class PPOLoop:
                 log.warning("alarm at step %d asks for a rollback, but no checkpoint is left from before the last "
                             "healthy step: training goes on with these weights", step)
                 action = "rollback_unavailable"
+                if self.checkpoint_steps():  # never to come: older checkpoints are only pruned
+                    self.monitor.rollback_impossible()
         elif action == "stop":
             result.stop = True
         result.metrics["alarms"] = len(result.alarms)
@@ -483,8 +485,10 @@ class PPOLoop:
             # unbroken run's was one update behind. Collecting it here only waits earlier than the next step does.
             if pending.samples is None:
                 pending.samples = self._collect_samples(pending.chunks, pending.refs)
-            state["prefetched"] = pending.to_state()
-        ppo_checkpoints.save(self.ckpt_dir, step, self._trained(), state)
+            extra = {PREFETCHED_FILE: json.dumps({**pending.to_state(), "sampling": self._sampling()})}
+        else:
+            extra = {}
+        ppo_checkpoints.save(self.ckpt_dir, step, self._trained(), state, extra)
 
     def load_checkpoint(self, step: int) -> dict:
         """The trained roles' weights and optimizer state of `step`, synced into the engines, whose seed counters
@@ -495,6 +499,26 @@ class PPOLoop:
         self.engine_version = step
         self.roles.rollout.call("set_calls", state["rollout_calls"])
         return state
+
+    def _sampling(self) -> dict:
+        rollout = self.cfg.ppo.rollout
+        return {key: getattr(rollout, key) for key in SAMPLING_KEYS}
+
+    def _kept_batch(self, path: Path) -> PendingRollout | None:
+        """The batch the checkpoint kept (ppo.async_rollouts), when this run would have sampled the same prompts the
+        same way (else None, with a warning: a changed batch size, prompt set, seed or sampler, or lock-step now)."""
+        step = self.step_index + 1
+        if not path.is_file() or step > self.cfg.ppo.steps:
+            return None
+        saved = json.loads(path.read_text())
+        expected = [i for i in self._step_prompts(step) for _ in range(self.cfg.ppo.samples_per_prompt)]
+        problem = kept_batch_problem(saved, step, expected, self.prompt_ids, self._sampling(),
+                                     bool(self.cfg.ppo.async_rollouts) and self.cfg.ppo.environment.name is None)
+        if problem:
+            log.warning("the batch sampled ahead in the step-%d checkpoint is not used: %s; step %d samples afresh",
+                        self.step_index, problem, step)
+            return None
+        return PendingRollout.from_state(saved)
 
     def resume(self) -> None:
         steps = self.checkpoint_steps()
@@ -509,8 +533,7 @@ class PPOLoop:
             self.controller.coef = state["controller_coef"]
         if "monitor" in state:  # checkpoints written before the monitor's state was saved have none
             self.monitor.restore(state["monitor"])
-        if "prefetched" in state:  # after load_checkpoint, which drops a batch sampled by the weights it replaces
-            self.prefetched = PendingRollout.from_state(state["prefetched"])
+        self.prefetched = self._kept_batch(ppo_checkpoints.folder_of(self.ckpt_dir, self.step_index) / PREFETCHED_FILE)
         self.metrics.truncate_after(self.step_index)
         log.warning("resumed PPO from step %d", self.step_index)
 
@@ -601,3 +624,24 @@ def health_inputs(metrics: dict, train: dict, gold_reward: str | None) -> dict[s
     if gold_reward is not None:
         health["gold_reward"] = metrics[f"reward/{gold_reward}"]
     return health
+
+
+PREFETCHED_FILE = "prefetched.json"  # beside state.json: the batch sampled ahead, compact (one line)
+SAMPLING_KEYS = ("temperature", "top_p", "repetition_penalty", "max_new_tokens")
+
+
+def kept_batch_problem(saved: dict, step: int, picked: list[int], prompt_ids: list[list[int]], sampling: dict,
+                       overlapped: bool) -> str | None:
+    """Why a batch a checkpoint kept cannot be step `step`'s in this run, or None: this run must overlap its
+    rollouts, pick the same prompts (`picked`, one entry per answer) with the same token ids, and sample them
+    with the same settings."""
+    if not overlapped:
+        return "ppo.async_rollouts is off (or episodes are on) in this run"
+    if saved["step"] != step or saved["picked"] != picked:
+        return "this run picks other prompts for it (rollout_batch_size, samples_per_prompt, steps or run.seed differ)"
+    samples = saved["samples"]
+    if any(p >= len(prompt_ids) or prompt_ids[p] != sample["prompt_ids"] for p, sample in zip(picked, samples)):
+        return "the prompts' token ids differ (prompt files, template or held-out split changed)"
+    if saved.get("sampling") != sampling:
+        return f"the sampler changed ({saved.get('sampling')} then, {sampling} now)"
+    return None
