@@ -222,6 +222,12 @@ class HealthMonitor:
                 if name in histories:
                     histories[name].load(entries)
 
+    def rollback_impossible(self) -> None:
+        """A rollback was asked for while checkpoints exist, none at or before the last healthy step: older ones
+        are only ever pruned, so it can never happen. It spends the budget as a rollback would, so alarms that keep
+        asking end in stop (one asked for before the first save spends nothing: a checkpoint may yet come)."""
+        self.rollbacks += 1
+
     def rolled_back_to(self, step: int) -> None:
         """Forget what was observed after `step`, whose checkpoint the engine has restored; one rollback of the
         budget is spent."""
@@ -341,8 +347,8 @@ class HealthMonitor:
 
     def _apply_action_policy(self, alarms: list[Alarm]) -> list[Alarm]:
         """Downgrade raise_kl to warn inside a monitor's cooldown; turn rollback into stop once the rollback
-        budget is spent. The budget counts rollbacks performed (rolled_back_to), at most one per step: an alarm
-        with no checkpoint to restore yet (before the first save) spends none."""
+        budget is spent. The budget counts rollbacks performed (rolled_back_to) or impossible for good
+        (rollback_impossible), at most one per step: an alarm before the first save spends none."""
         adjusted = [self._cooled_down(alarm) for alarm in alarms]
         if any(alarm.action == "rollback" for alarm in adjusted) and self.rollbacks >= self.cfg.max_rollbacks:
             adjusted = [_with_action(a, "stop", f"rollback budget of {self.cfg.max_rollbacks} spent")

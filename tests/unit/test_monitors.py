@@ -275,6 +275,11 @@ def test_rollbacks_beyond_the_budget_become_stop():
     second = monitor.observe(2, {"loss": math.nan})
     assert [a.action for a in second] == ["stop"]
     assert "rollback budget of 1 spent" in second[0].message
+    # Checkpoints saved, none old enough: the rollback can never come, and the alarm spends the budget as one.
+    never = HealthMonitor(replace(CFG, max_rollbacks=1))
+    never.observe(0, {"loss": math.nan})
+    never.rollback_impossible()
+    assert [a.action for a in never.observe(1, {"loss": math.nan})] == ["stop"]
 
 
 def test_last_healthy_step_and_rollback_target():
