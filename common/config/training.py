@@ -73,7 +73,7 @@ class SFTConfig:
 
     def check(self) -> None:
         sizes = [point[0] for point in self.lr_by_size if len(point) == 2]
-        if len(sizes) != len(self.lr_by_size) or len(sizes) < 2 or len(set(sizes)) < 2 or \
+        if len(sizes) != len(self.lr_by_size) or len(sizes) < 2 or len(set(sizes)) < len(sizes) or \
                 any(value <= 0 for point in self.lr_by_size for value in point):
             raise ConfigError(f"lr_by_size must be at least two [billions, lr] pairs of positive numbers at different "
                               f"sizes, got {self.lr_by_size}")

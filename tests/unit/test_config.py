@@ -190,3 +190,5 @@ def test_the_sft_rate_points_are_config_values():
     assert load_config(None).sft.lr_by_size == [[7.0, 1e-5], [13.0, 5.4e-6], [70.0, 1e-6]]
     with pytest.raises(ConfigError, match=r"^sft.lr_by_size must be at least two \[billions, lr\] pairs"):
         load_config(None, ["sft.lr_by_size=[[7, 1e-5]]"])
+    with pytest.raises(ConfigError, match="different sizes"):  # a repeated size divided by zero in the rule
+        load_config(None, ["sft.lr_by_size=[[7, 1e-5], [7, 2e-5], [13, 5.4e-6]]"])
