@@ -154,7 +154,8 @@ def apply_lora(model, cfg: LoraConfig, quantized: bool = False, task_type: str =
         present = {name.rsplit(".", 1)[-1] for name in modules}
         raise ValueError(f"lora.target_modules {missing} are not modules of this {family or 'unknown-family'} model "
                          f"(it has e.g. {sorted(present)[:12]})")
-    tied = [m for m in targets if m in tied_embedding_modules(model)]
+    shared = tied_embedding_modules(model)
+    tied = [m for m in targets if any(names_module(m, path) for path in shared)]
     if tied:
         # PEFT adapts one side of the shared matrix (the input embedding or the head), so training sees two
         # different matrices, while the merged export and the rollout engines hold one: the model trained is not
@@ -168,12 +169,12 @@ def apply_lora(model, cfg: LoraConfig, quantized: bool = False, task_type: str =
 
 
 def tied_embedding_modules(model) -> set[str]:
-    """The short names of the modules that share the input embedding's matrix (e.g. embed_tokens and lm_head in a
-    model with tie_word_embeddings); empty when nothing shares it."""
+    """The dotted paths of the modules that share the input embedding's matrix (e.g. model.embed_tokens and
+    lm_head in a model with tie_word_embeddings); empty when nothing shares it."""
     get_input = getattr(model, "get_input_embeddings", None)
     embedding = get_input() if get_input is not None else None
     shared = getattr(embedding, "weight", None)
-    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+    names = {name for name, module in model.named_modules()
              if shared is not None and getattr(module, "weight", None) is shared}
     return names if len(names) > 1 else set()
 

@@ -161,8 +161,8 @@ def test_an_adapter_on_one_side_of_a_tied_embedding_is_refused(model):
     from actors import modeling
     from common.config import LoraConfig
 
-    assert modeling.tied_embedding_modules(model) == {"embed_tokens", "lm_head"}
-    for side in ("embed_tokens", "lm_head"):
+    assert modeling.tied_embedding_modules(model) == {"model.embed_tokens", "lm_head"}
+    for side in ("embed_tokens", "lm_head", "model.embed_tokens"):  # a short name or a dotted path
         with pytest.raises(ValueError, match=rf"lora.target_modules \['{side}'\]: this model ties its input "
                                              rf"embedding and output head"):
             modeling.apply_lora(copy.deepcopy(model), LoraConfig(enabled=True, target_modules=["q_proj", side]))
