@@ -88,7 +88,8 @@ def check_plans(plans: list[GroupPlan]) -> None:
     """Fail at once when this cluster can never host these groups."""
     problem = plan_problem(plans, _live_nodes())
     if problem:
-        raise PlacementError(f"{problem} (a cluster whose autoscaler adds nodes: set ray.autoscaling=true)")
+        raise PlacementError(f"{problem} (a cluster joined by address whose autoscaler adds nodes: set "
+                             f"ray.autoscaling=true)")
 
 
 def _live_nodes() -> list[dict[str, float]]:

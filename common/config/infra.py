@@ -68,9 +68,10 @@ class LoraConfig:
     alpha: int = param(16, "LoRA alpha (scaling = alpha / rank)", gt=0)
     dropout: float = param(0.05, "dropout on the LoRA input", ge=0.0, lt=1.0)
     target_modules: Optional[list[str]] = param(
-        None, "module names that get adapters; unset: the model family's attention projections (common/families.py: "
-              "q/k/v/o_proj for Llama, Mistral, Qwen and Gemma, qkv_proj/o_proj for Phi-3, c_attn/c_proj for GPT-2, "
-              "query/key/value for BERT-style encoders)")
+        None, "module names (or ends of dotted paths, as PEFT matches them) that get adapters; unset: the model "
+              "family's attention projections (common/families.py: q/k/v/o_proj for Llama, Mistral, Qwen and Gemma, "
+              "qkv_proj/o_proj for Phi-3, attn.c_attn/attn.c_proj for GPT-2, query/key/value for BERT-style "
+              "encoders)")
 
 
 @dataclass(frozen=True)

@@ -144,8 +144,9 @@ class MonitorConfig:
     min_distinct_2: float = param(0.2, "distinct-2 of a batch below this is mode collapse (natural batches "
                                        "score 0.6-0.9)", ge=0.0, le=1.0)
     max_pairwise_similarity: float = param(0.9, "mean Jaccard similarity of the 1-2-gram sets of responses to "
-                                                "the same prompt above this is mode collapse (identical = 1; "
-                                                "sampled at temperature 0.7, well under 0.5)", gt=0.0, le=1.0)
+                                                "the same prompt (with one answer per prompt: of neighbouring "
+                                                "answers) above this is mode collapse (identical = 1; sampled at "
+                                                "temperature 0.7, well under 0.5)", gt=0.0, le=1.0)
     min_entropy: float = param(0.3, "mean per-token policy entropy (nats) below this is mode collapse (a sampling "
                                     "LM sits at 1-3 nats)", ge=0.0)
     hacking_window: int = param(10, "steps over which reward-model and independent-signal trends are compared",
