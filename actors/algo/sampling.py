@@ -195,4 +195,4 @@ def finite_old(old_logp: torch.Tensor, behaviour_logp: torch.Tensor, mask: torch
     """π_old for the PPO ratio once a rollout correction has read the −inf tokens `fill_dropped` left (ratio 0:
     a zero weight under tis, out of the mask under mask): the behaviour log-prob there, so the surrogate stays
     finite where the weight or the mask already takes the token out."""
-    return torch.where(mask.bool() & torch.isneginf(old_logp), behaviour_logp.to(old_logp.dtype), old_logp)
+    return fill_dropped(old_logp, behaviour_logp, mask)[0]
